@@ -1,0 +1,159 @@
+//! The topic registry: subscriptions with bounded queues.
+//!
+//! Slow-subscriber policy: **drop oldest, with a counter**. A publish never blocks and never
+//! fails because a subscriber is slow; when a subscriber's queue is over its message or byte
+//! limit, its oldest messages are dropped and counted, and the next FETCH reports how many
+//! were lost (`dropped`), so the subscriber knows it has a gap.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use veddb_wire::{limits, Error, SubscriberId};
+
+use crate::config::Config;
+
+struct Subscriber {
+    topic: Bytes,
+    queue: VecDeque<Bytes>,
+    queue_bytes: usize,
+    /// Dropped since the last fetch.
+    dropped: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TopicCounters {
+    pub topics: u64,
+    pub subscribers: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+pub(crate) struct Topics {
+    shard: u32,
+    next_sequence: u64,
+    by_topic: HashMap<Bytes, Vec<SubscriberId>>,
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    /// Subscriptions whose queue became non-empty, not yet reported.
+    ready: Vec<SubscriberId>,
+    queue_messages_max: usize,
+    queue_bytes_max: usize,
+    subscribers_max: usize,
+    counters: TopicCounters,
+}
+
+impl Topics {
+    pub fn new(shard: u32, config: &Config) -> Self {
+        Topics {
+            shard,
+            next_sequence: 1,
+            by_topic: HashMap::new(),
+            subscribers: HashMap::new(),
+            ready: Vec::new(),
+            queue_messages_max: config.subscriber_queue_messages_max.max(1),
+            queue_bytes_max: config.subscriber_queue_bytes_max.max(1),
+            subscribers_max: config.subscribers_max,
+            counters: TopicCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> TopicCounters {
+        TopicCounters {
+            topics: self.by_topic.len() as u64,
+            subscribers: self.subscribers.len() as u64,
+            ..self.counters
+        }
+    }
+
+    pub fn subscribe(&mut self, topic: Bytes) -> Result<SubscriberId, Error> {
+        if self.subscribers.len() >= self.subscribers_max {
+            return Err(Error::TooManySubscribers {
+                limit: self.subscribers_max,
+            });
+        }
+        let id = SubscriberId::new(self.shard, self.next_sequence);
+        self.next_sequence += 1;
+        self.by_topic.entry(topic.clone()).or_default().push(id);
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                topic,
+                queue: VecDeque::new(),
+                queue_bytes: 0,
+                dropped: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    pub fn unsubscribe(&mut self, id: SubscriberId) -> bool {
+        let Some(subscriber) = self.subscribers.remove(&id) else {
+            return false;
+        };
+        if let Some(list) = self.by_topic.get_mut(&subscriber.topic) {
+            list.retain(|other| *other != id);
+            if list.is_empty() {
+                self.by_topic.remove(&subscriber.topic);
+            }
+        }
+        true
+    }
+
+    pub fn publish(&mut self, topic: &[u8], message: Bytes) -> u32 {
+        self.counters.published += 1;
+        let Some(list) = self.by_topic.get(topic) else {
+            return 0;
+        };
+        let mut receivers = 0;
+        for id in list {
+            let Some(subscriber) = self.subscribers.get_mut(id) else {
+                debug_assert!(false, "topic lists a missing subscriber");
+                continue;
+            };
+            if subscriber.queue.is_empty() {
+                self.ready.push(*id);
+            }
+            subscriber.queue_bytes += message.len();
+            subscriber.queue.push_back(message.clone());
+            while subscriber.queue.len() > self.queue_messages_max
+                || (subscriber.queue_bytes > self.queue_bytes_max && subscriber.queue.len() > 1)
+            {
+                let Some(oldest) = subscriber.queue.pop_front() else {
+                    break;
+                };
+                subscriber.queue_bytes -= oldest.len();
+                subscriber.dropped += 1;
+                self.counters.dropped += 1;
+            }
+            receivers += 1;
+        }
+        self.counters.delivered += u64::from(receivers);
+        receivers
+    }
+
+    pub fn fetch(&mut self, id: SubscriberId, max: u32) -> Result<(Vec<Bytes>, u64), Error> {
+        let subscriber = self
+            .subscribers
+            .get_mut(&id)
+            .ok_or(Error::UnknownSubscriber(id))?;
+        let max = match max {
+            0 => limits::FETCH_MESSAGES_MAX,
+            n => n.min(limits::FETCH_MESSAGES_MAX),
+        } as usize;
+        let take = subscriber.queue.len().min(max);
+        let messages: Vec<Bytes> = subscriber.queue.drain(..take).collect();
+        subscriber.queue_bytes -= messages.iter().map(Bytes::len).sum::<usize>();
+        let dropped = std::mem::take(&mut subscriber.dropped);
+        Ok((messages, dropped))
+    }
+
+    pub fn has_messages(&self, id: SubscriberId) -> Option<bool> {
+        self.subscribers
+            .get(&id)
+            .map(|s| !s.queue.is_empty() || s.dropped > 0)
+    }
+
+    pub fn poll_ready(&mut self) -> Option<SubscriberId> {
+        self.ready.pop()
+    }
+}

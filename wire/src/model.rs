@@ -1,0 +1,403 @@
+//! Requests, responses, errors and statistics.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Identifies one subscription. The high 16 bits name the shard that owns the topic, so a
+/// FETCH or UNSUBSCRIBE can be routed without knowing the topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub u64);
+
+impl SubscriberId {
+    /// Builds an id from its owning shard and a per-shard sequence number (48 bits).
+    pub fn new(shard: u32, sequence: u64) -> Self {
+        debug_assert!(shard < crate::limits::SHARDS_MAX);
+        debug_assert!(sequence < (1 << 48));
+        SubscriberId((u64::from(shard) << 48) | (sequence & ((1 << 48) - 1)))
+    }
+    /// The shard that owns the subscription.
+    pub fn shard(self) -> u32 {
+        (self.0 >> 48) as u32
+    }
+}
+
+/// The condition a SET must meet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Always write.
+    #[default]
+    Always,
+    /// Write only when the key does not exist (NX).
+    IfAbsent,
+    /// Write only when the key exists (XX).
+    IfPresent,
+}
+
+/// Options of a SET.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Time to live in milliseconds. `None`: no expiry (unless `keep_ttl`).
+    pub ttl_ms: Option<u64>,
+    /// NX / XX.
+    pub condition: SetCondition,
+    /// Keep the key's current expiry when `ttl_ms` is `None` (Redis KEEPTTL).
+    pub keep_ttl: bool,
+}
+
+/// One operation. Keys, values, topics and messages are binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Liveness check. Answer: [`Response::Pong`].
+    Ping,
+    /// Answer: [`Response::Value`] or [`Response::NotFound`].
+    Get { key: Bytes },
+    /// Answer: [`Response::Stored`] or [`Response::NotStored`] (condition not met).
+    Set {
+        key: Bytes,
+        value: Bytes,
+        options: SetOptions,
+    },
+    /// Answer: [`Response::Bool`] (whether the key existed).
+    Delete { key: Bytes },
+    /// Answer: [`Response::Bool`].
+    Exists { key: Bytes },
+    /// Compare-and-swap on the version. `expected_version == 0` means "only if absent".
+    /// The key's expiry is kept unless `ttl_ms` is given.
+    /// Answer: [`Response::Stored`], [`Response::VersionMismatch`] or [`Response::NotFound`].
+    Cas {
+        key: Bytes,
+        expected_version: u64,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    },
+    /// Adds `delta` (negative for DECR) to a decimal integer value; a missing key counts as 0.
+    /// Answer: [`Response::Integer`].
+    Incr { key: Bytes, delta: i64 },
+    /// Sets a time to live. 0 expires the key at once. Answer: [`Response::Bool`] (key existed).
+    Expire { key: Bytes, ttl_ms: u64 },
+    /// Answer: [`Response::Ttl`].
+    Ttl { key: Bytes },
+    /// Removes the expiry. Answer: [`Response::Bool`] (an expiry was removed).
+    Persist { key: Bytes },
+    /// Answer: [`Response::Values`], one entry per key, in order.
+    MGet { keys: Vec<Bytes> },
+    /// Answer: [`Response::Ok`]. Atomic per shard (all of a shard's pairs or none of them).
+    MSet { pairs: Vec<(Bytes, Bytes)> },
+    /// Keys in byte order after `cursor` (exclusive; empty = from the start) that start with
+    /// `prefix`, at most `count` (0 = default). Answer: [`Response::Keys`].
+    Scan {
+        cursor: Bytes,
+        prefix: Bytes,
+        count: u32,
+    },
+    /// Answer: [`Response::Subscribed`].
+    Subscribe { topic: Bytes },
+    /// Answer: [`Response::Bool`] (the subscription existed).
+    Unsubscribe { subscriber: SubscriberId },
+    /// Answer: [`Response::Published`] with the number of subscribers it was queued for.
+    Publish { topic: Bytes, message: Bytes },
+    /// Takes up to `max` queued messages; waits up to `wait_ms` for the first one.
+    /// Answer: [`Response::Messages`].
+    Fetch {
+        subscriber: SubscriberId,
+        max: u32,
+        wait_ms: u64,
+    },
+    /// Statistics of every shard. Answer: [`Response::Info`].
+    Info,
+}
+
+impl Request {
+    /// The name of the command, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "PING",
+            Request::Get { .. } => "GET",
+            Request::Set { .. } => "SET",
+            Request::Delete { .. } => "DEL",
+            Request::Exists { .. } => "EXISTS",
+            Request::Cas { .. } => "CAS",
+            Request::Incr { .. } => "INCR",
+            Request::Expire { .. } => "EXPIRE",
+            Request::Ttl { .. } => "TTL",
+            Request::Persist { .. } => "PERSIST",
+            Request::MGet { .. } => "MGET",
+            Request::MSet { .. } => "MSET",
+            Request::Scan { .. } => "SCAN",
+            Request::Subscribe { .. } => "SUBSCRIBE",
+            Request::Unsubscribe { .. } => "UNSUBSCRIBE",
+            Request::Publish { .. } => "PUBLISH",
+            Request::Fetch { .. } => "FETCH",
+            Request::Info => "INFO",
+        }
+    }
+
+    /// Where the request must run.
+    pub fn route(&self, shard_count: u32) -> Route {
+        match self {
+            Request::Get { key }
+            | Request::Set { key, .. }
+            | Request::Delete { key }
+            | Request::Exists { key }
+            | Request::Cas { key, .. }
+            | Request::Incr { key, .. }
+            | Request::Expire { key, .. }
+            | Request::Ttl { key }
+            | Request::Persist { key } => Route::Shard(crate::shard_for_key(key, shard_count)),
+            Request::Subscribe { topic } | Request::Publish { topic, .. } => {
+                Route::Shard(crate::shard_for_key(topic, shard_count))
+            }
+            Request::Unsubscribe { subscriber } | Request::Fetch { subscriber, .. } => {
+                Route::Shard(subscriber.shard())
+            }
+            Request::Ping => Route::Any,
+            Request::MGet { .. } | Request::MSet { .. } | Request::Scan { .. } | Request::Info => {
+                Route::Scatter
+            }
+        }
+    }
+}
+
+/// Where a request runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// On the shard with this index.
+    Shard(u32),
+    /// On whichever core received it.
+    Any,
+    /// Split over the shards that own its keys, or all shards, and gathered.
+    Scatter,
+}
+
+/// Remaining time to live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// No such key.
+    Missing,
+    /// The key never expires.
+    Persistent,
+    /// Milliseconds until the key expires.
+    Remaining(u64),
+}
+
+/// One answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Pong,
+    /// GET hit, with the key's version.
+    Value {
+        value: Bytes,
+        version: u64,
+    },
+    NotFound,
+    /// A write succeeded; the key's new version.
+    Stored {
+        version: u64,
+    },
+    /// SET NX/XX whose condition did not hold.
+    NotStored,
+    /// CAS whose expected version was not the current one.
+    VersionMismatch {
+        current: u64,
+    },
+    /// INCR result and the key's new version.
+    Integer {
+        value: i64,
+        version: u64,
+    },
+    Bool(bool),
+    Ttl(Ttl),
+    /// MGET: `(value, version)` per key, `None` where missing.
+    Values(Vec<Option<(Bytes, u64)>>),
+    Ok,
+    /// SCAN page. `cursor` is empty when the scan is complete; else pass it to the next call.
+    Keys {
+        keys: Vec<Bytes>,
+        cursor: Bytes,
+    },
+    Subscribed {
+        subscriber: SubscriberId,
+    },
+    Published {
+        receivers: u32,
+    },
+    /// FETCH result. `dropped`: messages this subscriber lost to the slow-subscriber policy
+    /// since its previous FETCH.
+    Messages {
+        messages: Vec<Bytes>,
+        dropped: u64,
+    },
+    Info(Info),
+    Error(Error),
+}
+
+impl Response {
+    /// The status code of this answer.
+    pub fn status(&self) -> Status {
+        match self {
+            Response::NotFound => Status::NotFound,
+            Response::NotStored => Status::NotStored,
+            Response::VersionMismatch { .. } => Status::VersionMismatch,
+            Response::Error(error) => error.status(),
+            _ => Status::Ok,
+        }
+    }
+}
+
+/// Status codes, stable across every transport (numbers are part of the protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    /// A queue or table limit was hit; retry later.
+    Full = 2,
+    Timeout = 3,
+    VersionMismatch = 4,
+    /// Any other failure; the message says which.
+    Error = 5,
+    OutOfMemory = 6,
+    InvalidArgument = 7,
+    NotStored = 8,
+    ShuttingDown = 9,
+}
+
+/// Why an operation failed. Every variant's message says what to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The write would exceed the shard's share of `--memory-mb` and eviction is off
+    /// (or the single entry is larger than the whole budget).
+    OutOfMemory { needed_bytes: u64, limit_bytes: u64 },
+    /// Key longer than `--key-bytes-max` (or empty where a key is required).
+    KeyTooLarge { length: usize, limit: usize },
+    /// Value or message longer than `--value-bytes-max`.
+    ValueTooLarge { length: usize, limit: usize },
+    /// INCR on a value that is not a decimal 64-bit integer.
+    NotAnInteger,
+    /// INCR result outside the 64-bit signed range.
+    Overflow,
+    /// A malformed argument; the text names it.
+    InvalidArgument(String),
+    /// FETCH or UNSUBSCRIBE for a subscription that does not exist (or was already removed).
+    UnknownSubscriber(SubscriberId),
+    /// The shard already has its maximum number of subscribers.
+    TooManySubscribers { limit: usize },
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::OutOfMemory { .. } => Status::OutOfMemory,
+            Error::KeyTooLarge { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::NotAnInteger
+            | Error::Overflow
+            | Error::InvalidArgument(_) => Status::InvalidArgument,
+            Error::UnknownSubscriber(_) => Status::NotFound,
+            Error::TooManySubscribers { .. } => Status::Full,
+            Error::ShuttingDown => Status::ShuttingDown,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::OutOfMemory { needed_bytes, limit_bytes } => write!(
+                f,
+                "OUT_OF_MEMORY: the write needs {needed_bytes} bytes of a {limit_bytes}-byte shard budget; \
+                 raise --memory-mb, delete keys, or run with --eviction lru"
+            ),
+            Error::KeyTooLarge { length, limit } if *length == 0 => {
+                write!(f, "INVALID_ARGUMENT: empty key (keys are 1 to {limit} bytes)")
+            }
+            Error::KeyTooLarge { length, limit } => write!(
+                f,
+                "INVALID_ARGUMENT: key of {length} bytes is over the {limit}-byte limit (--key-bytes-max)"
+            ),
+            Error::ValueTooLarge { length, limit } => write!(
+                f,
+                "INVALID_ARGUMENT: value of {length} bytes is over the {limit}-byte limit (--value-bytes-max)"
+            ),
+            Error::NotAnInteger => write!(f, "INVALID_ARGUMENT: value is not a decimal 64-bit integer"),
+            Error::Overflow => write!(f, "INVALID_ARGUMENT: increment would overflow a 64-bit integer"),
+            Error::InvalidArgument(text) => write!(f, "INVALID_ARGUMENT: {text}"),
+            Error::UnknownSubscriber(id) => write!(f, "NOT_FOUND: no subscription with id {}", id.0),
+            Error::TooManySubscribers { limit } => {
+                write!(f, "FULL: this shard already has {limit} subscribers")
+            }
+            Error::ShuttingDown => write!(f, "SHUTTING_DOWN: the server is stopping"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Counters of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: u32,
+    /// Operations applied to this shard (each key of a multi-key request counts once).
+    pub ops: u64,
+    /// Reads that found their key.
+    pub hits: u64,
+    /// Reads that did not.
+    pub misses: u64,
+    /// Live keys (expired keys not yet reclaimed are included until reclaimed).
+    pub keys: u64,
+    /// Bytes charged against the budget (keys, values and per-entry overhead).
+    pub memory_bytes_used: u64,
+    /// This shard's budget.
+    pub memory_bytes_limit: u64,
+    /// Keys removed because their TTL passed.
+    pub expired_keys: u64,
+    /// Keys removed by `--eviction lru`.
+    pub evicted_keys: u64,
+    /// Writes refused with OUT_OF_MEMORY.
+    pub out_of_memory_errors: u64,
+    pub topics: u64,
+    pub subscribers: u64,
+    pub messages_published: u64,
+    /// Message copies queued for subscribers.
+    pub messages_delivered: u64,
+    /// Messages dropped from slow subscribers' queues (drop-oldest policy).
+    pub messages_dropped: u64,
+    /// Requests this shard's core received from other cores.
+    pub forwarded_in: u64,
+}
+
+/// Statistics of every shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    pub shards: Vec<ShardStats>,
+}
+
+impl Info {
+    /// Sum over all shards (the `shard` field of the result is the shard count).
+    pub fn total(&self) -> ShardStats {
+        let mut total = ShardStats {
+            shard: self.shards.len() as u32,
+            ..ShardStats::default()
+        };
+        for s in &self.shards {
+            total.ops += s.ops;
+            total.hits += s.hits;
+            total.misses += s.misses;
+            total.keys += s.keys;
+            total.memory_bytes_used += s.memory_bytes_used;
+            total.memory_bytes_limit += s.memory_bytes_limit;
+            total.expired_keys += s.expired_keys;
+            total.evicted_keys += s.evicted_keys;
+            total.out_of_memory_errors += s.out_of_memory_errors;
+            total.topics += s.topics;
+            total.subscribers += s.subscribers;
+            total.messages_published += s.messages_published;
+            total.messages_delivered += s.messages_delivered;
+            total.messages_dropped += s.messages_dropped;
+            total.forwarded_in += s.forwarded_in;
+        }
+        total
+    }
+}
