@@ -1,1 +1,35 @@
-//! placeholder
+//! `veddb-engine`: the thread-per-core runtime.
+//!
+//! [`Engine::start`] starts one thread per core. Each thread is pinned to its own CPU, runs
+//! its own compio runtime (io_uring on Linux, with an epoll fallback; IOCP on Windows) and
+//! owns exactly one [`veddb_shard::Shard`]: nothing in a shard is shared or locked.
+//! Keys and topics map to shards by [`veddb_wire::shard_for_key`]. Cores talk over an N×N
+//! mesh of bounded single-producer single-consumer rings ([`ring`]): a request for a key
+//! another core owns travels to the owner on the request ring and comes back on the paired
+//! response ring. Multi-key operations scatter over the owners and gather the answers.
+//! Cores spin for a short window when idle, then park in the runtime (serving sockets and
+//! timers) until a [`doorbell`] rings.
+//!
+//! Frontends (shared memory, gRPC, QUIC) run as tasks on a core and call
+//! [`CoreContext::execute`]. Threads outside the engine use [`Engine::call`] and
+//! [`Engine::run_on`].
+//!
+//! This crate must not know any wire format or transport.
+
+pub mod doorbell;
+pub mod ring;
+mod sync;
+
+#[cfg(not(loom))]
+mod config;
+#[cfg(not(loom))]
+mod core;
+#[cfg(not(loom))]
+mod engine;
+
+#[cfg(not(loom))]
+pub use crate::config::{EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
+#[cfg(not(loom))]
+pub use crate::core::CoreContext;
+#[cfg(not(loom))]
+pub use crate::engine::{available_cpus, Engine, StartError};

@@ -1,0 +1,47 @@
+//! Engine configuration.
+
+use std::time::Duration;
+
+/// Requests one core may have in flight to another (the depth of each mesh ring).
+pub const INBOX_DEPTH_DEFAULT: usize = 256;
+/// How long an idle core keeps polling before it parks.
+pub const SPIN_DEFAULT: Duration = Duration::from_micros(50);
+/// Requests from threads outside the engine queued per core before senders block.
+pub const EXTERNAL_QUEUE_CAPACITY: usize = 1024;
+/// Keys reclaimed by active expiry per loop iteration (bounds the pause it can cause).
+pub const EXPIRY_BATCH_MAX: usize = 1024;
+/// Longest a parked core sleeps without looking at its timers.
+pub const PARK_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+
+const _: () = assert!(INBOX_DEPTH_DEFAULT.is_power_of_two());
+const _: () = assert!(INBOX_DEPTH_DEFAULT <= u32::MAX as usize);
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Number of cores (threads, shards). More than the machine's CPUs is allowed: threads
+    /// then share CPUs round-robin.
+    pub cores: usize,
+    /// Pin each core's thread to one CPU.
+    pub pin_threads: bool,
+    /// The data budget of the whole instance; each shard gets an equal share.
+    pub memory_bytes_limit: u64,
+    /// Per-shard settings; `memory_bytes_limit` and `seed` are overwritten per shard.
+    pub shard: veddb_shard::Config,
+    /// Depth of each mesh ring (a power of two).
+    pub inbox_depth: usize,
+    /// Spin window before parking.
+    pub spin: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cores: 1,
+            pin_threads: true,
+            memory_bytes_limit: 64 * 1024 * 1024,
+            shard: veddb_shard::Config::default(),
+            inbox_depth: INBOX_DEPTH_DEFAULT,
+            spin: SPIN_DEFAULT,
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! One core: its shard, its ends of the mesh, its loop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{join_all, select};
+use veddb_shard::{merge_scan_pages, ScanPage, Shard};
+use veddb_wire::{limits, Error, Info, Request, Response, Route, SubscriberId};
+
+use crate::config::{EXPIRY_BATCH_MAX, PARK_TIMEOUT_MAX};
+use crate::doorbell::Doorbell;
+use crate::ring::{Consumer, Producer};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
+
+/// A request travelling from a core to the owner of its key.
+pub(crate) struct RequestMessage {
+    id: u32,
+    request: Request,
+}
+
+/// The answer travelling back.
+pub(crate) struct ResponseMessage {
+    id: u32,
+    response: Response,
+}
+
+/// Work handed to a core by a thread outside the engine.
+pub(crate) enum External {
+    Call {
+        request: Request,
+        reply: SyncSender<Response>,
+    },
+    Run(Box<dyn FnOnce(CoreContext) + Send>),
+}
+
+/// The parts of a core other threads may touch.
+pub(crate) struct CoreShared {
+    pub doorbell: Doorbell,
+    pub external_pending: AtomicUsize,
+    pub stop: AtomicBool,
+}
+
+impl CoreShared {
+    pub fn new() -> Self {
+        CoreShared {
+            doorbell: Doorbell::new(),
+            external_pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Everything a core thread starts with.
+pub(crate) struct CoreWiring {
+    pub index: u32,
+    pub shard_count: u32,
+    pub spin: Duration,
+    /// `[peer]`: my requests to `peer`, and `peer`'s responses to them.
+    pub outbound: Vec<Option<(Producer<RequestMessage>, Consumer<ResponseMessage>)>>,
+    /// `[peer]`: `peer`'s requests to me, and my responses to them.
+    pub inbound: Vec<Option<(Consumer<RequestMessage>, Producer<ResponseMessage>)>>,
+    pub external: Receiver<External>,
+    pub cores: Arc<[CoreShared]>,
+}
+
+enum Slot {
+    Free,
+    Waiting(Option<Waker>),
+    Done(Response),
+    /// The caller went away; free the slot when the response arrives.
+    Abandoned,
+}
+
+struct Outbound {
+    requests: Producer<RequestMessage>,
+    responses: Consumer<ResponseMessage>,
+    slots: Vec<Slot>,
+    /// Free slot ids. A request is sent only with a free slot, so at most `depth` are in
+    /// flight, and the response ring (also `depth` deep) can never be full.
+    free: Vec<u32>,
+    credit_waiters: VecDeque<Waker>,
+}
+
+impl Outbound {
+    fn release(&mut self, id: u32) {
+        self.slots[id as usize] = Slot::Free;
+        self.free.push(id);
+        if let Some(waker) = self.credit_waiters.pop_front() {
+            waker.wake();
+        }
+    }
+}
+
+struct Inbound {
+    requests: Consumer<RequestMessage>,
+    responses: Producer<ResponseMessage>,
+    /// Responses that found the ring full (cannot happen while the credit invariant holds;
+    /// kept so a bug degrades into a delay, never a lost answer).
+    stalled: VecDeque<ResponseMessage>,
+}
+
+struct LocalReply {
+    response: RefCell<Option<Response>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+enum ReplyTo {
+    Peer { peer: usize, id: u32 },
+    Local(Rc<LocalReply>),
+}
+
+struct FetchWaiter {
+    max: u32,
+    deadline_ms: u64,
+    reply: ReplyTo,
+}
+
+struct State {
+    index: u32,
+    shard_count: u32,
+    spin: Duration,
+    shard: RefCell<Shard>,
+    outbound: Vec<Option<RefCell<Outbound>>>,
+    inbound: Vec<Option<RefCell<Inbound>>>,
+    external: Receiver<External>,
+    cores: Arc<[CoreShared]>,
+    /// Coarse clock, refreshed every loop iteration.
+    now_ms: Cell<u64>,
+    /// Peers we pushed responses to since we last rang their doorbells.
+    dirty: RefCell<Vec<usize>>,
+    fetch_waiters: RefCell<HashMap<SubscriberId, FetchWaiter>>,
+    fetch_deadlines: RefCell<BTreeSet<(u64, SubscriberId)>>,
+}
+
+/// A handle to the core the current task runs on. Cheap to clone; not `Send` (it lives on its
+/// core's thread, like everything the core owns).
+#[derive(Clone)]
+pub struct CoreContext(Rc<State>);
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl CoreContext {
+    pub(crate) fn new(wiring: CoreWiring, shard: Shard) -> Self {
+        let CoreWiring {
+            index,
+            shard_count,
+            spin,
+            outbound,
+            inbound,
+            external,
+            cores,
+        } = wiring;
+        let outbound = outbound
+            .into_iter()
+            .map(|link| {
+                link.map(|(requests, responses)| {
+                    let depth = requests.capacity();
+                    RefCell::new(Outbound {
+                        requests,
+                        responses,
+                        slots: (0..depth).map(|_| Slot::Free).collect(),
+                        free: (0..depth as u32).rev().collect(),
+                        credit_waiters: VecDeque::new(),
+                    })
+                })
+            })
+            .collect();
+        let inbound = inbound
+            .into_iter()
+            .map(|link| {
+                link.map(|(requests, responses)| {
+                    RefCell::new(Inbound {
+                        requests,
+                        responses,
+                        stalled: VecDeque::new(),
+                    })
+                })
+            })
+            .collect();
+        CoreContext(Rc::new(State {
+            index,
+            shard_count,
+            spin,
+            shard: RefCell::new(shard),
+            outbound,
+            inbound,
+            external,
+            cores,
+            now_ms: Cell::new(unix_ms()),
+            dirty: RefCell::new(Vec::new()),
+            fetch_waiters: RefCell::new(HashMap::new()),
+            fetch_deadlines: RefCell::new(BTreeSet::new()),
+        }))
+    }
+
+    /// This core's index (and its shard's).
+    pub fn index(&self) -> u32 {
+        self.0.index
+    }
+
+    /// Number of cores (and shards) in the engine.
+    pub fn shard_count(&self) -> u32 {
+        self.0.shard_count
+    }
+
+    /// The coarse clock (ms since the Unix epoch) the shards see.
+    pub fn now_ms(&self) -> u64 {
+        self.0.now_ms.get()
+    }
+
+    /// Runs `f` on this core's own shard (for diagnostics and in-process benchmarks).
+    pub fn with_shard<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
+        f(&mut self.0.shard.borrow_mut())
+    }
+
+    /// Requests this core has in flight to `peer` (never more than the inbox depth).
+    pub fn in_flight(&self, peer: usize) -> usize {
+        self.0.outbound[peer].as_ref().map_or(0, |link| {
+            let link = link.borrow();
+            link.slots.len() - link.free.len()
+        })
+    }
+
+    /// Tasks of this core waiting for a free slot towards `peer` (back-pressure).
+    pub fn waiting_for_credit(&self, peer: usize) -> usize {
+        self.0.outbound[peer]
+            .as_ref()
+            .map_or(0, |link| link.borrow().credit_waiters.len())
+    }
+
+    /// Runs `request` wherever it belongs: here, on the owning core (forwarded over the
+    /// mesh; waits for a free slot when this core already has `inbox_depth` requests in
+    /// flight to that core), or scattered over several cores and gathered.
+    pub async fn execute(&self, request: Request) -> Response {
+        match request.route(self.0.shard_count) {
+            Route::Any => self.0.shard.borrow_mut().handle(request, self.now_ms()),
+            Route::Shard(shard) => self.execute_on(shard as usize, request).await,
+            Route::Scatter => self.scatter(request).await,
+        }
+    }
+
+    /// Runs `request` on shard `shard` (which must own the keys it names).
+    async fn execute_on(&self, shard: usize, request: Request) -> Response {
+        if shard == self.0.index as usize {
+            self.execute_local(request).await
+        } else {
+            self.forward(shard, request).await
+        }
+    }
+
+    async fn execute_local(&self, request: Request) -> Response {
+        if matches!(request, Request::Fetch { wait_ms, .. } if wait_ms > 0) {
+            let reply = Rc::new(LocalReply {
+                response: RefCell::new(None),
+                waker: RefCell::new(None),
+            });
+            self.serve(request, ReplyTo::Local(reply.clone()));
+            return poll_fn(|cx| match reply.response.borrow_mut().take() {
+                Some(response) => Poll::Ready(response),
+                None => {
+                    *reply.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+        let now = self.now_ms();
+        self.0.shard.borrow_mut().handle(request, now)
+    }
+
+    /// Sends `request` to `peer` and waits for its answer.
+    async fn forward(&self, peer: usize, request: Request) -> Response {
+        let Some(link) = self.0.outbound[peer].as_ref() else {
+            debug_assert!(false, "no link to peer {peer}");
+            return Response::Error(Error::InvalidArgument(format!("no core {peer}")));
+        };
+        // Back-pressure: wait for a free slot (a credit).
+        let id = poll_fn(|cx| {
+            let mut out = link.borrow_mut();
+            match out.free.pop() {
+                Some(id) => Poll::Ready(id),
+                None => {
+                    out.credit_waiters.push_back(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        {
+            let mut out = link.borrow_mut();
+            out.slots[id as usize] = Slot::Waiting(None);
+            if out.requests.push(RequestMessage { id, request }).is_err() {
+                // Cannot happen: free slots never outnumber free ring entries.
+                debug_assert!(false, "request ring full with a free slot");
+                out.release(id);
+                return Response::Error(Error::InvalidArgument("internal: inbox full".into()));
+            }
+        }
+        self.0.cores[peer].doorbell.ring();
+        let guard = SlotGuard {
+            link,
+            id,
+            done: false,
+        };
+        guard.await
+    }
+
+    async fn scatter(&self, request: Request) -> Response {
+        let shard_count = self.0.shard_count;
+        match request {
+            Request::MGet { keys } => {
+                if keys.len() > limits::BATCH_KEYS_MAX {
+                    return too_many_keys(keys.len());
+                }
+                let mut groups: Vec<(Vec<usize>, Vec<bytes::Bytes>)> =
+                    (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+                let total = keys.len();
+                for (position, key) in keys.into_iter().enumerate() {
+                    let group = &mut groups[veddb_wire::shard_for_key(&key, shard_count) as usize];
+                    group.0.push(position);
+                    group.1.push(key);
+                }
+                let mut parts = Vec::new();
+                let mut positions = Vec::new();
+                for (shard, (group_positions, group_keys)) in groups.into_iter().enumerate() {
+                    if !group_keys.is_empty() {
+                        positions.push(group_positions);
+                        parts.push(self.execute_on(shard, Request::MGet { keys: group_keys }));
+                    }
+                }
+                let mut values = vec![None; total];
+                for (response, group_positions) in join_all(parts).await.into_iter().zip(positions)
+                {
+                    match response {
+                        Response::Values(found) => {
+                            for (position, value) in group_positions.into_iter().zip(found) {
+                                values[position] = value;
+                            }
+                        }
+                        other => return other,
+                    }
+                }
+                Response::Values(values)
+            }
+            Request::MSet { pairs } => {
+                if pairs.len() > limits::BATCH_KEYS_MAX {
+                    return too_many_keys(pairs.len());
+                }
+                let mut groups: Vec<Vec<(bytes::Bytes, bytes::Bytes)>> =
+                    (0..shard_count).map(|_| Vec::new()).collect();
+                for (key, value) in pairs {
+                    groups[veddb_wire::shard_for_key(&key, shard_count) as usize]
+                        .push((key, value));
+                }
+                let parts = groups
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, pairs)| !pairs.is_empty())
+                    .map(|(shard, pairs)| self.execute_on(shard, Request::MSet { pairs }));
+                for response in join_all(parts).await {
+                    if response != Response::Ok {
+                        return response;
+                    }
+                }
+                Response::Ok
+            }
+            Request::Scan {
+                cursor,
+                prefix,
+                count,
+            } => {
+                let parts = (0..shard_count as usize).map(|shard| {
+                    self.execute_on(
+                        shard,
+                        Request::Scan {
+                            cursor: cursor.clone(),
+                            prefix: prefix.clone(),
+                            count,
+                        },
+                    )
+                });
+                let mut pages = Vec::with_capacity(shard_count as usize);
+                for response in join_all(parts).await {
+                    match response {
+                        Response::Keys { keys, cursor } => pages.push(ScanPage {
+                            keys,
+                            resume: (!cursor.is_empty()).then_some(cursor),
+                        }),
+                        other => return other,
+                    }
+                }
+                let page = merge_scan_pages(pages, count);
+                Response::Keys {
+                    keys: page.keys,
+                    cursor: page.resume.unwrap_or_default(),
+                }
+            }
+            Request::Info => {
+                let parts =
+                    (0..shard_count as usize).map(|shard| self.execute_on(shard, Request::Info));
+                let mut shards = Vec::with_capacity(shard_count as usize);
+                for response in join_all(parts).await {
+                    match response {
+                        Response::Info(info) => shards.extend(info.shards),
+                        other => return other,
+                    }
+                }
+                shards.sort_by_key(|s| s.shard);
+                Response::Info(Info { shards })
+            }
+            other => {
+                debug_assert!(false, "{} does not scatter", other.name());
+                let now = self.now_ms();
+                self.0.shard.borrow_mut().handle(other, now)
+            }
+        }
+    }
+
+    /// Applies a request that routes to this core's shard, answering now or later (a FETCH
+    /// that waits for a message).
+    fn serve(&self, request: Request, reply: ReplyTo) {
+        let now = self.now_ms();
+        let state = &self.0;
+        match &request {
+            Request::Fetch {
+                subscriber,
+                max,
+                wait_ms,
+            } if *wait_ms > 0 && state.shard.borrow().has_messages(*subscriber) == Some(false) => {
+                let deadline_ms = now.saturating_add((*wait_ms).min(limits::FETCH_WAIT_MS_MAX));
+                // One waiting FETCH per subscription: a newer one takes over, the older is
+                // answered with what there is (nothing).
+                if let Some(previous) = self.take_waiter(*subscriber) {
+                    let response = state.shard.borrow_mut().handle(
+                        Request::Fetch {
+                            subscriber: *subscriber,
+                            max: previous.max,
+                            wait_ms: 0,
+                        },
+                        now,
+                    );
+                    self.reply(previous.reply, response);
+                }
+                state
+                    .fetch_deadlines
+                    .borrow_mut()
+                    .insert((deadline_ms, *subscriber));
+                state.fetch_waiters.borrow_mut().insert(
+                    *subscriber,
+                    FetchWaiter {
+                        max: *max,
+                        deadline_ms,
+                        reply,
+                    },
+                );
+                return;
+            }
+            _ => {}
+        }
+        let after = match &request {
+            Request::Publish { .. } => After::Publish,
+            Request::Unsubscribe { subscriber } => After::Unsubscribe(*subscriber),
+            _ => After::Nothing,
+        };
+        let response = state.shard.borrow_mut().handle(request, now);
+        self.reply(reply, response);
+        match after {
+            After::Publish => self.complete_ready_fetches(),
+            After::Unsubscribe(subscriber) => {
+                if let Some(waiter) = self.take_waiter(subscriber) {
+                    self.reply(
+                        waiter.reply,
+                        Response::Error(Error::UnknownSubscriber(subscriber)),
+                    );
+                }
+            }
+            After::Nothing => {}
+        }
+    }
+
+    fn take_waiter(&self, subscriber: SubscriberId) -> Option<FetchWaiter> {
+        let waiter = self.0.fetch_waiters.borrow_mut().remove(&subscriber)?;
+        self.0
+            .fetch_deadlines
+            .borrow_mut()
+            .remove(&(waiter.deadline_ms, subscriber));
+        Some(waiter)
+    }
+
+    fn complete_ready_fetches(&self) {
+        let now = self.now_ms();
+        loop {
+            let Some(subscriber) = self.0.shard.borrow_mut().poll_ready_subscribers() else {
+                break;
+            };
+            if let Some(waiter) = self.take_waiter(subscriber) {
+                let response = self.0.shard.borrow_mut().handle(
+                    Request::Fetch {
+                        subscriber,
+                        max: waiter.max,
+                        wait_ms: 0,
+                    },
+                    now,
+                );
+                self.reply(waiter.reply, response);
+            }
+        }
+    }
+
+    fn expire_fetch_waiters(&self, now: u64) -> usize {
+        let mut expired = 0;
+        loop {
+            let next = self.0.fetch_deadlines.borrow().first().copied();
+            match next {
+                Some((deadline_ms, subscriber)) if deadline_ms <= now => {
+                    if let Some(waiter) = self.take_waiter(subscriber) {
+                        let response = self.0.shard.borrow_mut().handle(
+                            Request::Fetch {
+                                subscriber,
+                                max: waiter.max,
+                                wait_ms: 0,
+                            },
+                            now,
+                        );
+                        self.reply(waiter.reply, response);
+                    } else {
+                        self.0
+                            .fetch_deadlines
+                            .borrow_mut()
+                            .remove(&(deadline_ms, subscriber));
+                    }
+                    expired += 1;
+                }
+                _ => return expired,
+            }
+        }
+    }
+
+    fn reply(&self, reply: ReplyTo, response: Response) {
+        match reply {
+            ReplyTo::Local(local) => {
+                *local.response.borrow_mut() = Some(response);
+                if let Some(waker) = local.waker.borrow_mut().take() {
+                    waker.wake();
+                }
+            }
+            ReplyTo::Peer { peer, id } => {
+                let Some(link) = self.0.inbound[peer].as_ref() else {
+                    debug_assert!(false, "reply to unknown peer {peer}");
+                    return;
+                };
+                let mut link = link.borrow_mut();
+                let message = ResponseMessage { id, response };
+                if !link.stalled.is_empty() {
+                    link.stalled.push_back(message);
+                } else if let Err(message) = link.responses.push(message) {
+                    debug_assert!(false, "response ring full despite credits");
+                    link.stalled.push_back(message);
+                }
+                self.0.dirty.borrow_mut().push(peer);
+            }
+        }
+    }
+
+    /// Does one round of the core's own work: external requests, peers' requests, answers
+    /// to our forwarded requests, timers. Returns how many items it handled.
+    fn poll_inbound(&self) -> usize {
+        let state = &self.0;
+        let now = unix_ms();
+        state.now_ms.set(now);
+        let mut work = 0;
+
+        // Requests from threads outside the engine.
+        if state.cores[state.index as usize]
+            .external_pending
+            .load(Ordering::Acquire)
+            != 0
+        {
+            loop {
+                match state.external.try_recv() {
+                    Ok(job) => {
+                        state.cores[state.index as usize]
+                            .external_pending
+                            .fetch_sub(1, Ordering::AcqRel);
+                        work += 1;
+                        match job {
+                            External::Call { request, reply } => {
+                                let context = self.clone();
+                                compio::runtime::spawn(async move {
+                                    let response = context.execute(request).await;
+                                    let _ = reply.send(response);
+                                })
+                                .detach();
+                            }
+                            External::Run(function) => function(self.clone()),
+                        }
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+
+        // Requests from peers, and answers to ours.
+        for peer in 0..state.shard_count as usize {
+            if let Some(link) = state.inbound[peer].as_ref() {
+                let depth = {
+                    let mut link = link.borrow_mut();
+                    while let Some(message) = link.stalled.pop_front() {
+                        if let Err(message) = link.responses.push(message) {
+                            link.stalled.push_front(message);
+                            break;
+                        }
+                        self.0.dirty.borrow_mut().push(peer);
+                    }
+                    link.responses.capacity()
+                };
+                // At most one ring's worth per peer per round, for fairness between peers.
+                for _ in 0..depth {
+                    let Some(message) = link.borrow_mut().requests.pop() else {
+                        break;
+                    };
+                    work += 1;
+                    state.shard.borrow_mut().note_forwarded();
+                    self.serve(
+                        message.request,
+                        ReplyTo::Peer {
+                            peer,
+                            id: message.id,
+                        },
+                    );
+                }
+            }
+            if let Some(link) = state.outbound[peer].as_ref() {
+                let mut link = link.borrow_mut();
+                while let Some(ResponseMessage { id, response }) = link.responses.pop() {
+                    work += 1;
+                    match std::mem::replace(&mut link.slots[id as usize], Slot::Free) {
+                        Slot::Waiting(waker) => {
+                            link.slots[id as usize] = Slot::Done(response);
+                            if let Some(waker) = waker {
+                                waker.wake();
+                            }
+                        }
+                        Slot::Abandoned => link.release(id),
+                        Slot::Free | Slot::Done(_) => {
+                            debug_assert!(false, "response for slot {id} nobody waits for");
+                            link.release(id);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Wake the peers we answered (one doorbell per peer per round).
+        let mut dirty = state.dirty.borrow_mut();
+        if !dirty.is_empty() {
+            dirty.sort_unstable();
+            dirty.dedup();
+            for &peer in dirty.iter() {
+                state.cores[peer].doorbell.ring();
+            }
+            dirty.clear();
+        }
+        drop(dirty);
+
+        // Timers: active expiry and FETCH deadlines.
+        let due = state
+            .shard
+            .borrow()
+            .next_expiry_ms()
+            .is_some_and(|at| at <= now);
+        if due {
+            work += state.shard.borrow_mut().expire_due(now, EXPIRY_BATCH_MAX);
+        }
+        work += self.expire_fetch_waiters(now);
+        work
+    }
+
+    /// Whether anything is waiting for `poll_inbound` (read without taking it).
+    fn has_inbound(&self) -> bool {
+        let state = &self.0;
+        if state.cores[state.index as usize]
+            .external_pending
+            .load(Ordering::SeqCst)
+            != 0
+        {
+            return true;
+        }
+        for peer in 0..state.shard_count as usize {
+            if let Some(link) = state.inbound[peer].as_ref() {
+                let link = link.borrow();
+                if link.requests.has_items() || !link.stalled.is_empty() {
+                    return true;
+                }
+            }
+            if let Some(link) = state.outbound[peer].as_ref() {
+                if link.borrow().responses.has_items() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.0.cores[self.0.index as usize]
+            .stop
+            .load(Ordering::Acquire)
+    }
+
+    /// Milliseconds until the next timer this core must fire (expiry, FETCH deadline).
+    fn next_timer(&self, now: u64) -> Duration {
+        let expiry = self.0.shard.borrow().next_expiry_ms();
+        let fetch = self.0.fetch_deadlines.borrow().first().map(|(at, _)| *at);
+        let next = [expiry, fetch].into_iter().flatten().min();
+        match next {
+            Some(at) => Duration::from_millis(at.saturating_sub(now)).min(PARK_TIMEOUT_MAX),
+            None => PARK_TIMEOUT_MAX,
+        }
+    }
+
+    /// The core's loop: work while there is work, spin briefly when there is none, then park.
+    pub(crate) async fn run(self) {
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let work = self.poll_inbound();
+            if self.stop_requested() {
+                break;
+            }
+            if work > 0 {
+                idle_since = None;
+                yield_now().await;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.0.spin {
+                // A short busy-wait without a syscall, then let the runtime poll its I/O.
+                let until = Instant::now() + Duration::from_micros(2);
+                while !self.has_inbound() && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                yield_now().await;
+                continue;
+            }
+            let timeout = self.next_timer(self.now_ms());
+            let park = Park {
+                context: self.clone(),
+                armed: false,
+            };
+            let sleep = std::pin::pin!(compio::time::sleep(timeout));
+            let _ = select(park, sleep).await;
+            self.0.cores[self.0.index as usize].doorbell.cancel_park();
+            idle_since = None;
+        }
+        // Stopping: answer what still waits so no caller hangs.
+        while let Ok(job) = self.0.external.try_recv() {
+            if let External::Call { reply, .. } = job {
+                let _ = reply.send(Response::Error(Error::ShuttingDown));
+            }
+        }
+        let waiters: Vec<SubscriberId> = self.0.fetch_waiters.borrow().keys().copied().collect();
+        for subscriber in waiters {
+            if let Some(waiter) = self.take_waiter(subscriber) {
+                self.reply(waiter.reply, Response::Error(Error::ShuttingDown));
+            }
+        }
+    }
+}
+
+enum After {
+    Nothing,
+    Publish,
+    Unsubscribe(SubscriberId),
+}
+
+fn too_many_keys(count: usize) -> Response {
+    Response::Error(Error::InvalidArgument(format!(
+        "{count} keys in one request; the maximum is {}",
+        limits::BATCH_KEYS_MAX
+    )))
+}
+
+/// Waits for a forwarded request's answer; if dropped first, leaves the slot to be freed when
+/// the answer arrives.
+struct SlotGuard<'a> {
+    link: &'a RefCell<Outbound>,
+    id: u32,
+    done: bool,
+}
+
+impl Future for SlotGuard<'_> {
+    type Output = Response;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let mut out = self.link.borrow_mut();
+        let id = self.id as usize;
+        match std::mem::replace(&mut out.slots[id], Slot::Free) {
+            Slot::Done(response) => {
+                out.release(self.id);
+                drop(out);
+                self.done = true;
+                Poll::Ready(response)
+            }
+            Slot::Waiting(_) => {
+                out.slots[id] = Slot::Waiting(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+            other => {
+                out.slots[id] = other;
+                debug_assert!(false, "slot in unexpected state");
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(mut out) = self.link.try_borrow_mut() else {
+            return;
+        };
+        let id = self.id as usize;
+        match std::mem::replace(&mut out.slots[id], Slot::Abandoned) {
+            Slot::Done(_) => out.release(self.id),
+            Slot::Waiting(_) | Slot::Abandoned => {}
+            Slot::Free => out.slots[id] = Slot::Free,
+        }
+    }
+}
+
+/// Resolves when the core's doorbell rings (or at once if work arrived meanwhile).
+struct Park {
+    context: CoreContext,
+    armed: bool,
+}
+
+impl Future for Park {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let context = self.context.clone();
+        let state = &context.0;
+        let doorbell = &state.cores[state.index as usize].doorbell;
+        if self.armed {
+            // Woken (or polled again by `select`): re-arm unless there is work.
+            if !doorbell.is_parked() || context.has_inbound() || context.stop_requested() {
+                doorbell.cancel_park();
+                return Poll::Ready(());
+            }
+        }
+        doorbell.prepare_park(cx.waker());
+        self.armed = true;
+        if context.has_inbound() || context.stop_requested() {
+            doorbell.cancel_park();
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// Lets the runtime run other tasks and poll its I/O once, then continues.
+fn yield_now() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+}

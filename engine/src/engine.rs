@@ -1,0 +1,272 @@
+//! Starting, calling into and stopping the engine.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use veddb_shard::Shard;
+use veddb_wire::{limits, Error, Request, Response, Route};
+
+use crate::config::{EngineConfig, EXTERNAL_QUEUE_CAPACITY};
+use crate::core::{CoreContext, CoreShared, CoreWiring, External};
+use crate::ring::ring;
+use crate::sync::{Arc, Ordering};
+
+/// Why the engine did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A setting is out of range; the text says which.
+    InvalidConfig(String),
+    /// A core's thread or runtime could not be created (for example io_uring refused and no
+    /// fallback was possible).
+    Core { core: usize, error: String },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::InvalidConfig(text) => write!(f, "invalid engine configuration: {text}"),
+            StartError::Core { core, error } => write!(f, "core {core} failed to start: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The CPUs this process may run on, as indices (what `--cores` counts by default).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+struct CoreHandle {
+    external: SyncSender<External>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running engine: N pinned cores, one shard each.
+pub struct Engine {
+    cores: Vec<CoreHandle>,
+    shared: Arc<[CoreShared]>,
+    config: EngineConfig,
+    runtime_kind: String,
+}
+
+impl Engine {
+    /// Starts `config.cores` threads and waits until every core's runtime is up.
+    pub fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        let core_count = config.cores;
+        if core_count == 0 || core_count as u64 > u64::from(limits::SHARDS_MAX) {
+            return Err(StartError::InvalidConfig(format!(
+                "cores must be between 1 and {}, not {core_count}",
+                limits::SHARDS_MAX
+            )));
+        }
+        if !config.inbox_depth.is_power_of_two()
+            || config.inbox_depth < 2
+            || config.inbox_depth > 1 << 20
+        {
+            return Err(StartError::InvalidConfig(format!(
+                "inbox depth must be a power of two between 2 and 1048576, not {}",
+                config.inbox_depth
+            )));
+        }
+        let shard_budget = config.memory_bytes_limit / core_count as u64;
+        if shard_budget == 0 {
+            return Err(StartError::InvalidConfig("memory budget is zero".into()));
+        }
+
+        // The mesh: for each ordered pair (from, to), a request ring and its response ring.
+        let mut outbound: Vec<Vec<Option<_>>> = (0..core_count)
+            .map(|_| (0..core_count).map(|_| None).collect())
+            .collect();
+        let mut inbound: Vec<Vec<Option<_>>> = (0..core_count)
+            .map(|_| (0..core_count).map(|_| None).collect())
+            .collect();
+        for from in 0..core_count {
+            for to in 0..core_count {
+                if from == to {
+                    continue;
+                }
+                let (request_producer, request_consumer) = ring(config.inbox_depth);
+                let (response_producer, response_consumer) = ring(config.inbox_depth);
+                outbound[from][to] = Some((request_producer, response_consumer));
+                inbound[to][from] = Some((request_consumer, response_producer));
+            }
+        }
+        let shared: Arc<[CoreShared]> = (0..core_count).map(|_| CoreShared::new()).collect();
+        let cpus = available_cpus();
+        let (ready_sender, ready_receiver) =
+            sync_channel::<(usize, Result<String, String>)>(core_count);
+        let mut cores = Vec::with_capacity(core_count);
+        for (index, (outbound, inbound)) in outbound.into_iter().zip(inbound).enumerate() {
+            let (external_sender, external_receiver) = sync_channel(EXTERNAL_QUEUE_CAPACITY);
+            let wiring = CoreWiring {
+                index: index as u32,
+                shard_count: core_count as u32,
+                spin: config.spin,
+                outbound,
+                inbound,
+                external: external_receiver,
+                cores: shared.clone(),
+            };
+            let mut shard_config = config.shard.clone();
+            shard_config.memory_bytes_limit = shard_budget;
+            shard_config.seed =
+                config.shard.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let pin = config.pin_threads.then_some(index % cpus);
+            let ready = ready_sender.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("veddb-core-{index}"))
+                .spawn(move || core_thread(index, pin, wiring, shard_config, ready))
+                .map_err(|error| StartError::Core {
+                    core: index,
+                    error: error.to_string(),
+                })?;
+            cores.push(CoreHandle {
+                external: external_sender,
+                thread: Some(thread),
+            });
+        }
+        drop(ready_sender);
+        let mut engine = Engine {
+            cores,
+            shared,
+            config,
+            runtime_kind: String::new(),
+        };
+        for _ in 0..core_count {
+            match ready_receiver.recv() {
+                Ok((_, Ok(kind))) => engine.runtime_kind = kind,
+                Ok((core, Err(error))) => {
+                    engine.stop();
+                    return Err(StartError::Core { core, error });
+                }
+                Err(_) => {
+                    engine.stop();
+                    return Err(StartError::Core {
+                        core: 0,
+                        error: "core thread exited".into(),
+                    });
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Number of cores (and shards).
+    pub fn shard_count(&self) -> u32 {
+        self.cores.len() as u32
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The I/O driver the cores run on (`IoUring`, `Poll` or `IOCP`).
+    pub fn runtime_kind(&self) -> &str {
+        &self.runtime_kind
+    }
+
+    /// Runs `request` from a thread outside the engine, entering at the core that owns it
+    /// (core 0 for requests that touch several). Blocks until the answer is there.
+    pub fn call(&self, request: Request) -> Response {
+        let core = match request.route(self.shard_count()) {
+            Route::Shard(shard) => shard as usize,
+            Route::Any | Route::Scatter => 0,
+        };
+        self.call_via(core, request)
+    }
+
+    /// Runs `request` entering at `core`, which forwards it if another core owns it.
+    pub fn call_via(&self, core: usize, request: Request) -> Response {
+        let (reply, answer) = sync_channel(1);
+        if !self.submit(core, External::Call { request, reply }) {
+            return Response::Error(Error::ShuttingDown);
+        }
+        answer
+            .recv()
+            .unwrap_or(Response::Error(Error::ShuttingDown))
+    }
+
+    /// Runs `function` on `core`'s thread with its [`CoreContext`] (it may spawn tasks there
+    /// with `compio::runtime::spawn`). Returns false if the engine is stopping.
+    pub fn run_on(&self, core: usize, function: impl FnOnce(CoreContext) + Send + 'static) -> bool {
+        self.submit(core, External::Run(Box::new(function)))
+    }
+
+    fn submit(&self, core: usize, job: External) -> bool {
+        let Some(handle) = self.cores.get(core) else {
+            return false;
+        };
+        if self.shared[core].stop.load(Ordering::Acquire) {
+            return false;
+        }
+        // Blocks while the core's external queue is full: back-pressure, not growth.
+        if handle.external.send(job).is_err() {
+            return false;
+        }
+        self.shared[core]
+            .external_pending
+            .fetch_add(1, Ordering::SeqCst);
+        self.shared[core].doorbell.ring();
+        true
+    }
+
+    /// Stops every core and waits for its thread; returns how long it took.
+    pub fn shutdown(mut self) -> Duration {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        for core in self.shared.iter() {
+            core.stop.store(true, Ordering::Release);
+            core.doorbell.ring();
+        }
+        for core in &mut self.cores {
+            if let Some(thread) = core.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn core_thread(
+    index: usize,
+    pin: Option<usize>,
+    wiring: CoreWiring,
+    shard_config: veddb_shard::Config,
+    ready: SyncSender<(usize, Result<String, String>)>,
+) {
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    if let Some(cpu) = pin {
+        builder.thread_affinity(HashSet::from([cpu]));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send((
+                index,
+                Err(format!("cannot create the I/O runtime: {error}")),
+            ));
+            return;
+        }
+    };
+    let kind = format!("{:?}", runtime.driver_type());
+    let shard = Shard::new(index as u32, shard_config);
+    let context = CoreContext::new(wiring, shard);
+    tracing::debug!(core = index, cpu = ?pin, driver = %kind, "core started");
+    let _ = ready.send((index, Ok(kind)));
+    drop(ready);
+    runtime.block_on(context.run());
+    tracing::debug!(core = index, "core stopped");
+}

@@ -1,0 +1,633 @@
+//! Engine tests with real cores: forwarding, scatter/gather, concurrency, back-pressure,
+//! waiting FETCH, active expiry, shutdown. Generous timeouts, no timing asserts.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use veddb_engine::{Engine, EngineConfig};
+use veddb_shard::{Config, Shard};
+use veddb_wire::{shard_for_key, Request, Response, SetCondition, SetOptions, SubscriberId, Ttl};
+
+fn engine(cores: usize, inbox_depth: usize) -> Engine {
+    Engine::start(EngineConfig {
+        cores,
+        inbox_depth,
+        // Short spin: tests share two CPUs with other tests.
+        spin: Duration::from_micros(20),
+        memory_bytes_limit: 256 << 20,
+        ..EngineConfig::default()
+    })
+    .expect("engine starts")
+}
+
+fn b(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+/// Removes what legitimately differs between layouts: version numbers (per-shard clocks) and
+/// the exact TTL remaining (wall clock).
+fn normalize(response: Response) -> Response {
+    match response {
+        Response::Value { value, .. } => Response::Value { value, version: 0 },
+        Response::Stored { .. } => Response::Stored { version: 0 },
+        Response::VersionMismatch { .. } => Response::VersionMismatch { current: 0 },
+        Response::Integer { value, .. } => Response::Integer { value, version: 0 },
+        Response::Values(values) => Response::Values(
+            values
+                .into_iter()
+                .map(|v| v.map(|(value, _)| (value, 0)))
+                .collect(),
+        ),
+        Response::Ttl(Ttl::Remaining(ms)) => Response::Ttl(Ttl::Remaining(u64::from(ms > 0))),
+        Response::Subscribed { .. } => Response::Subscribed {
+            subscriber: SubscriberId(0),
+        },
+        Response::Info(_) => Response::Ok,
+        other => other,
+    }
+}
+
+/// A script over every operation. `version_of` gives the last version the system under test
+/// returned for a key, so CAS succeeds or fails the same way on every layout.
+fn script() -> Vec<Box<dyn Fn(&dyn Fn(&str) -> u64) -> Request>> {
+    let mut ops: Vec<Box<dyn Fn(&dyn Fn(&str) -> u64) -> Request>> = Vec::new();
+    let hour = Some(3_600_000);
+    for i in 0..40 {
+        let key = format!("key:{}", i % 13);
+        let other = format!("key:{}", (i * 7 + 3) % 13);
+        let k = key.clone();
+        ops.push(Box::new(move |_| Request::Set {
+            key: b(&k),
+            value: b(&format!("v{i}")),
+            options: SetOptions {
+                ttl_ms: if i % 5 == 0 { hour } else { None },
+                ..SetOptions::default()
+            },
+        }));
+        let k = other.clone();
+        ops.push(Box::new(move |_| Request::Get { key: b(&k) }));
+        let k = key.clone();
+        ops.push(Box::new(move |_| Request::Set {
+            key: b(&k),
+            value: b("nx"),
+            options: SetOptions {
+                condition: SetCondition::IfAbsent,
+                ..SetOptions::default()
+            },
+        }));
+        let k = other.clone();
+        ops.push(Box::new(move |_| Request::Set {
+            key: b(&k),
+            value: b("xx"),
+            options: SetOptions {
+                condition: SetCondition::IfPresent,
+                keep_ttl: true,
+                ..SetOptions::default()
+            },
+        }));
+        let k = key.clone();
+        ops.push(Box::new(move |version_of| Request::Cas {
+            key: b(&k),
+            expected_version: version_of(&k),
+            value: b(&format!("cas{i}")),
+            ttl_ms: None,
+        }));
+        let k = other.clone();
+        ops.push(Box::new(move |version_of| Request::Cas {
+            key: b(&k),
+            expected_version: version_of(&k) + 1_000_000,
+            value: b("never"),
+            ttl_ms: None,
+        }));
+        let counter = format!("counter:{}", i % 5);
+        ops.push(Box::new(move |_| Request::Incr {
+            key: b(&counter),
+            delta: i as i64 - 20,
+        }));
+        let k = key.clone();
+        ops.push(Box::new(move |_| Request::Incr {
+            key: b(&k),
+            delta: 1,
+        }));
+        let k = other.clone();
+        ops.push(Box::new(move |_| Request::Exists { key: b(&k) }));
+        let k = key.clone();
+        ops.push(Box::new(move |_| Request::Ttl { key: b(&k) }));
+        if i % 3 == 0 {
+            let k = other.clone();
+            ops.push(Box::new(move |_| Request::Expire {
+                key: b(&k),
+                ttl_ms: 3_600_000,
+            }));
+            let k = key.clone();
+            ops.push(Box::new(move |_| Request::Persist { key: b(&k) }));
+        }
+        if i % 4 == 0 {
+            let k = other.clone();
+            ops.push(Box::new(move |_| Request::Delete { key: b(&k) }));
+            ops.push(Box::new(move |_| Request::Expire {
+                key: b(&format!("key:{}", i % 13)),
+                ttl_ms: 0,
+            }));
+        }
+        if i % 6 == 0 {
+            ops.push(Box::new(move |_| Request::MSet {
+                pairs: (0..6)
+                    .map(|j| (b(&format!("m:{}", (i + j) % 9)), b(&format!("mv{i}.{j}"))))
+                    .collect(),
+            }));
+            ops.push(Box::new(move |_| Request::MGet {
+                keys: (0..10)
+                    .map(|j| b(&format!("m:{}", (i + j * 2) % 11)))
+                    .chain([b("key:1")])
+                    .collect(),
+            }));
+        }
+        if i % 10 == 0 {
+            ops.push(Box::new(|_| Request::Scan {
+                cursor: Bytes::new(),
+                prefix: b("m:"),
+                count: 4,
+            }));
+            ops.push(Box::new(|_| Request::Scan {
+                cursor: b("key:3"),
+                prefix: Bytes::new(),
+                count: 5,
+            }));
+            ops.push(Box::new(|_| Request::Publish {
+                topic: b("news"),
+                message: b("hello"),
+            }));
+            ops.push(Box::new(|_| Request::Ping));
+        }
+    }
+    // Errors go through forwarding too.
+    ops.push(Box::new(|_| Request::Get { key: Bytes::new() }));
+    ops.push(Box::new(|_| Request::Set {
+        key: b("big"),
+        value: Bytes::from(vec![0u8; 17 << 20]),
+        options: SetOptions::default(),
+    }));
+    ops.push(Box::new(|_| Request::Incr {
+        key: b("key:1"),
+        delta: i64::MAX,
+    }));
+    ops
+}
+
+fn track_version(
+    versions: &mut std::collections::HashMap<String, u64>,
+    request: &Request,
+    response: &Response,
+) {
+    let key = match request {
+        Request::Get { key }
+        | Request::Set { key, .. }
+        | Request::Cas { key, .. }
+        | Request::Incr { key, .. } => key,
+        _ => return,
+    };
+    let key = String::from_utf8_lossy(key).into_owned();
+    match response {
+        Response::Value { version, .. }
+        | Response::Stored { version }
+        | Response::Integer { version, .. } => {
+            versions.insert(key, *version);
+        }
+        Response::NotFound => {
+            versions.insert(key, 0);
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_operation_answers_the_same_on_1_2_and_4_shards() {
+    // The reference: one shard, applied directly.
+    let mut reference = Shard::new(
+        0,
+        Config {
+            memory_bytes_limit: 256 << 20,
+            ..Config::default()
+        },
+    );
+    let mut expected = Vec::new();
+    let mut versions = std::collections::HashMap::new();
+    for op in script() {
+        let request = op(&|key: &str| *versions.get(key).unwrap_or(&0));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let response = reference.handle(request.clone(), now);
+        track_version(&mut versions, &request, &response);
+        expected.push((request.name(), normalize(response)));
+    }
+    for cores in [1usize, 2, 4] {
+        let engine = engine(cores, 16);
+        let mut versions = std::collections::HashMap::new();
+        for (step, op) in script().into_iter().enumerate() {
+            let request = op(&|key: &str| *versions.get(key).unwrap_or(&0));
+            // Enter at a rotating core, so most single-key requests are forwarded.
+            let entry = step % cores;
+            let response = engine.call_via(entry, request.clone());
+            track_version(&mut versions, &request, &response);
+            assert_eq!(
+                (request.name(), normalize(response)),
+                expected[step],
+                "step {step} ({}) on {cores} cores entered at core {entry}",
+                request.name()
+            );
+        }
+        // INFO gathers one entry per shard, and the keys add up to the reference's.
+        let Response::Info(info) = engine.call(Request::Info) else {
+            panic!("INFO failed")
+        };
+        assert_eq!(info.shards.len(), cores);
+        assert_eq!(info.total().keys, reference.len() as u64);
+        if cores > 1 {
+            assert!(info.total().forwarded_in > 0, "requests were forwarded");
+        }
+        engine.shutdown();
+    }
+}
+
+#[test]
+fn scan_across_shards_returns_every_key_once_in_order() {
+    let engine = engine(4, 16);
+    let mut wanted: Vec<Bytes> = Vec::new();
+    for i in 0..600 {
+        let key = b(&format!("user:{i:04}"));
+        wanted.push(key.clone());
+        engine.call(Request::Set {
+            key,
+            value: b("x"),
+            options: SetOptions::default(),
+        });
+        engine.call(Request::Set {
+            key: b(&format!("other:{i}")),
+            value: b("y"),
+            options: SetOptions::default(),
+        });
+    }
+    wanted.sort();
+    let mut seen = Vec::new();
+    let mut cursor = Bytes::new();
+    let mut pages = 0;
+    loop {
+        let response = engine.call_via(
+            pages % 4,
+            Request::Scan {
+                cursor: cursor.clone(),
+                prefix: b("user:"),
+                count: 37,
+            },
+        );
+        let Response::Keys { keys, cursor: next } = response else {
+            panic!("SCAN failed: {response:?}")
+        };
+        assert!(keys.len() <= 37);
+        seen.extend(keys);
+        pages += 1;
+        if next.is_empty() {
+            break;
+        }
+        cursor = next;
+        assert!(pages < 1000, "scan does not end");
+    }
+    assert_eq!(seen, wanted);
+}
+
+#[test]
+fn concurrent_forwarded_traffic_from_all_cores_loses_nothing() {
+    for cores in [2usize, 4] {
+        // A small inbox so that back-pressure is exercised all the time.
+        let engine = Arc::new(engine(cores, 4));
+        let tasks_per_core = 24;
+        let increments_per_task = 150;
+        let counters = 8;
+        let finished = Arc::new(AtomicU64::new(0));
+        for core in 0..cores {
+            let finished = finished.clone();
+            engine.run_on(core, move |context| {
+                for task in 0..tasks_per_core {
+                    let context = context.clone();
+                    let finished = finished.clone();
+                    compio::runtime::spawn(async move {
+                        for i in 0..increments_per_task {
+                            let key = b(&format!("counter:{}", (task + i) % counters));
+                            let response = context.execute(Request::Incr { key, delta: 1 }).await;
+                            assert!(matches!(response, Response::Integer { .. }), "{response:?}");
+                            let own = b(&format!("k:{core}:{task}:{i}"));
+                            let response = context
+                                .execute(Request::Set {
+                                    key: own,
+                                    value: b("v"),
+                                    options: SetOptions::default(),
+                                })
+                                .await;
+                            assert!(matches!(response, Response::Stored { .. }), "{response:?}");
+                        }
+                        finished.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .detach();
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while finished.load(Ordering::SeqCst) < (cores * tasks_per_core) as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "forwarded traffic stalled (deadlock?)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut total = 0;
+        for c in 0..counters {
+            match engine.call(Request::Get {
+                key: b(&format!("counter:{c}")),
+            }) {
+                Response::Value { value, .. } => {
+                    total += std::str::from_utf8(&value).unwrap().parse::<u64>().unwrap()
+                }
+                other => panic!("counter {c}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            total,
+            (cores * tasks_per_core * increments_per_task) as u64,
+            "lost increments"
+        );
+        let keys = (0..cores)
+            .flat_map(|core| {
+                (0..tasks_per_core).flat_map(move |task| {
+                    (0..increments_per_task).map(move |i| b(&format!("k:{core}:{task}:{i}")))
+                })
+            })
+            .collect::<Vec<_>>();
+        for chunk in keys.chunks(1000) {
+            let Response::Values(values) = engine.call(Request::MGet {
+                keys: chunk.to_vec(),
+            }) else {
+                panic!()
+            };
+            assert!(values.iter().all(Option::is_some), "a SET was lost");
+        }
+        let Response::Info(info) = engine.call(Request::Info) else {
+            panic!()
+        };
+        assert!(
+            info.shards.iter().all(|s| s.forwarded_in > 0),
+            "every core received forwarded work"
+        );
+        Arc::try_unwrap(engine).ok().expect("sole owner").shutdown();
+    }
+}
+
+#[test]
+fn a_full_inbox_applies_back_pressure() {
+    let depth = 4;
+    let engine = engine(2, depth);
+    // Find keys owned by core 1.
+    let keys: Vec<Bytes> = (0..)
+        .map(|i| b(&format!("bp:{i}")))
+        .filter(|key| shard_for_key(key, 2) == 1)
+        .take(40)
+        .collect();
+    // Hold core 1 still until the test has looked at core 0's queues.
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
+    {
+        let release = release.clone();
+        let held = held.clone();
+        engine.run_on(1, move |_| {
+            held.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+    while !held.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let observed = Arc::new(std::sync::Mutex::new(None));
+    let done = Arc::new(AtomicU64::new(0));
+    {
+        let keys = keys.clone();
+        let observed = observed.clone();
+        let done = done.clone();
+        engine.run_on(0, move |context| {
+            for key in keys {
+                let context = context.clone();
+                let done = done.clone();
+                compio::runtime::spawn(async move {
+                    let response = context
+                        .execute(Request::Set {
+                            key,
+                            value: b("v"),
+                            options: SetOptions::default(),
+                        })
+                        .await;
+                    assert!(matches!(response, Response::Stored { .. }), "{response:?}");
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+                .detach();
+            }
+            // Look once every task has had its first poll.
+            let context2 = context.clone();
+            compio::runtime::spawn(async move {
+                compio::time::sleep(Duration::from_millis(50)).await;
+                *observed.lock().unwrap() =
+                    Some((context2.in_flight(1), context2.waiting_for_credit(1)));
+            })
+            .detach();
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while observed.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (in_flight, waiting) = observed.lock().unwrap().unwrap();
+    assert_eq!(
+        in_flight, depth,
+        "the inbox to core 1 is full, and no fuller"
+    );
+    assert_eq!(waiting, 40 - depth, "every other sender waits for a slot");
+    release.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "senders never resumed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for key in keys {
+        assert!(
+            matches!(engine.call(Request::Get { key }), Response::Value { .. }),
+            "nothing dropped"
+        );
+    }
+}
+
+#[test]
+fn a_waiting_fetch_completes_on_publish_or_deadline() {
+    let engine = Arc::new(engine(2, 16));
+    let topic = b("events");
+    let owner = shard_for_key(&topic, 2) as usize;
+    let other = 1 - owner;
+    let Response::Subscribed { subscriber } = engine.call_via(
+        other,
+        Request::Subscribe {
+            topic: topic.clone(),
+        },
+    ) else {
+        panic!("subscribe failed")
+    };
+    // Deadline: nothing published.
+    let started = Instant::now();
+    let response = engine.call_via(
+        other,
+        Request::Fetch {
+            subscriber,
+            max: 10,
+            wait_ms: 100,
+        },
+    );
+    assert_eq!(
+        response,
+        Response::Messages {
+            messages: vec![],
+            dropped: 0
+        }
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(90),
+        "the fetch waited"
+    );
+    // Publish while a fetch waits (entered on the other core, forwarded to the owner).
+    let waiter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            engine.call_via(
+                other,
+                Request::Fetch {
+                    subscriber,
+                    max: 10,
+                    wait_ms: 30_000,
+                },
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        engine.call_via(
+            other,
+            Request::Publish {
+                topic: topic.clone(),
+                message: b("m1")
+            }
+        ),
+        Response::Published { receivers: 1 }
+    );
+    let response = waiter.join().unwrap();
+    assert_eq!(
+        response,
+        Response::Messages {
+            messages: vec![b("m1")],
+            dropped: 0
+        }
+    );
+    // Unsubscribing answers a waiting fetch.
+    let waiter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            engine.call_via(
+                owner,
+                Request::Fetch {
+                    subscriber,
+                    max: 10,
+                    wait_ms: 30_000,
+                },
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        engine.call(Request::Unsubscribe { subscriber }),
+        Response::Bool(true)
+    );
+    assert!(matches!(waiter.join().unwrap(), Response::Error(_)));
+}
+
+#[test]
+fn expired_keys_are_reclaimed_without_being_read() {
+    let engine = engine(2, 16);
+    for i in 0..50 {
+        let response = engine.call(Request::Set {
+            key: b(&format!("ttl:{i}")),
+            value: b("v"),
+            options: SetOptions {
+                ttl_ms: Some(30),
+                ..SetOptions::default()
+            },
+        });
+        assert!(matches!(response, Response::Stored { .. }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Response::Info(info) = engine.call(Request::Info) else {
+            panic!()
+        };
+        let total = info.total();
+        if total.keys == 0 {
+            assert_eq!(total.expired_keys, 50);
+            assert_eq!(total.memory_bytes_used, 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired keys were not reclaimed: {total:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn more_cores_than_cpus_and_shutdown() {
+    let engine = engine(veddb_engine::available_cpus() * 2 + 1, 8);
+    for i in 0..100 {
+        let key = b(&format!("k{i}"));
+        engine.call_via(
+            i % engine.shard_count() as usize,
+            Request::Set {
+                key: key.clone(),
+                value: key,
+                options: SetOptions::default(),
+            },
+        );
+    }
+    let Response::Values(values) = engine.call(Request::MGet {
+        keys: (0..100).map(|i| b(&format!("k{i}"))).collect(),
+    }) else {
+        panic!()
+    };
+    assert!(values.iter().all(Option::is_some));
+    let took = engine.shutdown();
+    assert!(took < Duration::from_secs(30));
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    assert!(Engine::start(EngineConfig {
+        cores: 0,
+        ..EngineConfig::default()
+    })
+    .is_err());
+    assert!(Engine::start(EngineConfig {
+        inbox_depth: 3,
+        ..EngineConfig::default()
+    })
+    .is_err());
+}
