@@ -1,1 +1,284 @@
-fn main() {}
+//! `veddb-server`: starts the thread-per-core engine with the original VedDB flags.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use veddb_engine::{available_cpus, Engine, EngineConfig};
+use veddb_shard::Eviction;
+use veddb_wire::limits;
+
+/// VedDB server: a thread-per-core key-value store and pub/sub broker.
+#[derive(FromArgs, Debug)]
+struct Args {
+    /// instance name (names the shared-memory instance of local clients)
+    #[argh(option, default = "String::from(\"veddb_main\")")]
+    name: String,
+
+    /// data budget in MiB for the whole instance, split evenly over the cores (default 64)
+    #[argh(option, default = "64")]
+    memory_mb: u64,
+
+    /// number of cores (threads, shards); default: all CPUs
+    #[argh(option)]
+    cores: Option<usize>,
+
+    /// alias of --cores (the original flag)
+    #[argh(option)]
+    workers: Option<usize>,
+
+    /// gRPC port (default 50051)
+    #[argh(option, default = "50051")]
+    port: u16,
+
+    /// seconds after which a silent local client is detached (default 300)
+    #[argh(option, default = "300")]
+    session_timeout: u64,
+
+    /// create the instance if it does not exist
+    #[argh(switch)]
+    create: bool,
+
+    /// debug logging
+    #[argh(switch)]
+    debug: bool,
+
+    /// what to do when the memory budget is full: noeviction (refuse writes with
+    /// OUT_OF_MEMORY, the default) or lru (evict approximately least-recently-used keys)
+    #[argh(option, default = "EvictionArg(Eviction::NoEviction)")]
+    eviction: EvictionArg,
+
+    /// largest key in bytes (default 65536)
+    #[argh(option, default = "limits::KEY_BYTES_MAX_DEFAULT")]
+    key_bytes_max: usize,
+
+    /// largest value or message in bytes (default 16777216)
+    #[argh(option, default = "limits::VALUE_BYTES_MAX_DEFAULT")]
+    value_bytes_max: usize,
+
+    /// microseconds an idle core polls before it parks (default 50)
+    #[argh(option, default = "50")]
+    spin_us: u64,
+
+    /// requests one core may have in flight to another (power of two, default 256)
+    #[argh(option, default = "veddb_engine::INBOX_DEPTH_DEFAULT")]
+    inbox_depth: usize,
+
+    /// log format: text (default) or json
+    #[argh(option, default = "LogFormat::Text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug)]
+struct EvictionArg(Eviction);
+
+impl argh::FromArgValue for EvictionArg {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match value {
+            "noeviction" | "none" => Ok(EvictionArg(Eviction::NoEviction)),
+            "lru" => Ok(EvictionArg(Eviction::Lru)),
+            other => Err(format!(
+                "unknown eviction policy `{other}`: use noeviction or lru"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl argh::FromArgValue for LogFormat {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}`: use text or json")),
+        }
+    }
+}
+
+fn init_logging(args: &Args) {
+    let default = if args.debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VEDDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Checks the flags; the error names the flag and says what is allowed.
+fn engine_config(args: &Args) -> Result<EngineConfig, String> {
+    let cores = match (args.cores, args.workers) {
+        (Some(cores), Some(workers)) if cores != workers => return Err(format!(
+            "--cores {cores} and --workers {workers} disagree (--workers is an alias of --cores)"
+        )),
+        (Some(cores), _) | (None, Some(cores)) => cores,
+        (None, None) => available_cpus(),
+    };
+    if cores == 0 || cores as u64 > u64::from(limits::SHARDS_MAX) {
+        return Err(format!(
+            "--cores must be between 1 and {}, not {cores}",
+            limits::SHARDS_MAX
+        ));
+    }
+    if args.memory_mb == 0 || args.memory_mb > (1 << 30) {
+        return Err(format!(
+            "--memory-mb must be between 1 and {}, not {}",
+            1u64 << 30,
+            args.memory_mb
+        ));
+    }
+    if args.key_bytes_max == 0
+        || args.key_bytes_max > args.value_bytes_max.max(limits::KEY_BYTES_MAX_DEFAULT)
+    {
+        return Err(format!(
+            "--key-bytes-max must be between 1 and --value-bytes-max, not {}",
+            args.key_bytes_max
+        ));
+    }
+    if args.value_bytes_max > 1 << 30 {
+        return Err(format!(
+            "--value-bytes-max is at most 1 GiB, not {}",
+            args.value_bytes_max
+        ));
+    }
+    if !args.inbox_depth.is_power_of_two() || args.inbox_depth < 2 || args.inbox_depth > 1 << 20 {
+        return Err(format!(
+            "--inbox-depth must be a power of two between 2 and 1048576, not {}",
+            args.inbox_depth
+        ));
+    }
+    if args.spin_us > 1_000_000 {
+        return Err(format!(
+            "--spin-us is at most 1000000, not {}",
+            args.spin_us
+        ));
+    }
+    if args.session_timeout == 0 {
+        return Err("--session-timeout must be at least 1 second".into());
+    }
+    let mut config = EngineConfig {
+        cores,
+        pin_threads: true,
+        memory_bytes_limit: args.memory_mb << 20,
+        inbox_depth: args.inbox_depth,
+        spin: Duration::from_micros(args.spin_us),
+        ..EngineConfig::default()
+    };
+    config.shard.eviction = args.eviction.0;
+    config.shard.key_bytes_max = args.key_bytes_max;
+    config.shard.value_bytes_max = args.value_bytes_max;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let config = match engine_config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("veddb-server: {message}");
+            eprintln!("Run veddb-server --help for usage information.");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&args);
+
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let engine = match Engine::start(config.clone()) {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        name = %args.name,
+        cores = engine.shard_count(),
+        driver = engine.runtime_kind(),
+        memory_mb = args.memory_mb,
+        eviction = ?config.shard.eviction,
+        key_bytes_max = config.shard.key_bytes_max,
+        value_bytes_max = config.shard.value_bytes_max,
+        spin_us = args.spin_us,
+        "veddb-server ready"
+    );
+    tracing::warn!(
+        port = args.port,
+        create = args.create,
+        session_timeout_s = args.session_timeout,
+        "this build has no network or shared-memory frontend yet: --port, --create and \
+         --session-timeout are accepted and will be used by the gRPC and local frontends"
+    );
+
+    // With --debug, log the gathered INFO every 10 s.
+    let engine = std::sync::Arc::new(engine);
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reporter = args.debug.then(|| {
+        let engine = engine.clone();
+        let stopping = stopping.clone();
+        std::thread::Builder::new()
+            .name("veddb-stats".into())
+            .spawn(move || report_stats(&engine, &stopping))
+            .expect("spawn the stats thread")
+    });
+
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "stopping");
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(reporter) = reporter {
+        reporter.thread().unpark();
+        let _ = reporter.join();
+    }
+    let Ok(engine) = std::sync::Arc::try_unwrap(engine) else {
+        tracing::error!("engine still in use at shutdown");
+        return ExitCode::FAILURE;
+    };
+    let took = engine.shutdown();
+    tracing::info!(took_ms = took.as_millis() as u64, "stopped");
+    ExitCode::SUCCESS
+}
+
+fn report_stats(engine: &Engine, stopping: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    loop {
+        std::thread::park_timeout(Duration::from_secs(10));
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if let veddb_wire::Response::Info(info) = engine.call(veddb_wire::Request::Info) {
+            let total = info.total();
+            tracing::debug!(
+                ops = total.ops,
+                hits = total.hits,
+                misses = total.misses,
+                keys = total.keys,
+                memory_bytes_used = total.memory_bytes_used,
+                expired_keys = total.expired_keys,
+                evicted_keys = total.evicted_keys,
+                forwarded_in = total.forwarded_in,
+                "stats"
+            );
+        }
+    }
+}
