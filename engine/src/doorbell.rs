@@ -31,6 +31,9 @@ impl Doorbell {
 
     /// Consumer: about to sleep. Re-check the inbound queues after this.
     pub fn prepare_park(&self, waker: &Waker) {
+        #[cfg(veddb_loom)]
+        self.waker.register_by_ref(waker);
+        #[cfg(not(veddb_loom))]
         self.waker.register(waker);
         self.parked.store(true, Ordering::SeqCst);
         // SeqCst fence: pairs with the fence in `ring` (Dekker: store parked / load tail).

@@ -20,16 +20,16 @@ pub mod doorbell;
 pub mod ring;
 mod sync;
 
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 mod config;
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 mod core;
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 mod engine;
 
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub use crate::config::{EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub use crate::core::CoreContext;
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub use crate::engine::{available_cpus, Engine, StartError};

@@ -141,7 +141,7 @@ impl<T> Consumer<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(veddb_loom)))]
 mod tests {
     use super::*;
 

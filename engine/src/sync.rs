@@ -1,28 +1,28 @@
-//! Atomics and cells that switch to `loom`'s model-checked versions under `--cfg loom`.
+//! Atomics and cells that switch to `loom`'s model-checked versions under `--cfg veddb_loom`.
 
-#[cfg(loom)]
+#[cfg(veddb_loom)]
 pub(crate) use loom::future::AtomicWaker;
-#[cfg(loom)]
+#[cfg(veddb_loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-#[cfg(loom)]
+#[cfg(veddb_loom)]
 pub(crate) use loom::sync::Arc;
 
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub(crate) use atomic_waker::AtomicWaker;
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 pub(crate) use std::sync::Arc;
 
-#[cfg(loom)]
+#[cfg(veddb_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
 /// `std::cell::UnsafeCell` with loom's closure-based access API.
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 #[derive(Debug)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(veddb_loom))]
 impl<T> UnsafeCell<T> {
     pub(crate) fn new(value: T) -> Self {
         UnsafeCell(std::cell::UnsafeCell::new(value))

@@ -401,7 +401,7 @@ impl Table {
             self.expiry.insert((expires_at_ms, key.clone()));
         }
         entry.expires_at_ms = expires_at_ms;
-        entry.version = version;
+        let _ = version;
     }
 
     pub fn ttl(&mut self, key: &[u8], now_ms: u64) -> Ttl {
@@ -462,8 +462,8 @@ impl Table {
         let budget = count.saturating_mul(4).saturating_add(256);
         let mut keys = Vec::with_capacity(count.min(1024));
         let mut last_examined: Option<&Bytes> = None;
-        let mut examined = 0;
-        for key in self.ordered.range::<[u8], _>((start, Bound::Unbounded)) {
+        let range = self.ordered.range::<[u8], _>((start, Bound::Unbounded));
+        for (examined, key) in range.enumerate() {
             if !key.starts_with(prefix) {
                 return ScanPage { keys, resume: None };
             }
@@ -471,7 +471,6 @@ impl Table {
                 let resume = last_examined.cloned();
                 return ScanPage { keys, resume };
             }
-            examined += 1;
             last_examined = Some(key);
             if self
                 .map
@@ -513,8 +512,7 @@ impl Table {
 
 /// A decimal 64-bit integer, as INCR accepts it (an optional sign, then digits).
 fn parse_integer(value: &[u8]) -> Option<i64> {
-    if value.is_empty() || value.len() > 20 {
-        return None;
-    }
+    // No length cap: leading zeros are digits too ("000000000000000000042" is 42), and `parse`
+    // rejects the empty string and reports overflow by itself.
     std::str::from_utf8(value).ok()?.parse().ok()
 }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
-use veddb_shard::{Config, Eviction, Shard, ENTRY_OVERHEAD_BYTES};
+use veddb_shard::{merge_scan_pages, Config, Eviction, ScanPage, Shard, ENTRY_OVERHEAD_BYTES};
 use veddb_wire::{
     limits, Error, Info, Request, Response, SetCondition, SetOptions, ShardStats, SubscriberId, Ttl,
 };
@@ -63,6 +63,8 @@ const VALUES: &[&[u8]] = &[
     b"9223372036854775808",
     b"-9223372036854775809",
     b"99999999999999999999",
+    b"000000000000000000042",
+    b"-0000000000000000000001",
     b"1.5",
     b" 1",
     b"1 ",
@@ -686,9 +688,10 @@ enum Op {
     ScanNext,
     Subscribe(Bytes),
     Unsubscribe(SubPick),
+    /// PUBLISH of each message in turn.
     Publish {
         topic: Bytes,
-        message: Bytes,
+        messages: Vec<Bytes>,
     },
     Fetch {
         subscriber: SubPick,
@@ -755,6 +758,8 @@ fn value_strategy(p: Profile) -> BoxedStrategy<Bytes> {
 
 fn prefix_strategy(p: Profile) -> BoxedStrategy<Bytes> {
     prop_oneof![
+        3 => Just(Bytes::new()),
+        3 => Just(Bytes::from_static(b"a")),
         10 => bytes_from(PREFIXES),
         1 => Just(Bytes::from(vec![b'a'; p.key_bytes_max + 1])),
         p.raw_weight => raw_bytes(p.raw_len.min(4)),
@@ -797,8 +802,9 @@ fn message_strategy(p: Profile) -> BoxedStrategy<Bytes> {
 fn ttl_strategy(p: Profile) -> BoxedStrategy<u64> {
     let wild = if p.wild_numbers { 2 } else { 0 };
     prop_oneof![
-        6 => 1..40u64,
-        3 => 40..5_000u64,
+        4 => 1..40u64,
+        4 => 40..5_000u64,
+        2 => 5_000..1_000_000u64,
         1 => Just(0),
         1 => Just(limits::TTL_MS_MAX),
         1 => Just(limits::TTL_MS_MAX + 1),
@@ -893,7 +899,7 @@ fn op_strategy(p: Profile) -> BoxedStrategy<Op> {
     prop_oneof![
         1 => Just(Op::Ping),
         8 => key().prop_map(Op::Get),
-        12 => (key(), value(), option_ttl_strategy(p), condition_strategy(), any::<bool>())
+        16 => (key(), value(), option_ttl_strategy(p), condition_strategy(), any::<bool>())
             .prop_map(|(key, value, ttl_ms, condition, keep_ttl)| Op::Set {
                 key,
                 value,
@@ -915,7 +921,7 @@ fn op_strategy(p: Profile) -> BoxedStrategy<Op> {
         3 => key().prop_map(Op::Ttl),
         3 => key().prop_map(Op::Persist),
         3 => prop::collection::vec(key(), 0..5).prop_map(Op::MGet),
-        5 => prop::collection::vec((key(), value()), 0..6).prop_map(Op::MSet),
+        6 => prop::collection::vec((key(), value()), 0..7).prop_map(Op::MSet),
         3 => (cursor_strategy(p), prefix_strategy(p), count_strategy(p))
             .prop_map(|(cursor, prefix, count)| Op::ScanPage { cursor, prefix, count }),
         3 => (prefix_strategy(p), count_strategy(p))
@@ -925,8 +931,8 @@ fn op_strategy(p: Profile) -> BoxedStrategy<Op> {
         3 => Just(Op::ScanNext),
         2 => topic_strategy(p).prop_map(Op::Subscribe),
         1 => sub_pick().prop_map(Op::Unsubscribe),
-        10 => (topic_strategy(p), message_strategy(p))
-            .prop_map(|(topic, message)| Op::Publish { topic, message }),
+        6 => (topic_strategy(p), prop::collection::vec(message_strategy(p), 1..7))
+            .prop_map(|(topic, messages)| Op::Publish { topic, messages }),
         3 => (sub_pick(), prop_oneof![0..6u32, any::<u32>()], any::<u64>())
             .prop_map(|(subscriber, max, wait_ms)| Op::Fetch { subscriber, max, wait_ms }),
         1 => Just(Op::PollReady),
@@ -1117,11 +1123,13 @@ impl Runner {
                 let subscriber = self.pick_subscriber(*pick);
                 self.request(Request::Unsubscribe { subscriber });
             }
-            Op::Publish { topic, message } => {
-                self.request(Request::Publish {
-                    topic: topic.clone(),
-                    message: message.clone(),
-                });
+            Op::Publish { topic, messages } => {
+                for message in messages {
+                    self.request(Request::Publish {
+                        topic: topic.clone(),
+                        message: message.clone(),
+                    });
+                }
             }
             Op::Fetch {
                 subscriber,
@@ -1197,27 +1205,6 @@ impl Runner {
             self.step,
             self.now,
         );
-        if std::env::var_os("TRACE").is_some() {
-            let g = format!("{got:?}");
-            eprintln!(
-                "TRACE {} -> {}",
-                request.name(),
-                &g[..g.find(|c: char| !c.is_alphanumeric()).unwrap_or(g.len())]
-            );
-            if let Response::Error(e) = &got {
-                eprintln!("TRACE {} -> E {}", request.name(), &format!("{e:?}")[..8]);
-            }
-            if let Response::Messages { dropped, .. } = &got {
-                if *dropped > 0 {
-                    eprintln!("TRACE dropped");
-                }
-            }
-            if let Response::Keys { cursor, .. } = &got {
-                if !cursor.is_empty() {
-                    eprintln!("TRACE cursor");
-                }
-            }
-        }
         self.remember(&request, &got);
         if self.lru() {
             self.reconcile_evictions(&request, &got, evicted_before);
@@ -1271,9 +1258,6 @@ impl Runner {
         );
         if evicted == 0 {
             return;
-        }
-        if std::env::var_os("TRACE").is_some() {
-            eprintln!("TRACE evicted {evicted}");
         }
         assert!(
             self.model.room_needed && !matches!(response, Response::Error(_)),
@@ -1378,9 +1362,6 @@ impl Runner {
                 "step {}: {request:?}: the cursor is the last key of the page",
                 self.step
             );
-        }
-        if std::env::var_os("TRACE").is_some() {
-            eprintln!("TRACE scanpage {} {}", keys.len(), !next.is_empty());
         }
         Some((keys, next))
     }
@@ -1627,7 +1608,7 @@ proptest! {
         start in prop_oneof![Just(0u64), Just(T0), Just(u64::MAX - 100_000), any::<u64>()],
         limit in prop_oneof![Just(64 * 1024 * 1024u64), 0..2_000u64],
         lru in any::<bool>(),
-        queue in (1..6usize, 1..64usize, 0..6usize),
+        queue in (0..6usize, 0..64usize, 0..6usize),
         ops in ops_strategy(WILD),
     ) {
         let (queue_messages, queue_bytes, subscribers_max) = queue;
@@ -1729,4 +1710,210 @@ fn incr_at_the_edges_of_i64() {
         });
         runner.check_invariants();
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// SCAN across several shards (`merge_scan_pages`)
+// ------------------------------------------------------------------------------------------
+
+/// A change made between two rounds of a scattered scan.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Set(Bytes, Option<u64>),
+    Del(Bytes),
+    Advance(u64),
+}
+
+fn valid_key_strategy() -> BoxedStrategy<Bytes> {
+    prop_oneof![
+        3 => bytes_from(KEYS),
+        2 => prop::collection::vec(any::<u8>(), 1..=6).prop_map(Bytes::from),
+    ]
+    .boxed()
+}
+
+fn mutation_strategy() -> BoxedStrategy<Mutation> {
+    prop_oneof![
+        3 => (valid_key_strategy(), prop::option::of(1..100u64))
+            .prop_map(|(key, ttl)| Mutation::Set(key, ttl)),
+        2 => valid_key_strategy().prop_map(Mutation::Del),
+        1 => (0..60u64).prop_map(Mutation::Advance),
+    ]
+    .boxed()
+}
+
+/// Shards of one instance, each key on the shard `shard_for_key` names.
+struct Instance {
+    shards: Vec<Shard>,
+    /// Every key ever written, to list the live ones with `peek`.
+    written: BTreeSet<Bytes>,
+    now: u64,
+}
+
+impl Instance {
+    fn shard_of(&mut self, key: &[u8]) -> &mut Shard {
+        let index = veddb_wire::shard_for_key(key, self.shards.len() as u32);
+        &mut self.shards[index as usize]
+    }
+
+    fn apply(&mut self, mutation: &Mutation) {
+        let now = self.now;
+        match mutation {
+            Mutation::Set(key, ttl_ms) => {
+                let options = SetOptions {
+                    ttl_ms: *ttl_ms,
+                    ..SetOptions::default()
+                };
+                let value = Bytes::from_static(b"v");
+                self.shard_of(key)
+                    .set(key.clone(), value, options, now)
+                    .expect("SET");
+                self.written.insert(key.clone());
+            }
+            Mutation::Del(key) => {
+                self.shard_of(key).delete(key, now).expect("DEL");
+            }
+            Mutation::Advance(ms) => self.now += ms,
+        }
+    }
+
+    fn live_with_prefix(&self, prefix: &[u8]) -> Vec<Bytes> {
+        let shard_count = self.shards.len() as u32;
+        self.written
+            .iter()
+            .filter(|key| key.starts_with(prefix))
+            .filter(|key| {
+                let index = veddb_wire::shard_for_key(key, shard_count) as usize;
+                self.shards[index].peek(key, self.now).is_some()
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(256, 0x5EED_0005))]
+
+    /// A scan scattered over several shards and merged with `merge_scan_pages`, with writes
+    /// between its rounds: pages are ascending, never repeat a key, hold every live key up to
+    /// their cursor, and the whole scan returns every key that was live throughout.
+    #[test]
+    fn scan_across_shards(
+        shard_count in 1..5u32,
+        initial in prop::collection::vec((valid_key_strategy(), prop::option::of(1..100u64)), 0..30),
+        prefix in prop_oneof![Just(Bytes::new()), bytes_from(PREFIXES), raw_bytes(2)],
+        count in prop_oneof![1..5u32, Just(0)],
+        between_rounds in prop::collection::vec(prop::collection::vec(mutation_strategy(), 0..3), 0..30),
+    ) {
+        let mut instance = Instance {
+            shards: (0..shard_count).map(|i| Shard::new(i, Config::default())).collect(),
+            written: BTreeSet::new(),
+            now: T0,
+        };
+        for (key, ttl_ms) in initial {
+            instance.apply(&Mutation::Set(key, ttl_ms));
+        }
+        instance.now += 50;
+        let mut stable: BTreeSet<Bytes> = instance.live_with_prefix(&prefix).into_iter().collect();
+        let effective = if count == 0 { limits::SCAN_COUNT_DEFAULT } else { count } as usize;
+        let mut cursor = Bytes::new();
+        let mut returned: Vec<Bytes> = Vec::new();
+        for round in 0.. {
+            prop_assert!(round < 1_000, "the scan does not terminate");
+            let now = instance.now;
+            let pages: Vec<ScanPage> = instance
+                .shards
+                .iter_mut()
+                .map(|shard| shard.scan(&cursor, &prefix, count, now).expect("SCAN"))
+                .collect();
+            let merged = merge_scan_pages(pages, count);
+            prop_assert!(merged.keys.len() <= effective);
+            prop_assert!(merged.keys.windows(2).all(|w| w[0] < w[1]), "page not ascending");
+            if let (Some(last), Some(first)) = (returned.last(), merged.keys.first()) {
+                prop_assert!(first > last, "key {first:?} after {last:?}: repeated or backwards");
+            }
+            // Every live matching key after the cursor and up to the resume point is on the page.
+            let expected: Vec<Bytes> = instance
+                .live_with_prefix(&prefix)
+                .into_iter()
+                .filter(|key| cursor.is_empty() || *key > cursor)
+                .filter(|key| merged.resume.as_ref().is_none_or(|resume| key <= resume))
+                .collect();
+            prop_assert_eq!(&merged.keys, &expected, "round {} from cursor {:?}", round, cursor);
+            returned.extend(merged.keys);
+            let Some(resume) = merged.resume else {
+                break;
+            };
+            prop_assert!(resume > cursor, "the cursor does not advance");
+            cursor = resume;
+            for mutation in between_rounds.get(round).into_iter().flatten() {
+                instance.apply(mutation);
+                let live: BTreeSet<Bytes> = instance.live_with_prefix(&prefix).into_iter().collect();
+                stable.retain(|key| live.contains(key));
+            }
+        }
+        let returned: BTreeSet<Bytes> = returned.into_iter().collect();
+        let missing: Vec<&Bytes> = stable.difference(&returned).collect();
+        prop_assert!(missing.is_empty(), "keys live throughout but not returned: {:?}", missing);
+    }
+}
+
+/// Long runs of expired keys: a page may stop early (bounded work per call) with a cursor, and
+/// following the cursors still returns exactly the live keys.
+#[test]
+fn scan_over_many_expired_keys() {
+    let mut shard = Shard::new(0, Config::default());
+    let mut live = Vec::new();
+    for i in 0..2_000u32 {
+        let key = Bytes::from(format!("e{i:05}"));
+        let ttl_ms = if i % 450 == 7 {
+            live.push(key.clone());
+            None
+        } else {
+            Some(10)
+        };
+        let options = SetOptions {
+            ttl_ms,
+            ..SetOptions::default()
+        };
+        shard
+            .set(key, Bytes::from_static(b"v"), options, T0)
+            .expect("SET");
+    }
+    let now = T0 + 20;
+    let mut cursor = Bytes::new();
+    let mut returned = Vec::new();
+    let mut calls = 0;
+    let mut short_pages_with_cursor = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 100, "too many calls");
+        let request = Request::Scan {
+            cursor: cursor.clone(),
+            prefix: Bytes::from_static(b"e"),
+            count: 2,
+        };
+        let Response::Keys { keys, cursor: next } = shard.handle(request, now) else {
+            panic!("SCAN failed");
+        };
+        assert!(keys.len() <= 2);
+        returned.extend(keys.iter().cloned());
+        if next.is_empty() {
+            break;
+        }
+        assert!(next > cursor, "the cursor does not advance");
+        if keys.len() < 2 {
+            short_pages_with_cursor += 1;
+        }
+        cursor = next;
+    }
+    assert_eq!(returned, live);
+    assert!(
+        short_pages_with_cursor > 0,
+        "the work budget was never reached"
+    );
+    // SCAN does not reclaim: all 2,000 keys are still there until expire_due runs.
+    assert_eq!(shard.len(), 2_000);
+    assert_eq!(shard.expire_due(now, usize::MAX), 2_000 - live.len());
+    assert_eq!(shard.stats().expired_keys, (2_000 - live.len()) as u64);
 }
