@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -586,26 +586,21 @@ impl CoreContext {
             .load(Ordering::Acquire)
             != 0
         {
-            loop {
-                match state.external.try_recv() {
-                    Ok(job) => {
-                        state.cores[state.index as usize]
-                            .external_pending
-                            .fetch_sub(1, Ordering::AcqRel);
-                        work += 1;
-                        match job {
-                            External::Call { request, reply } => {
-                                let context = self.clone();
-                                compio::runtime::spawn(async move {
-                                    let response = context.execute(request).await;
-                                    let _ = reply.send(response);
-                                })
-                                .detach();
-                            }
-                            External::Run(function) => function(self.clone()),
-                        }
+            while let Ok(job) = state.external.try_recv() {
+                state.cores[state.index as usize]
+                    .external_pending
+                    .fetch_sub(1, Ordering::AcqRel);
+                work += 1;
+                match job {
+                    External::Call { request, reply } => {
+                        let context = self.clone();
+                        compio::runtime::spawn(async move {
+                            let response = context.execute(request).await;
+                            let _ = reply.send(response);
+                        })
+                        .detach();
                     }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    External::Run(function) => function(self.clone()),
                 }
             }
         }

@@ -51,8 +51,11 @@ fn normalize(response: Response) -> Response {
 
 /// A script over every operation. `version_of` gives the last version the system under test
 /// returned for a key, so CAS succeeds or fails the same way on every layout.
-fn script() -> Vec<Box<dyn Fn(&dyn Fn(&str) -> u64) -> Request>> {
-    let mut ops: Vec<Box<dyn Fn(&dyn Fn(&str) -> u64) -> Request>> = Vec::new();
+/// One scripted step: builds its request given the versions seen so far.
+type Step = Box<dyn Fn(&dyn Fn(&str) -> u64) -> Request>;
+
+fn script() -> Vec<Step> {
+    let mut ops: Vec<Step> = Vec::new();
     let hour = Some(3_600_000);
     for i in 0..40 {
         let key = format!("key:{}", i % 13);

@@ -401,7 +401,7 @@ impl Table {
             self.expiry.insert((expires_at_ms, key.clone()));
         }
         entry.expires_at_ms = expires_at_ms;
-        let _ = version;
+        entry.version = version;
     }
 
     pub fn ttl(&mut self, key: &[u8], now_ms: u64) -> Ttl {

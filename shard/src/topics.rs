@@ -18,6 +18,8 @@ struct Subscriber {
     queue_bytes: usize,
     /// Dropped since the last fetch.
     dropped: u64,
+    /// Listed in `Topics::ready` (so the list never holds an id twice).
+    in_ready: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -81,6 +83,7 @@ impl Topics {
                 queue: VecDeque::new(),
                 queue_bytes: 0,
                 dropped: 0,
+                in_ready: false,
             },
         );
         Ok(id)
@@ -110,7 +113,8 @@ impl Topics {
                 debug_assert!(false, "topic lists a missing subscriber");
                 continue;
             };
-            if subscriber.queue.is_empty() {
+            if !subscriber.in_ready {
+                subscriber.in_ready = true;
                 self.ready.push(*id);
             }
             subscriber.queue_bytes += message.len();
@@ -153,7 +157,15 @@ impl Topics {
             .map(|s| !s.queue.is_empty() || s.dropped > 0)
     }
 
+    /// A subscription that received messages since it was last reported; each live
+    /// subscription is listed at most once, removed ones are skipped.
     pub fn poll_ready(&mut self) -> Option<SubscriberId> {
-        self.ready.pop()
+        while let Some(id) = self.ready.pop() {
+            if let Some(subscriber) = self.subscribers.get_mut(&id) {
+                subscriber.in_ready = false;
+                return Some(id);
+            }
+        }
+        None
     }
 }

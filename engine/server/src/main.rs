@@ -119,9 +119,11 @@ fn init_logging(args: &Args) {
 /// Checks the flags; the error names the flag and says what is allowed.
 fn engine_config(args: &Args) -> Result<EngineConfig, String> {
     let cores = match (args.cores, args.workers) {
-        (Some(cores), Some(workers)) if cores != workers => return Err(format!(
+        (Some(cores), Some(workers)) if cores != workers => {
+            return Err(format!(
             "--cores {cores} and --workers {workers} disagree (--workers is an alias of --cores)"
-        )),
+        ))
+        }
         (Some(cores), _) | (None, Some(cores)) => cores,
         (None, None) => available_cpus(),
     };
