@@ -259,7 +259,14 @@ impl CoreContext {
     }
 
     async fn execute_local(&self, request: Request) -> Response {
-        if matches!(request, Request::Fetch { wait_ms, .. } if wait_ms > 0) {
+        // Requests that may answer later (a waiting FETCH) or that complete other waiters
+        // (PUBLISH, UNSUBSCRIBE) go through `serve`; the rest run directly.
+        if matches!(
+            request,
+            Request::Fetch { wait_ms: 1.., .. }
+                | Request::Publish { .. }
+                | Request::Unsubscribe { .. }
+        ) {
             let reply = Rc::new(LocalReply {
                 response: RefCell::new(None),
                 waker: RefCell::new(None),

@@ -542,6 +542,41 @@ fn a_waiting_fetch_completes_on_publish_or_deadline() {
             dropped: 0
         }
     );
+    // The same with everything on the owning core (no forwarding).
+    let waiter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            engine.call_via(
+                owner,
+                Request::Fetch {
+                    subscriber,
+                    max: 10,
+                    wait_ms: 60_000,
+                },
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_eq!(
+        engine.call_via(
+            owner,
+            Request::Publish {
+                topic: topic.clone(),
+                message: b("m2")
+            }
+        ),
+        Response::Published { receivers: 1 }
+    );
+    assert_eq!(
+        waiter.join().unwrap(),
+        Response::Messages {
+            messages: vec![b("m2")],
+            dropped: 0
+        }
+    );
+    // Answered by the publish, not by the 60 s deadline (a generous bound, not a speed check).
+    assert!(started.elapsed() < Duration::from_secs(45));
     // Unsubscribing answers a waiting fetch.
     let waiter = {
         let engine = engine.clone();
@@ -551,17 +586,25 @@ fn a_waiting_fetch_completes_on_publish_or_deadline() {
                 Request::Fetch {
                     subscriber,
                     max: 10,
-                    wait_ms: 30_000,
+                    wait_ms: 60_000,
                 },
             )
         })
     };
     std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
     assert_eq!(
         engine.call(Request::Unsubscribe { subscriber }),
         Response::Bool(true)
     );
-    assert!(matches!(waiter.join().unwrap(), Response::Error(_)));
+    assert_eq!(
+        waiter.join().unwrap(),
+        Response::Error(veddb_wire::Error::UnknownSubscriber(subscriber))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "answered by the unsubscribe, not the deadline"
+    );
 }
 
 #[test]
