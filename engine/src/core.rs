@@ -244,6 +244,18 @@ impl CoreContext {
     pub async fn execute(&self, request: Request) -> Response {
         match request.route(self.0.shard_count) {
             Route::Any => self.0.shard.borrow_mut().handle(request, self.now_ms()),
+            Route::Shard(shard) if shard >= self.0.shard_count => match request {
+                // A subscriber id names its shard; one from another instance (or made up)
+                // names no shard here.
+                Request::Unsubscribe { subscriber } | Request::Fetch { subscriber, .. } => {
+                    Response::Error(Error::UnknownSubscriber(subscriber))
+                }
+                other => Response::Error(Error::InvalidArgument(format!(
+                    "{} routes to shard {shard} of {}",
+                    other.name(),
+                    self.0.shard_count
+                ))),
+            },
             Route::Shard(shard) => self.execute_on(shard as usize, request).await,
             Route::Scatter => self.scatter(request).await,
         }

@@ -173,8 +173,8 @@ impl Engine {
     /// (core 0 for requests that touch several). Blocks until the answer is there.
     pub fn call(&self, request: Request) -> Response {
         let core = match request.route(self.shard_count()) {
-            Route::Shard(shard) => shard as usize,
-            Route::Any | Route::Scatter => 0,
+            Route::Shard(shard) if shard < self.shard_count() => shard as usize,
+            Route::Shard(_) | Route::Any | Route::Scatter => 0,
         };
         self.call_via(core, request)
     }

@@ -665,6 +665,39 @@ fn more_cores_than_cpus_and_shutdown() {
 }
 
 #[test]
+fn subscriber_ids_from_nowhere_are_refused_not_fatal() {
+    let engine = engine(2, 8);
+    for core in 0..2 {
+        for subscriber in [
+            SubscriberId(u64::MAX),
+            SubscriberId::new(7, 1),
+            SubscriberId::new(1, 12345),
+        ] {
+            assert_eq!(
+                engine.call_via(
+                    core,
+                    Request::Fetch {
+                        subscriber,
+                        max: 1,
+                        wait_ms: 10
+                    }
+                ),
+                Response::Error(veddb_wire::Error::UnknownSubscriber(subscriber))
+            );
+            assert!(matches!(
+                engine.call_via(core, Request::Unsubscribe { subscriber }),
+                Response::Error(_) | Response::Bool(false)
+            ));
+        }
+    }
+    assert_eq!(
+        engine.call(Request::Ping),
+        Response::Pong,
+        "the engine still serves"
+    );
+}
+
+#[test]
 fn invalid_configurations_are_refused() {
     assert!(Engine::start(EngineConfig {
         cores: 0,
