@@ -171,3 +171,32 @@ fn bad_flags_fail_with_a_clear_message() {
         assert!(text.contains(expected), "{args:?}: {text}");
     }
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_server_parks_its_cores() {
+    let mut child = start(&["--cores", "2"]);
+    let pid = child.id();
+    engine_threads(pid, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(2);
+    std::thread::sleep(window);
+    let used = cpu_ticks(pid) - before;
+    // Spinning cores would burn 2 × 100 ticks/s × 2 s = 400 ticks; parked ones about none.
+    // The bound is generous (a tenth of one CPU) so a loaded machine cannot fail it.
+    assert!(
+        used <= 20,
+        "an idle server used {used} ticks of CPU in {window:?}"
+    );
+    signal(pid, "TERM");
+    assert!(stop_within(&mut child, Duration::from_secs(10)).success());
+}
