@@ -84,15 +84,101 @@ struct Outbound {
     /// Free slot ids. A request is sent only with a free slot, so at most `depth` are in
     /// flight, and the response ring (also `depth` deep) can never be full.
     free: Vec<u32>,
-    credit_waiters: VecDeque<Waker>,
+    /// Tasks waiting for a free slot, first come first served: tickets in order, and each
+    /// ticket's current waker (updated in place when its task is polled again).
+    credit_queue: VecDeque<u64>,
+    credit_wakers: HashMap<u64, Waker>,
+    next_ticket: u64,
+    /// Forwarded FETCHes that may wait at the peer (they hold a slot while they wait), and
+    /// which slots they hold.
+    waiting_fetches: usize,
+    holds_waiting_fetch: Vec<bool>,
 }
 
 impl Outbound {
     fn release(&mut self, id: u32) {
         self.slots[id as usize] = Slot::Free;
+        if std::mem::take(&mut self.holds_waiting_fetch[id as usize]) {
+            self.waiting_fetches -= 1;
+        }
         self.free.push(id);
-        if let Some(waker) = self.credit_waiters.pop_front() {
-            waker.wake();
+        self.wake_first_waiter();
+    }
+
+    /// Wakes the task at the head of the queue if a slot is free. It stays queued until it
+    /// takes the slot (or is dropped, which passes the wake on).
+    fn wake_first_waiter(&self) {
+        if self.free.is_empty() {
+            return;
+        }
+        if let Some(waker) = self
+            .credit_queue
+            .front()
+            .and_then(|t| self.credit_wakers.get(t))
+        {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// Waits for a free slot towards one peer, in arrival order.
+struct Credit<'a> {
+    state: &'a State,
+    link: &'a RefCell<Outbound>,
+    ticket: Option<u64>,
+}
+
+impl Future for Credit<'_> {
+    type Output = u32;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+        let link = self.link;
+        let mut out = link.borrow_mut();
+        match self.ticket {
+            None => {
+                if out.credit_queue.is_empty() {
+                    if let Some(id) = out.free.pop() {
+                        return Poll::Ready(id);
+                    }
+                }
+                let ticket = out.next_ticket;
+                out.next_ticket += 1;
+                out.credit_queue.push_back(ticket);
+                out.credit_wakers.insert(ticket, cx.waker().clone());
+                self.ticket = Some(ticket);
+                Poll::Pending
+            }
+            Some(ticket) => {
+                if out.credit_queue.front() == Some(&ticket) {
+                    if let Some(id) = out.free.pop() {
+                        out.credit_queue.pop_front();
+                        out.credit_wakers.remove(&ticket);
+                        self.ticket = None;
+                        out.wake_first_waiter();
+                        return Poll::Ready(id);
+                    }
+                }
+                out.credit_wakers.insert(ticket, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Credit<'_> {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket else { return };
+        if self.state.stopped.get() {
+            return;
+        }
+        let Ok(mut out) = self.link.try_borrow_mut() else {
+            debug_assert!(false, "credit queue borrowed while a waiter is dropped");
+            return;
+        };
+        let was_first = out.credit_queue.front() == Some(&ticket);
+        out.credit_queue.retain(|t| *t != ticket);
+        out.credit_wakers.remove(&ticket);
+        if was_first {
+            out.wake_first_waiter();
         }
     }
 }
@@ -136,6 +222,10 @@ struct State {
     dirty: RefCell<Vec<usize>>,
     fetch_waiters: RefCell<HashMap<SubscriberId, FetchWaiter>>,
     fetch_deadlines: RefCell<BTreeSet<(u64, SubscriberId)>>,
+    /// Inside `poll_inbound` (doorbells are rung at its end) or not (rung at once).
+    polling: Cell<bool>,
+    /// The loop has ended; the runtime is dropping the remaining tasks.
+    stopped: Cell<bool>,
 }
 
 /// A handle to the core the current task runs on. Cheap to clone; not `Send` (it lives on its
@@ -170,7 +260,11 @@ impl CoreContext {
                         responses,
                         slots: (0..depth).map(|_| Slot::Free).collect(),
                         free: (0..depth as u32).rev().collect(),
-                        credit_waiters: VecDeque::new(),
+                        credit_queue: VecDeque::new(),
+                        credit_wakers: HashMap::new(),
+                        next_ticket: 0,
+                        waiting_fetches: 0,
+                        holds_waiting_fetch: vec![false; depth],
                     })
                 })
             })
@@ -200,6 +294,8 @@ impl CoreContext {
             dirty: RefCell::new(Vec::new()),
             fetch_waiters: RefCell::new(HashMap::new()),
             fetch_deadlines: RefCell::new(BTreeSet::new()),
+            polling: Cell::new(false),
+            stopped: Cell::new(false),
         }))
     }
 
@@ -235,7 +331,7 @@ impl CoreContext {
     pub fn waiting_for_credit(&self, peer: usize) -> usize {
         self.0.outbound[peer]
             .as_ref()
-            .map_or(0, |link| link.borrow().credit_waiters.len())
+            .map_or(0, |link| link.borrow().credit_queue.len())
     }
 
     /// Runs `request` wherever it belongs: here, on the owning core (forwarded over the
@@ -243,7 +339,10 @@ impl CoreContext {
     /// flight to that core), or scattered over several cores and gathered.
     pub async fn execute(&self, request: Request) -> Response {
         match request.route(self.0.shard_count) {
-            Route::Any => self.0.shard.borrow_mut().handle(request, self.now_ms()),
+            Route::Any => {
+                self.refresh_clock();
+                self.0.shard.borrow_mut().handle(request, self.now_ms())
+            }
             Route::Shard(shard) if shard >= self.0.shard_count => match request {
                 // A subscriber id names its shard; one from another instance (or made up)
                 // names no shard here.
@@ -270,7 +369,13 @@ impl CoreContext {
         }
     }
 
+    /// Tasks woken by I/O may run while the loop is parked: read the clock again.
+    fn refresh_clock(&self) {
+        self.0.now_ms.set(unix_ms());
+    }
+
     async fn execute_local(&self, request: Request) -> Response {
+        self.refresh_clock();
         // Requests that may answer later (a waiting FETCH) or that complete other waiters
         // (PUBLISH, UNSUBSCRIBE) go through `serve`; the rest run directly.
         if matches!(
@@ -283,12 +388,27 @@ impl CoreContext {
                 response: RefCell::new(None),
                 waker: RefCell::new(None),
             });
+            let subscriber = match &request {
+                Request::Fetch { subscriber, .. } => Some(*subscriber),
+                _ => None,
+            };
             self.serve(request, ReplyTo::Local(reply.clone()));
-            return poll_fn(|cx| match reply.response.borrow_mut().take() {
-                Some(response) => Poll::Ready(response),
-                None => {
-                    *reply.waker.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
+            let mut guard = LocalWait {
+                context: self,
+                reply,
+                subscriber,
+            };
+            return poll_fn(|cx| {
+                let taken = guard.reply.response.borrow_mut().take();
+                match taken {
+                    Some(response) => {
+                        guard.subscriber = None;
+                        Poll::Ready(response)
+                    }
+                    None => {
+                        *guard.reply.waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
                 }
             })
             .await;
@@ -303,20 +423,29 @@ impl CoreContext {
             debug_assert!(false, "no link to peer {peer}");
             return Response::Error(Error::InvalidArgument(format!("no core {peer}")));
         };
-        // Back-pressure: wait for a free slot (a credit).
-        let id = poll_fn(|cx| {
-            let mut out = link.borrow_mut();
-            match out.free.pop() {
-                Some(id) => Poll::Ready(id),
-                None => {
-                    out.credit_waiters.push_back(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
+        // Back-pressure: wait for a free slot (a credit), in arrival order.
+        let id = Credit {
+            state: &self.0,
+            link,
+            ticket: None,
+        }
         .await;
+        let mut request = request;
         {
             let mut out = link.borrow_mut();
+            // A FETCH that waits at the peer holds its slot meanwhile; at most a quarter of
+            // the slots may be held that way, so long polls never starve other traffic. Past
+            // that, a FETCH answers at once with what is queued (possibly nothing).
+            if let Request::Fetch { wait_ms, .. } = &mut request {
+                if *wait_ms > 0 {
+                    if out.waiting_fetches < (out.slots.len() / 4).max(1) {
+                        out.waiting_fetches += 1;
+                        out.holds_waiting_fetch[id as usize] = true;
+                    } else {
+                        *wait_ms = 0;
+                    }
+                }
+            }
             out.slots[id as usize] = Slot::Waiting(None);
             if out.requests.push(RequestMessage { id, request }).is_err() {
                 // Cannot happen: free slots never outnumber free ring entries.
@@ -327,6 +456,7 @@ impl CoreContext {
         }
         self.0.cores[peer].doorbell.ring();
         let guard = SlotGuard {
+            state: &self.0,
             link,
             id,
             done: false,
@@ -482,6 +612,10 @@ impl CoreContext {
                         reply,
                     },
                 );
+                if !state.polling.get() {
+                    // A local task added a deadline: let a parked loop re-arm its timer.
+                    state.cores[state.index as usize].doorbell.ring();
+                }
                 return;
             }
             _ => {}
@@ -586,7 +720,12 @@ impl CoreContext {
                     debug_assert!(false, "response ring full despite credits");
                     link.stalled.push_back(message);
                 }
-                self.0.dirty.borrow_mut().push(peer);
+                drop(link);
+                if self.0.polling.get() {
+                    self.0.dirty.borrow_mut().push(peer);
+                } else {
+                    self.0.cores[peer].doorbell.ring();
+                }
             }
         }
     }
@@ -597,6 +736,7 @@ impl CoreContext {
         let state = &self.0;
         let now = unix_ms();
         state.now_ms.set(now);
+        state.polling.set(true);
         let mut work = 0;
 
         // Requests from threads outside the engine.
@@ -697,6 +837,7 @@ impl CoreContext {
             work += state.shard.borrow_mut().expire_due(now, EXPIRY_BATCH_MAX);
         }
         work += self.expire_fetch_waiters(now);
+        state.polling.set(false);
         work
     }
 
@@ -777,6 +918,7 @@ impl CoreContext {
             idle_since = None;
         }
         // Stopping: answer what still waits so no caller hangs.
+        self.0.polling.set(true);
         while let Ok(job) = self.0.external.try_recv() {
             if let External::Call { reply, .. } = job {
                 let _ = reply.send(Response::Error(Error::ShuttingDown));
@@ -788,6 +930,12 @@ impl CoreContext {
                 self.reply(waiter.reply, Response::Error(Error::ShuttingDown));
             }
         }
+        let mut dirty = self.0.dirty.borrow_mut();
+        for &peer in dirty.iter() {
+            self.0.cores[peer].doorbell.ring();
+        }
+        dirty.clear();
+        self.0.stopped.set(true);
     }
 }
 
@@ -807,6 +955,7 @@ fn too_many_keys(count: usize) -> Response {
 /// Waits for a forwarded request's answer; if dropped first, leaves the slot to be freed when
 /// the answer arrives.
 struct SlotGuard<'a> {
+    state: &'a State,
     link: &'a RefCell<Outbound>,
     id: u32,
     done: bool,
@@ -839,10 +988,13 @@ impl Future for SlotGuard<'_> {
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        if self.done {
+        // Once the core has stopped, its runtime is dropping every task: free nothing and
+        // wake nobody.
+        if self.done || self.state.stopped.get() {
             return;
         }
         let Ok(mut out) = self.link.try_borrow_mut() else {
+            debug_assert!(false, "outbound link borrowed while a request is dropped");
             return;
         };
         let id = self.id as usize;
@@ -895,4 +1047,29 @@ fn yield_now() -> impl Future<Output = ()> {
             Poll::Pending
         }
     })
+}
+
+/// A local FETCH that waits: if its caller goes away first, the waiter is withdrawn so a
+/// later PUBLISH does not hand messages to nobody.
+struct LocalWait<'a> {
+    context: &'a CoreContext,
+    reply: Rc<LocalReply>,
+    subscriber: Option<SubscriberId>,
+}
+
+impl Drop for LocalWait<'_> {
+    fn drop(&mut self) {
+        let Some(subscriber) = self.subscriber else {
+            return;
+        };
+        if self.context.0.stopped.get() || self.reply.response.borrow().is_some() {
+            return;
+        }
+        let is_ours = self.context.0.fetch_waiters.borrow().get(&subscriber).is_some_and(
+            |waiter| matches!(&waiter.reply, ReplyTo::Local(reply) if Rc::ptr_eq(reply, &self.reply)),
+        );
+        if is_ours {
+            self.context.take_waiter(subscriber);
+        }
+    }
 }

@@ -117,13 +117,27 @@ impl Engine {
                 config.shard.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let pin = config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
-            let thread = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("veddb-core-{index}"))
-                .spawn(move || core_thread(index, pin, wiring, shard_config, ready))
-                .map_err(|error| StartError::Core {
-                    core: index,
-                    error: error.to_string(),
-                })?;
+                .spawn(move || core_thread(index, pin, wiring, shard_config, ready));
+            let thread = match spawned {
+                Ok(thread) => thread,
+                Err(error) => {
+                    // Stop the cores already running before giving up.
+                    drop(ready_sender);
+                    let mut partial = Engine {
+                        cores,
+                        shared,
+                        config,
+                        runtime_kind: String::new(),
+                    };
+                    partial.stop();
+                    return Err(StartError::Core {
+                        core: index,
+                        error: error.to_string(),
+                    });
+                }
+            };
             cores.push(CoreHandle {
                 external: external_sender,
                 thread: Some(thread),

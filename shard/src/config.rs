@@ -32,6 +32,9 @@ pub struct Config {
     /// Bytes a subscriber may have queued before the oldest is dropped.
     pub subscriber_queue_bytes_max: usize,
     pub subscribers_max: usize,
+    /// Bytes queued for all of this shard's subscribers together; past it, a publish pushes
+    /// out the oldest messages of the subscriber it is queued for (same drop-oldest policy).
+    pub pubsub_queue_bytes_max: usize,
     /// Seed of the eviction sampler (deterministic tests).
     pub seed: u64,
 }
@@ -46,6 +49,7 @@ impl Default for Config {
             subscriber_queue_messages_max: limits::SUBSCRIBER_QUEUE_MESSAGES_DEFAULT,
             subscriber_queue_bytes_max: limits::SUBSCRIBER_QUEUE_BYTES_DEFAULT,
             subscribers_max: limits::SUBSCRIBERS_PER_SHARD_MAX_DEFAULT,
+            pubsub_queue_bytes_max: limits::PUBSUB_QUEUE_BYTES_PER_SHARD_DEFAULT,
             seed: 0x9E37_79B9_7F4A_7C15,
         }
     }

@@ -40,6 +40,9 @@ pub(crate) struct Topics {
     ready: Vec<SubscriberId>,
     queue_messages_max: usize,
     queue_bytes_max: usize,
+    /// All queues of this shard together.
+    shard_queue_bytes: usize,
+    shard_queue_bytes_max: usize,
     subscribers_max: usize,
     counters: TopicCounters,
 }
@@ -54,6 +57,8 @@ impl Topics {
             ready: Vec::new(),
             queue_messages_max: config.subscriber_queue_messages_max.max(1),
             queue_bytes_max: config.subscriber_queue_bytes_max.max(1),
+            shard_queue_bytes: 0,
+            shard_queue_bytes_max: config.pubsub_queue_bytes_max.max(1),
             subscribers_max: config.subscribers_max,
             counters: TopicCounters::default(),
         }
@@ -93,6 +98,7 @@ impl Topics {
         let Some(subscriber) = self.subscribers.remove(&id) else {
             return false;
         };
+        self.shard_queue_bytes -= subscriber.queue_bytes;
         if let Some(list) = self.by_topic.get_mut(&subscriber.topic) {
             list.retain(|other| *other != id);
             if list.is_empty() {
@@ -118,14 +124,18 @@ impl Topics {
                 self.ready.push(*id);
             }
             subscriber.queue_bytes += message.len();
+            self.shard_queue_bytes += message.len();
             subscriber.queue.push_back(message.clone());
             while subscriber.queue.len() > self.queue_messages_max
-                || (subscriber.queue_bytes > self.queue_bytes_max && subscriber.queue.len() > 1)
+                || ((subscriber.queue_bytes > self.queue_bytes_max
+                    || self.shard_queue_bytes > self.shard_queue_bytes_max)
+                    && subscriber.queue.len() > 1)
             {
                 let Some(oldest) = subscriber.queue.pop_front() else {
                     break;
                 };
                 subscriber.queue_bytes -= oldest.len();
+                self.shard_queue_bytes -= oldest.len();
                 subscriber.dropped += 1;
                 self.counters.dropped += 1;
             }
@@ -146,7 +156,9 @@ impl Topics {
         } as usize;
         let take = subscriber.queue.len().min(max);
         let messages: Vec<Bytes> = subscriber.queue.drain(..take).collect();
-        subscriber.queue_bytes -= messages.iter().map(Bytes::len).sum::<usize>();
+        let taken: usize = messages.iter().map(Bytes::len).sum();
+        subscriber.queue_bytes -= taken;
+        self.shard_queue_bytes -= taken;
         let dropped = std::mem::take(&mut subscriber.dropped);
         Ok((messages, dropped))
     }
@@ -167,5 +179,37 @@ impl Topics {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shard_wide_queue_limit_drops_oldest_and_counts() {
+        let config = Config {
+            subscriber_queue_bytes_max: 1000,
+            pubsub_queue_bytes_max: 100,
+            ..Config::default()
+        };
+        let mut topics = Topics::new(0, &config);
+        let a = topics.subscribe(Bytes::from_static(b"t")).unwrap();
+        let b = topics.subscribe(Bytes::from_static(b"t")).unwrap();
+        for i in 0..10u8 {
+            assert_eq!(topics.publish(b"t", Bytes::from(vec![i; 10])), 2);
+        }
+        // 2 subscribers × 10 messages × 10 bytes = 200 bytes > 100: the oldest went.
+        assert!(topics.shard_queue_bytes <= 100);
+        let (messages_a, dropped_a) = topics.fetch(a, 0).unwrap();
+        let (messages_b, dropped_b) = topics.fetch(b, 0).unwrap();
+        assert_eq!(messages_a.len() as u64 + dropped_a, 10);
+        assert_eq!(messages_b.len() as u64 + dropped_b, 10);
+        assert!(dropped_a + dropped_b >= 10);
+        // The newest message always survives.
+        assert_eq!(messages_a.last().unwrap()[0], 9);
+        assert_eq!(messages_b.last().unwrap()[0], 9);
+        assert_eq!(topics.shard_queue_bytes, 0);
+        assert_eq!(topics.counters().dropped, dropped_a + dropped_b);
     }
 }

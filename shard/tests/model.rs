@@ -1625,6 +1625,8 @@ proptest! {
             subscriber_queue_messages_max: queue_messages,
             subscriber_queue_bytes_max: queue_bytes,
             subscribers_max,
+            // The shard-wide cap has its own unit test (topics.rs); the model mirrors per-subscriber limits.
+            pubsub_queue_bytes_max: usize::MAX,
             seed: u64::from(index),
         };
         let mut runner = Runner::new(index, config, start);

@@ -18,6 +18,8 @@ pub const FETCH_WAIT_MS_MAX: u64 = 60_000;
 pub const SUBSCRIBER_QUEUE_MESSAGES_DEFAULT: usize = 4096;
 /// Bytes queued per subscriber before the oldest is dropped (default).
 pub const SUBSCRIBER_QUEUE_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// Bytes queued for all subscribers of one shard together (default).
+pub const PUBSUB_QUEUE_BYTES_PER_SHARD_DEFAULT: usize = 64 * 1024 * 1024;
 /// Subscribers per shard (default).
 pub const SUBSCRIBERS_PER_SHARD_MAX_DEFAULT: usize = 65_536;
 /// Most shards (cores) an instance can have: subscriber ids carry the shard in 16 bits.
@@ -27,3 +29,4 @@ pub const TTL_MS_MAX: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 const _: () = assert!(KEY_BYTES_MAX_DEFAULT <= VALUE_BYTES_MAX_DEFAULT);
 const _: () = assert!(SCAN_COUNT_DEFAULT <= SCAN_COUNT_MAX);
+const _: () = assert!(SUBSCRIBER_QUEUE_BYTES_DEFAULT <= PUBSUB_QUEUE_BYTES_PER_SHARD_DEFAULT);
