@@ -1,1 +1,10 @@
-//! placeholder
+//! `veddb-transport`: the ways into the engine from outside the process.
+//!
+//! - [`grpc`]: a gRPC server hand-rolled on `h2` (no tonic, no hyper), running on every core's
+//!   compio runtime, with the service `veddb.v1.VedDb` and the standard health service.
+//!
+//! A frontend runs as tasks on a core and calls [`veddb_engine::CoreContext::execute`]; it owns
+//! the protocol, never the data. Message mapping lives in `veddb_wire::grpc` (pure functions).
+#![forbid(unsafe_code)]
+
+pub mod grpc;

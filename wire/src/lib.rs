@@ -7,9 +7,11 @@
 //! It must not depend on any runtime, socket, thread or clock: it is pure data.
 #![forbid(unsafe_code)]
 
+pub mod grpc;
 pub mod hash;
 pub mod limits;
 mod model;
+pub mod proto;
 
 pub use hash::{key_hash, shard_for_key};
 pub use model::*;

@@ -28,9 +28,20 @@ struct Args {
     #[argh(option)]
     workers: Option<usize>,
 
-    /// gRPC port (default 50051)
+    /// gRPC port (default 50051); every core listens on it (SO_REUSEPORT)
     #[argh(option, default = "50051")]
     port: u16,
+
+    /// address the gRPC port listens on (default 127.0.0.1; 0.0.0.0 for every interface)
+    #[argh(
+        option,
+        default = "std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)"
+    )]
+    bind: std::net::IpAddr,
+
+    /// largest gRPC message in bytes, received or sent (default 4194304)
+    #[argh(option, default = "veddb_wire::grpc::MESSAGE_BYTES_MAX_DEFAULT")]
+    grpc_message_bytes_max: usize,
 
     /// seconds after which a silent local client is detached (default 300)
     #[argh(option, default = "300")]
@@ -160,6 +171,12 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
             args.inbox_depth
         ));
     }
+    if args.grpc_message_bytes_max < 1024 || args.grpc_message_bytes_max > 1 << 30 {
+        return Err(format!(
+            "--grpc-message-bytes-max must be between 1024 and 1073741824, not {}",
+            args.grpc_message_bytes_max
+        ));
+    }
     if args.spin_us > 1_000_000 {
         return Err(format!(
             "--spin-us is at most 1000000, not {}",
@@ -225,12 +242,28 @@ fn main() -> ExitCode {
         spin_us = args.spin_us,
         "veddb-server ready"
     );
+    let grpc = match veddb_transport::grpc::start(
+        &engine,
+        veddb_transport::grpc::GrpcConfig {
+            bind: args.bind,
+            port: args.port,
+            message_bytes_max: args.grpc_message_bytes_max,
+            ..Default::default()
+        },
+    ) {
+        Ok(grpc) => grpc,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the gRPC frontend");
+            engine.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %grpc.local_addr(), "gRPC listening on every core");
     tracing::warn!(
-        port = args.port,
         create = args.create,
         session_timeout_s = args.session_timeout,
-        "this build has no network or shared-memory frontend yet: --port, --create and \
-         --session-timeout are accepted and will be used by the gRPC and local frontends"
+        "this build has no shared-memory frontend yet: --create and --session-timeout are \
+         accepted and will be used by the local frontend"
     );
 
     // With --debug, log the gathered INFO every 10 s.
@@ -247,6 +280,9 @@ fn main() -> ExitCode {
 
     let signal = signals.forever().next();
     tracing::info!(?signal, "stopping");
+    // New calls get UNAVAILABLE and health says NOT_SERVING; give calls in flight a moment.
+    grpc.begin_shutdown();
+    std::thread::sleep(Duration::from_millis(100));
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(reporter) = reporter {
         reporter.thread().unpark();

@@ -81,7 +81,7 @@ fn stop_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn one_pinned_engine_thread_and_one_io_uring_per_core() {
-    let mut child = start(&["--cores", "2", "--spin-us", "10"]);
+    let mut child = start(&["--cores", "2", "--spin-us", "10", "--port", "0"]);
     let pid = child.id();
     let threads = engine_threads(pid, 2);
     assert_eq!(threads[0], ("veddb-core-0".to_string(), "0".to_string()));
@@ -139,7 +139,16 @@ fn the_original_readme_command_line_starts_and_stops_on_sigint() {
 
 #[test]
 fn json_logs() {
-    let mut child = start(&["--cores", "1", "--log-format", "json", "--spin-us", "10"]);
+    let mut child = start(&[
+        "--cores",
+        "1",
+        "--log-format",
+        "json",
+        "--spin-us",
+        "10",
+        "--port",
+        "0",
+    ]);
     engine_threads(child.id(), 1);
     signal(child.id(), "TERM");
     stop_within(&mut child, Duration::from_secs(10));
@@ -183,7 +192,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn an_idle_server_parks_its_cores() {
-    let mut child = start(&["--cores", "2"]);
+    let mut child = start(&["--cores", "2", "--port", "0"]);
     let pid = child.id();
     engine_threads(pid, 2);
     std::thread::sleep(Duration::from_millis(300));

@@ -1,0 +1,680 @@
+//! Listener, connections and streams of the gRPC frontend.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use compio::net::{TcpListener, TcpSocket, TcpStream};
+use futures_util::future::{join_all, select, Either};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Method as HttpMethod, StatusCode};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use veddb_engine::CoreContext;
+use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
+use veddb_wire::{Request, Response};
+
+use super::GrpcConfig;
+
+/// Messages one FETCH of a Subscribe stream takes at most.
+const SUBSCRIBE_FETCH_MESSAGES_MAX: u32 = 256;
+/// How long one FETCH of a Subscribe stream waits at the topic's core before asking again.
+const SUBSCRIBE_FETCH_WAIT_MS: u64 = 10_000;
+/// How often a health Watch looks at the serving state.
+const HEALTH_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+struct Shared {
+    config: GrpcConfig,
+    shutting_down: Arc<AtomicBool>,
+    connections: Cell<usize>,
+}
+
+/// Binds this core's listener (SO_REUSEPORT), reports the address, then accepts forever.
+pub(super) async fn listen(
+    context: CoreContext,
+    address: SocketAddr,
+    config: GrpcConfig,
+    shutting_down: Arc<AtomicBool>,
+    report: SyncSender<io::Result<SocketAddr>>,
+) {
+    let listener = match bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = report.send(Err(io::Error::new(
+                error.kind(),
+                format!("cannot listen on {address}: {error}"),
+            )));
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(address);
+    let _ = report.send(Ok(local));
+    tracing::debug!(core = context.index(), %local, "gRPC listening");
+    let shared = Rc::new(Shared {
+        config,
+        shutting_down,
+        connections: Cell::new(0),
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: log, breathe, go on.
+                tracing::warn!(core = context.index(), %error, "accept failed");
+                compio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shared.connections.get() >= shared.config.connections_per_core_max {
+            tracing::warn!(%peer, limit = shared.config.connections_per_core_max, "too many connections; closing");
+            drop(stream);
+            continue;
+        }
+        shared.connections.set(shared.connections.get() + 1);
+        let context = context.clone();
+        let shared = shared.clone();
+        compio::runtime::spawn(async move {
+            if let Err(error) = serve_connection(context, stream, &shared).await {
+                tracing::debug!(%peer, %error, "gRPC connection ended");
+            }
+            shared.connections.set(shared.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4().await?
+    } else {
+        TcpSocket::new_v6().await?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address).await?;
+    socket.listen(1024).await
+}
+
+async fn serve_connection(
+    context: CoreContext,
+    stream: TcpStream,
+    shared: &Rc<Shared>,
+) -> Result<(), h2::Error> {
+    let _ = stream.set_nodelay(true);
+    let io = Box::pin(compio::io::compat::AsyncStream::new(stream)).compat();
+    let config = &shared.config;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(1 << 16)
+        .max_concurrent_streams(config.streams_per_connection_max)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256));
+    let handshake =
+        compio::time::timeout(config.handshake_timeout, builder.handshake::<_, Bytes>(io)).await;
+    let mut connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Ok(()),
+    };
+    let ping_pong = connection.ping_pong();
+    let keepalive = async {
+        let Some(mut ping_pong) = ping_pong else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            compio::time::sleep(config.keepalive_interval).await;
+            match compio::time::timeout(
+                config.keepalive_timeout,
+                ping_pong.ping(h2::Ping::opaque()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                _ => {
+                    tracing::debug!("gRPC client did not answer a keepalive ping; closing");
+                    return;
+                }
+            }
+        }
+    };
+    let accept = async move {
+        while let Some(accepted) = connection.accept().await {
+            let (request, respond) = accepted?;
+            let context = context.clone();
+            let shared = shared.clone();
+            compio::runtime::spawn(async move {
+                handle_stream(context, request, respond, &shared).await
+            })
+            .detach();
+        }
+        Ok::<(), h2::Error>(())
+    };
+    match select(pin!(accept), pin!(keepalive)).await {
+        Either::Left((result, _)) => result,
+        Either::Right(((), _)) => Ok(()),
+    }
+}
+
+fn grpc_headers() -> http::Response<()> {
+    let mut response = http::Response::new(());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+    response
+}
+
+fn status_headers(headers: &mut HeaderMap, status: &Status) {
+    headers.insert("grpc-status", HeaderValue::from(status.code as i32));
+    if !status.message.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&map::percent_encode_message(&status.message)) {
+            headers.insert("grpc-message", value);
+        }
+    }
+}
+
+/// An immediate error: one HEADERS frame carrying the status, ending the stream.
+fn trailers_only(respond: &mut SendResponse<Bytes>, status: &Status) {
+    let mut response = grpc_headers();
+    status_headers(response.headers_mut(), status);
+    let _ = respond.send_response(response, true);
+}
+
+fn finish(stream: &mut SendStream<Bytes>, status: &Status) {
+    let mut trailers = HeaderMap::new();
+    status_headers(&mut trailers, status);
+    let _ = stream.send_trailers(trailers);
+}
+
+fn ok() -> Status {
+    Status {
+        code: Code::Ok,
+        message: String::new(),
+    }
+}
+
+fn status(code: Code, message: impl Into<String>) -> Status {
+    Status {
+        code,
+        message: message.into(),
+    }
+}
+
+fn frame_error_status(error: FrameError) -> Status {
+    match error {
+        FrameError::TooLarge { length, limit } => status(
+            Code::ResourceExhausted,
+            format!("message of {length} bytes is over the limit of {limit} bytes"),
+        ),
+        FrameError::Compressed => status(
+            Code::Unimplemented,
+            "compressed messages are not supported (grpc-accept-encoding: identity)",
+        ),
+        FrameError::BadFlag(flag) => status(Code::Internal, format!("bad message flag {flag}")),
+        FrameError::Truncated => status(Code::Internal, "the request ended inside a message"),
+    }
+}
+
+/// Sends `data`, waiting for HTTP/2 send window as needed (a client that does not read stalls
+/// only its own stream).
+async fn send_all(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+            Some(Err(error)) => return Err(error),
+            Some(Ok(0)) => continue,
+            Some(Ok(capacity)) => {
+                let chunk = data.split_to(capacity.min(data.len()));
+                stream.send_data(chunk, false)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `future` until `deadline` (if any). `Err(())` when the deadline passed first.
+async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Result<F::Output, ()> {
+    match deadline {
+        None => Ok(future.await),
+        Some(deadline) => compio::time::timeout_at(deadline, future)
+            .await
+            .map_err(|_| ()),
+    }
+}
+
+fn deadline_status() -> Status {
+    status(
+        Code::DeadlineExceeded,
+        "the deadline (grpc-timeout) expired",
+    )
+}
+
+/// Reads the single request message of a unary or server-streaming call.
+async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<Status>> {
+    let mut deframer = Deframer::new(limit);
+    let mut message = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| None)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        deframer.push(&chunk);
+        while let Some(next) = deframer.next().map_err(|e| Some(frame_error_status(e)))? {
+            if message.is_some() {
+                return Err(Some(status(
+                    Code::Internal,
+                    "more than one request message for a unary call",
+                )));
+            }
+            message = Some(next);
+        }
+    }
+    deframer.finish().map_err(|e| Some(frame_error_status(e)))?;
+    message.ok_or_else(|| Some(status(Code::Internal, "no request message")))
+}
+
+/// The key a NOT_FOUND message names.
+fn key_of(request: &Request) -> Bytes {
+    match request {
+        Request::Get { key }
+        | Request::Set { key, .. }
+        | Request::Delete { key }
+        | Request::Exists { key }
+        | Request::Cas { key, .. }
+        | Request::Incr { key, .. }
+        | Request::Expire { key, .. }
+        | Request::Ttl { key }
+        | Request::Persist { key } => key.clone(),
+        _ => Bytes::new(),
+    }
+}
+
+async fn handle_stream(
+    context: CoreContext,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    shared: &Shared,
+) {
+    let (parts, mut body) = request.into_parts();
+    if parts.method != HttpMethod::POST {
+        let mut response = http::Response::new(());
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        let _ = respond.send_response(response, true);
+        return;
+    }
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(content_type == "application/grpc"
+        || content_type.starts_with("application/grpc+")
+        || content_type.starts_with("application/grpc;"))
+    {
+        let mut response = http::Response::new(());
+        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        status_headers(
+            response.headers_mut(),
+            &status(
+                Code::Internal,
+                format!("content-type {content_type:?} is not application/grpc"),
+            ),
+        );
+        let _ = respond.send_response(response, true);
+        return;
+    }
+    let Some(method) = Method::from_path(parts.uri.path()) else {
+        trailers_only(
+            &mut respond,
+            &status(
+                Code::Unimplemented,
+                format!("unknown method {}", parts.uri.path()),
+            ),
+        );
+        return;
+    };
+    if let Some(encoding) = parts
+        .headers
+        .get("grpc-encoding")
+        .and_then(|v| v.to_str().ok())
+    {
+        if encoding != "identity" {
+            trailers_only(
+                &mut respond,
+                &status(
+                    Code::Unimplemented,
+                    format!("message encoding {encoding:?} is not supported; use identity"),
+                ),
+            );
+            return;
+        }
+    }
+    if shared.shutting_down.load(Ordering::Relaxed) && method != Method::HealthCheck {
+        trailers_only(
+            &mut respond,
+            &status(Code::Unavailable, "the server is shutting down"),
+        );
+        return;
+    }
+    let deadline = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(map::grpc_timeout)
+        .map(|timeout| Instant::now() + timeout);
+    let limit = shared.config.message_bytes_max;
+    match method {
+        Method::Batch => batch(&context, body, respond, deadline, limit).await,
+        Method::Subscribe => subscribe(&context, body, respond, deadline, limit).await,
+        Method::HealthWatch => health_watch(body, respond, deadline, limit, shared).await,
+        Method::HealthCheck => {
+            let message = match until(deadline, read_one(&mut body, limit)).await {
+                Err(()) => return trailers_only(&mut respond, &deadline_status()),
+                Ok(Err(None)) => return,
+                Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
+                Ok(Ok(message)) => message,
+            };
+            match map::decode_health(message) {
+                Err(error) => trailers_only(&mut respond, &error),
+                Ok(service) if !map::health_service_known(&service) => trailers_only(
+                    &mut respond,
+                    &status(Code::NotFound, format!("unknown service {service:?}")),
+                ),
+                Ok(_) => {
+                    let serving = !shared.shutting_down.load(Ordering::Relaxed);
+                    respond_message(&mut respond, map::encode_health(serving), limit).await;
+                }
+            }
+        }
+        _ => unary(&context, method, body, respond, deadline, limit).await,
+    }
+}
+
+/// Sends one response message and OK trailers.
+async fn respond_message(respond: &mut SendResponse<Bytes>, message: Vec<u8>, limit: usize) {
+    if message.len() > limit {
+        return trailers_only(
+            respond,
+            &status(
+                Code::ResourceExhausted,
+                format!(
+                    "response of {} bytes is over the limit of {limit} bytes",
+                    message.len()
+                ),
+            ),
+        );
+    }
+    let Ok(mut stream) = respond.send_response(grpc_headers(), false) else {
+        return;
+    };
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    map::frame(&message, &mut framed);
+    if send_all(&mut stream, Bytes::from(framed)).await.is_ok() {
+        finish(&mut stream, &ok());
+    }
+}
+
+async fn unary(
+    context: &CoreContext,
+    method: Method,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+) {
+    let message = match until(deadline, read_one(&mut body, limit)).await {
+        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        Ok(Err(None)) => return, // the client went away
+        Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
+        Ok(Ok(message)) => message,
+    };
+    let request = match map::decode_unary(method, message) {
+        Ok(request) => request,
+        Err(error) => return trailers_only(&mut respond, &error),
+    };
+    let key = key_of(&request);
+    let response = match until(deadline, context.execute(request)).await {
+        Ok(response) => response,
+        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+    };
+    match map::encode_unary(method, &key, response) {
+        Ok(message) => respond_message(&mut respond, message, limit).await,
+        Err(error) => trailers_only(&mut respond, &error),
+    }
+}
+
+/// `Batch`: requests in, answers out, in order. All complete messages of one received chunk run
+/// concurrently (scattered over cores) and their answers leave in one write.
+async fn batch(
+    context: &CoreContext,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+) {
+    let Ok(mut stream) = respond.send_response(grpc_headers(), false) else {
+        return;
+    };
+    let mut deframer = Deframer::new(limit);
+    loop {
+        let chunk = match until(deadline, body.data()).await {
+            Err(()) => return finish(&mut stream, &deadline_status()),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return, // reset by the client
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        deframer.push(&chunk);
+        let mut decoded = Vec::new();
+        loop {
+            match deframer.next() {
+                Ok(Some(message)) => decoded.push(map::decode_batch(message)),
+                Ok(None) => break,
+                Err(error) => return finish(&mut stream, &frame_error_status(error)),
+            }
+        }
+        if decoded.is_empty() {
+            continue;
+        }
+        let answers = decoded.into_iter().map(|item| async move {
+            match item {
+                Ok((method, request)) => {
+                    let key = key_of(&request);
+                    let response = context.execute(request).await;
+                    map::encode_batch(method, &key, response)
+                }
+                Err(error) => map::encode_batch_error(&error),
+            }
+        });
+        let answers = match until(deadline, join_all(answers)).await {
+            Ok(answers) => answers,
+            Err(()) => return finish(&mut stream, &deadline_status()),
+        };
+        let mut out = BytesMut::with_capacity(answers.iter().map(|a| a.len() + 5).sum());
+        let mut framed = Vec::new();
+        for answer in &answers {
+            framed.clear();
+            map::frame(answer, &mut framed);
+            out.extend_from_slice(&framed);
+        }
+        if send_all(&mut stream, out.freeze()).await.is_err() {
+            return;
+        }
+    }
+    match deframer.finish() {
+        Ok(()) => finish(&mut stream, &ok()),
+        Err(error) => finish(&mut stream, &frame_error_status(error)),
+    }
+}
+
+/// `Subscribe`: a subscription that lives as long as the stream, delivered by long-polling
+/// FETCHes on the topic's core; cancelled streams unsubscribe.
+async fn subscribe(
+    context: &CoreContext,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+) {
+    let message = match until(deadline, read_one(&mut body, limit)).await {
+        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        Ok(Err(None)) => return,
+        Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
+        Ok(Ok(message)) => message,
+    };
+    let topic = match map::decode_subscribe(message) {
+        Ok(topic) => topic,
+        Err(error) => return trailers_only(&mut respond, &error),
+    };
+    let subscriber = match context.execute(Request::Subscribe { topic }).await {
+        Response::Subscribed { subscriber } => subscriber,
+        Response::Error(error) => {
+            return trailers_only(&mut respond, &map::status_of_error(&error))
+        }
+        other => {
+            return trailers_only(
+                &mut respond,
+                &status(Code::Internal, format!("unexpected answer {other:?}")),
+            )
+        }
+    };
+    let end = deliver(context, subscriber, respond, deadline, limit).await;
+    // Whatever ended the stream, the subscription goes with it.
+    let _ = context.execute(Request::Unsubscribe { subscriber }).await;
+    if let Some((mut stream, status)) = end {
+        finish(&mut stream, &status);
+    }
+}
+
+/// Sends the subscription's messages until the client cancels (`None`) or the stream must end
+/// with a status.
+async fn deliver(
+    context: &CoreContext,
+    subscriber: veddb_wire::SubscriberId,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+) -> Option<(SendStream<Bytes>, Status)> {
+    let mut stream = respond.send_response(grpc_headers(), false).ok()?;
+    let mut framed = Vec::new();
+    map::frame(&map::encode_subscribed(), &mut framed);
+    send_all(&mut stream, Bytes::from(framed)).await.ok()?;
+    let mut backoff = Duration::ZERO;
+    loop {
+        if !backoff.is_zero() {
+            compio::time::sleep(backoff).await;
+        }
+        let asked = Instant::now();
+        let fetch = context.execute(Request::Fetch {
+            subscriber,
+            max: SUBSCRIBE_FETCH_MESSAGES_MAX,
+            wait_ms: SUBSCRIBE_FETCH_WAIT_MS,
+        });
+        let reset = poll_fn(|cx| stream.poll_reset(cx));
+        let response = match until(deadline, select(pin!(fetch), pin!(reset))).await {
+            Err(()) => return Some((stream, deadline_status())),
+            Ok(Either::Right(_)) => return None, // RST_STREAM from the client
+            Ok(Either::Left((response, _))) => response,
+        };
+        match response {
+            Response::Messages { messages, dropped } => {
+                if messages.is_empty() && dropped == 0 {
+                    // Answered at once with nothing (the long-poll cap was reached): back off a
+                    // little instead of spinning; a real wait resets the back-off.
+                    backoff =
+                        if asked.elapsed() < Duration::from_millis(SUBSCRIBE_FETCH_WAIT_MS / 2) {
+                            (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(50))
+                        } else {
+                            Duration::ZERO
+                        };
+                    continue;
+                }
+                backoff = Duration::ZERO;
+                let mut out = Vec::new();
+                let mut dropped = dropped;
+                for message in messages {
+                    let encoded = map::encode_message(message, std::mem::take(&mut dropped));
+                    if encoded.len() > limit {
+                        continue;
+                    }
+                    map::frame(&encoded, &mut out);
+                }
+                if dropped > 0 {
+                    map::frame(&map::encode_message(Bytes::new(), dropped), &mut out);
+                }
+                if send_all(&mut stream, Bytes::from(out)).await.is_err() {
+                    return None;
+                }
+            }
+            Response::Error(error) => return Some((stream, map::status_of_error(&error))),
+            other => {
+                return Some((
+                    stream,
+                    status(Code::Internal, format!("unexpected answer {other:?}")),
+                ))
+            }
+        }
+    }
+}
+
+/// `Health/Watch`: the serving state now, then whenever it changes, until the client cancels.
+async fn health_watch(
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+    shared: &Shared,
+) {
+    let message = match until(deadline, read_one(&mut body, limit)).await {
+        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        Ok(Err(None)) => return,
+        Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
+        Ok(Ok(message)) => message,
+    };
+    let service = match map::decode_health(message) {
+        Ok(service) => service,
+        Err(error) => return trailers_only(&mut respond, &error),
+    };
+    let Ok(mut stream) = respond.send_response(grpc_headers(), false) else {
+        return;
+    };
+    let known = map::health_service_known(&service);
+    let mut last = None;
+    loop {
+        let state = if !known {
+            map::HealthState::ServiceUnknown
+        } else if shared.shutting_down.load(Ordering::Relaxed) {
+            map::HealthState::NotServing
+        } else {
+            map::HealthState::Serving
+        };
+        if last != Some(state) {
+            let mut framed = Vec::new();
+            map::frame(&map::encode_health_state(state), &mut framed);
+            if send_all(&mut stream, Bytes::from(framed)).await.is_err() {
+                return;
+            }
+            last = Some(state);
+        }
+        let reset = poll_fn(|cx| stream.poll_reset(cx));
+        let tick = compio::time::sleep(HEALTH_WATCH_INTERVAL);
+        match until(deadline, select(pin!(reset), pin!(tick))).await {
+            Err(()) => return finish(&mut stream, &deadline_status()),
+            Ok(Either::Left(_)) => return,
+            Ok(Either::Right(_)) => {}
+        }
+    }
+}
