@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod grpc;
+pub mod grpc_client;
 pub mod hash;
 pub mod limits;
 mod model;

@@ -1,0 +1,307 @@
+//! `veddb-cli`: a command-line client, like `redis-cli`.
+//!
+//! `veddb-cli --grpc HOST:PORT <command> [args]`. Exit status: 0 success, 1 the key was not
+//! found or a condition did not hold, 2 usage error, 3 the server refused (with its message),
+//! 4 could not connect.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use bytes::Bytes;
+use veddb_client::veddb_wire::grpc_client::SubscribeEvent;
+use veddb_client::veddb_wire::{Request, Response, SetCondition, SetOptions, Ttl};
+use veddb_client::{Client, ClientError};
+
+/// VedDB command-line client.
+#[derive(FromArgs)]
+struct Args {
+    /// server gRPC address, HOST:PORT (default 127.0.0.1:50051)
+    #[argh(option, default = "String::from(\"127.0.0.1:50051\")")]
+    grpc: String,
+
+    /// the command and its arguments: ping | get KEY | set KEY VALUE [--ttl MS] [--nx|--xx] |
+    /// del KEY | cas KEY VERSION VALUE | incr KEY [DELTA] | decr KEY [DELTA] | expire KEY MS |
+    /// ttl KEY | persist KEY | mget KEY... | mset KEY VALUE... | scan [PREFIX] [--count N] |
+    /// publish TOPIC MESSAGE | subscribe TOPIC | info
+    #[argh(positional, greedy)]
+    command: Vec<String>,
+}
+
+/// Prints bytes safely: printable ASCII as is, everything else escaped (\n, \xNN).
+fn show(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for &byte in bytes {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(byte as char),
+            _ => out.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+enum Outcome {
+    Done,
+    Negative,
+}
+
+fn usage(message: &str) -> Result<Outcome, (u8, String)> {
+    Err((2, format!("usage: {message}")))
+}
+
+fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, (u8, String)> {
+    text.parse()
+        .map_err(|_| (2, format!("{what} must be a number, not {text:?}")))
+}
+
+fn run(client: &Client, words: &[String]) -> Result<Outcome, (u8, String)> {
+    let refused = |error: ClientError| (3u8, error.to_string());
+    let b = |text: &String| Bytes::copy_from_slice(text.as_bytes());
+    let Some((command, rest)) = words.split_first() else {
+        return usage("veddb-cli [--grpc HOST:PORT] <command> [args]; see --help");
+    };
+    let simple = |request: Request| client.execute(request).map_err(refused);
+    match (command.to_ascii_lowercase().as_str(), rest) {
+        ("ping", []) => {
+            client.ping().map_err(refused)?;
+            println!("PONG");
+        }
+        ("get", [key]) => match client.get(b(key)).map_err(refused)? {
+            Some((value, version)) => println!("{} (version {version})", show(&value)),
+            None => {
+                println!("(not found)");
+                return Ok(Outcome::Negative);
+            }
+        },
+        ("set", [key, value, flags @ ..]) => {
+            let mut options = SetOptions::default();
+            let mut flags = flags.iter();
+            while let Some(flag) = flags.next() {
+                match flag.as_str() {
+                    "--nx" => options.condition = SetCondition::IfAbsent,
+                    "--xx" => options.condition = SetCondition::IfPresent,
+                    "--keepttl" => options.keep_ttl = true,
+                    "--ttl" => {
+                        let Some(ms) = flags.next() else {
+                            return usage("set KEY VALUE --ttl MILLISECONDS");
+                        };
+                        options.ttl_ms = Some(number(ms, "--ttl")?);
+                    }
+                    other => {
+                        return usage(&format!(
+                            "unknown set flag {other}; use --ttl MS, --nx, --xx, --keepttl"
+                        ))
+                    }
+                }
+            }
+            match client.set(b(key), b(value), options).map_err(refused)? {
+                Some(version) => println!("OK (version {version})"),
+                None => {
+                    println!("(not stored: condition not met)");
+                    return Ok(Outcome::Negative);
+                }
+            }
+        }
+        ("del", [key]) => {
+            let existed = client.delete(b(key)).map_err(refused)?;
+            println!("{}", if existed { "1" } else { "0" });
+            if !existed {
+                return Ok(Outcome::Negative);
+            }
+        }
+        ("cas", [key, version, value]) => {
+            let expected_version = number(version, "VERSION")?;
+            match simple(Request::Cas {
+                key: b(key),
+                expected_version,
+                value: b(value),
+                ttl_ms: None,
+            })? {
+                Response::Stored { version } => println!("OK (version {version})"),
+                Response::VersionMismatch { current } => {
+                    println!("(version mismatch: current version {current})");
+                    return Ok(Outcome::Negative);
+                }
+                Response::NotFound => {
+                    println!("(not found)");
+                    return Ok(Outcome::Negative);
+                }
+                other => return Err((3, format!("unexpected answer {other:?}"))),
+            }
+        }
+        (verb @ ("incr" | "decr"), [key, delta @ ..]) => {
+            let delta: i64 = match delta {
+                [] => 1,
+                [delta] => number(delta, "DELTA")?,
+                _ => return usage("incr KEY [DELTA]"),
+            };
+            let delta = if verb == "decr" {
+                delta
+                    .checked_neg()
+                    .ok_or((2, "DELTA out of range".to_string()))?
+            } else {
+                delta
+            };
+            println!("{}", client.incr(b(key), delta).map_err(refused)?);
+        }
+        ("expire", [key, ms]) => match simple(Request::Expire {
+            key: b(key),
+            ttl_ms: number(ms, "MS")?,
+        })? {
+            Response::Bool(true) => println!("1"),
+            _ => {
+                println!("0");
+                return Ok(Outcome::Negative);
+            }
+        },
+        ("persist", [key]) => match simple(Request::Persist { key: b(key) })? {
+            Response::Bool(true) => println!("1"),
+            _ => {
+                println!("0");
+                return Ok(Outcome::Negative);
+            }
+        },
+        ("ttl", [key]) => match client.ttl(b(key)).map_err(refused)? {
+            Ttl::Missing => {
+                println!("(not found)");
+                return Ok(Outcome::Negative);
+            }
+            Ttl::Persistent => println!("(no expiry)"),
+            Ttl::Remaining(ms) => println!("{ms} ms"),
+        },
+        ("mget", keys) if !keys.is_empty() => match simple(Request::MGet {
+            keys: keys.iter().map(b).collect(),
+        })? {
+            Response::Values(values) => {
+                for (key, value) in keys.iter().zip(values) {
+                    match value {
+                        Some((value, version)) => println!(
+                            "{} = {} (version {version})",
+                            show(key.as_bytes()),
+                            show(&value)
+                        ),
+                        None => println!("{} = (not found)", show(key.as_bytes())),
+                    }
+                }
+            }
+            other => return Err((3, format!("unexpected answer {other:?}"))),
+        },
+        ("mset", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => {
+            let pairs = pairs
+                .chunks(2)
+                .map(|pair| (b(&pair[0]), b(&pair[1])))
+                .collect();
+            simple(Request::MSet { pairs })?;
+            println!("OK");
+        }
+        ("scan", args) => {
+            let mut prefix = Bytes::new();
+            let mut count = 0u32;
+            let mut args = args.iter();
+            while let Some(arg) = args.next() {
+                if arg == "--count" {
+                    let Some(n) = args.next() else {
+                        return usage("scan [PREFIX] [--count N]");
+                    };
+                    count = number(n, "--count")?;
+                } else {
+                    prefix = b(arg);
+                }
+            }
+            let mut cursor = Bytes::new();
+            loop {
+                match simple(Request::Scan {
+                    cursor: cursor.clone(),
+                    prefix: prefix.clone(),
+                    count,
+                })? {
+                    Response::Keys { keys, cursor: next } => {
+                        for key in keys {
+                            println!("{}", show(&key));
+                        }
+                        if next.is_empty() {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    other => return Err((3, format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
+        ("publish", [topic, message]) => {
+            println!("{}", client.publish(b(topic), b(message)).map_err(refused)?)
+        }
+        ("subscribe", [topic]) => {
+            let mut subscription = client.subscribe(b(topic)).map_err(refused)?;
+            eprintln!("subscribed to {}; Ctrl-C to stop", show(topic.as_bytes()));
+            while let Some(event) = subscription.next() {
+                match event.map_err(refused)? {
+                    SubscribeEvent::Message { message, dropped } => {
+                        if dropped > 0 {
+                            println!("(dropped {dropped} messages: this subscriber was too slow)");
+                        }
+                        println!("{}", show(&message));
+                    }
+                    SubscribeEvent::Subscribed => {}
+                }
+            }
+        }
+        ("info", []) => {
+            let info = client.info().map_err(refused)?;
+            let total = info.total();
+            println!("shards: {}", info.shards.len());
+            println!(
+                "ops: {}  hits: {}  misses: {}  keys: {}  memory: {} / {} bytes",
+                total.ops,
+                total.hits,
+                total.misses,
+                total.keys,
+                total.memory_bytes_used,
+                total.memory_bytes_limit
+            );
+            println!(
+                "expired: {}  evicted: {}  out-of-memory errors: {}  topics: {}  subscribers: {}  published: {}  delivered: {}  dropped: {}",
+                total.expired_keys, total.evicted_keys, total.out_of_memory_errors, total.topics, total.subscribers,
+                total.messages_published, total.messages_delivered, total.messages_dropped
+            );
+            for shard in &info.shards {
+                println!(
+                    "  shard {}: ops {} keys {} memory {} forwarded-in {}",
+                    shard.shard, shard.ops, shard.keys, shard.memory_bytes_used, shard.forwarded_in
+                );
+            }
+        }
+        (other, _) => {
+            return usage(&format!(
+                "unknown command or wrong arguments: {other}; see veddb-cli --help"
+            ))
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let client = match Client::connect_grpc(&args.grpc) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("veddb-cli: cannot connect to {}: {error}", args.grpc);
+            return ExitCode::from(4);
+        }
+    };
+    match run(&client, &args.command) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Negative) => ExitCode::from(1),
+        Err((code, message)) => {
+            eprintln!("veddb-cli: {message}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! An async gRPC connection to a VedDB server, on h2 over compio.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use compio::net::TcpStream;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use veddb_wire::grpc::{self as map, Code, Deframer, Method, Status};
+use veddb_wire::grpc_client::{self as client_map, SubscribeEvent};
+use veddb_wire::{Info, Request, Response};
+
+use crate::ClientError;
+
+/// One HTTP/2 connection. Cheap to clone; calls from several tasks run concurrently as
+/// separate streams.
+#[derive(Clone)]
+pub struct GrpcConnection {
+    send: SendRequest<Bytes>,
+    authority: String,
+    message_bytes_max: usize,
+}
+
+impl GrpcConnection {
+    /// Connects and completes the HTTP/2 handshake. Must be called inside a compio runtime,
+    /// which then drives the connection.
+    pub async fn connect(address: SocketAddr) -> Result<GrpcConnection, ClientError> {
+        let stream = TcpStream::connect(address).await.map_err(ClientError::Io)?;
+        let _ = stream.set_nodelay(true);
+        let io = Box::pin(compio::io::compat::AsyncStream::new(stream)).compat();
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(8 << 20)
+            .max_frame_size(1 << 16)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(ClientError::from_h2)?;
+        compio::runtime::spawn(async move {
+            let _ = connection.await;
+        })
+        .detach();
+        Ok(GrpcConnection {
+            send,
+            authority: address.to_string(),
+            message_bytes_max: map::MESSAGE_BYTES_MAX_DEFAULT,
+        })
+    }
+
+    async fn start(
+        &self,
+        method: Method,
+    ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), ClientError> {
+        let mut send = self
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(ClientError::from_h2)?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{}", self.authority, method.path()))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        send.send_request(request, false)
+            .map_err(ClientError::from_h2)
+    }
+
+    /// Sends framed messages, optionally ending the request.
+    async fn send_messages(
+        stream: &mut SendStream<Bytes>,
+        messages: &[Vec<u8>],
+        end: bool,
+    ) -> Result<(), ClientError> {
+        let mut framed = Vec::with_capacity(messages.iter().map(|m| m.len() + 5).sum());
+        for message in messages {
+            map::frame(message, &mut framed);
+        }
+        let mut data = Bytes::from(framed);
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                None => return Err(ClientError::Protocol("the server closed the stream".into())),
+                Some(Err(error)) => return Err(ClientError::from_h2(error)),
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => {
+                    let chunk = data.split_to(n.min(data.len()));
+                    stream
+                        .send_data(chunk, false)
+                        .map_err(ClientError::from_h2)?;
+                }
+            }
+        }
+        if end {
+            stream
+                .send_data(Bytes::new(), true)
+                .map_err(ClientError::from_h2)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one call with `messages` as its request stream; returns the response messages.
+    async fn call(&self, method: Method, messages: &[Vec<u8>]) -> Result<Vec<Bytes>, ClientError> {
+        let (response, mut stream) = self.start(method).await?;
+        Self::send_messages(&mut stream, messages, true).await?;
+        let response = response.await.map_err(ClientError::from_h2)?;
+        let (parts, mut body) = response.into_parts();
+        check_http(&parts)?;
+        if let Some(status) = status_of(&parts.headers) {
+            // Trailers-only response.
+            return if status.code == Code::Ok {
+                Ok(Vec::new())
+            } else {
+                Err(ClientError::Status(status))
+            };
+        }
+        let mut deframer = Deframer::new(self.message_bytes_max);
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(ClientError::from_h2)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            deframer.push(&chunk);
+            while let Some(message) = deframer
+                .next()
+                .map_err(|e| ClientError::Status(e.status()))?
+            {
+                out.push(message);
+            }
+        }
+        let trailers = body
+            .trailers()
+            .await
+            .map_err(ClientError::from_h2)?
+            .unwrap_or_default();
+        match status_of(&trailers) {
+            Some(status) if status.code == Code::Ok => Ok(out),
+            Some(status) => Err(ClientError::Status(status)),
+            None => Err(ClientError::Protocol(
+                "the response has no grpc-status".into(),
+            )),
+        }
+    }
+
+    /// Runs one request (through a one-message `Batch` call; INFO through its own RPC).
+    pub async fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        let mut answers = self.execute_many(vec![request]).await?;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(ClientError::Protocol("no answer".into())))
+    }
+
+    /// Runs several requests pipelined on one `Batch` stream; answers come back in order,
+    /// each with its own result.
+    pub async fn execute_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
+        if let [Request::Info] = requests.as_slice() {
+            return Ok(vec![self.info().await.map(Response::Info)]);
+        }
+        let messages = requests
+            .iter()
+            .map(|request| client_map::encode_batch_request(request).map_err(ClientError::Status))
+            .collect::<Result<Vec<_>, _>>()?;
+        let answers = self.call(Method::Batch, &messages).await?;
+        if answers.len() != requests.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} answers to {} requests",
+                answers.len(),
+                requests.len()
+            )));
+        }
+        Ok(requests
+            .iter()
+            .zip(answers)
+            .map(|(request, answer)| {
+                client_map::decode_batch_response(request, answer).map_err(ClientError::Status)
+            })
+            .collect())
+    }
+
+    /// Statistics of every shard.
+    pub async fn info(&self) -> Result<Info, ClientError> {
+        let answers = self.call(Method::Info, &[Vec::new()]).await?;
+        let answer = answers
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("no answer".into()))?;
+        client_map::decode_info(answer).map_err(ClientError::Status)
+    }
+
+    /// Subscribes to `topic`; the subscription lasts until the [`Subscription`] is dropped.
+    pub async fn subscribe(&self, topic: Bytes) -> Result<Subscription, ClientError> {
+        let (response, mut stream) = self.start(Method::Subscribe).await?;
+        Self::send_messages(
+            &mut stream,
+            &[client_map::encode_subscribe_request(topic)],
+            true,
+        )
+        .await?;
+        let response = response.await.map_err(ClientError::from_h2)?;
+        let (parts, body) = response.into_parts();
+        check_http(&parts)?;
+        if let Some(status) = status_of(&parts.headers) {
+            return Err(ClientError::Status(status));
+        }
+        let mut subscription = Subscription {
+            body,
+            deframer: Deframer::new(self.message_bytes_max),
+            _stream: stream,
+        };
+        match subscription.next().await {
+            Some(Ok(SubscribeEvent::Subscribed)) => Ok(subscription),
+            Some(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected the subscription confirmation, got {other:?}"
+            ))),
+            Some(Err(error)) => Err(error),
+            None => Err(ClientError::Protocol(
+                "the subscription ended at once".into(),
+            )),
+        }
+    }
+}
+
+/// A live subscription. Dropping it cancels the stream (the server unsubscribes).
+pub struct Subscription {
+    body: RecvStream,
+    deframer: Deframer,
+    _stream: SendStream<Bytes>,
+}
+
+impl Subscription {
+    /// The next event; `None` when the server ended the stream normally.
+    pub async fn next(&mut self) -> Option<Result<SubscribeEvent, ClientError>> {
+        loop {
+            match self.deframer.next() {
+                Ok(Some(message)) => {
+                    return Some(
+                        client_map::decode_subscribe_event(message).map_err(ClientError::Status),
+                    )
+                }
+                Ok(None) => {}
+                Err(error) => return Some(Err(ClientError::Status(error.status()))),
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.deframer.push(&chunk);
+                }
+                Some(Err(error)) => return Some(Err(ClientError::from_h2(error))),
+                None => {
+                    let trailers = match self.body.trailers().await {
+                        Ok(trailers) => trailers.unwrap_or_default(),
+                        Err(error) => return Some(Err(ClientError::from_h2(error))),
+                    };
+                    return match status_of(&trailers) {
+                        Some(status) if status.code != Code::Ok => {
+                            Some(Err(ClientError::Status(status)))
+                        }
+                        _ => None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn check_http(parts: &http::response::Parts) -> Result<(), ClientError> {
+    if parts.status != http::StatusCode::OK {
+        return Err(ClientError::Protocol(format!(
+            "HTTP status {}",
+            parts.status
+        )));
+    }
+    Ok(())
+}
+
+fn status_of(headers: &HeaderMap<HeaderValue>) -> Option<Status> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    let message = headers
+        .get("grpc-message")
+        .map(|value| map::percent_decode_message(value.as_bytes()))
+        .unwrap_or_default();
+    Some(Status::new(
+        Code::from_i32(code).unwrap_or(Code::Unknown),
+        message,
+    ))
+}

@@ -1,0 +1,208 @@
+//! `veddb-client`: the Rust client library of VedDB.
+//!
+//! [`Client`] is the blocking API (one per thread): each call runs on a private compio
+//! runtime, so nothing else is needed. [`grpc::GrpcConnection`] is the async API underneath,
+//! for programs that already run on compio and want many calls in flight. Requests and answers
+//! are the engine's own [`veddb_wire::Request`] and [`veddb_wire::Response`]; the typed helpers
+//! (`get`, `set`, ...) wrap them.
+//!
+//! Transports: gRPC (`--grpc HOST:PORT`) today; the shared-memory connection for local clients
+//! will implement the same calls.
+#![forbid(unsafe_code)]
+
+pub mod grpc;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use bytes::Bytes;
+use veddb_wire::grpc::Status;
+use veddb_wire::grpc_client::SubscribeEvent;
+use veddb_wire::{Info, Request, Response, SetOptions, Ttl};
+
+pub use veddb_wire;
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Connecting or talking to the server failed.
+    Io(std::io::Error),
+    /// The server answered something this client does not understand, or the connection broke.
+    Protocol(String),
+    /// The server answered with a gRPC status (its code and message say why).
+    Status(Status),
+}
+
+impl ClientError {
+    fn from_h2(error: h2::Error) -> ClientError {
+        if let Some(io) = error.get_io() {
+            return ClientError::Io(std::io::Error::new(io.kind(), io.to_string()));
+        }
+        ClientError::Protocol(error.to_string())
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(error) => write!(f, "I/O error: {error}"),
+            ClientError::Protocol(text) => write!(f, "protocol error: {text}"),
+            // Server messages usually start with the code already ("NOT_FOUND: ...").
+            ClientError::Status(status) if status.message.starts_with(status.code.name()) => {
+                write!(f, "{}", status.message)
+            }
+            ClientError::Status(status) => write!(f, "{}: {}", status.code.name(), status.message),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A blocking client. Not `Send`: keep one per thread.
+pub struct Client {
+    runtime: compio::runtime::Runtime,
+    connection: grpc::GrpcConnection,
+}
+
+impl Client {
+    /// Connects to a server's gRPC port (`host:port`).
+    pub fn connect_grpc(address: &str) -> Result<Client, ClientError> {
+        let address: SocketAddr = address
+            .to_socket_addrs()
+            .map_err(ClientError::Io)?
+            .next()
+            .ok_or_else(|| ClientError::Protocol(format!("{address} resolves to no address")))?;
+        let runtime = compio::runtime::Runtime::new().map_err(ClientError::Io)?;
+        let connection = runtime.block_on(grpc::GrpcConnection::connect(address))?;
+        Ok(Client {
+            runtime,
+            connection,
+        })
+    }
+
+    /// Runs any request.
+    pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        self.runtime.block_on(self.connection.execute(request))
+    }
+
+    /// Runs several requests pipelined on one stream; one result per request, in order.
+    pub fn execute_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
+        self.runtime
+            .block_on(self.connection.execute_many(requests))
+    }
+
+    fn unexpected(response: Response) -> ClientError {
+        ClientError::Protocol(format!("unexpected answer {response:?}"))
+    }
+
+    pub fn ping(&self) -> Result<(), ClientError> {
+        match self.execute(Request::Ping)? {
+            Response::Pong => Ok(()),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The value and version of `key`, or `None`.
+    pub fn get(&self, key: impl Into<Bytes>) -> Result<Option<(Bytes, u64)>, ClientError> {
+        match self.execute(Request::Get { key: key.into() })? {
+            Response::Value { value, version } => Ok(Some((value, version))),
+            Response::NotFound => Ok(None),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Writes `value`; the new version, or `None` when the NX/XX condition did not hold.
+    pub fn set(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: SetOptions,
+    ) -> Result<Option<u64>, ClientError> {
+        match self.execute(Request::Set {
+            key: key.into(),
+            value: value.into(),
+            options,
+        })? {
+            Response::Stored { version } => Ok(Some(version)),
+            Response::NotStored => Ok(None),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        match self.execute(Request::Delete { key: key.into() })? {
+            Response::Bool(existed) => Ok(existed),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Adds `delta`; the new value.
+    pub fn incr(&self, key: impl Into<Bytes>, delta: i64) -> Result<i64, ClientError> {
+        match self.execute(Request::Incr {
+            key: key.into(),
+            delta,
+        })? {
+            Response::Integer { value, .. } => Ok(value),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub fn ttl(&self, key: impl Into<Bytes>) -> Result<Ttl, ClientError> {
+        match self.execute(Request::Ttl { key: key.into() })? {
+            Response::Ttl(ttl) => Ok(ttl),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Publishes; how many subscribers it was queued for.
+    pub fn publish(
+        &self,
+        topic: impl Into<Bytes>,
+        message: impl Into<Bytes>,
+    ) -> Result<u32, ClientError> {
+        match self.execute(Request::Publish {
+            topic: topic.into(),
+            message: message.into(),
+        })? {
+            Response::Published { receivers } => Ok(receivers),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub fn info(&self) -> Result<Info, ClientError> {
+        self.runtime.block_on(self.connection.info())
+    }
+
+    /// Subscribes to `topic`; iterate the result for messages.
+    pub fn subscribe(
+        &self,
+        topic: impl Into<Bytes>,
+    ) -> Result<BlockingSubscription<'_>, ClientError> {
+        let subscription = self
+            .runtime
+            .block_on(self.connection.subscribe(topic.into()))?;
+        Ok(BlockingSubscription {
+            client: self,
+            subscription,
+        })
+    }
+}
+
+/// A subscription read by blocking calls.
+pub struct BlockingSubscription<'a> {
+    client: &'a Client,
+    subscription: grpc::Subscription,
+}
+
+impl Iterator for BlockingSubscription<'_> {
+    type Item = Result<SubscribeEvent, ClientError>;
+
+    /// The next message, blocking; `None` when the server ended the stream.
+    fn next(&mut self) -> Option<Self::Item> {
+        self.client.runtime.block_on(self.subscription.next())
+    }
+}

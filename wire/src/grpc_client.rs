@@ -1,0 +1,372 @@
+//! The client side of the gRPC mapping: engine requests to `veddb.v1` messages and answers back.
+//! A client sends every key-value request as one `BatchRequest` on a `Batch` stream (pipelined,
+//! in order), so one mapping serves single calls and batches alike.
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::grpc::{Code, Status};
+use crate::proto::v1 as pb;
+use crate::{Info, Request, Response, SetCondition, ShardStats, Ttl};
+
+/// Encodes `request` as a `BatchRequest`. INFO, SUBSCRIBE, UNSUBSCRIBE and FETCH have their own
+/// RPCs and are refused here.
+pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
+    use pb::batch_request::Op;
+    let op = match request.clone() {
+        Request::Ping => Op::Ping(pb::PingRequest {}),
+        Request::Get { key } => Op::Get(pb::GetRequest { key }),
+        Request::Set {
+            key,
+            value,
+            options,
+        } => Op::Set(pb::SetRequest {
+            key,
+            value,
+            ttl_ms: options.ttl_ms.unwrap_or(0),
+            condition: match options.condition {
+                SetCondition::Always => pb::SetCondition::Always,
+                SetCondition::IfAbsent => pb::SetCondition::IfAbsent,
+                SetCondition::IfPresent => pb::SetCondition::IfPresent,
+            } as i32,
+            keep_ttl: options.keep_ttl,
+        }),
+        Request::Delete { key } => Op::Delete(pb::DeleteRequest { key }),
+        Request::Cas {
+            key,
+            expected_version,
+            value,
+            ttl_ms,
+        } => Op::Cas(pb::CasRequest {
+            key,
+            expected_version,
+            value,
+            ttl_ms: ttl_ms.unwrap_or(0),
+        }),
+        Request::Incr { key, delta } => Op::Incr(pb::IncrRequest { key, delta }),
+        Request::Expire { key, ttl_ms } => Op::Expire(pb::ExpireRequest {
+            key,
+            ttl_ms,
+            persist: false,
+        }),
+        Request::Persist { key } => Op::Expire(pb::ExpireRequest {
+            key,
+            ttl_ms: 0,
+            persist: true,
+        }),
+        Request::Ttl { key } => Op::Ttl(pb::TtlRequest { key }),
+        Request::MGet { keys } => Op::Mget(pb::MGetRequest { keys }),
+        Request::MSet { pairs } => Op::Mset(pb::MSetRequest {
+            pairs: pairs
+                .into_iter()
+                .map(|(key, value)| pb::KeyValue { key, value })
+                .collect(),
+        }),
+        Request::Scan {
+            cursor,
+            prefix,
+            count,
+        } => Op::Scan(pb::ScanRequest {
+            cursor,
+            prefix,
+            count,
+        }),
+        Request::Publish { topic, message } => Op::Publish(pb::PublishRequest { topic, message }),
+        other @ (Request::Exists { .. }
+        | Request::Info
+        | Request::Subscribe { .. }
+        | Request::Unsubscribe { .. }
+        | Request::Fetch { .. }) => {
+            return Err(Status::unimplemented(format!(
+                "{} is not a batch operation",
+                other.name()
+            )))
+        }
+    };
+    Ok(pb::BatchRequest { op: Some(op) }.encode_to_vec())
+}
+
+/// The version a FAILED_PRECONDITION message names ("... the current version is N").
+fn current_version(message: &str) -> u64 {
+    message
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Decodes a `BatchResponse` to the answer of `request`. A status other than OK becomes the
+/// matching answer where the model has one (NOT_FOUND, FAILED_PRECONDITION for CAS), else
+/// `Err(status)`.
+pub fn decode_batch_response(request: &Request, message: Bytes) -> Result<Response, Status> {
+    use pb::batch_response::Op;
+    let decoded = pb::BatchResponse::decode(message).map_err(|error| {
+        Status::internal(format!("cannot decode veddb.v1.BatchResponse: {error}"))
+    })?;
+    let status = decoded.status.unwrap_or_default();
+    if status.code != 0 {
+        let code = Code::from_i32(status.code).unwrap_or(Code::Unknown);
+        return match (code, request) {
+            (Code::NotFound, _) => Ok(Response::NotFound),
+            (Code::FailedPrecondition, Request::Cas { .. }) => Ok(Response::VersionMismatch {
+                current: current_version(&status.message),
+            }),
+            _ => Err(Status::new(code, status.message)),
+        };
+    }
+    let unexpected = || Status::internal(format!("unexpected answer to {}", request.name()));
+    let op = decoded.op.ok_or_else(unexpected)?;
+    Ok(match (request, op) {
+        (Request::Ping, Op::Ping(_)) => Response::Pong,
+        (Request::Get { .. }, Op::Get(get)) => Response::Value {
+            value: get.value,
+            version: get.version,
+        },
+        (Request::Set { .. }, Op::Set(set)) => {
+            if set.stored {
+                Response::Stored {
+                    version: set.version,
+                }
+            } else {
+                Response::NotStored
+            }
+        }
+        (Request::Delete { .. }, Op::Delete(delete)) => Response::Bool(delete.existed),
+        (Request::Cas { .. }, Op::Cas(cas)) => Response::Stored {
+            version: cas.version,
+        },
+        (Request::Incr { .. }, Op::Incr(incr)) => Response::Integer {
+            value: incr.value,
+            version: incr.version,
+        },
+        (Request::Expire { .. } | Request::Persist { .. }, Op::Expire(expire)) => {
+            Response::Bool(expire.applied)
+        }
+        (Request::Ttl { .. }, Op::Ttl(ttl)) => Response::Ttl(if !ttl.exists {
+            Ttl::Missing
+        } else if ttl.persistent {
+            Ttl::Persistent
+        } else {
+            Ttl::Remaining(ttl.remaining_ms)
+        }),
+        (Request::MGet { .. }, Op::Mget(mget)) => Response::Values(
+            mget.values
+                .into_iter()
+                .map(|v| v.found.then_some((v.value, v.version)))
+                .collect(),
+        ),
+        (Request::MSet { .. }, Op::Mset(_)) => Response::Ok,
+        (Request::Scan { .. }, Op::Scan(scan)) => Response::Keys {
+            keys: scan.keys,
+            cursor: scan.cursor,
+        },
+        (Request::Publish { .. }, Op::Publish(publish)) => Response::Published {
+            receivers: publish.receivers,
+        },
+        _ => return Err(unexpected()),
+    })
+}
+
+/// Decodes an `InfoResponse`.
+pub fn decode_info(message: Bytes) -> Result<Info, Status> {
+    let info = pb::InfoResponse::decode(message).map_err(|error| {
+        Status::internal(format!("cannot decode veddb.v1.InfoResponse: {error}"))
+    })?;
+    Ok(Info {
+        shards: info
+            .shards
+            .into_iter()
+            .map(|s| ShardStats {
+                shard: s.shard,
+                ops: s.ops,
+                hits: s.hits,
+                misses: s.misses,
+                keys: s.keys,
+                memory_bytes_used: s.memory_bytes_used,
+                memory_bytes_limit: s.memory_bytes_limit,
+                expired_keys: s.expired_keys,
+                evicted_keys: s.evicted_keys,
+                out_of_memory_errors: s.out_of_memory_errors,
+                topics: s.topics,
+                subscribers: s.subscribers,
+                messages_published: s.messages_published,
+                messages_delivered: s.messages_delivered,
+                messages_dropped: s.messages_dropped,
+                forwarded_in: s.forwarded_in,
+            })
+            .collect(),
+    })
+}
+
+/// Encodes a `SubscribeRequest`.
+pub fn encode_subscribe_request(topic: Bytes) -> Vec<u8> {
+    pb::SubscribeRequest { topic }.encode_to_vec()
+}
+
+/// One message of a Subscribe stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscribeEvent {
+    /// The subscription is in place.
+    Subscribed,
+    /// A published message, and how many were lost before it to the slow-subscriber policy.
+    Message { message: Bytes, dropped: u64 },
+}
+
+pub fn decode_subscribe_event(message: Bytes) -> Result<SubscribeEvent, Status> {
+    let event = pb::SubscribeResponse::decode(message).map_err(|error| {
+        Status::internal(format!("cannot decode veddb.v1.SubscribeResponse: {error}"))
+    })?;
+    Ok(if event.subscribed {
+        SubscribeEvent::Subscribed
+    } else {
+        SubscribeEvent::Message {
+            message: event.message,
+            dropped: event.dropped,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::{decode_batch, encode_batch, request_key};
+    use crate::SetOptions;
+
+    /// Client encoding → server decoding → server encoding → client decoding is the identity.
+    #[test]
+    fn every_batch_operation_round_trips() {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let cases = vec![
+            (Request::Ping, Response::Pong),
+            (
+                Request::Get { key: b("k") },
+                Response::Value {
+                    value: b("v"),
+                    version: 7,
+                },
+            ),
+            (Request::Get { key: b("k") }, Response::NotFound),
+            (
+                Request::Set {
+                    key: b("k"),
+                    value: b("v"),
+                    options: SetOptions {
+                        ttl_ms: Some(5),
+                        condition: SetCondition::IfAbsent,
+                        keep_ttl: false,
+                    },
+                },
+                Response::Stored { version: 3 },
+            ),
+            (
+                Request::Set {
+                    key: b("k"),
+                    value: b("v"),
+                    options: SetOptions::default(),
+                },
+                Response::NotStored,
+            ),
+            (Request::Delete { key: b("k") }, Response::Bool(true)),
+            (
+                Request::Cas {
+                    key: b("k"),
+                    expected_version: 2,
+                    value: b("v"),
+                    ttl_ms: None,
+                },
+                Response::Stored { version: 9 },
+            ),
+            (
+                Request::Cas {
+                    key: b("k"),
+                    expected_version: 2,
+                    value: b("v"),
+                    ttl_ms: None,
+                },
+                Response::VersionMismatch { current: 41 },
+            ),
+            (
+                Request::Incr {
+                    key: b("k"),
+                    delta: -3,
+                },
+                Response::Integer {
+                    value: -3,
+                    version: 1,
+                },
+            ),
+            (
+                Request::Expire {
+                    key: b("k"),
+                    ttl_ms: 10,
+                },
+                Response::Bool(true),
+            ),
+            (Request::Persist { key: b("k") }, Response::Bool(false)),
+            (
+                Request::Ttl { key: b("k") },
+                Response::Ttl(Ttl::Remaining(99)),
+            ),
+            (Request::Ttl { key: b("k") }, Response::Ttl(Ttl::Persistent)),
+            (Request::Ttl { key: b("k") }, Response::Ttl(Ttl::Missing)),
+            (
+                Request::MGet {
+                    keys: vec![b("a"), b("b")],
+                },
+                Response::Values(vec![Some((b("1"), 1)), None]),
+            ),
+            (
+                Request::MSet {
+                    pairs: vec![(b("a"), b("1"))],
+                },
+                Response::Ok,
+            ),
+            (
+                Request::Scan {
+                    cursor: b(""),
+                    prefix: b("a"),
+                    count: 3,
+                },
+                Response::Keys {
+                    keys: vec![b("a1")],
+                    cursor: b("a1"),
+                },
+            ),
+            (
+                Request::Publish {
+                    topic: b("t"),
+                    message: b("m"),
+                },
+                Response::Published { receivers: 2 },
+            ),
+        ];
+        for (request, response) in cases {
+            let encoded = encode_batch_request(&request).unwrap();
+            let (method, decoded) = decode_batch(Bytes::from(encoded)).unwrap();
+            assert_eq!(decoded, request);
+            let answer = encode_batch(method, &request_key(&request), response.clone());
+            assert_eq!(
+                decode_batch_response(&request, Bytes::from(answer)).unwrap(),
+                response,
+                "{request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_come_back_as_statuses() {
+        let request = Request::Incr {
+            key: Bytes::from_static(b"k"),
+            delta: 1,
+        };
+        let answer = encode_batch(
+            crate::grpc::Method::Incr,
+            b"k",
+            Response::Error(crate::Error::NotAnInteger),
+        );
+        let status = decode_batch_response(&request, Bytes::from(answer)).unwrap_err();
+        assert_eq!(status.code, Code::InvalidArgument);
+        assert!(status.message.contains("integer"));
+        assert!(encode_batch_request(&Request::Info).is_err());
+    }
+}
