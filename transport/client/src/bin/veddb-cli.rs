@@ -239,9 +239,9 @@ fn run(client: &Client, words: &[String]) -> Result<Outcome, (u8, String)> {
             println!("{}", client.publish(b(topic), b(message)).map_err(refused)?)
         }
         ("subscribe", [topic]) => {
-            let mut subscription = client.subscribe(b(topic)).map_err(refused)?;
+            let subscription = client.subscribe(b(topic)).map_err(refused)?;
             eprintln!("subscribed to {}; Ctrl-C to stop", show(topic.as_bytes()));
-            while let Some(event) = subscription.next() {
+            for event in subscription {
                 match event.map_err(refused)? {
                     SubscribeEvent::Message { message, dropped } => {
                         if dropped > 0 {
