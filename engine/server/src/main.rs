@@ -39,6 +39,14 @@ struct Args {
     )]
     bind: std::net::IpAddr,
 
+    /// serve gRPC over TLS with this PEM certificate chain (needs --tls-key)
+    #[argh(option)]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[argh(option)]
+    tls_key: Option<std::path::PathBuf>,
+
     /// largest gRPC message in bytes, received or sent (default 4194304)
     #[argh(option, default = "veddb_wire::grpc::MESSAGE_BYTES_MAX_DEFAULT")]
     grpc_message_bytes_max: usize,
@@ -177,6 +185,9 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
             args.grpc_message_bytes_max
         ));
     }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
     if args.spin_us > 1_000_000 {
         return Err(format!(
             "--spin-us is at most 1000000, not {}",
@@ -242,12 +253,25 @@ fn main() -> ExitCode {
         spin_us = args.spin_us,
         "veddb-server ready"
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => match veddb_transport::grpc::tls_config(certificate, key)
+        {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                tracing::error!(%error, "cannot load the TLS certificate");
+                engine.shutdown();
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let grpc = match veddb_transport::grpc::start(
         &engine,
         veddb_transport::grpc::GrpcConfig {
             bind: args.bind,
             port: args.port,
             message_bytes_max: args.grpc_message_bytes_max,
+            tls,
             ..Default::default()
         },
     ) {
@@ -258,7 +282,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(address = %grpc.local_addr(), "gRPC listening on every core");
+    tracing::info!(
+        address = %grpc.local_addr(),
+        tls = args.tls_cert.is_some(),
+        "gRPC listening on every core"
+    );
     tracing::warn!(
         create = args.create,
         session_timeout_s = args.session_timeout,

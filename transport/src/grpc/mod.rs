@@ -10,6 +10,7 @@ mod server;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -34,8 +35,10 @@ pub struct GrpcConfig {
     /// `keepalive_timeout` (dead peers do not hold resources forever).
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// Longest wait for a new connection's HTTP/2 preface and settings.
+    /// Longest wait for a new connection's TLS and HTTP/2 handshakes.
     pub handshake_timeout: Duration,
+    /// Serve TLS (ALPN `h2`) instead of plaintext HTTP/2; see [`tls_config`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for GrpcConfig {
@@ -49,6 +52,7 @@ impl Default for GrpcConfig {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -70,6 +74,50 @@ impl GrpcServer {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
+}
+
+/// A TLS configuration (rustls with the ring provider, TLS 1.2 and 1.3, ALPN `h2`) from a PEM
+/// certificate chain and a PEM private key. The error names the file and what is wrong.
+pub fn tls_config(
+    certificate_chain: &Path,
+    private_key: &Path,
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |path: &Path, what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let certificates = CertificateDer::pem_file_iter(certificate_chain)
+        .map_err(|error| {
+            invalid(
+                certificate_chain,
+                format!("cannot read certificates: {error}"),
+            )
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(certificate_chain, format!("bad PEM certificate: {error}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(certificate_chain, "no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(private_key)
+        .map_err(|error| invalid(private_key, format!("cannot read a private key: {error}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| io::Error::other(error.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .map_err(|error| {
+            invalid(
+                private_key,
+                format!("the key does not fit the certificate: {error}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Starts listening on every core of `engine`. Fails if any core cannot bind (for example, the

@@ -109,7 +109,27 @@ async fn serve_connection(
     shared: &Rc<Shared>,
 ) -> Result<(), h2::Error> {
     let _ = stream.set_nodelay(true);
-    let io = Box::pin(compio::io::compat::AsyncStream::new(stream)).compat();
+    let io = Box::pin(compio::io::compat::AsyncStream::new(stream));
+    match shared.config.tls.clone() {
+        None => serve_h2(context, io.compat(), shared).await,
+        Some(tls) => {
+            let accept = futures_rustls::TlsAcceptor::from(tls).accept(io);
+            match compio::time::timeout(shared.config.handshake_timeout, accept).await {
+                Ok(Ok(tls_stream)) => serve_h2(context, tls_stream.compat(), shared).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    Ok(())
+                }
+                Err(_) => Ok(()),
+            }
+        }
+    }
+}
+
+async fn serve_h2<IO>(context: CoreContext, io: IO, shared: &Rc<Shared>) -> Result<(), h2::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let config = &shared.config;
     let mut builder = h2::server::Builder::new();
     builder

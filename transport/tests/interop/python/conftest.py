@@ -126,10 +126,20 @@ class DefaultTimeout:
 class VedDbServer:
     """A running ``veddb-server`` process."""
 
-    def __init__(self, binary: Path, log_path: Path, pb: SimpleNamespace):
+    def __init__(
+        self,
+        binary: Path,
+        log_path: Path,
+        pb: SimpleNamespace,
+        extra_args: tuple[str, ...] = (),
+        root_certificates: bytes | None = None,
+    ):
         self.binary = binary
         self.log_path = log_path
         self.pb = pb
+        self.extra_args = extra_args
+        # Set for a TLS server: channels then verify its certificate (issued to "localhost").
+        self.root_certificates = root_certificates
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -146,6 +156,11 @@ class VedDbServer:
 
     def channel(self) -> grpc.Channel:
         """A new channel (a new HTTP/2 connection) to the server; the caller closes it."""
+        if self.root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            return grpc.secure_channel(
+                self.address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+            )
         return new_channel(self.address)
 
     def ping(self, timeout: float = 2.0) -> None:
@@ -169,6 +184,7 @@ class VedDbServer:
                 "--cores", "2",
                 "--spin-us", "10",
                 "--port", str(self.port),
+                *self.extra_args,
             ]
             with open(self.log_path, "ab") as log:
                 log.write(f"\n$ {' '.join(command)}\n".encode())
