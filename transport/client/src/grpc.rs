@@ -51,7 +51,7 @@ impl GrpcConnection {
 
     async fn start(
         &self,
-        method: Method,
+        path: &str,
     ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), ClientError> {
         let mut send = self
             .send
@@ -61,7 +61,7 @@ impl GrpcConnection {
             .map_err(ClientError::from_h2)?;
         let request = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{}{}", self.authority, method.path()))
+            .uri(format!("http://{}{}", self.authority, path))
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header("te", "trailers")
             .body(())
@@ -105,7 +105,26 @@ impl GrpcConnection {
 
     /// Runs one call with `messages` as its request stream; returns the response messages.
     async fn call(&self, method: Method, messages: &[Vec<u8>]) -> Result<Vec<Bytes>, ClientError> {
-        let (response, mut stream) = self.start(method).await?;
+        self.call_path(method.path(), messages).await
+    }
+
+    /// Runs one unary call of any method, by its path (`/package.Service/Method`): sends
+    /// `message` (an encoded protobuf request) and returns the single encoded response
+    /// message. A status other than OK is [`ClientError::Status`]. For talking to servers
+    /// other than VedDB (the benchmark's tonic peer) and for methods this client does not wrap.
+    pub async fn unary_raw(&self, path: &str, message: Vec<u8>) -> Result<Bytes, ClientError> {
+        let mut answers = self.call_path(path, &[message]).await?;
+        match (answers.pop(), answers.is_empty()) {
+            (Some(answer), true) => Ok(answer),
+            (None, _) => Err(ClientError::Protocol("no response message".into())),
+            (Some(_), false) => Err(ClientError::Protocol(
+                "more than one response message to a unary call".into(),
+            )),
+        }
+    }
+
+    async fn call_path(&self, path: &str, messages: &[Vec<u8>]) -> Result<Vec<Bytes>, ClientError> {
+        let (response, mut stream) = self.start(path).await?;
         Self::send_messages(&mut stream, messages, true).await?;
         let response = response.await.map_err(ClientError::from_h2)?;
         let (parts, mut body) = response.into_parts();
@@ -195,7 +214,7 @@ impl GrpcConnection {
 
     /// Subscribes to `topic`; the subscription lasts until the [`Subscription`] is dropped.
     pub async fn subscribe(&self, topic: Bytes) -> Result<Subscription, ClientError> {
-        let (response, mut stream) = self.start(Method::Subscribe).await?;
+        let (response, mut stream) = self.start(Method::Subscribe.path()).await?;
         Self::send_messages(
             &mut stream,
             &[client_map::encode_subscribe_request(topic)],

@@ -187,7 +187,7 @@ impl Client {
             .block_on(self.connection.subscribe(topic.into()))?;
         Ok(BlockingSubscription {
             client: self,
-            subscription,
+            subscription: Some(subscription),
         })
     }
 }
@@ -195,7 +195,19 @@ impl Client {
 /// A subscription read by blocking calls.
 pub struct BlockingSubscription<'a> {
     client: &'a Client,
-    subscription: grpc::Subscription,
+    subscription: Option<grpc::Subscription>,
+}
+
+impl Drop for BlockingSubscription<'_> {
+    /// Cancels the stream. The connection only runs inside a call, so make one (a ping, whose
+    /// frames follow the cancellation) to get the cancellation to the server now.
+    fn drop(&mut self) {
+        drop(self.subscription.take());
+        let _ = self
+            .client
+            .runtime
+            .block_on(self.client.connection.execute(Request::Ping));
+    }
 }
 
 impl Iterator for BlockingSubscription<'_> {
@@ -203,6 +215,7 @@ impl Iterator for BlockingSubscription<'_> {
 
     /// The next message, blocking; `None` when the server ended the stream.
     fn next(&mut self) -> Option<Self::Item> {
-        self.client.runtime.block_on(self.subscription.next())
+        let subscription = self.subscription.as_mut()?;
+        self.client.runtime.block_on(subscription.next())
     }
 }
