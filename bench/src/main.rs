@@ -1,9 +1,12 @@
 //! `veddb-bench`: VedDB's benchmark harness.
 //!
-//! Scenarios so far: `shard` (one shard in-process, no I/O) and `forward` (GETs that one core
-//! forwards to another over the engine's inbox mesh). Every run prints p50/p90/p99/p99.9/max
-//! and throughput, and `--json FILE` writes every figure with the settings and the machine.
+//! Scenarios so far: `shard` (one shard in-process, no I/O), `forward` (GETs that one core
+//! forwards to another over the engine's inbox mesh) and `grpc` (closed-loop gRPC load on a
+//! running server: VedDB, or the tonic peer in `bench/tonic-peer/`). Every run prints
+//! p50/p90/p99/p99.9/max and throughput, and `--json FILE` writes every figure with the settings
+//! and the machine.
 
+mod grpc_bench;
 mod report;
 mod workload;
 
@@ -36,6 +39,7 @@ struct Top {
 enum Scenario {
     Shard(ShardArgs),
     Forward(ForwardArgs),
+    Grpc(grpc_bench::GrpcArgs),
 }
 
 /// One shard in-process on one core: the cost of the data structures alone.
@@ -121,6 +125,9 @@ fn main() {
         }
         Scenario::Forward(args) => {
             run_forward(&args).map(|results| (settings_forward(&args), results, args.json))
+        }
+        Scenario::Grpc(args) => {
+            grpc_bench::run(&args).map(|results| (grpc_bench::settings(&args), results, args.json))
         }
     };
     match outcome {

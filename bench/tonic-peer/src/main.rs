@@ -98,7 +98,8 @@ fn main() {
             }
         };
         let local = listener.local_addr().expect("local address");
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         println!("listening on {local}");
         if let Err(error) = tonic::transport::Server::builder()
             .add_service(VedDbServer::new(Peer::default()))
