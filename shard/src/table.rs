@@ -1,17 +1,32 @@
 //! The key-value table: a hash index for lookups, an ordered index for SCAN, a deadline index
 //! for active expiry, and the memory account.
+//!
+//! The hash index is a `hashbrown::HashTable` of `Slot`s: each slot holds the whole entry and,
+//! when it is at most `INLINE_KEY_BYTES` long, the key itself, so a lookup reads the control
+//! bytes and then one slot (two adjacent cache lines, fetched together), not an index, an entry
+//! and the key's allocation one after the other.
 
 use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher as _};
 use std::ops::Bound;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
+use hashbrown::HashTable;
 use veddb_wire::{Error, SetCondition, SetOptions, Ttl};
 
 use crate::config::{Config, Eviction, ENTRY_OVERHEAD_BYTES, EVICTION_SAMPLES};
 use crate::scan::ScanPage;
 
-type Hasher = foldhash::fast::RandomState;
+/// Seeded from `Config::seed`: bucket positions, and so the eviction sampler, are deterministic
+/// for a given seed and operation sequence. (They are as predictable as the seed: a process that
+/// faces untrusted clients should not use a well-known one.)
+type HashState = foldhash::fast::FixedState;
+
+/// Keys up to this length live inside their slot; longer ones are a `Bytes` there.
+const INLINE_KEY_BYTES: usize = 30;
+
+/// Empty buckets a sampling attempt walks past (forward, wrapping) before it gives up.
+const EMPTY_BUCKETS_SKIPPED_MAX: usize = 64;
 
 /// Outcome of a compare-and-swap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,14 +42,93 @@ pub enum CasOutcome {
     NotFound,
 }
 
-struct Entry {
-    value: Bytes,
-    /// Changes on every write of the key; unique within the shard (taken from `version_clock`).
-    version: u64,
+/// A key as a slot stores it. Which variant depends only on the length, so two equal keys always
+/// have the same variant.
+enum Key {
+    /// `bytes[..len]` is the key; the rest is zero.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(Bytes),
+}
+
+impl Key {
+    fn new(key: &Bytes) -> Key {
+        match Probe::new(key) {
+            Probe::Inline { len, bytes } => Key::Inline { len, bytes },
+            Probe::Heap(_) => Key::Heap(key.clone()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(key) => key,
+        }
+    }
+
+    /// The key as `Bytes` (for the expiry index): a copy when it is inline.
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Key::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            Key::Heap(key) => key.clone(),
+        }
+    }
+}
+
+/// A key being looked up, laid out once like an inline [`Key`] so that comparing it with a slot
+/// is a fixed-size comparison within the slot.
+enum Probe<'a> {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(&'a [u8]),
+}
+
+impl<'a> Probe<'a> {
+    fn new(key: &'a [u8]) -> Probe<'a> {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            Probe::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Probe::Heap(key)
+        }
+    }
+
+    fn matches(&self, key: &Key) -> bool {
+        match (self, key) {
+            (
+                Probe::Inline { len, bytes },
+                Key::Inline {
+                    len: slot_len,
+                    bytes: slot_bytes,
+                },
+            ) => len == slot_len && bytes == slot_bytes,
+            (Probe::Heap(key), Key::Heap(slot_key)) => *key == &slot_key[..],
+            _ => false,
+        }
+    }
+}
+
+/// One entry of the hash index: 96 bytes, aligned to 32 so that it always spans exactly two cache
+/// lines. The key, deadline, version and last access come first (what a lookup checks), the
+/// value after.
+#[repr(C, align(32))]
+struct Slot {
+    key: Key,
     /// Milliseconds since the epoch; 0 = never.
     expires_at_ms: u64,
+    /// Changes on every write of the key; unique within the shard (taken from `version_clock`).
+    version: u64,
     /// `access_clock` at the last read or write (approximate LRU).
     last_access: u64,
+    value: Bytes,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -52,7 +146,8 @@ enum Removal {
 }
 
 pub(crate) struct Table {
-    map: IndexMap<Bytes, Entry, Hasher>,
+    map: HashTable<Slot>,
+    hash_state: HashState,
     /// Every key of `map`, in byte order (SCAN with stable cursors).
     ordered: BTreeSet<Bytes>,
     /// `(expires_at_ms, key)` for every key with a TTL (active expiry, earliest first).
@@ -71,8 +166,14 @@ fn cost(key_length: usize, value_length: usize) -> u64 {
     key_length as u64 + value_length as u64 + ENTRY_OVERHEAD_BYTES
 }
 
-fn is_live(entry: &Entry, now_ms: u64) -> bool {
-    entry.expires_at_ms == 0 || entry.expires_at_ms > now_ms
+fn is_live(slot: &Slot, now_ms: u64) -> bool {
+    slot.expires_at_ms == 0 || slot.expires_at_ms > now_ms
+}
+
+fn hash_key(state: &HashState, key: &[u8]) -> u64 {
+    let mut hasher = state.build_hasher();
+    hasher.write(key);
+    hasher.finish()
 }
 
 fn deadline(now_ms: u64, ttl_ms: u64) -> u64 {
@@ -82,7 +183,8 @@ fn deadline(now_ms: u64, ttl_ms: u64) -> u64 {
 impl Table {
     pub fn new(config: &Config) -> Self {
         Table {
-            map: IndexMap::with_hasher(Hasher::default()),
+            map: HashTable::new(),
+            hash_state: HashState::with_seed(config.seed),
             ordered: BTreeSet::new(),
             expiry: BTreeSet::new(),
             memory_bytes_used: 0,
@@ -107,10 +209,35 @@ impl Table {
         self.counters
     }
 
-    /// Index of `key` if it exists and is live; an expired entry is reclaimed on the way.
+    fn hash(&self, key: &[u8]) -> u64 {
+        hash_key(&self.hash_state, key)
+    }
+
+    /// Bucket index of `key`, live or not.
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let probe = Probe::new(key);
+        self.map
+            .find_bucket_index(self.hash(key), |slot| probe.matches(&slot.key))
+    }
+
+    fn find_slot(&self, key: &[u8]) -> Option<&Slot> {
+        let probe = Probe::new(key);
+        self.map
+            .find(self.hash(key), |slot| probe.matches(&slot.key))
+    }
+
+    /// The slot at a bucket index from `find` or `live_index` (valid until the next insert).
+    fn slot(&self, index: usize) -> &Slot {
+        self.map
+            .get_bucket(index)
+            .expect("bucket index of an entry")
+    }
+
+    /// Bucket index of `key` if it exists and is live; an expired entry is reclaimed on the way.
+    /// The index stays valid until the next insert into `map`.
     fn live_index(&mut self, key: &[u8], now_ms: u64) -> Option<usize> {
-        let index = self.map.get_index_of(key)?;
-        if is_live(&self.map[index], now_ms) {
+        let index = self.find(key)?;
+        if is_live(self.slot(index), now_ms) {
             Some(index)
         } else {
             self.remove_index(index, Removal::Expired);
@@ -119,17 +246,24 @@ impl Table {
     }
 
     fn remove_index(&mut self, index: usize, reason: Removal) {
-        let Some((key, entry)) = self.map.swap_remove_index(index) else {
-            debug_assert!(false, "remove_index out of range");
+        let Ok(entry) = self.map.get_bucket_entry(index) else {
+            debug_assert!(false, "remove_index of an empty bucket");
             return;
         };
-        let removed = self.ordered.remove(&key);
-        debug_assert!(removed, "ordered index out of sync");
-        if entry.expires_at_ms != 0 {
-            let removed = self.expiry.remove(&(entry.expires_at_ms, key.clone()));
+        let (slot, _) = entry.remove();
+        self.forget(slot, reason);
+    }
+
+    /// Takes a slot just removed from `map` out of the other indexes and the memory account.
+    fn forget(&mut self, slot: Slot, reason: Removal) {
+        let key = self.ordered.take(slot.key.as_slice());
+        debug_assert!(key.is_some(), "ordered index out of sync");
+        if slot.expires_at_ms != 0 {
+            let key = key.unwrap_or_else(|| slot.key.to_bytes());
+            let removed = self.expiry.remove(&(slot.expires_at_ms, key));
             debug_assert!(removed, "expiry index out of sync");
         }
-        let charged = cost(key.len(), entry.value.len());
+        let charged = cost(slot.key.as_slice().len(), slot.value.len());
         debug_assert!(self.memory_bytes_used >= charged);
         self.memory_bytes_used -= charged;
         match reason {
@@ -150,16 +284,26 @@ impl Table {
     }
 
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
-        let index = self.live_index(key, now_ms)?;
-        let access = self.touch();
-        let entry = &mut self.map[index];
-        entry.last_access = access;
-        Some((entry.value.clone(), entry.version))
+        let hash = self.hash(key);
+        let probe = Probe::new(key);
+        let entry = self
+            .map
+            .find_entry(hash, |slot| probe.matches(&slot.key))
+            .ok()?;
+        if !is_live(entry.get(), now_ms) {
+            let (slot, _) = entry.remove();
+            self.forget(slot, Removal::Expired);
+            return None;
+        }
+        self.access_clock += 1;
+        let slot = entry.into_mut();
+        slot.last_access = self.access_clock;
+        Some((slot.value.clone(), slot.version))
     }
 
     pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
-        let entry = self.map.get(key)?;
-        is_live(entry, now_ms).then(|| (entry.value.clone(), entry.version))
+        let slot = self.find_slot(key)?;
+        is_live(slot, now_ms).then(|| (slot.value.clone(), slot.version))
     }
 
     pub fn contains(&mut self, key: &[u8], now_ms: u64) -> bool {
@@ -180,7 +324,7 @@ impl Table {
         }
         let expires_at_ms = match options.ttl_ms {
             Some(ttl_ms) => deadline(now_ms, ttl_ms),
-            None if options.keep_ttl => existing.map_or(0, |i| self.map[i].expires_at_ms),
+            None if options.keep_ttl => existing.map_or(0, |i| self.slot(i).expires_at_ms),
             None => 0,
         };
         self.write(key, value, expires_at_ms, existing).map(Some)
@@ -195,7 +339,7 @@ impl Table {
         existing: Option<usize>,
     ) -> Result<u64, Error> {
         let new_cost = cost(key.len(), value.len());
-        let old_cost = existing.map_or(0, |i| cost(key.len(), self.map[i].value.len()));
+        let old_cost = existing.map_or(0, |i| cost(key.len(), self.slot(i).value.len()));
         self.make_room(new_cost, old_cost, &[&key[..]])?;
         Ok(self.store(key, value, expires_at_ms))
     }
@@ -205,37 +349,44 @@ impl Table {
         let version = self.next_version();
         let access = self.touch();
         let new_cost = cost(key.len(), value.len());
-        if let Some(index) = self.map.get_index_of(&key[..]) {
-            let entry = &mut self.map[index];
-            let old_cost = cost(key.len(), entry.value.len());
-            if entry.expires_at_ms != expires_at_ms {
-                if entry.expires_at_ms != 0 {
-                    self.expiry.remove(&(entry.expires_at_ms, key.clone()));
+        let hash = self.hash(&key);
+        let probe = Probe::new(&key);
+        match self.map.find_entry(hash, |slot| probe.matches(&slot.key)) {
+            Ok(entry) => {
+                let slot = entry.into_mut();
+                let old_cost = cost(key.len(), slot.value.len());
+                if slot.expires_at_ms != expires_at_ms {
+                    if slot.expires_at_ms != 0 {
+                        self.expiry.remove(&(slot.expires_at_ms, key.clone()));
+                    }
+                    if expires_at_ms != 0 {
+                        self.expiry.insert((expires_at_ms, key.clone()));
+                    }
                 }
+                slot.value = value;
+                slot.version = version;
+                slot.expires_at_ms = expires_at_ms;
+                slot.last_access = access;
+                self.memory_bytes_used = self.memory_bytes_used - old_cost + new_cost;
+            }
+            Err(absent) => {
+                let slot = Slot {
+                    key: Key::new(&key),
+                    expires_at_ms,
+                    version,
+                    last_access: access,
+                    value,
+                };
+                let state = &self.hash_state;
+                absent
+                    .into_table()
+                    .insert_unique(hash, slot, |slot| hash_key(state, slot.key.as_slice()));
                 if expires_at_ms != 0 {
                     self.expiry.insert((expires_at_ms, key.clone()));
                 }
+                self.ordered.insert(key);
+                self.memory_bytes_used += new_cost;
             }
-            entry.value = value;
-            entry.version = version;
-            entry.expires_at_ms = expires_at_ms;
-            entry.last_access = access;
-            self.memory_bytes_used = self.memory_bytes_used - old_cost + new_cost;
-        } else {
-            self.ordered.insert(key.clone());
-            if expires_at_ms != 0 {
-                self.expiry.insert((expires_at_ms, key.clone()));
-            }
-            self.map.insert(
-                key,
-                Entry {
-                    value,
-                    version,
-                    expires_at_ms,
-                    last_access: access,
-                },
-            );
-            self.memory_bytes_used += new_cost;
         }
         version
     }
@@ -292,21 +443,22 @@ impl Table {
 
     /// Approximate LRU: the least recently used of a few sampled keys not in `protected`.
     fn pick_victim(&mut self, protected: &[&[u8]]) -> Option<usize> {
-        let length = self.map.len();
-        if length == 0 {
+        if self.map.is_empty() {
             return None;
         }
         let is_protected = |key: &[u8]| protected.binary_search(&key).is_ok();
         let mut best: Option<(usize, u64)> = None;
         let mut sampled = 0;
         for _ in 0..EVICTION_SAMPLES * 4 {
-            let index = (self.random() % length as u64) as usize;
-            let (key, entry) = self.map.get_index(index)?;
-            if is_protected(key) {
+            let Some(index) = self.random_full_bucket() else {
+                continue;
+            };
+            let slot = self.slot(index);
+            if is_protected(slot.key.as_slice()) {
                 continue;
             }
-            if best.is_none_or(|(_, access)| entry.last_access < access) {
-                best = Some((index, entry.last_access));
+            if best.is_none_or(|(_, access)| slot.last_access < access) {
+                best = Some((index, slot.last_access));
             }
             sampled += 1;
             if sampled == EVICTION_SAMPLES {
@@ -316,8 +468,23 @@ impl Table {
         if let Some((index, _)) = best {
             return Some(index);
         }
-        // Sampling only hit protected keys: fall back to the first unprotected one.
-        self.map.keys().position(|key| !is_protected(key))
+        // Sampling only hit protected keys (or empty buckets of a sparse table): fall back to the
+        // first unprotected key.
+        self.map.iter_buckets().find(|&index| {
+            self.map
+                .get_bucket(index)
+                .is_some_and(|slot| !is_protected(slot.key.as_slice()))
+        })
+    }
+
+    /// A random full bucket: a uniformly random bucket index, moved forward (wrapping) past up
+    /// to `EMPTY_BUCKETS_SKIPPED_MAX` empty ones; `None` when all of those were empty.
+    fn random_full_bucket(&mut self) -> Option<usize> {
+        let buckets = self.map.num_buckets();
+        let start = (self.random() % buckets as u64) as usize;
+        (0..=EMPTY_BUCKETS_SKIPPED_MAX.min(buckets - 1))
+            .map(|step| (start + step) % buckets)
+            .find(|&index| self.map.get_bucket(index).is_some())
     }
 
     pub fn delete(&mut self, key: &[u8], now_ms: u64) -> bool {
@@ -341,14 +508,14 @@ impl Table {
         let existing = self.live_index(&key, now_ms);
         let expires_at_ms = match (existing, ttl_ms) {
             (_, Some(ttl_ms)) => deadline(now_ms, ttl_ms),
-            (Some(index), None) => self.map[index].expires_at_ms,
+            (Some(index), None) => self.slot(index).expires_at_ms,
             (None, None) => 0,
         };
         match existing {
             None if expected_version != 0 => Ok(CasOutcome::NotFound),
-            Some(index) if self.map[index].version != expected_version => {
+            Some(index) if self.slot(index).version != expected_version => {
                 Ok(CasOutcome::Mismatch {
-                    current: self.map[index].version,
+                    current: self.slot(index).version,
                 })
             }
             _ => {
@@ -362,10 +529,10 @@ impl Table {
         let existing = self.live_index(&key, now_ms);
         let (current, expires_at_ms) = match existing {
             Some(index) => {
-                let entry = &self.map[index];
+                let slot = self.slot(index);
                 (
-                    parse_integer(&entry.value).ok_or(Error::NotAnInteger)?,
-                    entry.expires_at_ms,
+                    parse_integer(&slot.value).ok_or(Error::NotAnInteger)?,
+                    slot.expires_at_ms,
                 )
             }
             None => (0, 0),
@@ -390,24 +557,25 @@ impl Table {
 
     fn set_expiry(&mut self, index: usize, expires_at_ms: u64) {
         let version = self.next_version();
-        let (key, entry) = self
+        let slot = self
             .map
-            .get_index_mut(index)
+            .get_bucket_mut(index)
             .expect("index from live_index");
-        if entry.expires_at_ms != 0 {
-            self.expiry.remove(&(entry.expires_at_ms, key.clone()));
+        let key = slot.key.to_bytes();
+        if slot.expires_at_ms != 0 {
+            self.expiry.remove(&(slot.expires_at_ms, key.clone()));
         }
         if expires_at_ms != 0 {
-            self.expiry.insert((expires_at_ms, key.clone()));
+            self.expiry.insert((expires_at_ms, key));
         }
-        entry.expires_at_ms = expires_at_ms;
-        entry.version = version;
+        slot.expires_at_ms = expires_at_ms;
+        slot.version = version;
     }
 
     pub fn ttl(&mut self, key: &[u8], now_ms: u64) -> Ttl {
         match self.live_index(key, now_ms) {
             None => Ttl::Missing,
-            Some(index) => match self.map[index].expires_at_ms {
+            Some(index) => match self.slot(index).expires_at_ms {
                 0 => Ttl::Persistent,
                 at => Ttl::Remaining(at - now_ms),
             },
@@ -416,7 +584,7 @@ impl Table {
 
     pub fn persist(&mut self, key: &[u8], now_ms: u64) -> bool {
         match self.live_index(key, now_ms) {
-            Some(index) if self.map[index].expires_at_ms != 0 => {
+            Some(index) if self.slot(index).expires_at_ms != 0 => {
                 self.set_expiry(index, 0);
                 true
             }
@@ -438,7 +606,7 @@ impl Table {
         let mut new_cost = 0;
         for (key, value) in &unique {
             if let Some(index) = self.live_index(key, now_ms) {
-                old_cost += cost(key.len(), self.map[index].value.len());
+                old_cost += cost(key.len(), self.slot(index).value.len());
             }
             new_cost += cost(key.len(), value.len());
         }
@@ -473,9 +641,8 @@ impl Table {
             }
             last_examined = Some(key);
             if self
-                .map
-                .get(&key[..])
-                .is_some_and(|entry| is_live(entry, now_ms))
+                .find_slot(key)
+                .is_some_and(|slot| is_live(slot, now_ms))
             {
                 keys.push(key.clone());
             }
@@ -493,7 +660,7 @@ impl Table {
                 break;
             }
             let key = key.clone();
-            match self.map.get_index_of(&key[..]) {
+            match self.find(&key) {
                 Some(index) => self.remove_index(index, Removal::Expired),
                 None => {
                     debug_assert!(false, "expiry index names a missing key");
@@ -515,4 +682,105 @@ fn parse_integer(value: &[u8]) -> Option<i64> {
     // No length cap: leading zeros are digits too ("000000000000000000042" is 42), and `parse`
     // rejects the empty string and reports overflow by itself.
     std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Slot>(), 96);
+        assert_eq!(std::mem::align_of::<Slot>(), 32);
+    }
+
+    fn lru_table(seed: u64, limit: u64) -> Table {
+        Table::new(&Config {
+            memory_bytes_limit: limit,
+            eviction: Eviction::Lru,
+            seed,
+            ..Config::default()
+        })
+    }
+
+    fn key(i: usize) -> Bytes {
+        // Short keys are stored inline, every fifth key is too long for that.
+        if i % 5 == 4 {
+            Bytes::from(format!("{i:0>40}"))
+        } else {
+            Bytes::from(format!("k{i}"))
+        }
+    }
+
+    fn set(table: &mut Table, key: Bytes) -> Result<Option<u64>, Error> {
+        table.set(key, Bytes::from_static(b"v"), SetOptions::default(), 1)
+    }
+
+    /// Keys present, in byte order.
+    fn keys(table: &Table) -> Vec<Bytes> {
+        table.ordered.iter().cloned().collect()
+    }
+
+    #[test]
+    fn inline_and_heap_keys_round_trip() {
+        let mut table = lru_table(1, u64::MAX);
+        for (byte, length) in [(b'a', 1), (b'b', 29), (b'c', 30), (b'd', 31), (b'e', 200)] {
+            let key = Bytes::from(vec![byte; length]);
+            set(&mut table, key.clone()).unwrap();
+            assert_eq!(table.get(&key, 1).unwrap().0, Bytes::from_static(b"v"));
+            assert!(table.get(&key[..length - 1], 1).is_none() || length == 1);
+        }
+        assert_eq!(table.len(), 5);
+        // A key that is a prefix of another (and zero padding) does not match.
+        set(&mut table, Bytes::from_static(b"ab\0")).unwrap();
+        assert!(table.get(b"ab", 1).is_none());
+        assert!(table.get(b"ab\0", 1).is_some());
+    }
+
+    #[test]
+    fn eviction_is_deterministic_for_a_seed() {
+        let limit = 50 * (ENTRY_OVERHEAD_BYTES + 8);
+        let run = |seed| {
+            let mut table = lru_table(seed, limit);
+            for i in 0..500 {
+                set(&mut table, key(i)).unwrap();
+                if i % 7 == 0 {
+                    table.get(&key(i / 2), 1);
+                }
+            }
+            (keys(&table), table.counters().evicted)
+        };
+        let (first, evicted) = run(7);
+        assert!(evicted > 400);
+        assert_eq!(run(7), (first.clone(), evicted));
+        assert_ne!(run(8).0, first);
+    }
+
+    #[test]
+    fn a_sparse_table_still_evicts_and_spares_protected_keys() {
+        let mut table = lru_table(3, u64::MAX);
+        for i in 0..10_000 {
+            set(&mut table, key(i)).unwrap();
+        }
+        // Leave 10 keys in a table of (at least) 16,384 buckets.
+        for i in 10..10_000 {
+            assert!(table.delete(&key(i), 1));
+        }
+        assert!(table.map.num_buckets() >= 16_384);
+        table.memory_bytes_limit = table.memory_bytes_used();
+        let protected: Vec<Bytes> = {
+            let mut keys: Vec<Bytes> = (0..9).map(key).collect();
+            keys.sort_unstable();
+            keys
+        };
+        let slices: Vec<&[u8]> = protected.iter().map(|key| &key[..]).collect();
+        // Room for one more entry needs exactly one eviction: the one unprotected key.
+        let cost = cost(1, 1);
+        table.make_room(cost, 0, &slices).unwrap();
+        assert_eq!(table.counters().evicted, 1);
+        assert_eq!(keys(&table), protected);
+        // Nothing left to evict.
+        assert!(table.make_room(cost * 20, 0, &slices).is_err());
+        assert_eq!(keys(&table), protected);
+    }
 }
