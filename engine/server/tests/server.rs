@@ -37,7 +37,13 @@ fn engine_threads(pid: u32, cores: usize) -> Vec<(String, String)> {
                 threads.push((name, cpus));
             }
         }
-        if threads.len() == cores {
+        // A core thread exists (and is named) a moment before it pins itself; wait for the
+        // pinning too, but hand back what is there at the deadline so the caller's asserts say
+        // what is wrong.
+        let pinned = threads
+            .iter()
+            .all(|(_, cpus)| !cpus.contains(',') && !cpus.contains('-'));
+        if threads.len() == cores && (pinned || Instant::now() >= deadline) {
             threads.sort();
             return threads;
         }
