@@ -113,8 +113,11 @@ impl Engine {
             };
             let mut shard_config = config.shard.clone();
             shard_config.memory_bytes_limit = shard_budget;
-            shard_config.seed =
-                config.shard.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            // A per-process random seed: the table's hash depends on it, so clients cannot
+            // predict bucket positions and flood one bucket with crafted keys.
+            shard_config.seed = config.shard.seed
+                ^ process_seed()
+                ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let pin = config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
             let spawned = std::thread::Builder::new()
@@ -283,4 +286,12 @@ fn core_thread(
     drop(ready);
     runtime.block_on(context.run());
     tracing::debug!(core = index, "core stopped");
+}
+
+/// A random value per process (std's randomly keyed hasher, hashing nothing).
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
