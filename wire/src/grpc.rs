@@ -467,25 +467,7 @@ pub fn decode_batch(message: Bytes) -> Result<(Method, Request), Status> {
 /// The key (or topic) a request names, for [`encode_unary`]'s NOT_FOUND message; empty for
 /// requests without one. Cheap: `Bytes` clones share the buffer.
 pub fn request_key(request: &Request) -> Bytes {
-    match request {
-        Request::Get { key }
-        | Request::Set { key, .. }
-        | Request::Delete { key }
-        | Request::Exists { key }
-        | Request::Cas { key, .. }
-        | Request::Incr { key, .. }
-        | Request::Expire { key, .. }
-        | Request::Ttl { key }
-        | Request::Persist { key } => key.clone(),
-        Request::Subscribe { topic } | Request::Publish { topic, .. } => topic.clone(),
-        Request::Ping
-        | Request::Unsubscribe { .. }
-        | Request::MGet { .. }
-        | Request::MSet { .. }
-        | Request::Scan { .. }
-        | Request::Fetch { .. }
-        | Request::Info => Bytes::new(),
-    }
+    request.key().cloned().unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------

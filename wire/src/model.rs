@@ -132,8 +132,9 @@ impl Request {
         }
     }
 
-    /// Where the request must run.
-    pub fn route(&self, shard_count: u32) -> Route {
+    /// The one key (or topic) the request names: what places it on a shard. `None` for
+    /// requests that name no key or several.
+    pub fn key(&self) -> Option<&Bytes> {
         match self {
             Request::Get { key }
             | Request::Set { key, .. }
@@ -143,17 +144,28 @@ impl Request {
             | Request::Incr { key, .. }
             | Request::Expire { key, .. }
             | Request::Ttl { key }
-            | Request::Persist { key } => Route::Shard(crate::shard_for_key(key, shard_count)),
-            Request::Subscribe { topic } | Request::Publish { topic, .. } => {
-                Route::Shard(crate::shard_for_key(topic, shard_count))
-            }
-            Request::Unsubscribe { subscriber } | Request::Fetch { subscriber, .. } => {
+            | Request::Persist { key } => Some(key),
+            Request::Subscribe { topic } | Request::Publish { topic, .. } => Some(topic),
+            Request::Ping
+            | Request::Unsubscribe { .. }
+            | Request::Fetch { .. }
+            | Request::MGet { .. }
+            | Request::MSet { .. }
+            | Request::Scan { .. }
+            | Request::Info => None,
+        }
+    }
+
+    /// Where the request must run.
+    pub fn route(&self, shard_count: u32) -> Route {
+        match (self, self.key()) {
+            (_, Some(key)) => Route::Shard(crate::shard_for_key(key, shard_count)),
+            (Request::Unsubscribe { subscriber } | Request::Fetch { subscriber, .. }, _) => {
                 Route::Shard(subscriber.shard())
             }
-            Request::Ping => Route::Any,
-            Request::MGet { .. } | Request::MSet { .. } | Request::Scan { .. } | Request::Info => {
-                Route::Scatter
-            }
+            (Request::Ping, _) => Route::Any,
+            // MGET, MSET, SCAN, INFO.
+            _ => Route::Scatter,
         }
     }
 }

@@ -306,22 +306,6 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
     message.ok_or_else(|| Some(status(Code::Internal, "no request message")))
 }
 
-/// The key a NOT_FOUND message names.
-fn key_of(request: &Request) -> Bytes {
-    match request {
-        Request::Get { key }
-        | Request::Set { key, .. }
-        | Request::Delete { key }
-        | Request::Exists { key }
-        | Request::Cas { key, .. }
-        | Request::Incr { key, .. }
-        | Request::Expire { key, .. }
-        | Request::Ttl { key }
-        | Request::Persist { key } => key.clone(),
-        _ => Bytes::new(),
-    }
-}
-
 async fn handle_stream(
     context: CoreContext,
     request: http::Request<RecvStream>,
@@ -465,7 +449,7 @@ async fn unary(
         Ok(request) => request,
         Err(error) => return trailers_only(&mut respond, &error),
     };
-    let key = key_of(&request);
+    let key = map::request_key(&request);
     let response = match until(deadline, context.execute(request)).await {
         Ok(response) => response,
         Err(()) => return trailers_only(&mut respond, &deadline_status()),
@@ -512,7 +496,7 @@ async fn batch(
         let answers = decoded.into_iter().map(|item| async move {
             match item {
                 Ok((method, request)) => {
-                    let key = key_of(&request);
+                    let key = map::request_key(&request);
                     let response = context.execute(request).await;
                     map::encode_batch(method, &key, response)
                 }
