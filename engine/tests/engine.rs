@@ -26,6 +26,27 @@ fn b(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
 
+/// Blocks `core`'s thread (it serves nothing) until the returned flag is set, or 60 s pass.
+/// Returns once the core is held.
+fn hold_core(engine: &Engine, core: usize) -> Arc<AtomicBool> {
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
+    {
+        let (release, held) = (release.clone(), held.clone());
+        engine.run_on(core, move |_| {
+            held.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+    while !held.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    release
+}
+
 /// Removes what legitimately differs between layouts: version numbers (per-shard clocks) and
 /// the exact TTL remaining (wall clock).
 fn normalize(response: Response) -> Response {
@@ -400,22 +421,7 @@ fn a_full_inbox_applies_back_pressure() {
         .take(40)
         .collect();
     // Hold core 1 still until the test has looked at core 0's queues.
-    let release = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(AtomicBool::new(false));
-    {
-        let release = release.clone();
-        let held = held.clone();
-        engine.run_on(1, move |_| {
-            held.store(true, Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-    }
-    while !held.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let release = hold_core(&engine, 1);
     let observed = Arc::new(std::sync::Mutex::new(None));
     let done = Arc::new(AtomicU64::new(0));
     {
@@ -734,21 +740,7 @@ fn credit_waiters_are_all_served_after_back_pressure() {
             all_keys.push((shard, key));
         }
     }
-    let release = Arc::new(AtomicBool::new(false));
-    let held = Arc::new(AtomicBool::new(false));
-    {
-        let (release, held) = (release.clone(), held.clone());
-        engine.run_on(1, move |_| {
-            held.store(true, Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-    }
-    while !held.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let release = hold_core(&engine, 1);
     let done = Arc::new(AtomicU64::new(0));
     let keys_of = |shard: u32| -> Vec<Bytes> {
         all_keys
