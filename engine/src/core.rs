@@ -567,6 +567,16 @@ impl CoreContext {
                 shards.sort_by_key(|s| s.shard);
                 Response::Info(Info { shards })
             }
+            Request::Snapshot => {
+                let parts = (0..shard_count as usize)
+                    .map(|shard| self.execute_on(shard, Request::Snapshot));
+                for response in join_all(parts).await {
+                    if response != Response::Ok {
+                        return response;
+                    }
+                }
+                Response::Ok
+            }
             other => {
                 debug_assert!(false, "{} does not scatter", other.name());
                 let now = self.now_ms();

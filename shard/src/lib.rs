@@ -17,7 +17,7 @@ mod topics;
 
 pub use config::{Config, Eviction, ENTRY_OVERHEAD_BYTES};
 pub use scan::{merge_scan_pages, ScanPage};
-pub use table::CasOutcome;
+pub use table::{CasOutcome, Change, StoredEntry};
 
 use bytes::Bytes;
 use veddb_wire::{limits, Error, Info, Request, Response, ShardStats, SubscriberId, Ttl};
@@ -142,6 +142,8 @@ impl Shard {
             Request::Info => Response::Info(Info {
                 shards: vec![self.stats()],
             }),
+            // Snapshots are files: the engine takes them (when persistence is on).
+            Request::Snapshot => return Err(Error::PersistenceOff),
         })
     }
 
@@ -319,6 +321,68 @@ impl Shard {
 
     pub fn memory_bytes_used(&self) -> u64 {
         self.table.memory_bytes_used()
+    }
+
+    // ---- persistence hooks -----------------------------------------------------------------
+
+    /// Turns the journal on or off. While on, every change to a key (writes, deletes,
+    /// evictions; not expiry, which the logged deadline already implies) is recorded, in order,
+    /// for [`Shard::drain_changes`]: the engine turns them into write-ahead-log records.
+    pub fn set_journal(&mut self, on: bool) {
+        self.table.set_journal(on);
+    }
+
+    /// The changes since the last drain, oldest first.
+    pub fn drain_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
+        self.table.drain_changes()
+    }
+
+    /// Whether changes are waiting to be drained.
+    pub fn has_changes(&self) -> bool {
+        self.table.has_changes()
+    }
+
+    /// Starts a point-in-time snapshot without stopping the shard: [`Shard::snapshot_next`]
+    /// returns every entry as it was at this moment, in key order, while the shard goes on
+    /// serving. A key written before the snapshot reaches it keeps its old entry on the side
+    /// (a reference to the value, not a copy) until the snapshot passes it. `false` if one is
+    /// already running.
+    pub fn begin_snapshot(&mut self) -> bool {
+        self.table.begin_snapshot()
+    }
+
+    /// Appends up to `max` more entries of the running snapshot to `out`; `false` once it is
+    /// complete (or none is running).
+    pub fn snapshot_next(&mut self, max: usize, out: &mut Vec<StoredEntry>) -> bool {
+        self.table.snapshot_next(max, out)
+    }
+
+    /// Abandons the running snapshot.
+    pub fn abort_snapshot(&mut self) {
+        self.table.abort_snapshot();
+    }
+
+    /// The version clock when the running snapshot began.
+    pub fn snapshot_version_clock(&self) -> Option<u64> {
+        self.table.snapshot_version_clock()
+    }
+
+    /// Old entries kept for the running snapshot: now, and at most since it began.
+    pub fn snapshot_preserved(&self) -> (usize, usize) {
+        self.table.snapshot_preserved()
+    }
+
+    /// The version of the latest write (versions continue from it after a restart).
+    pub fn version_clock(&self) -> u64 {
+        self.table.version_clock()
+    }
+
+    /// Loads one entry recovered from disk, keeping its version; the version clock moves to at
+    /// least `version_clock`. Not journaled. OUT_OF_MEMORY when the budget is exceeded.
+    pub fn restore(&mut self, entry: StoredEntry, version_clock: u64) -> Result<(), Error> {
+        self.check_key(&entry.key)?;
+        self.check_value(&entry.value)?;
+        self.table.restore(entry, version_clock)
     }
 
     // ---- topics ---------------------------------------------------------------------------

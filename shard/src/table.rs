@@ -6,7 +6,7 @@
 //! bytes and then one slot (two adjacent cache lines, fetched together), not an index, an entry
 //! and the key's allocation one after the other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher as _};
 use std::ops::Bound;
 
@@ -138,11 +138,43 @@ pub(crate) struct TableCounters {
     pub out_of_memory: u64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Removal {
     Deleted,
+    /// The TTL passed (lazy or active expiry): not journaled, since the entry's logged expiry
+    /// already drops it on recovery.
     Expired,
+    /// EXPIRE with a TTL of 0: counted as expired, journaled as a delete.
+    ExpiredByCommand,
     Evicted,
+}
+
+/// One key's whole state: what the write-ahead log and a snapshot store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub version: u64,
+    /// Milliseconds since the epoch; 0 = never.
+    pub expires_at_ms: u64,
+}
+
+/// A change to one key, in the order the shard applied it (see [`crate::Shard::set_journal`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key's whole entry after a write (SET, CAS, INCR, MSET, EXPIRE, PERSIST).
+    Put(StoredEntry),
+    /// The key is gone (DEL, EXPIRE 0, eviction).
+    Delete(Bytes),
+}
+
+/// A snapshot being taken: keys up to `position` were emitted; for keys after it that changed
+/// since the snapshot began, `preserved` holds the entry as it was then (`None`: absent).
+struct SnapshotState {
+    position: Option<Bytes>,
+    preserved: BTreeMap<Bytes, Option<StoredEntry>>,
+    version_clock: u64,
+    preserved_max: usize,
 }
 
 pub(crate) struct Table {
@@ -159,6 +191,9 @@ pub(crate) struct Table {
     access_clock: u64,
     rng: u64,
     counters: TableCounters,
+    /// Changes since the last drain, when journaling is on.
+    journal: Option<Vec<Change>>,
+    snapshot: Option<SnapshotState>,
 }
 
 /// Bytes charged for one entry.
@@ -194,7 +229,171 @@ impl Table {
             access_clock: 0,
             rng: config.seed | 1,
             counters: TableCounters::default(),
+            journal: None,
+            snapshot: None,
         }
+    }
+
+    pub fn set_journal(&mut self, on: bool) {
+        self.journal = on.then(Vec::new);
+    }
+
+    /// The changes recorded since the last call, oldest first.
+    pub fn drain_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
+        self.journal.iter_mut().flat_map(|journal| journal.drain(..))
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.journal.as_ref().is_some_and(|journal| !journal.is_empty())
+    }
+
+    fn journal(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(change());
+        }
+    }
+
+    /// Whether a change to `key` now must first preserve its current entry for the snapshot
+    /// being taken (the key is after the snapshot's position and not preserved yet).
+    fn snapshot_wants(&self, key: &[u8]) -> bool {
+        self.snapshot.as_ref().is_some_and(|snapshot| {
+            snapshot
+                .position
+                .as_ref()
+                .is_none_or(|position| key > &position[..])
+                && !snapshot.preserved.contains_key(key)
+        })
+    }
+
+    /// Before `key` changes: keeps its current entry (or its absence) for the snapshot.
+    fn preserve(&mut self, key: &[u8]) {
+        if !self.snapshot_wants(key) {
+            return;
+        }
+        let entry = self.find_slot(key).map(|slot| StoredEntry {
+            key: slot.key.to_bytes(),
+            value: slot.value.clone(),
+            version: slot.version,
+            expires_at_ms: slot.expires_at_ms,
+        });
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot
+                .preserved
+                .insert(Bytes::copy_from_slice(key), entry);
+            snapshot.preserved_max = snapshot.preserved_max.max(snapshot.preserved.len());
+        }
+    }
+
+    /// Starts a point-in-time snapshot: [`Table::snapshot_next`] then returns every entry as it
+    /// is now, however the table changes meanwhile. `false` if one is already running.
+    pub fn begin_snapshot(&mut self) -> bool {
+        if self.snapshot.is_some() {
+            return false;
+        }
+        self.snapshot = Some(SnapshotState {
+            position: None,
+            preserved: BTreeMap::new(),
+            version_clock: self.version_clock,
+            preserved_max: 0,
+        });
+        true
+    }
+
+    /// The version clock when the running snapshot began.
+    pub fn snapshot_version_clock(&self) -> Option<u64> {
+        self.snapshot.as_ref().map(|snapshot| snapshot.version_clock)
+    }
+
+    /// Appends up to `max` more entries of the running snapshot to `out`, in key order; `false`
+    /// once the snapshot is complete (it is then ended).
+    pub fn snapshot_next(&mut self, max: usize, out: &mut Vec<StoredEntry>) -> bool {
+        let Some(snapshot) = &mut self.snapshot else {
+            return false;
+        };
+        let mut emitted = 0;
+        while emitted < max {
+            let lower: Bound<&[u8]> = match &snapshot.position {
+                None => Bound::Unbounded,
+                Some(position) => Bound::Excluded(&position[..]),
+            };
+            let current = self
+                .ordered
+                .range::<[u8], _>((lower, Bound::Unbounded))
+                .next();
+            let preserved = snapshot
+                .preserved
+                .range::<[u8], _>((lower, Bound::Unbounded))
+                .next()
+                .map(|(key, _)| key);
+            let key = match (current, preserved) {
+                (None, None) => {
+                    self.snapshot = None;
+                    return false;
+                }
+                (Some(key), None) | (None, Some(key)) => key.clone(),
+                (Some(a), Some(b)) => a.min(b).clone(),
+            };
+            let entry = match snapshot.preserved.remove(&key) {
+                Some(entry) => entry,
+                None => {
+                    let probe = Probe::new(&key);
+                    self.map
+                        .find(hash_key(&self.hash_state, &key), |slot| {
+                            probe.matches(&slot.key)
+                        })
+                        .map(|slot| StoredEntry {
+                            key: key.clone(),
+                            value: slot.value.clone(),
+                            version: slot.version,
+                            expires_at_ms: slot.expires_at_ms,
+                        })
+                }
+            };
+            if let Some(entry) = entry {
+                out.push(entry);
+                emitted += 1;
+            }
+            snapshot.position = Some(key);
+        }
+        true
+    }
+
+    /// Abandons the running snapshot (its file could not be written).
+    pub fn abort_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
+    /// Entries preserved for the running snapshot now, and at most since it began.
+    pub fn snapshot_preserved(&self) -> (usize, usize) {
+        self.snapshot.as_ref().map_or((0, 0), |snapshot| {
+            (snapshot.preserved.len(), snapshot.preserved_max)
+        })
+    }
+
+    /// The version clock: the version of the latest write.
+    pub fn version_clock(&self) -> u64 {
+        self.version_clock
+    }
+
+    /// Loads one entry from disk at start-up (not journaled; no eviction): keeps its version,
+    /// and the clock stays past every loaded version. OUT_OF_MEMORY when it does not fit.
+    pub fn restore(&mut self, entry: StoredEntry, version_clock: u64) -> Result<(), Error> {
+        let new_cost = cost(entry.key.len(), entry.value.len());
+        let old_cost = self
+            .find_slot(&entry.key)
+            .map_or(0, |slot| cost(entry.key.len(), slot.value.len()));
+        if self.memory_bytes_used - old_cost + new_cost > self.memory_bytes_limit {
+            return Err(Error::OutOfMemory {
+                needed_bytes: self.memory_bytes_used - old_cost + new_cost,
+                limit_bytes: self.memory_bytes_limit,
+            });
+        }
+        let journal = self.journal.take();
+        self.version_clock = self.version_clock.max(version_clock).max(entry.version);
+        self.access_clock += 1;
+        self.store_version(entry.key, entry.value, entry.expires_at_ms, entry.version);
+        self.journal = journal;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -256,6 +455,21 @@ impl Table {
 
     /// Takes a slot just removed from `map` out of the other indexes and the memory account.
     fn forget(&mut self, slot: Slot, reason: Removal) {
+        if self.snapshot_wants(slot.key.as_slice()) {
+            let entry = StoredEntry {
+                key: slot.key.to_bytes(),
+                value: slot.value.clone(),
+                version: slot.version,
+                expires_at_ms: slot.expires_at_ms,
+            };
+            if let Some(snapshot) = &mut self.snapshot {
+                snapshot.preserved.insert(entry.key.clone(), Some(entry));
+                snapshot.preserved_max = snapshot.preserved_max.max(snapshot.preserved.len());
+            }
+        }
+        if reason != Removal::Expired {
+            self.journal(|| Change::Delete(slot.key.to_bytes()));
+        }
         let key = self.ordered.take(slot.key.as_slice());
         debug_assert!(key.is_some(), "ordered index out of sync");
         if slot.expires_at_ms != 0 {
@@ -268,7 +482,7 @@ impl Table {
         self.memory_bytes_used -= charged;
         match reason {
             Removal::Deleted => {}
-            Removal::Expired => self.counters.expired += 1,
+            Removal::Expired | Removal::ExpiredByCommand => self.counters.expired += 1,
             Removal::Evicted => self.counters.evicted += 1,
         }
     }
@@ -347,6 +561,21 @@ impl Table {
     /// Stores without charging checks (the caller made room).
     fn store(&mut self, key: Bytes, value: Bytes, expires_at_ms: u64) -> u64 {
         let version = self.next_version();
+        self.store_version(key, value, expires_at_ms, version);
+        version
+    }
+
+    fn store_version(&mut self, key: Bytes, value: Bytes, expires_at_ms: u64, version: u64) {
+        self.preserve(&key);
+        if self.journal.is_some() {
+            let entry = StoredEntry {
+                key: key.clone(),
+                value: value.clone(),
+                version,
+                expires_at_ms,
+            };
+            self.journal(|| Change::Put(entry));
+        }
         let access = self.touch();
         let new_cost = cost(key.len(), value.len());
         let hash = self.hash(&key);
@@ -388,7 +617,6 @@ impl Table {
                 self.memory_bytes_used += new_cost;
             }
         }
-        version
     }
 
     /// Makes sure a write that replaces `old_cost` bytes by `new_cost` bytes fits the budget,
@@ -547,7 +775,7 @@ impl Table {
             return false;
         };
         if ttl_ms == 0 {
-            self.remove_index(index, Removal::Expired);
+            self.remove_index(index, Removal::ExpiredByCommand);
             return true;
         }
         let expires_at_ms = deadline(now_ms, ttl_ms);
@@ -557,11 +785,20 @@ impl Table {
 
     fn set_expiry(&mut self, index: usize, expires_at_ms: u64) {
         let version = self.next_version();
+        let key = self.slot(index).key.to_bytes();
+        self.preserve(&key);
         let slot = self
             .map
             .get_bucket_mut(index)
             .expect("index from live_index");
-        let key = slot.key.to_bytes();
+        if let Some(journal) = &mut self.journal {
+            journal.push(Change::Put(StoredEntry {
+                key: key.clone(),
+                value: slot.value.clone(),
+                version,
+                expires_at_ms,
+            }));
+        }
         if slot.expires_at_ms != 0 {
             self.expiry.remove(&(slot.expires_at_ms, key.clone()));
         }

@@ -187,7 +187,9 @@ pub fn status_of_error(error: &Error) -> Status {
         | Error::TooManySubscribers { .. } => Code::ResourceExhausted,
         Error::InvalidArgument(_) | Error::NotAnInteger | Error::Overflow => Code::InvalidArgument,
         Error::UnknownSubscriber(_) => Code::NotFound,
-        Error::ShuttingDown => Code::Unavailable,
+        Error::ShuttingDown | Error::Busy(_) => Code::Unavailable,
+        Error::PersistenceOff => Code::FailedPrecondition,
+        Error::Storage(_) => Code::Internal,
     };
     Status::new(code, error.to_string())
 }
@@ -1641,6 +1643,9 @@ mod tests {
             (Error::Overflow, Code::InvalidArgument),
             (Error::UnknownSubscriber(SubscriberId(7)), Code::NotFound),
             (Error::ShuttingDown, Code::Unavailable),
+            (Error::Busy("log buffer full".into()), Code::Unavailable),
+            (Error::PersistenceOff, Code::FailedPrecondition),
+            (Error::Storage("fsync failed".into()), Code::Internal),
         ];
         for (error, code) in cases {
             let expected = Status::new(code, error.to_string());

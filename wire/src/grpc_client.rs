@@ -74,6 +74,7 @@ pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
         Request::Publish { topic, message } => Op::Publish(pb::PublishRequest { topic, message }),
         other @ (Request::Exists { .. }
         | Request::Info
+        | Request::Snapshot
         | Request::Subscribe { .. }
         | Request::Unsubscribe { .. }
         | Request::Fetch { .. }) => {

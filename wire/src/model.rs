@@ -105,6 +105,10 @@ pub enum Request {
     },
     /// Statistics of every shard. Answer: [`Response::Info`].
     Info,
+    /// Writes a snapshot of every shard to the data directory (persistence only) and trims the
+    /// log it makes unnecessary. Answer: [`Response::Ok`] once every shard's snapshot is
+    /// durable.
+    Snapshot,
 }
 
 impl Request {
@@ -129,6 +133,7 @@ impl Request {
             Request::Publish { .. } => "PUBLISH",
             Request::Fetch { .. } => "FETCH",
             Request::Info => "INFO",
+            Request::Snapshot => "SNAPSHOT",
         }
     }
 
@@ -152,7 +157,8 @@ impl Request {
             | Request::MGet { .. }
             | Request::MSet { .. }
             | Request::Scan { .. }
-            | Request::Info => None,
+            | Request::Info
+            | Request::Snapshot => None,
         }
     }
 
@@ -164,7 +170,7 @@ impl Request {
                 Route::Shard(subscriber.shard())
             }
             (Request::Ping, _) => Route::Any,
-            // MGET, MSET, SCAN, INFO.
+            // MGET, MSET, SCAN, INFO, SNAPSHOT.
             _ => Route::Scatter,
         }
     }
@@ -296,6 +302,14 @@ pub enum Error {
     TooManySubscribers { limit: usize },
     /// The server is stopping.
     ShuttingDown,
+    /// A command that needs persistence (SNAPSHOT) on a server started without `--data-dir`.
+    PersistenceOff,
+    /// The shard's write-ahead log or snapshot failed (a disk error); the text names the file,
+    /// the operation and what the shard does now.
+    Storage(String),
+    /// A queue is momentarily full (for example the write-ahead log's buffer while the disk
+    /// catches up); nothing was changed, retry later.
+    Busy(String),
 }
 
 impl Error {
@@ -310,6 +324,8 @@ impl Error {
             Error::UnknownSubscriber(_) => Status::NotFound,
             Error::TooManySubscribers { .. } => Status::Full,
             Error::ShuttingDown => Status::ShuttingDown,
+            Error::PersistenceOff | Error::Storage(_) => Status::Error,
+            Error::Busy(_) => Status::Full,
         }
     }
 }
@@ -341,6 +357,12 @@ impl fmt::Display for Error {
                 write!(f, "FULL: this shard already has {limit} subscribers")
             }
             Error::ShuttingDown => write!(f, "SHUTTING_DOWN: the server is stopping"),
+            Error::PersistenceOff => write!(
+                f,
+                "FAILED_PRECONDITION: persistence is off; start the server with --data-dir DIR"
+            ),
+            Error::Storage(text) => write!(f, "STORAGE: {text}"),
+            Error::Busy(text) => write!(f, "BUSY: {text}; nothing was changed, retry later"),
         }
     }
 }
