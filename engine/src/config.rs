@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub inbox_depth: usize,
     /// Spin window before parking.
     pub spin: Duration,
+    /// Persistence (`--data-dir`); `None`: a pure in-memory store.
+    pub persistence: Option<crate::persist::PersistConfig>,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
             shard: veddb_shard::Config::default(),
             inbox_depth: INBOX_DEPTH_DEFAULT,
             spin: SPIN_DEFAULT,
+            persistence: None,
         }
     }
 }

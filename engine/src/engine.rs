@@ -10,7 +10,10 @@ use veddb_shard::Shard;
 use veddb_wire::{limits, Error, Request, Response, Route};
 
 use crate::config::{EngineConfig, EXTERNAL_QUEUE_CAPACITY};
-use crate::core::{CoreContext, CoreShared, CoreWiring, External};
+use crate::core::{
+    restore_shard, CoreContext, CoreLog, CoreLogConfig, CoreShared, CoreWiring, External,
+};
+use crate::persist::{self, FsStorage};
 use crate::ring::ring;
 use crate::sync::{Arc, Ordering};
 
@@ -22,6 +25,9 @@ pub enum StartError {
     /// A core's thread or runtime could not be created (for example io_uring refused and no
     /// fallback was possible).
     Core { core: usize, error: String },
+    /// The data directory could not be locked, recovered or loaded; the text says why and
+    /// what to do.
+    Persistence(String),
 }
 
 impl fmt::Display for StartError {
@@ -29,6 +35,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::InvalidConfig(text) => write!(f, "invalid engine configuration: {text}"),
             StartError::Core { core, error } => write!(f, "core {core} failed to start: {error}"),
+            StartError::Persistence(text) => write!(f, "{text}"),
         }
     }
 }
@@ -51,6 +58,8 @@ pub struct Engine {
     shared: Arc<[CoreShared]>,
     config: EngineConfig,
     runtime_kind: String,
+    /// The locked data directory (persistence on).
+    _data_dir: Option<FsStorage>,
 }
 
 impl Engine {
@@ -95,6 +104,36 @@ impl Engine {
                 inbound[to][from] = Some((request_consumer, response_producer));
             }
         }
+        let limits = veddb_persist::EntryLimits::new(
+            config.shard.key_bytes_max,
+            config.shard.value_bytes_max,
+        );
+        let (data_dir, mut starts) = match &config.persistence {
+            Some(persistence) => {
+                let opened = persist::open(persistence, core_count as u32, limits)
+                    .map_err(StartError::Persistence)?;
+                let starts: Vec<_> = opened
+                    .shards
+                    .into_iter()
+                    .map(|start| {
+                        Some((
+                            start.image,
+                            CoreLogConfig {
+                                dir: persistence.dir.clone(),
+                                generation: start.generation,
+                                shard_count: core_count as u32,
+                                next_sequence: start.next_sequence,
+                                policy: persistence.fsync,
+                                limits,
+                                snapshot_interval: persistence.snapshot_interval,
+                            },
+                        ))
+                    })
+                    .collect();
+                (Some(opened.storage), starts)
+            }
+            None => (None, (0..core_count).map(|_| None).collect()),
+        };
         let shared: Arc<[CoreShared]> = (0..core_count).map(|_| CoreShared::new()).collect();
         let cpus = available_cpus();
         let (ready_sender, ready_receiver) =
@@ -120,9 +159,10 @@ impl Engine {
                 ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let pin = config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
+            let start = starts[index].take();
             let spawned = std::thread::Builder::new()
                 .name(format!("veddb-core-{index}"))
-                .spawn(move || core_thread(index, pin, wiring, shard_config, ready));
+                .spawn(move || core_thread(index, pin, wiring, shard_config, start, ready));
             let thread = match spawned {
                 Ok(thread) => thread,
                 Err(error) => {
@@ -133,6 +173,7 @@ impl Engine {
                         shared,
                         config,
                         runtime_kind: String::new(),
+                        _data_dir: data_dir,
                     };
                     partial.stop();
                     return Err(StartError::Core {
@@ -152,6 +193,7 @@ impl Engine {
             shared,
             config,
             runtime_kind: String::new(),
+            _data_dir: data_dir,
         };
         for _ in 0..core_count {
             match ready_receiver.recv() {
@@ -262,6 +304,7 @@ fn core_thread(
     pin: Option<usize>,
     wiring: CoreWiring,
     shard_config: veddb_shard::Config,
+    start: Option<(veddb_persist::recovery::ShardImage, CoreLogConfig)>,
     ready: SyncSender<(usize, Result<String, String>)>,
 ) {
     let mut builder = compio::runtime::RuntimeBuilder::new();
@@ -279,8 +322,18 @@ fn core_thread(
         }
     };
     let kind = format!("{:?}", runtime.driver_type());
-    let shard = Shard::new(index as u32, shard_config);
-    let context = CoreContext::new(wiring, shard);
+    let mut shard = Shard::new(index as u32, shard_config);
+    let log = match start {
+        Some((image, log_config)) => {
+            if let Err(error) = restore_shard(&mut shard, image) {
+                let _ = ready.send((index, Err(error)));
+                return;
+            }
+            Some(CoreLog::new(index as u32, log_config))
+        }
+        None => None,
+    };
+    let context = CoreContext::new(wiring, shard, log);
     tracing::debug!(core = index, cpu = ?pin, driver = %kind, "core started");
     let _ = ready.send((index, Ok(kind)));
     drop(ready);

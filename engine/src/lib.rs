@@ -26,6 +26,8 @@ mod config;
 mod core;
 #[cfg(not(veddb_loom))]
 mod engine;
+#[cfg(not(veddb_loom))]
+pub mod persist;
 
 #[cfg(not(veddb_loom))]
 pub use crate::config::{EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
@@ -33,3 +35,5 @@ pub use crate::config::{EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
 pub use crate::core::CoreContext;
 #[cfg(not(veddb_loom))]
 pub use crate::engine::{available_cpus, Engine, StartError};
+#[cfg(not(veddb_loom))]
+pub use veddb_persist::writer::FsyncPolicy;

@@ -240,11 +240,15 @@ impl Table {
 
     /// The changes recorded since the last call, oldest first.
     pub fn drain_changes(&mut self) -> impl Iterator<Item = Change> + '_ {
-        self.journal.iter_mut().flat_map(|journal| journal.drain(..))
+        self.journal
+            .iter_mut()
+            .flat_map(|journal| journal.drain(..))
     }
 
     pub fn has_changes(&self) -> bool {
-        self.journal.as_ref().is_some_and(|journal| !journal.is_empty())
+        self.journal
+            .as_ref()
+            .is_some_and(|journal| !journal.is_empty())
     }
 
     fn journal(&mut self, change: impl FnOnce() -> Change) {
@@ -301,7 +305,9 @@ impl Table {
 
     /// The version clock when the running snapshot began.
     pub fn snapshot_version_clock(&self) -> Option<u64> {
-        self.snapshot.as_ref().map(|snapshot| snapshot.version_clock)
+        self.snapshot
+            .as_ref()
+            .map(|snapshot| snapshot.version_clock)
     }
 
     /// Appends up to `max` more entries of the running snapshot to `out`, in key order; `false`

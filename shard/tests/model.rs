@@ -613,6 +613,7 @@ impl Model {
             Request::Info => Response::Info(Info {
                 shards: vec![self.stats()],
             }),
+            Request::Snapshot => return Err(Error::PersistenceOff),
         })
     }
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
-use veddb_engine::{available_cpus, Engine, EngineConfig};
+use veddb_engine::persist::PersistConfig;
+use veddb_engine::{available_cpus, Engine, EngineConfig, FsyncPolicy};
 use veddb_shard::Eviction;
 use veddb_wire::limits;
 
@@ -87,6 +88,43 @@ struct Args {
     /// log format: text (default) or json
     #[argh(option, default = "LogFormat::Text")]
     log_format: LogFormat,
+
+    /// turn persistence on: the write-ahead log and snapshots live in this directory
+    /// (created if missing; one server per directory). Default: off, a pure in-memory store
+    #[argh(option)]
+    data_dir: Option<std::path::PathBuf>,
+
+    /// with --data-dir, when a write is acknowledged: always (after the fsync that covers it,
+    /// group commit; the default), everysec (after the write; fsync once a second), no (after
+    /// the write; the OS flushes)
+    #[argh(option, default = "FsyncArg(FsyncPolicy::Always)")]
+    fsync: FsyncArg,
+
+    /// with --data-dir, seconds between automatic snapshots of each shard whose log grew
+    /// (default 300; 0: only on the SNAPSHOT command)
+    #[argh(option, default = "300")]
+    snapshot_interval: u64,
+
+    /// with --data-dir: cut each damaged log at its first bad record (the file is backed up
+    /// first as <file>.bak), report what was done, and exit
+    #[argh(switch)]
+    repair: bool,
+}
+
+#[derive(Debug)]
+struct FsyncArg(FsyncPolicy);
+
+impl argh::FromArgValue for FsyncArg {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match value {
+            "always" => Ok(FsyncArg(FsyncPolicy::Always)),
+            "everysec" => Ok(FsyncArg(FsyncPolicy::EverySec)),
+            "no" => Ok(FsyncArg(FsyncPolicy::No)),
+            other => Err(format!(
+                "unknown fsync policy `{other}`: use always, everysec or no"
+            )),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -197,6 +235,16 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
     if args.session_timeout == 0 {
         return Err("--session-timeout must be at least 1 second".into());
     }
+    if args.data_dir.is_none() && args.repair {
+        return Err("--repair needs --data-dir".into());
+    }
+    if args.snapshot_interval > 365 * 24 * 3600 {
+        return Err(format!(
+            "--snapshot-interval is at most a year ({} seconds), not {}",
+            365 * 24 * 3600,
+            args.snapshot_interval
+        ));
+    }
     let mut config = EngineConfig {
         cores,
         pin_threads: true,
@@ -208,6 +256,12 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
     config.shard.eviction = args.eviction.0;
     config.shard.key_bytes_max = args.key_bytes_max;
     config.shard.value_bytes_max = args.value_bytes_max;
+    config.persistence = args.data_dir.as_ref().map(|dir| PersistConfig {
+        dir: dir.clone(),
+        fsync: args.fsync.0,
+        snapshot_interval: (args.snapshot_interval > 0)
+            .then(|| Duration::from_secs(args.snapshot_interval)),
+    });
     Ok(config)
 }
 
@@ -222,6 +276,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&args);
+    if args.repair {
+        return repair(&config);
+    }
 
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = match signal_hook::iterator::Signals::new([
@@ -251,6 +308,8 @@ fn main() -> ExitCode {
         key_bytes_max = config.shard.key_bytes_max,
         value_bytes_max = config.shard.value_bytes_max,
         spin_us = args.spin_us,
+        data_dir = ?args.data_dir,
+        fsync = ?config.persistence.as_ref().map(|p| p.fsync),
         "veddb-server ready"
     );
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -323,6 +382,38 @@ fn main() -> ExitCode {
     let took = engine.shutdown();
     tracing::info!(took_ms = took.as_millis() as u64, "stopped");
     ExitCode::SUCCESS
+}
+
+/// `--repair`: cuts damaged logs (after backups) and exits.
+fn repair(config: &EngineConfig) -> ExitCode {
+    let Some(persistence) = &config.persistence else {
+        return ExitCode::from(2);
+    };
+    let limits =
+        veddb_persist::EntryLimits::new(config.shard.key_bytes_max, config.shard.value_bytes_max);
+    match veddb_engine::persist::repair(&persistence.dir, config.cores as u32, limits) {
+        Ok(actions) if actions.is_empty() => {
+            println!(
+                "{}: nothing to repair (every log reads cleanly)",
+                persistence.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(actions) => {
+            for action in &actions {
+                println!("{action}");
+            }
+            println!(
+                "{}: repaired; records after each cut are lost, everything before is kept",
+                persistence.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("veddb-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report_stats(engine: &Engine, stopping: &std::sync::atomic::AtomicBool) {

@@ -18,6 +18,10 @@ use crate::doorbell::Doorbell;
 use crate::ring::{Consumer, Producer};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 
+mod log;
+
+pub(crate) use log::{restore_shard, CoreLog, CoreLogConfig};
+
 /// A request travelling from a core to the owner of its key.
 pub(crate) struct RequestMessage {
     id: u32,
@@ -226,6 +230,8 @@ struct State {
     polling: Cell<bool>,
     /// The loop has ended; the runtime is dropping the remaining tasks.
     stopped: Cell<bool>,
+    /// Persistence (`--data-dir`): this shard's write-ahead log and snapshots.
+    log: Option<CoreLog>,
 }
 
 /// A handle to the core the current task runs on. Cheap to clone; not `Send` (it lives on its
@@ -240,7 +246,7 @@ fn unix_ms() -> u64 {
 }
 
 impl CoreContext {
-    pub(crate) fn new(wiring: CoreWiring, shard: Shard) -> Self {
+    pub(crate) fn new(wiring: CoreWiring, shard: Shard, log: Option<CoreLog>) -> Self {
         let CoreWiring {
             index,
             shard_count,
@@ -296,6 +302,7 @@ impl CoreContext {
             fetch_deadlines: RefCell::new(BTreeSet::new()),
             polling: Cell::new(false),
             stopped: Cell::new(false),
+            log,
         }))
     }
 
@@ -378,12 +385,15 @@ impl CoreContext {
         self.refresh_clock();
         // Requests that may answer later (a waiting FETCH) or that complete other waiters
         // (PUBLISH, UNSUBSCRIBE) go through `serve`; the rest run directly.
+        // With persistence on, key-value commands go through `serve` too: their answers wait
+        // for the log.
         if matches!(
             request,
             Request::Fetch { wait_ms: 1.., .. }
                 | Request::Publish { .. }
                 | Request::Unsubscribe { .. }
-        ) {
+        ) || (self.0.log.is_some() && !log::is_unlogged(&request))
+        {
             let reply = Rc::new(LocalReply {
                 response: RefCell::new(None),
                 waker: RefCell::new(None),
@@ -635,8 +645,12 @@ impl CoreContext {
             Request::Unsubscribe { subscriber } => After::Unsubscribe(*subscriber),
             _ => After::Nothing,
         };
-        let response = state.shard.borrow_mut().handle(request, now);
-        self.reply(reply, response);
+        if state.log.is_some() {
+            self.serve_logged(request, reply, now);
+        } else {
+            let response = state.shard.borrow_mut().handle(request, now);
+            self.reply(reply, response);
+        }
         match after {
             After::Publish => self.complete_ready_fetches(),
             After::Unsubscribe(subscriber) => {
@@ -896,6 +910,10 @@ impl CoreContext {
 
     /// The core's loop: work while there is work, spin briefly when there is none, then park.
     pub(crate) async fn run(self) {
+        if self.0.log.is_some() {
+            compio::runtime::spawn(self.clone().run_log()).detach();
+            compio::runtime::spawn(self.clone().run_snapshots()).detach();
+        }
         let mut idle_since: Option<Instant> = None;
         loop {
             let work = self.poll_inbound();
@@ -927,7 +945,11 @@ impl CoreContext {
             self.0.cores[self.0.index as usize].doorbell.cancel_park();
             idle_since = None;
         }
-        // Stopping: answer what still waits so no caller hangs.
+        // Stopping: drain the log (held answers are released as it settles), then answer
+        // what still waits so no caller hangs.
+        if self.0.log.is_some() {
+            self.close_log().await;
+        }
         self.0.polling.set(true);
         while let Ok(job) = self.0.external.try_recv() {
             if let External::Call { reply, .. } = job {
