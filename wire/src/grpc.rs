@@ -213,6 +213,7 @@ pub enum Method {
     Scan,
     Publish,
     Info,
+    Snapshot,
     Batch,
     Subscribe,
     HealthCheck,
@@ -221,7 +222,7 @@ pub enum Method {
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 17] = [
+    pub const ALL: [Method; 18] = [
         Method::Ping,
         Method::Get,
         Method::Set,
@@ -235,6 +236,7 @@ impl Method {
         Method::Scan,
         Method::Publish,
         Method::Info,
+        Method::Snapshot,
         Method::Batch,
         Method::Subscribe,
         Method::HealthCheck,
@@ -263,6 +265,7 @@ impl Method {
             Method::Scan => "/veddb.v1.VedDb/Scan",
             Method::Publish => "/veddb.v1.VedDb/Publish",
             Method::Info => "/veddb.v1.VedDb/Info",
+            Method::Snapshot => "/veddb.v1.VedDb/Snapshot",
             Method::Batch => "/veddb.v1.VedDb/Batch",
             Method::Subscribe => "/veddb.v1.VedDb/Subscribe",
             Method::HealthCheck => "/grpc.health.v1.Health/Check",
@@ -276,7 +279,7 @@ impl Method {
         path.rsplit('/').next().unwrap_or(path)
     }
 
-    /// One request message, one response message (the 13 unary VedDb methods and Health/Check).
+    /// One request message, one response message (the 14 unary VedDb methods and Health/Check).
     pub fn is_unary(self) -> bool {
         !self.is_server_streaming() && !self.is_bidi()
     }
@@ -376,7 +379,7 @@ fn scan_request(m: pb::ScanRequest) -> Request {
     }
 }
 
-/// Decodes the request message of one of the 13 unary VedDb methods into a [`Request`].
+/// Decodes the request message of one of the 14 unary VedDb methods into a [`Request`].
 ///
 /// An undecodable message or an unknown enum value is INVALID_ARGUMENT; a method that is not
 /// a unary VedDb method (Batch, Subscribe, Health) is INTERNAL (the caller dispatched wrongly).
@@ -420,6 +423,10 @@ pub fn decode_unary(method: Method, message: Bytes) -> Result<Request, Status> {
         Method::Info => {
             decode::<pb::InfoRequest>(message, "veddb.v1.InfoRequest")?;
             Request::Info
+        }
+        Method::Snapshot => {
+            decode::<pb::SnapshotRequest>(message, "veddb.v1.SnapshotRequest")?;
+            Request::Snapshot
         }
         Method::Batch | Method::Subscribe | Method::HealthCheck | Method::HealthWatch => {
             return Err(Status::internal(format!(
@@ -490,6 +497,7 @@ enum Reply {
     Scan(pb::ScanResponse),
     Publish(pb::PublishResponse),
     Info(pb::InfoResponse),
+    Snapshot(pb::SnapshotResponse),
 }
 
 impl Reply {
@@ -508,6 +516,7 @@ impl Reply {
             Reply::Scan(m) => m.encode_to_vec(),
             Reply::Publish(m) => m.encode_to_vec(),
             Reply::Info(m) => m.encode_to_vec(),
+            Reply::Snapshot(m) => m.encode_to_vec(),
         }
     }
 
@@ -525,7 +534,7 @@ impl Reply {
             Reply::MSet(m) => batch_response::Op::Mset(m),
             Reply::Scan(m) => batch_response::Op::Scan(m),
             Reply::Publish(m) => batch_response::Op::Publish(m),
-            Reply::Info(_) => return None,
+            Reply::Info(_) | Reply::Snapshot(_) => return None,
         })
     }
 }
@@ -630,6 +639,7 @@ fn reply(method: Method, request_key: &[u8], response: Response) -> Result<Reply
             Reply::Publish(pb::PublishResponse { receivers })
         }
         (Method::Info, Response::Info(info)) => Reply::Info(info_response(info)),
+        (Method::Snapshot, Response::Ok) => Reply::Snapshot(pb::SnapshotResponse {}),
         (method, response) => {
             return Err(Status::internal(format!(
                 "the engine answered {method} with an unexpected {}",
@@ -1127,6 +1137,10 @@ mod tests {
             Some(Method::MGet)
         );
         assert_eq!(
+            Method::from_path("/veddb.v1.VedDb/Snapshot"),
+            Some(Method::Snapshot)
+        );
+        assert_eq!(
             Method::from_path("/grpc.health.v1.Health/Check"),
             Some(Method::HealthCheck)
         );
@@ -1139,18 +1153,21 @@ mod tests {
             "/",
             "/veddb.v1.VedDb/get",
             "/veddb.v1.VedDb/Exists",
+            "/veddb.v1.VedDb/snapshot",
             "veddb.v1.VedDb/Get",
             "/veddb.v1.VedDb/Get/",
         ] {
             assert_eq!(Method::from_path(unknown), None, "{unknown:?}");
         }
-        assert_eq!(Method::ALL.iter().filter(|m| m.is_unary()).count(), 14);
+        assert_eq!(Method::ALL.iter().filter(|m| m.is_unary()).count(), 15);
+        assert!(Method::Snapshot.is_unary() && !Method::Snapshot.is_health());
         assert!(
             Method::Subscribe.is_server_streaming() && Method::HealthWatch.is_server_streaming()
         );
         assert!(Method::Batch.is_bidi());
         assert!(Method::HealthCheck.is_unary() && Method::HealthCheck.is_health());
         assert_eq!(Method::MSet.name(), "MSet");
+        assert_eq!(Method::Snapshot.name(), "Snapshot");
         assert_eq!(Method::HealthCheck.name(), "Check");
     }
 
@@ -1340,6 +1357,11 @@ mod tests {
                 },
             ),
             (Method::Info, enc(&pb::InfoRequest {}), Request::Info),
+            (
+                Method::Snapshot,
+                enc(&pb::SnapshotRequest {}),
+                Request::Snapshot,
+            ),
         ];
         for (method, message, expected) in cases {
             assert_eq!(decode_unary(method, message), Ok(expected), "{method}");
@@ -1349,6 +1371,16 @@ mod tests {
             decode_unary(Method::Get, Bytes::new()),
             Ok(Request::Get { key: Bytes::new() })
         );
+        assert_eq!(
+            decode_unary(Method::Snapshot, Bytes::new()),
+            Ok(Request::Snapshot)
+        );
+        // Unknown fields (from a newer client) are skipped, as protobuf wants.
+        assert_eq!(
+            decode_unary(Method::Snapshot, Bytes::from_static(b"\x08\x01")),
+            Ok(Request::Snapshot)
+        );
+        assert_eq!(request_key(&Request::Snapshot), Bytes::new());
     }
 
     #[test]
@@ -1515,6 +1547,12 @@ mod tests {
             dec::<pb::MSetResponse>(&ok(Method::MSet, Response::Ok)),
             pb::MSetResponse {}
         );
+        let snapshot = ok(Method::Snapshot, Response::Ok);
+        assert!(snapshot.is_empty(), "an empty message encodes to no bytes");
+        assert_eq!(
+            dec::<pb::SnapshotResponse>(&snapshot),
+            pb::SnapshotResponse {}
+        );
         assert_eq!(
             dec::<pb::ScanResponse>(&ok(
                 Method::Scan,
@@ -1664,6 +1702,35 @@ mod tests {
             );
         }
 
+        // SNAPSHOT's own failures.
+        let off = encode_unary(
+            Method::Snapshot,
+            b"",
+            Response::Error(Error::PersistenceOff),
+        )
+        .unwrap_err();
+        assert_eq!(off.code, Code::FailedPrecondition);
+        assert!(off.message.contains("--data-dir"), "{}", off.message);
+        let storage = encode_unary(
+            Method::Snapshot,
+            b"",
+            Response::Error(Error::Storage("cannot sync shard-0.snap".into())),
+        )
+        .unwrap_err();
+        assert_eq!(storage.code, Code::Internal);
+        assert!(
+            storage.message.contains("shard-0.snap"),
+            "{}",
+            storage.message
+        );
+        let busy = encode_unary(
+            Method::Snapshot,
+            b"",
+            Response::Error(Error::Busy("a snapshot is being written".into())),
+        )
+        .unwrap_err();
+        assert_eq!(busy.code, Code::Unavailable);
+
         // Answers that do not fit the method.
         for (method, response) in [
             (Method::Get, Response::Pong),
@@ -1676,6 +1743,8 @@ mod tests {
                 },
             ),
             (Method::Batch, Response::Ok),
+            (Method::Snapshot, Response::Pong),
+            (Method::Snapshot, Response::NotStored),
         ] {
             assert_eq!(
                 encode_unary(method, b"k", response).unwrap_err().code,
@@ -1908,6 +1977,16 @@ mod tests {
             Response::Info(Info::default()),
         ));
         assert_eq!(info.status.map(|s| s.code), Some(Code::Internal.as_i32()));
+        // SNAPSHOT is not a batch op either.
+        let snapshot = dec::<pb::BatchResponse>(&encode_batch(Method::Snapshot, b"", Response::Ok));
+        assert_eq!(snapshot.op, None);
+        assert_eq!(
+            snapshot.status.map(|s| (s.code, s.message)),
+            Some((
+                Code::Internal.as_i32(),
+                "/veddb.v1.VedDb/Snapshot cannot be part of a batch".into()
+            ))
+        );
         let only_status =
             dec::<pb::BatchResponse>(&encode_batch_error(&Status::invalid_argument("bad")));
         assert_eq!(
@@ -2275,7 +2354,7 @@ mod tests {
         #[test]
         fn batch_encoding_never_panics(
             key in proptest::collection::vec(any::<u8>(), 0..300),
-            method_index in 0_usize..17,
+            method_index in 0_usize..Method::ALL.len(),
         ) {
             let method = Method::ALL[method_index];
             for response in [Response::NotFound, Response::Pong, Response::Ok, Response::Bool(true)] {

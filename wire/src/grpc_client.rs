@@ -9,8 +9,8 @@ use crate::grpc::{Code, Status};
 use crate::proto::v1 as pb;
 use crate::{Info, Request, Response, SetCondition, ShardStats, Ttl};
 
-/// Encodes `request` as a `BatchRequest`. INFO, SUBSCRIBE, UNSUBSCRIBE and FETCH have their own
-/// RPCs and are refused here.
+/// Encodes `request` as a `BatchRequest`. INFO, SNAPSHOT, SUBSCRIBE, UNSUBSCRIBE and FETCH have
+/// their own RPCs and are refused here.
 pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
     use pb::batch_request::Op;
     let op = match request.clone() {
@@ -199,6 +199,20 @@ pub fn decode_info(message: Bytes) -> Result<Info, Status> {
     })
 }
 
+/// Encodes a `SnapshotRequest` (an empty message).
+pub fn encode_snapshot_request() -> Vec<u8> {
+    pb::SnapshotRequest {}.encode_to_vec()
+}
+
+/// Decodes a `SnapshotResponse`: the answer to SNAPSHOT, [`Response::Ok`] (the snapshot of
+/// every shard is durable). Failures come as the call's status, not here.
+pub fn decode_snapshot(message: Bytes) -> Result<Response, Status> {
+    pb::SnapshotResponse::decode(message).map_err(|error| {
+        Status::internal(format!("cannot decode veddb.v1.SnapshotResponse: {error}"))
+    })?;
+    Ok(Response::Ok)
+}
+
 /// Encodes a `SubscribeRequest`.
 pub fn encode_subscribe_request(topic: Bytes) -> Vec<u8> {
     pb::SubscribeRequest { topic }.encode_to_vec()
@@ -369,5 +383,25 @@ mod tests {
         assert_eq!(status.code, Code::InvalidArgument);
         assert!(status.message.contains("integer"));
         assert!(encode_batch_request(&Request::Info).is_err());
+        let status = encode_batch_request(&Request::Snapshot).unwrap_err();
+        assert_eq!(status.code, Code::Unimplemented);
+        assert_eq!(status.message, "SNAPSHOT is not a batch operation");
+    }
+
+    /// The client's SNAPSHOT request is what the server decodes, and the server's answer
+    /// decodes back to `Response::Ok`.
+    #[test]
+    fn snapshot_round_trips() {
+        use crate::grpc::{decode_unary, encode_unary, Method};
+        let request = decode_unary(Method::Snapshot, Bytes::from(encode_snapshot_request()));
+        assert_eq!(request, Ok(Request::Snapshot));
+        let answer = encode_unary(Method::Snapshot, b"", Response::Ok).unwrap();
+        assert_eq!(decode_snapshot(Bytes::from(answer)), Ok(Response::Ok));
+        assert_eq!(
+            decode_snapshot(Bytes::from_static(b"\x0a\x05"))
+                .unwrap_err()
+                .code,
+            Code::Internal
+        );
     }
 }

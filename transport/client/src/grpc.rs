@@ -164,7 +164,8 @@ impl GrpcConnection {
         }
     }
 
-    /// Runs one request (through a one-message `Batch` call; INFO through its own RPC).
+    /// Runs one request (through a one-message `Batch` call; INFO and SNAPSHOT through their
+    /// own RPCs).
     pub async fn execute(&self, request: Request) -> Result<Response, ClientError> {
         let mut answers = self.execute_many(vec![request]).await?;
         answers
@@ -173,13 +174,16 @@ impl GrpcConnection {
     }
 
     /// Runs several requests pipelined on one `Batch` stream; answers come back in order,
-    /// each with its own result.
+    /// each with its own result. INFO or SNAPSHOT alone runs through its own RPC; among other
+    /// requests they are refused (UNIMPLEMENTED: not a batch operation).
     pub async fn execute_many(
         &self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
-        if let [Request::Info] = requests.as_slice() {
-            return Ok(vec![self.info().await.map(Response::Info)]);
+        match requests.as_slice() {
+            [Request::Info] => return Ok(vec![self.info().await.map(Response::Info)]),
+            [Request::Snapshot] => return Ok(vec![self.snapshot().await.map(|()| Response::Ok)]),
+            _ => {}
         }
         let messages = requests
             .iter()
@@ -210,6 +214,23 @@ impl GrpcConnection {
             .next()
             .ok_or_else(|| ClientError::Protocol("no answer".into()))?;
         client_map::decode_info(answer).map_err(ClientError::Status)
+    }
+
+    /// Writes a snapshot of every shard to the server's data directory; returns once all of
+    /// them are durable. A server without `--data-dir` answers FAILED_PRECONDITION
+    /// ([`veddb_wire::Error::PersistenceOff`]); a disk error is INTERNAL; UNAVAILABLE means
+    /// busy (or stopping): nothing was changed, retry later.
+    pub async fn snapshot(&self) -> Result<(), ClientError> {
+        let answers = self
+            .call(Method::Snapshot, &[client_map::encode_snapshot_request()])
+            .await?;
+        let answer = answers
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("no answer".into()))?;
+        client_map::decode_snapshot(answer)
+            .map(|_| ())
+            .map_err(ClientError::Status)
     }
 
     /// Subscribes to `topic`; the subscription lasts until the [`Subscription`] is dropped.

@@ -177,6 +177,14 @@ impl Client {
         self.runtime.block_on(self.connection.info())
     }
 
+    /// Writes a snapshot of every shard to the server's data directory (SNAPSHOT); returns
+    /// once every shard's snapshot is durable. Errors are [`ClientError::Status`]:
+    /// FAILED_PRECONDITION when the server runs without `--data-dir`, INTERNAL for a disk
+    /// error (the message names the file), UNAVAILABLE when busy or stopping (retry later).
+    pub fn snapshot(&self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.connection.snapshot())
+    }
+
     /// Subscribes to `topic`; iterate the result for messages.
     pub fn subscribe(
         &self,

@@ -1,4 +1,5 @@
-//! The Rust client against an in-process engine with the gRPC frontend on two cores.
+//! The Rust client, and the `veddb-cli` binary, against an in-process engine with the gRPC
+//! frontend on two cores (no `--data-dir`: persistence is off).
 
 use std::time::Duration;
 
@@ -157,6 +158,74 @@ fn subscriptions_deliver_in_order_and_end_with_the_client() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop((subscriber, publisher));
+    engine.shutdown();
+}
+
+/// The FAILED_PRECONDITION that SNAPSHOT gets from a server without persistence.
+fn assert_persistence_off(result: Result<impl std::fmt::Debug, ClientError>) {
+    match result {
+        Err(ClientError::Status(status)) => {
+            assert_eq!(status.code, Code::FailedPrecondition, "{status}");
+            assert!(status.message.contains("--data-dir"), "{}", status.message);
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+}
+
+#[test]
+fn snapshot_without_data_dir_is_failed_precondition() {
+    let (engine, address) = server();
+    let client = Client::connect_grpc(&address).expect("connect");
+    client.set("k", "v", SetOptions::default()).unwrap();
+    assert_persistence_off(client.snapshot());
+    // The same through the generic entry point, which uses the Snapshot RPC too.
+    assert_persistence_off(client.execute(Request::Snapshot));
+    // SNAPSHOT is not a batch operation: refused before anything is sent.
+    match client.execute_many(vec![Request::Ping, Request::Snapshot]) {
+        Err(ClientError::Status(status)) => {
+            assert_eq!(status.code, Code::Unimplemented, "{status}");
+            assert!(status.message.contains("SNAPSHOT"), "{}", status.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The connection and the data are fine afterwards.
+    assert_eq!(
+        client.get("k").unwrap().map(|(value, _)| value),
+        Some(Bytes::from_static(b"v"))
+    );
+    drop(client);
+    engine.shutdown();
+}
+
+/// Runs `veddb-cli --grpc ADDRESS words...`: exit code, stdout, stderr.
+fn cli(address: &str, words: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_veddb-cli"))
+        .arg("--grpc")
+        .arg(address)
+        .args(words)
+        .output()
+        .expect("veddb-cli runs");
+    (
+        output.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_snapshot_reports_persistence_off() {
+    let (engine, address) = server();
+    let (code, stdout, _) = cli(&address, &["ping"]);
+    assert_eq!((code, stdout.as_str()), (0, "PONG\n"));
+    // The server refused: exit status 3 and its message on stderr, nothing on stdout.
+    let (code, stdout, stderr) = cli(&address, &["snapshot"]);
+    assert_eq!(code, 3, "stdout {stdout:?} stderr {stderr:?}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("FAILED_PRECONDITION"), "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    // Arguments are a usage error (2).
+    let (code, _, stderr) = cli(&address, &["snapshot", "now"]);
+    assert_eq!(code, 2, "{stderr}");
     engine.shutdown();
 }
 

@@ -15,6 +15,28 @@ use veddb_client::{Client, ClientError};
 
 /// VedDB command-line client.
 #[derive(FromArgs)]
+#[argh(
+    note = "Commands:
+  ping
+  get KEY
+  set KEY VALUE [--ttl MS] [--nx|--xx] [--keepttl]
+  del KEY
+  cas KEY VERSION VALUE
+  incr KEY [DELTA]
+  decr KEY [DELTA]
+  expire KEY MS
+  ttl KEY
+  persist KEY
+  mget KEY...
+  mset KEY VALUE...
+  scan [PREFIX] [--count N]
+  publish TOPIC MESSAGE
+  subscribe TOPIC
+  info
+  snapshot            write every shard to the server's --data-dir; OK once durable",
+    note = "Exit status: 0 success, 1 the key was not found or a condition did not hold,
+2 usage error, 3 the server refused (with its message), 4 could not connect."
+)]
 struct Args {
     /// server gRPC address, HOST:PORT (default 127.0.0.1:50051)
     #[argh(option, default = "String::from(\"127.0.0.1:50051\")")]
@@ -23,7 +45,7 @@ struct Args {
     /// the command and its arguments: ping | get KEY | set KEY VALUE [--ttl MS] [--nx|--xx] |
     /// del KEY | cas KEY VERSION VALUE | incr KEY [DELTA] | decr KEY [DELTA] | expire KEY MS |
     /// ttl KEY | persist KEY | mget KEY... | mset KEY VALUE... | scan [PREFIX] [--count N] |
-    /// publish TOPIC MESSAGE | subscribe TOPIC | info
+    /// publish TOPIC MESSAGE | subscribe TOPIC | info | snapshot (see Commands in --help)
     #[argh(positional, greedy)]
     command: Vec<String>,
 }
@@ -277,6 +299,10 @@ fn run(client: &Client, words: &[String]) -> Result<Outcome, (u8, String)> {
                     shard.shard, shard.ops, shard.keys, shard.memory_bytes_used, shard.forwarded_in
                 );
             }
+        }
+        ("snapshot", []) => {
+            client.snapshot().map_err(refused)?;
+            println!("OK");
         }
         (other, _) => {
             return usage(&format!(

@@ -1,5 +1,5 @@
 'use strict';
-// The 13 unary VedDb RPCs, with their semantics, through @grpc/grpc-js.
+// The 14 unary VedDb RPCs, with their semantics, through @grpc/grpc-js.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -332,6 +332,20 @@ test('Info reports 2 shards', async () => {
     keys += big(shard.keys);
   }
   assert.ok(keys >= 50n, `${keys} keys in all`);
+});
+
+test('Snapshot without --data-dir is FAILED_PRECONDITION naming --data-dir', async () => {
+  // The test server runs without --data-dir: persistence is off.
+  const key = b(`${uniquePrefix('snapshot')}k`);
+  await call('Set', { key, value: b('v') });
+  const error = await expectStatus(
+    call('Snapshot', {}),
+    grpc.status.FAILED_PRECONDITION,
+    'Snapshot without --data-dir',
+  );
+  assert.ok(error.details.includes('--data-dir'), error.details);
+  // Nothing changed; the server keeps serving.
+  assert.deepEqual((await call('Get', { key })).value, b('v'));
 });
 
 test('NOT_FOUND for a non-ASCII key carries exactly that key in its details', async () => {

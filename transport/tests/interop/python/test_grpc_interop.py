@@ -454,6 +454,18 @@ def test_info_has_two_shards(stub, pb, prefix):
     assert sum(s.ops for s in info.shards) >= 1
 
 
+def test_snapshot_without_data_dir_is_failed_precondition(stub, pb, prefix):
+    """The test server runs without --data-dir: persistence is off, and SNAPSHOT says how
+    to turn it on. Nothing changes; the server keeps serving."""
+    key = prefix + b"k"
+    set_(stub, pb, key, b"v")
+    error = expect_status(SC.FAILED_PRECONDITION, stub.Snapshot, pb.veddb.SnapshotRequest())
+    assert "--data-dir" in error.details(), error.details()
+    assert get(stub, pb, key).value == b"v"
+    # SNAPSHOT has no Batch op: the oneof does not offer it.
+    assert "snapshot" not in pb.veddb.BatchRequest.DESCRIPTOR.fields_by_name
+
+
 def test_concurrent_calls_on_one_channel(stub, pb, prefix):
     """Many concurrent HTTP/2 streams on one connection."""
 
