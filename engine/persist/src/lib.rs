@@ -21,7 +21,7 @@
 //! Like `veddb-shard` it is sans-IO: no runtime, no thread, no clock (time is an argument), no
 //! file system. The engine drives it with real files; the tests drive it with
 //! [`storage::MemoryStorage`]. It must not depend on `veddb-engine`, `veddb-shard`, any async
-//! runtime or the operating system. The formats are described byte by byte in `FORMAT.md`.
+//! runtime or the operating system. The formats are described byte by byte in `docs/persistence.md`.
 #![forbid(unsafe_code)]
 
 pub mod layout;

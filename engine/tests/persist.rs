@@ -1,0 +1,359 @@
+//! Persistence through the engine with real files: restarts under every fsync policy, versions
+//! after a restart, SNAPSHOT and trimming, concurrent writes during snapshots, a changed core
+//! count, the directory lock, a budget too small for the data. (Crashes with SIGKILL are tested
+//! against the server binary in engine/server/tests.)
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use veddb_engine::persist::PersistConfig;
+use veddb_engine::{Engine, EngineConfig, FsyncPolicy, StartError};
+use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, Ttl};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "veddb-persist-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(dir: &Path, cores: usize, fsync: FsyncPolicy) -> EngineConfig {
+    EngineConfig {
+        cores,
+        spin: Duration::from_micros(20),
+        memory_bytes_limit: 256 << 20,
+        persistence: Some(PersistConfig {
+            dir: dir.to_owned(),
+            fsync,
+            snapshot_interval: None,
+        }),
+        ..EngineConfig::default()
+    }
+}
+
+fn start(dir: &Path, cores: usize, fsync: FsyncPolicy) -> Engine {
+    Engine::start(config(dir, cores, fsync)).expect("engine starts")
+}
+
+fn b(text: impl AsRef<[u8]>) -> Bytes {
+    Bytes::copy_from_slice(text.as_ref())
+}
+
+fn set(engine: &Engine, key: &str, value: &str) -> u64 {
+    match engine.call(Request::Set {
+        key: b(key),
+        value: b(value),
+        options: SetOptions::default(),
+    }) {
+        Response::Stored { version } => version,
+        other => panic!("SET {key}: {other:?}"),
+    }
+}
+
+fn get(engine: &Engine, key: &str) -> Response {
+    engine.call(Request::Get { key: b(key) })
+}
+
+/// Every key named `prefix*` with its value and version.
+fn contents(engine: &Engine, keys: &[String]) -> Vec<Response> {
+    keys.iter().map(|key| get(engine, key)).collect()
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".snap"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A mix of every logged command over 200 keys; returns the keys touched.
+fn write_mix(engine: &Engine) -> Vec<String> {
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        set(engine, key, &format!("value-{i}"));
+    }
+    for key in keys.iter().step_by(7) {
+        assert_eq!(
+            engine.call(Request::Delete { key: b(key) }),
+            Response::Bool(true)
+        );
+    }
+    for key in keys.iter().skip(1).step_by(11) {
+        engine.call(Request::Incr {
+            key: b(format!("{key}-counter")),
+            delta: 5,
+        });
+    }
+    for key in keys.iter().skip(2).step_by(13) {
+        engine.call(Request::Expire {
+            key: b(key),
+            ttl_ms: 3_600_000,
+        });
+    }
+    // EXPIRE 0 deletes: it must stay deleted after a restart.
+    engine.call(Request::Expire {
+        key: b(&keys[3]),
+        ttl_ms: 0,
+    });
+    let version = match get(engine, &keys[4]) {
+        Response::Value { version, .. } => version,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        engine.call(Request::Cas {
+            key: b(&keys[4]),
+            expected_version: version,
+            value: b("swapped"),
+            ttl_ms: None,
+        }),
+        Response::Stored { .. }
+    ));
+    engine.call(Request::MSet {
+        pairs: (0..50)
+            .map(|i| (b(format!("mset-{i}")), b(format!("m{i}"))))
+            .collect(),
+    });
+    engine.call(Request::Set {
+        key: b(&keys[5]),
+        value: b("nx"),
+        options: SetOptions {
+            condition: SetCondition::IfAbsent,
+            ..SetOptions::default()
+        },
+    });
+    let mut all = keys.clone();
+    all.extend(
+        keys.iter()
+            .skip(1)
+            .step_by(11)
+            .map(|k| format!("{k}-counter")),
+    );
+    all.extend((0..50).map(|i| format!("mset-{i}")));
+    all
+}
+
+#[test]
+fn writes_survive_a_restart_under_every_policy() {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::EverySec, FsyncPolicy::No] {
+        let dir = TempDir::new("policy");
+        let engine = start(&dir.0, 2, fsync);
+        let keys = write_mix(&engine);
+        let before = contents(&engine, &keys);
+        let ttl_key = "key-15"; // 2 + 13: has a TTL
+        assert!(matches!(
+            engine.call(Request::Ttl { key: b(ttl_key) }),
+            Response::Ttl(Ttl::Remaining(_))
+        ));
+        engine.shutdown();
+
+        let engine = start(&dir.0, 2, fsync);
+        assert_eq!(contents(&engine, &keys), before, "{fsync:?}");
+        assert!(matches!(
+            engine.call(Request::Ttl { key: b(ttl_key) }),
+            Response::Ttl(Ttl::Remaining(_))
+        ));
+        assert_eq!(get(&engine, "key-3"), Response::NotFound);
+        // A key's version after the restart is above its version from before (each shard's
+        // clock goes on from the largest version it recovered).
+        for (i, key) in keys.iter().enumerate().take(20) {
+            if let Response::Value { version, .. } = &before[i] {
+                assert!(set(&engine, key, "after") > *version, "{fsync:?} {key}");
+            }
+        }
+        engine.shutdown();
+    }
+}
+
+#[test]
+fn snapshot_command_writes_snapshots_and_trims() {
+    let dir = TempDir::new("snapshot");
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    let mut keys = Vec::new();
+    for round in 0..4 {
+        for i in 0..300 {
+            let key = format!("r{round}-{i}");
+            set(&engine, &key, &format!("v{round}-{i}"));
+            keys.push(key);
+        }
+        // Overwrite part of the previous round too.
+        for i in 0..100 {
+            set(&engine, &format!("r0-{i}"), &format!("over-{round}"));
+        }
+        assert_eq!(engine.call(Request::Snapshot), Response::Ok);
+        let snapshots = snapshot_files(&dir.0);
+        // Per shard: the commit's snapshot and this round's, older ones trimmed beyond two.
+        assert!(
+            snapshots.len() <= 2 * 2,
+            "round {round}: too many snapshots kept: {snapshots:?}"
+        );
+    }
+    let before = contents(&engine, &keys);
+    engine.shutdown();
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    assert_eq!(contents(&engine, &keys), before);
+    engine.shutdown();
+}
+
+#[test]
+fn snapshots_during_concurrent_writes_recover_exactly() {
+    let dir = TempDir::new("concurrent");
+    let engine = Arc::new(start(&dir.0, 2, FsyncPolicy::No));
+    let pairs: Vec<(Bytes, Bytes)> = (0..20_000)
+        .map(|i| (b(format!("k{i:05}")), b(format!("initial-{i}"))))
+        .collect();
+    for chunk in pairs.chunks(1000) {
+        assert_eq!(
+            engine.call(Request::MSet {
+                pairs: chunk.to_vec()
+            }),
+            Response::Ok
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (engine, stop, written) = (engine.clone(), stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("k{:05}", (i * 7919 + w * 13) % 20_000);
+                    match i % 5 {
+                        0 => {
+                            engine.call(Request::Delete { key: b(&key) });
+                        }
+                        _ => {
+                            set(&engine, &key, &format!("w{w}-{i}"));
+                        }
+                    }
+                    i += 1;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(engine.call(Request::Snapshot), Response::Ok);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(written.load(Ordering::Relaxed) > 0);
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i:05}")).collect();
+    let before = contents(&engine, &keys);
+    let Ok(engine) = Arc::try_unwrap(engine) else {
+        panic!("engine still shared")
+    };
+    engine.shutdown();
+    let engine = start(&dir.0, 2, FsyncPolicy::No);
+    assert_eq!(contents(&engine, &keys), before);
+    engine.shutdown();
+}
+
+#[test]
+fn a_changed_core_count_rehashes_the_keys() {
+    let dir = TempDir::new("rehash");
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    let keys: Vec<String> = (0..500).map(|i| format!("rehash-{i}")).collect();
+    for key in &keys {
+        set(&engine, key, key);
+    }
+    engine.shutdown();
+    for cores in [1, 3, 2] {
+        let engine = start(&dir.0, cores, FsyncPolicy::Always);
+        for key in &keys {
+            match get(&engine, key) {
+                Response::Value { value, .. } => assert_eq!(value, b(key), "{cores} cores"),
+                other => panic!("{key} with {cores} cores: {other:?}"),
+            }
+        }
+        set(&engine, &format!("written-with-{cores}"), "x");
+        engine.shutdown();
+    }
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    for cores in [1, 3, 2] {
+        assert!(matches!(
+            get(&engine, &format!("written-with-{cores}")),
+            Response::Value { .. }
+        ));
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn snapshot_without_persistence_is_refused() {
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        spin: Duration::from_micros(20),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        engine.call(Request::Snapshot),
+        Response::Error(Error::PersistenceOff)
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn a_directory_in_use_is_refused() {
+    let dir = TempDir::new("lock");
+    let engine = start(&dir.0, 1, FsyncPolicy::Always);
+    match Engine::start(config(&dir.0, 1, FsyncPolicy::Always)) {
+        Err(StartError::Persistence(message)) => {
+            assert!(message.contains("in use"), "{message}")
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a second engine started on a locked directory"),
+    }
+    engine.shutdown();
+    // Released on shutdown.
+    start(&dir.0, 1, FsyncPolicy::Always).shutdown();
+}
+
+#[test]
+fn data_over_the_budget_refuses_to_start() {
+    let dir = TempDir::new("budget");
+    let engine = start(&dir.0, 1, FsyncPolicy::No);
+    let value = "x".repeat(64 * 1024);
+    for i in 0..64 {
+        set(&engine, &format!("big-{i}"), &value);
+    }
+    engine.shutdown();
+    let mut small = config(&dir.0, 1, FsyncPolicy::No);
+    small.memory_bytes_limit = 1 << 20;
+    match Engine::start(small) {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("OUT_OF_MEMORY"), "{message}");
+        }
+        Ok(_) => panic!("4 MiB of data loaded into a 1 MiB budget"),
+    }
+    // Nothing was lost by the refused start.
+    let engine = start(&dir.0, 1, FsyncPolicy::No);
+    assert!(matches!(get(&engine, "big-63"), Response::Value { .. }));
+    engine.shutdown();
+}
