@@ -126,6 +126,7 @@ impl Engine {
                                 policy: persistence.fsync,
                                 limits,
                                 snapshot_interval: persistence.snapshot_interval,
+                                faults: persistence.faults.clone(),
                             },
                         ))
                     })

@@ -29,6 +29,26 @@ pub struct PersistConfig {
     /// Each shard takes a snapshot this often when its log grew since the last one; `None`:
     /// only on the SNAPSHOT command.
     pub snapshot_interval: Option<Duration>,
+    /// Faults to inject under the running log and snapshot writers (tests only).
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// The test seam under each core's log and snapshot writers: I/O failures injected in place
+/// of the real system call's result, per shard. Counts are 1-based and per shard.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The n-th log write fails with this OS error number (ENOSPC = 28: a full disk).
+    pub fail_write: Option<(u64, i32)>,
+    /// The n-th log write writes only this many bytes (a short write).
+    pub short_write: Option<(u64, usize)>,
+    /// The n-th log fsync fails with this OS error number (EIO = 5).
+    pub fail_fsync: Option<(u64, i32)>,
+    /// Every snapshot write fails with this OS error number.
+    pub fail_snapshot_write: Option<i32>,
+    /// Only on these shards (empty: every shard).
+    pub shards: Vec<u32>,
 }
 
 impl PersistConfig {
@@ -37,6 +57,7 @@ impl PersistConfig {
             dir: dir.into(),
             fsync: FsyncPolicy::Always,
             snapshot_interval: Some(SNAPSHOT_INTERVAL_DEFAULT),
+            faults: Faults::default(),
         }
     }
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use veddb_engine::persist::PersistConfig;
+use veddb_engine::persist::{Faults, PersistConfig};
 use veddb_engine::{Engine, EngineConfig, FsyncPolicy, StartError};
-use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, Ttl};
+use veddb_wire::{shard_for_key, Error, Request, Response, SetCondition, SetOptions, Ttl};
 
 struct TempDir(PathBuf);
 
@@ -42,9 +42,9 @@ fn config(dir: &Path, cores: usize, fsync: FsyncPolicy) -> EngineConfig {
         spin: Duration::from_micros(20),
         memory_bytes_limit: 256 << 20,
         persistence: Some(PersistConfig {
-            dir: dir.to_owned(),
             fsync,
             snapshot_interval: None,
+            ..PersistConfig::new(dir)
         }),
         ..EngineConfig::default()
     }
@@ -355,5 +355,167 @@ fn data_over_the_budget_refuses_to_start() {
     // Nothing was lost by the refused start.
     let engine = start(&dir.0, 1, FsyncPolicy::No);
     assert!(matches!(get(&engine, "big-63"), Response::Value { .. }));
+    engine.shutdown();
+}
+
+// ---- faults injected under the running log and snapshot writers ------------------------------
+
+fn start_with_faults(dir: &Path, faults: Faults) -> Engine {
+    let mut config = config(dir, 2, FsyncPolicy::Always);
+    config.persistence.as_mut().unwrap().faults = faults;
+    Engine::start(config).expect("engine starts")
+}
+
+/// Keys owned by `shard` of 2.
+fn keys_of_shard(shard: u32, count: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("fault-{i}"))
+        .filter(|key| shard_for_key(key.as_bytes(), 2) == shard)
+        .take(count)
+        .collect()
+}
+
+/// SETs `keys` one by one; the keys acknowledged before the first failure, and that failure.
+fn set_until_failure(engine: &Engine, keys: &[String]) -> (Vec<String>, Option<Error>) {
+    let mut acknowledged = Vec::new();
+    for key in keys {
+        match engine.call(Request::Set {
+            key: b(key),
+            value: b(key),
+            options: SetOptions::default(),
+        }) {
+            Response::Stored { .. } => acknowledged.push(key.clone()),
+            Response::Error(error) => return (acknowledged, Some(error)),
+            other => panic!("{other:?}"),
+        }
+    }
+    (acknowledged, None)
+}
+
+fn assert_present(engine: &Engine, keys: &[String]) {
+    for key in keys {
+        match get(engine, key) {
+            Response::Value { value, .. } if value == b(key) => {}
+            other => panic!("{key} lost: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_fsync_fails_the_waiting_write_and_stops_only_that_shard() {
+    let dir = TempDir::new("fsync-error");
+    let engine = start_with_faults(
+        &dir.0,
+        Faults {
+            fail_fsync: Some((4, 5)), // EIO
+            shards: vec![0],
+            ..Faults::default()
+        },
+    );
+    let keys = keys_of_shard(0, 50);
+    let (acknowledged, failure) = set_until_failure(&engine, &keys);
+    let Some(Error::Storage(message)) = failure else {
+        panic!("expected a storage error, got {failure:?}");
+    };
+    assert!(message.contains("fsync"), "{message}");
+    assert!(!acknowledged.is_empty());
+    // The shard refuses every later write with the same cause; reads go on.
+    match engine.call(Request::Delete { key: b(&keys[0]) }) {
+        Response::Error(Error::Storage(later)) => assert!(later.contains("fsync"), "{later}"),
+        other => panic!("a write after a failed fsync: {other:?}"),
+    }
+    assert_present(&engine, &acknowledged);
+    // The other shard is unaffected.
+    let others = keys_of_shard(1, 20);
+    assert_eq!(set_until_failure(&engine, &others), (others.clone(), None));
+    engine.shutdown();
+
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    assert_present(&engine, &acknowledged);
+    assert_present(&engine, &others);
+    // After the restart the shard takes writes again.
+    set(&engine, &keys[49], "again");
+    engine.shutdown();
+}
+
+#[test]
+fn a_full_disk_fails_writes_with_a_clear_error() {
+    let dir = TempDir::new("enospc");
+    let engine = start_with_faults(
+        &dir.0,
+        Faults {
+            fail_write: Some((6, 28)), // ENOSPC
+            shards: vec![1],
+            ..Faults::default()
+        },
+    );
+    let keys = keys_of_shard(1, 50);
+    let (acknowledged, failure) = set_until_failure(&engine, &keys);
+    let Some(Error::Storage(message)) = failure else {
+        panic!("expected a storage error, got {failure:?}");
+    };
+    assert!(
+        message.contains("write") && message.contains("space"),
+        "{message}"
+    );
+    engine.shutdown();
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    assert_present(&engine, &acknowledged);
+    engine.shutdown();
+}
+
+#[test]
+fn short_writes_are_completed_before_anything_is_acknowledged() {
+    let dir = TempDir::new("short");
+    let engine = start_with_faults(
+        &dir.0,
+        Faults {
+            short_write: Some((3, 7)),
+            ..Faults::default()
+        },
+    );
+    let keys: Vec<String> = (0..100).map(|i| format!("short-{i}")).collect();
+    assert_eq!(set_until_failure(&engine, &keys), (keys.clone(), None));
+    engine.shutdown();
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    assert_present(&engine, &keys);
+    engine.shutdown();
+}
+
+#[test]
+fn a_failed_snapshot_keeps_the_previous_one_and_the_log() {
+    let dir = TempDir::new("snapshot-error");
+    let engine = start_with_faults(
+        &dir.0,
+        Faults {
+            fail_snapshot_write: Some(28),
+            ..Faults::default()
+        },
+    );
+    let keys: Vec<String> = (0..100).map(|i| format!("snap-{i}")).collect();
+    assert_eq!(set_until_failure(&engine, &keys), (keys.clone(), None));
+    let before = snapshot_files(&dir.0);
+    match engine.call(Request::Snapshot) {
+        Response::Error(Error::Storage(message)) => {
+            assert!(message.contains("snapshot"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(snapshot_files(&dir.0), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Writes go on.
+    set(&engine, "after-failed-snapshot", "x");
+    engine.shutdown();
+    let engine = start(&dir.0, 2, FsyncPolicy::Always);
+    assert_present(&engine, &keys);
+    assert!(matches!(
+        get(&engine, "after-failed-snapshot"),
+        Response::Value { .. }
+    ));
     engine.shutdown();
 }

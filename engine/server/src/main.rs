@@ -257,10 +257,10 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
     config.shard.key_bytes_max = args.key_bytes_max;
     config.shard.value_bytes_max = args.value_bytes_max;
     config.persistence = args.data_dir.as_ref().map(|dir| PersistConfig {
-        dir: dir.clone(),
         fsync: args.fsync.0,
         snapshot_interval: (args.snapshot_interval > 0)
             .then(|| Duration::from_secs(args.snapshot_interval)),
+        ..PersistConfig::new(dir)
     });
     Ok(config)
 }

@@ -31,7 +31,7 @@ use veddb_shard::{Change, Shard, StoredEntry};
 use veddb_wire::{Error, Request, Response};
 
 use super::{unix_ms, yield_now, CoreContext, ReplyTo};
-use crate::persist::{sync_dir, FsStorage};
+use crate::persist::{sync_dir, Faults, FsStorage};
 
 /// Entries a snapshot takes from the shard per step (between steps the core serves requests).
 const SNAPSHOT_STEP_ENTRIES: usize = 256;
@@ -47,6 +47,7 @@ pub(crate) struct CoreLogConfig {
     pub policy: FsyncPolicy,
     pub limits: EntryLimits,
     pub snapshot_interval: Option<Duration>,
+    pub faults: Faults,
 }
 
 /// A wake-up flag for one task.
@@ -100,6 +101,10 @@ pub(crate) struct CoreLog {
     /// The core is stopping: the log task drains and ends.
     closing: Cell<bool>,
     log_task_done: Cell<bool>,
+    /// The test seam (see [`Faults`]): empty in production.
+    faults: Faults,
+    writes: Cell<u64>,
+    fsyncs: Cell<u64>,
 }
 
 impl CoreLog {
@@ -123,6 +128,13 @@ impl CoreLog {
             snapshot_sequence: Cell::new(before),
             closing: Cell::new(false),
             log_task_done: Cell::new(false),
+            faults: if config.faults.shards.is_empty() || config.faults.shards.contains(&shard) {
+                config.faults
+            } else {
+                Faults::default()
+            },
+            writes: Cell::new(0),
+            fsyncs: Cell::new(0),
         }
     }
 }
@@ -286,7 +298,15 @@ impl CoreContext {
             }
             let request = log.writer.borrow_mut().poll_fsync(unix_ms());
             if let Some(request) = request {
+                log.fsyncs.set(log.fsyncs.get() + 1);
+                let injected = match log.faults.fail_fsync {
+                    Some((nth, errno)) if nth == log.fsyncs.get() => Some(errno),
+                    _ => None,
+                };
                 let result = async {
+                    if let Some(errno) = injected {
+                        return Err(std::io::Error::from_raw_os_error(errno));
+                    }
                     let file = match files.get(&request.file) {
                         Some(file) => file.clone(),
                         None => Rc::new(
@@ -363,9 +383,25 @@ impl CoreContext {
                 file
             }
         };
-        let bytes = std::mem::take(&mut batch.bytes);
+        log.writes.set(log.writes.get() + 1);
+        if let Some((nth, errno)) = log.faults.fail_write {
+            if nth == log.writes.get() {
+                return Err(std::io::Error::from_raw_os_error(errno));
+            }
+        }
+        let mut bytes = std::mem::take(&mut batch.bytes);
+        // A short write (test seam): write only a prefix, then hand the whole buffer back.
+        let short = match log.faults.short_write {
+            Some((nth, length)) if nth == log.writes.get() && length < bytes.len() => {
+                Some(bytes.split_off(length))
+            }
+            _ => None,
+        };
         let mut handle: &compio::fs::File = &file;
-        let BufResult(result, bytes) = handle.write_at(bytes, batch.offset).await;
+        let BufResult(result, mut bytes) = handle.write_at(bytes, batch.offset).await;
+        if let Some(rest) = short {
+            bytes.extend_from_slice(&rest);
+        }
         batch.bytes = bytes;
         result
     }
@@ -542,6 +578,9 @@ impl CoreContext {
         let mut entries: Vec<StoredEntry> = Vec::with_capacity(SNAPSHOT_STEP_ENTRIES);
         let mut offset = 0u64;
         let mut handle: &compio::fs::File = &file;
+        if let Some(errno) = log.faults.fail_snapshot_write {
+            return Err(failed("write", std::io::Error::from_raw_os_error(errno)));
+        }
         loop {
             entries.clear();
             let more = self
