@@ -385,6 +385,14 @@ impl Shard {
         self.table.restore(entry, version_clock)
     }
 
+    /// Moves the version clock to at least `version_clock` (start-up: the recovered clock).
+    /// [`Shard::restore`] does this too, but only when there is an entry to load: a shard
+    /// whose keys were all deleted before the restart must still not hand out versions again.
+    /// Not journaled.
+    pub fn restore_version_clock(&mut self, version_clock: u64) {
+        self.table.restore_version_clock(version_clock);
+    }
+
     // ---- topics ---------------------------------------------------------------------------
 
     /// A new subscription to `topic` (which must route to this shard).

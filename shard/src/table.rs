@@ -402,6 +402,11 @@ impl Table {
         Ok(())
     }
 
+    /// Moves the version clock to at least `version_clock` (start-up, not journaled).
+    pub fn restore_version_clock(&mut self, version_clock: u64) {
+        self.version_clock = self.version_clock.max(version_clock);
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
