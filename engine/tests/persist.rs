@@ -519,3 +519,22 @@ fn a_failed_snapshot_keeps_the_previous_one_and_the_log() {
     ));
     engine.shutdown();
 }
+
+#[test]
+fn versions_go_on_after_a_restart_even_when_every_key_was_deleted() {
+    let dir = TempDir::new("clock");
+    let engine = start(&dir.0, 1, FsyncPolicy::Always);
+    let mut last = 0;
+    for i in 0..10 {
+        last = set(&engine, &format!("gone-{i}"), "x");
+    }
+    for i in 0..10 {
+        engine.call(Request::Delete {
+            key: b(format!("gone-{i}")),
+        });
+    }
+    engine.shutdown();
+    let engine = start(&dir.0, 1, FsyncPolicy::Always);
+    assert!(set(&engine, "gone-0", "again") > last);
+    engine.shutdown();
+}

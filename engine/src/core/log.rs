@@ -634,6 +634,8 @@ pub(crate) fn restore_shard(
 ) -> Result<(), String> {
     let clock = image.version_clock;
     let count = image.entries.len();
+    // Also when every key was deleted: versions must go on from the recovered clock.
+    shard.restore_version_clock(clock);
     for (key, entry) in image.entries {
         shard
             .restore(
