@@ -33,6 +33,19 @@ pub struct EngineConfig {
     pub spin: Duration,
     /// Persistence (`--data-dir`); `None`: a pure in-memory store.
     pub persistence: Option<crate::persist::PersistConfig>,
+    /// Runs on each core's thread with its new shard, before recovered data is loaded (a
+    /// frontend installs its value store here).
+    pub shard_setup: Option<ShardSetup>,
+}
+
+/// A function run on each core's thread with the core's index and its new shard.
+#[derive(Clone)]
+pub struct ShardSetup(pub std::sync::Arc<dyn Fn(u32, &mut veddb_shard::Shard) + Send + Sync>);
+
+impl std::fmt::Debug for ShardSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardSetup(..)")
+    }
 }
 
 impl Default for EngineConfig {
@@ -45,6 +58,7 @@ impl Default for EngineConfig {
             inbox_depth: INBOX_DEPTH_DEFAULT,
             spin: SPIN_DEFAULT,
             persistence: None,
+            shard_setup: None,
         }
     }
 }

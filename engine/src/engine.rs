@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use veddb_shard::Shard;
 use veddb_wire::{limits, Error, Request, Response, Route};
 
-use crate::config::{EngineConfig, EXTERNAL_QUEUE_CAPACITY};
+use crate::config::{EngineConfig, ShardSetup, EXTERNAL_QUEUE_CAPACITY};
 use crate::core::{
     restore_shard, CoreContext, CoreLog, CoreLogConfig, CoreShared, CoreWiring, External,
 };
@@ -161,9 +161,10 @@ impl Engine {
             let pin = config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
             let start = starts[index].take();
+            let setup = config.shard_setup.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("veddb-core-{index}"))
-                .spawn(move || core_thread(index, pin, wiring, shard_config, start, ready));
+                .spawn(move || core_thread(index, pin, wiring, shard_config, setup, start, ready));
             let thread = match spawned {
                 Ok(thread) => thread,
                 Err(error) => {
@@ -305,6 +306,7 @@ fn core_thread(
     pin: Option<usize>,
     wiring: CoreWiring,
     shard_config: veddb_shard::Config,
+    setup: Option<ShardSetup>,
     start: Option<(veddb_persist::recovery::ShardImage, CoreLogConfig)>,
     ready: SyncSender<(usize, Result<String, String>)>,
 ) {
@@ -324,6 +326,9 @@ fn core_thread(
     };
     let kind = format!("{:?}", runtime.driver_type());
     let mut shard = Shard::new(index as u32, shard_config);
+    if let Some(setup) = setup {
+        (setup.0)(index as u32, &mut shard);
+    }
     let log = match start {
         Some((image, log_config)) => {
             if let Err(error) = restore_shard(&mut shard, image) {

@@ -30,7 +30,7 @@ mod engine;
 pub mod persist;
 
 #[cfg(not(veddb_loom))]
-pub use crate::config::{EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
+pub use crate::config::{EngineConfig, ShardSetup, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
 #[cfg(not(veddb_loom))]
 pub use crate::core::CoreContext;
 #[cfg(not(veddb_loom))]

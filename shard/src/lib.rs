@@ -17,7 +17,7 @@ mod topics;
 
 pub use config::{Config, Eviction, ENTRY_OVERHEAD_BYTES};
 pub use scan::{merge_scan_pages, ScanPage};
-pub use table::{CasOutcome, Change, StoredEntry};
+pub use table::{CasOutcome, Change, StoredEntry, ValueStore};
 
 use bytes::Bytes;
 use veddb_wire::{limits, Error, Info, Request, Response, ShardStats, SubscriberId, Ttl};
@@ -321,6 +321,13 @@ impl Shard {
 
     pub fn memory_bytes_used(&self) -> u64 {
         self.table.memory_bytes_used()
+    }
+
+    /// Installs (or removes) the function every stored value passes through: a frontend uses
+    /// it to keep values where its readers can reach them without a copy (the shared-memory
+    /// arena of local clients). It must return the same bytes.
+    pub fn set_value_store(&mut self, store: Option<ValueStore>) {
+        self.table.set_value_store(store);
     }
 
     // ---- persistence hooks -----------------------------------------------------------------

@@ -149,6 +149,10 @@ enum Removal {
     Evicted,
 }
 
+/// Re-homes a value about to be stored (for example into shared memory that local clients read
+/// without a copy). It returns the value to store: the same bytes, wherever they now live.
+pub type ValueStore = Box<dyn FnMut(Bytes) -> Bytes>;
+
 /// One key's whole state: what the write-ahead log and a snapshot store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEntry {
@@ -194,6 +198,8 @@ pub(crate) struct Table {
     /// Changes since the last drain, when journaling is on.
     journal: Option<Vec<Change>>,
     snapshot: Option<SnapshotState>,
+    /// Where stored values live (see [`crate::Shard::set_value_store`]).
+    value_store: Option<ValueStore>,
 }
 
 /// Bytes charged for one entry.
@@ -230,6 +236,7 @@ impl Table {
             rng: config.seed | 1,
             counters: TableCounters::default(),
             journal: None,
+            value_store: None,
             snapshot: None,
         }
     }
@@ -576,7 +583,15 @@ impl Table {
         version
     }
 
+    pub fn set_value_store(&mut self, store: Option<ValueStore>) {
+        self.value_store = store;
+    }
+
     fn store_version(&mut self, key: Bytes, value: Bytes, expires_at_ms: u64, version: u64) {
+        let value = match &mut self.value_store {
+            Some(store) => store(value),
+            None => value,
+        };
         self.preserve(&key);
         if self.journal.is_some() {
             let entry = StoredEntry {

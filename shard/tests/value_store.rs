@@ -1,0 +1,93 @@
+//! The value store hook: every stored value passes through it, whatever command stored it.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use veddb_shard::{Config, Shard, StoredEntry};
+use veddb_wire::{Request, Response, SetOptions};
+
+#[test]
+fn every_stored_value_passes_through_the_value_store() {
+    let mut shard = Shard::new(0, Config::default());
+    let calls = Rc::new(Cell::new(0));
+    let seen = calls.clone();
+    // Re-home each value into a fresh allocation (as the shared-memory arena does).
+    shard.set_value_store(Some(Box::new(move |value: Bytes| {
+        seen.set(seen.get() + 1);
+        Bytes::copy_from_slice(&value)
+    })));
+    let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
+    shard.handle(
+        Request::Set {
+            key: key("a"),
+            value: key("1"),
+            options: SetOptions::default(),
+        },
+        1,
+    );
+    shard.handle(
+        Request::Incr {
+            key: key("a"),
+            delta: 2,
+        },
+        1,
+    );
+    shard.handle(
+        Request::Cas {
+            key: key("b"),
+            expected_version: 0,
+            value: key("x"),
+            ttl_ms: None,
+        },
+        1,
+    );
+    shard.handle(
+        Request::MSet {
+            pairs: vec![(key("c"), key("y")), (key("d"), key("z"))],
+        },
+        1,
+    );
+    shard
+        .restore(
+            StoredEntry {
+                key: key("e"),
+                value: key("restored"),
+                version: 99,
+                expires_at_ms: 0,
+            },
+            99,
+        )
+        .unwrap();
+    // EXPIRE changes no value: no call.
+    shard.handle(
+        Request::Expire {
+            key: key("a"),
+            ttl_ms: 10_000,
+        },
+        1,
+    );
+    assert_eq!(calls.get(), 6);
+    for (k, v) in [
+        ("a", "3"),
+        ("b", "x"),
+        ("c", "y"),
+        ("d", "z"),
+        ("e", "restored"),
+    ] {
+        match shard.handle(Request::Get { key: key(k) }, 2) {
+            Response::Value { value, .. } => assert_eq!(value, key(v)),
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+    shard.set_value_store(None);
+    shard.handle(
+        Request::Set {
+            key: key("f"),
+            value: key("plain"),
+            options: SetOptions::default(),
+        },
+        1,
+    );
+    assert_eq!(calls.get(), 6);
+}
