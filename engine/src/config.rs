@@ -38,9 +38,12 @@ pub struct EngineConfig {
     pub shard_setup: Option<ShardSetup>,
 }
 
+/// What [`ShardSetup`] runs: the core's index and its new shard.
+pub type ShardSetupFn = dyn Fn(u32, &mut veddb_shard::Shard) + Send + Sync;
+
 /// A function run on each core's thread with the core's index and its new shard.
 #[derive(Clone)]
-pub struct ShardSetup(pub std::sync::Arc<dyn Fn(u32, &mut veddb_shard::Shard) + Send + Sync>);
+pub struct ShardSetup(pub std::sync::Arc<ShardSetupFn>);
 
 impl std::fmt::Debug for ShardSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
