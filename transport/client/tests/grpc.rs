@@ -242,3 +242,37 @@ fn connecting_to_nothing_is_a_clear_error() {
         Ok(_) => panic!("connected to a closed port"),
     }
 }
+
+#[test]
+fn cli_prompt_runs_one_command_per_line() {
+    use std::io::Write;
+    let (engine, address) = server();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veddb-cli"))
+        .arg("--grpc")
+        .arg(&address)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("veddb-cli runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ping\nset \"a b\" \"x\\x00y\"\nget 'a b'\nbogus\n\nget missing\nquit\nping\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // Errors are reported and the prompt goes on; `quit` ends it (the last ping never runs).
+    assert_eq!(
+        stdout, "PONG\nOK (version 1)\n\"x\\x00y\" (version 1)\n(not found)\n",
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown command or wrong arguments: bogus"),
+        "{stderr}"
+    );
+    engine.shutdown();
+}

@@ -313,6 +313,112 @@ fn run(client: &Client, words: &[String]) -> Result<Outcome, (u8, String)> {
     Ok(Outcome::Done)
 }
 
+/// Splits a line into words like a shell: whitespace separates, '...' is literal, "..." allows
+/// \" \\ \n \t \xNN escapes (so binary keys and values can be typed).
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Vec<u8> = Vec::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    let finish = |word: &mut Vec<u8>| String::from_utf8_lossy(&std::mem::take(word)).into_owned();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(finish(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.extend_from_slice(c.to_string().as_bytes()),
+                        None => return Err("unterminated '".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some('n') => word.push(b'\n'),
+                            Some('t') => word.push(b'\t'),
+                            Some('r') => word.push(b'\r'),
+                            Some('x') => {
+                                let hex: String = chars.by_ref().take(2).collect();
+                                let byte = u8::from_str_radix(&hex, 16)
+                                    .map_err(|_| format!("bad escape \\x{hex}"))?;
+                                word.push(byte);
+                            }
+                            Some(c) => word.extend_from_slice(c.to_string().as_bytes()),
+                            None => return Err("unterminated \"".into()),
+                        },
+                        Some(c) => word.extend_from_slice(c.to_string().as_bytes()),
+                        None => return Err("unterminated \"".into()),
+                    }
+                }
+            }
+            c => {
+                in_word = true;
+                word.extend_from_slice(c.to_string().as_bytes());
+            }
+        }
+    }
+    if in_word {
+        words.push(finish(&mut word));
+    }
+    Ok(words)
+}
+
+/// The prompt: one command per line until `quit` or end of input. Errors are printed and the
+/// prompt goes on; the exit status is 0.
+fn interactive(client: &Client, target: &str) -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    let terminal = std::io::stdin().is_terminal();
+    if terminal {
+        eprintln!("connected to {target}; type a command (help, quit)");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if terminal {
+            print!("veddb> ");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(Ok(line)) = lines.next() else {
+            return ExitCode::SUCCESS;
+        };
+        let words = match split_words(&line) {
+            Ok(words) => words,
+            Err(error) => {
+                eprintln!("(error) {error}");
+                continue;
+            }
+        };
+        match words
+            .first()
+            .map(|word| word.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => continue,
+            Some("quit" | "exit") => return ExitCode::SUCCESS,
+            Some("help") => {
+                println!("commands: ping, get, set, del, cas, incr, decr, expire, ttl, persist, mget, mset, scan, publish, subscribe, info, snapshot, quit (veddb-cli --help for arguments)");
+                continue;
+            }
+            Some(_) => {}
+        }
+        match run(client, &words) {
+            Ok(_) => {}
+            Err((_, message)) => eprintln!("(error) {message}"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     let client = match Client::connect_grpc(&args.grpc) {
@@ -322,6 +428,9 @@ fn main() -> ExitCode {
             return ExitCode::from(4);
         }
     };
+    if args.command.is_empty() {
+        return interactive(&client, &args.grpc);
+    }
     match run(&client, &args.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
