@@ -13,6 +13,7 @@ pub mod hash;
 pub mod limits;
 mod model;
 pub mod proto;
+pub mod shm;
 
 pub use hash::{key_hash, shard_for_key};
 pub use model::*;
