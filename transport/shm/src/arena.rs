@@ -1,0 +1,528 @@
+//! [`Arena`]: the value allocator of one core's data segment, with epoch-based reclamation across
+//! processes.
+//!
+//! # Layout in the segment
+//!
+//! The arena owns the region `[offset, offset + len)` of a [`Segment`] (`offset` 8-aligned). It
+//! hands out blocks whose sizes are powers of two from [`MIN_BLOCK_BYTES`] (32) up to
+//! `max_block`, each aligned to its size relative to the region start (as `wire::shm::layout::arena`
+//! specifies). Blocks are named by their offset in the segment, never by a pointer, so every
+//! process can follow them. A block is:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..8 | u64 generation, incremented every time the block is handed out (1 the first time) |
+//! | 8..12 | u32 value length |
+//! | 12..16 | u32 size class: log2 of the block size (5 for 32 bytes) |
+//! | 16.. | the value |
+//!
+//! The header words are written with atomic stores (native endianness, which is little-endian on
+//! every target this crate builds for), so a reader in any process may load them atomically at
+//! any time.
+//!
+//! # Allocation
+//!
+//! Free blocks sit in per-class free lists kept in the core's private memory (`Vec<u64>` of
+//! offsets, not in shared memory); fresh blocks are carved from a bump pointer. When aligning the
+//! bump pointer up for a large class leaves a gap, the gap is cut into the largest aligned blocks
+//! that fit and put on their free lists, so alignment wastes nothing. Blocks never split, merge or
+//! change class, and are never unmapped: a block's generation therefore only grows, and a reader
+//! that checks it is never fooled by a block reused for another class.
+//!
+//! Fragmentation: a value of `n` bytes uses the next power of two of `n + 16` (at most 2× plus the
+//! header). Memory freed in one class is not available to others: a workload that shifts from
+//! small to large values can run out of fresh space while small blocks sit free. The caller
+//! accounts [`ArenaStats`] against its budget and falls back to the heap when `alloc` says no.
+//!
+//! # Reclamation across processes
+//!
+//! A value may be read by other processes straight from the segment, so a block cannot be reused as
+//! soon as the core drops the value. The segment holds a global epoch (an `AtomicU64` at
+//! `epoch_offset`, starting at 1; 0 means "not pinned"). A reader pins the epoch it read before it
+//! sends a request (in its own ring header), and unpins (0) when done. [`Arena::retire`] records a
+//! block with the current epoch `e`; [`Arena::reclaim`] with the minimum of the active pins frees
+//! it once `e < min_pin` (every active reader pinned after the epoch moved past `e`, that is,
+//! after the block became unreachable), or at once if no reader is pinned. The core calls
+//! [`Arena::advance_epoch`] regularly (for instance whenever it has retired blocks).
+//!
+//! [`ArenaValue`] is the owner type for `bytes::Bytes::from_owner`: a `Bytes` whose bytes live in
+//! the segment, whose last drop (on any thread) retires the block through a mutex-protected pending
+//! queue that the core drains in `reclaim`.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::Segment;
+
+/// Bytes of a block header (u64 generation, u32 length, u32 class).
+pub const BLOCK_HEADER_BYTES: usize = 16;
+/// The smallest block.
+pub const MIN_BLOCK_BYTES: usize = 32;
+const MIN_LOG2: u32 = MIN_BLOCK_BYTES.trailing_zeros();
+
+/// Where an arena lives in its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaLayout {
+    /// Start of the block region (8-aligned); blocks are aligned relative to it.
+    pub offset: usize,
+    /// Bytes of the block region.
+    pub len: usize,
+    /// Offset of the global epoch `AtomicU64` (8-aligned, outside the region).
+    pub epoch_offset: usize,
+    /// The largest block: a power of two from 32 to 2^33 (a block of 2^33 bytes holds a value of
+    /// `u32::MAX` bytes).
+    pub max_block: usize,
+}
+
+/// A block handed out by [`Arena::alloc`]. Not `Clone`: it is the right to retire the block,
+/// exactly once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ArenaBlock {
+    offset: u64,
+    generation: u64,
+    len: u32,
+    class: u32,
+}
+
+impl ArenaBlock {
+    /// Segment offset of the block (its header).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Segment offset of the value (after the 16-byte header).
+    pub fn value_offset(&self) -> u64 {
+        self.offset + BLOCK_HEADER_BYTES as u64
+    }
+
+    /// The generation the block was handed out with.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Value length.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size class: log2 of the block size.
+    pub fn class(&self) -> u32 {
+        self.class
+    }
+
+    /// Block size in bytes.
+    pub fn block_bytes(&self) -> usize {
+        1 << self.class
+    }
+}
+
+/// What other threads need: the segment and the pending-retire queue.
+#[derive(Debug)]
+struct Shared {
+    seg: Arc<Segment>,
+    layout: ArenaLayout,
+    /// Blocks retired (with their retire epoch) and not yet seen by `reclaim`.
+    pending: Mutex<Vec<(u64, ArenaBlock)>>,
+}
+
+impl Shared {
+    fn epoch(&self) -> u64 {
+        self.seg
+            .load_u64(self.layout.epoch_offset, Ordering::Acquire)
+    }
+
+    #[track_caller]
+    fn retire(&self, block: ArenaBlock) {
+        let l = &self.layout;
+        let off = block.offset as usize;
+        assert!(
+            off >= l.offset
+                && off
+                    .checked_add(block.block_bytes())
+                    .is_some_and(|end| end <= l.offset + l.len),
+            "retired block {off} not from this arena"
+        );
+        let epoch = self.epoch();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((epoch, block));
+    }
+}
+
+/// A handle to retire blocks from any thread (the arena itself stays on its core).
+#[derive(Clone, Debug)]
+pub struct ArenaRetirer {
+    shared: Arc<Shared>,
+}
+
+impl ArenaRetirer {
+    /// As [`Arena::retire`].
+    pub fn retire(&self, block: ArenaBlock) {
+        self.shared.retire(block);
+    }
+}
+
+/// Counters of an arena.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// The global epoch.
+    pub epoch: u64,
+    /// Bytes of the region.
+    pub capacity_bytes: u64,
+    /// Bytes of blocks handed out and not yet reclaimed (retired ones included).
+    pub bytes_in_use: u64,
+    /// Bytes of blocks on the free lists.
+    pub bytes_free: u64,
+    /// Bytes never carved (after the bump pointer).
+    pub bytes_fresh: u64,
+    /// Blocks handed out and not yet reclaimed, per class: index `i` is blocks of `32 << i` bytes.
+    pub blocks_in_use: Vec<u64>,
+    /// Blocks on the free lists, per class (same indexing).
+    pub blocks_free: Vec<u64>,
+    /// Blocks retired and not yet reusable (waiting for readers, or for `reclaim` to see them).
+    pub retired_pending: u64,
+}
+
+/// One core's value allocator over a region of its data segment. See the module documentation.
+///
+/// `alloc`, `reclaim` and the stats belong to the core thread (`&mut self`); `retire` and the
+/// epoch work from `&self`, and [`ArenaValue`] drops and [`ArenaRetirer`] retire from any thread.
+#[derive(Debug)]
+pub struct Arena {
+    shared: Arc<Shared>,
+    /// Start of the region (segment offset).
+    base: usize,
+    /// Next fresh byte, relative to `base` (a multiple of 32).
+    bump: usize,
+    /// Bytes of the region.
+    end: usize,
+    max_log2: u32,
+    /// Free blocks per class (index `class - 5`), segment offsets.
+    free: Vec<Vec<u64>>,
+    /// Retired blocks waiting for readers to move past their epoch.
+    retired: Vec<(u64, ArenaBlock)>,
+    blocks_in_use: Vec<u64>,
+    bytes_in_use: u64,
+}
+
+impl Arena {
+    /// Creates an arena over `layout.offset .. layout.offset + layout.len` of `seg`, all of it
+    /// fresh (zeroed, never handed out), and sets the epoch to 1 if it is 0.
+    ///
+    /// # Safety
+    /// For as long as the arena or any [`ArenaValue`] made from it lives, nothing but this arena
+    /// may write the region in this process (no other arena over it, no `Segment::write_bytes`,
+    /// atomics or raw writes into it), and every other process must map the segment read-only
+    /// (seal it with [`Segment::seal_read_only_for_others`] before handing it out): values are
+    /// lent out as `&[u8]` that must not change underneath. The region must not have been handed
+    /// out before by another arena whose values may still be read (generations restart from the
+    /// headers found there, which must be zero or left by an earlier arena over the same region).
+    ///
+    /// # Panics
+    /// If the segment is read-only or the layout is invalid (out of bounds, misaligned epoch, epoch
+    /// inside the region, region offset not 8-aligned, `max_block` not a power of two in
+    /// `32..=2^33`).
+    pub unsafe fn new(seg: Arc<Segment>, layout: ArenaLayout) -> Arena {
+        assert!(seg.is_writable(), "an arena needs a writable mapping");
+        let end = layout
+            .offset
+            .checked_add(layout.len)
+            .filter(|&end| end <= seg.len())
+            .expect("arena region outside the segment");
+        assert!(
+            layout.max_block.is_power_of_two()
+                && layout.max_block >= MIN_BLOCK_BYTES
+                && layout.max_block as u64 <= 1 << 33,
+            "max_block must be a power of two in 32..=2^33"
+        );
+        assert!(
+            layout.offset.is_multiple_of(8),
+            "the arena region must start 8-aligned"
+        );
+        assert!(
+            layout.epoch_offset + 8 <= layout.offset || layout.epoch_offset >= end,
+            "the epoch word must be outside the arena region"
+        );
+        let epoch = seg.atomic_u64(layout.epoch_offset);
+        let _ = epoch.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+        let max_log2 = layout.max_block.trailing_zeros();
+        let classes = (max_log2 - MIN_LOG2 + 1) as usize;
+        Arena {
+            shared: Arc::new(Shared {
+                seg,
+                layout,
+                pending: Mutex::new(Vec::new()),
+            }),
+            base: layout.offset,
+            bump: 0,
+            end: layout.len,
+            max_log2,
+            free: vec![Vec::new(); classes],
+            retired: Vec::new(),
+            blocks_in_use: vec![0; classes],
+            bytes_in_use: 0,
+        }
+    }
+
+    /// The layout this arena was made with.
+    pub fn layout(&self) -> &ArenaLayout {
+        &self.shared.layout
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.shared.seg
+    }
+
+    /// The size class (log2 of the block size) a value of `len` bytes needs, or `None` when it
+    /// needs a block larger than `max_block`.
+    pub fn class_for(&self, len: usize) -> Option<u32> {
+        let need = len
+            .checked_add(BLOCK_HEADER_BYTES)?
+            .checked_next_power_of_two()?;
+        let log2 = need.trailing_zeros().max(MIN_LOG2);
+        (log2 <= self.max_log2).then_some(log2)
+    }
+
+    /// Segment offset of a block's value.
+    pub fn value_offset(&self, block: &ArenaBlock) -> u64 {
+        block.value_offset()
+    }
+
+    /// Carves a fresh block of `1 << log2` bytes from the bump pointer; the alignment gap goes to
+    /// the smaller free lists. Returns the block's segment offset.
+    fn carve(&mut self, log2: u32) -> Option<u64> {
+        let size = 1usize << log2;
+        let start = self.bump.checked_next_multiple_of(size)?;
+        if start.checked_add(size)? > self.end {
+            return None;
+        }
+        let mut p = self.bump;
+        while p < start {
+            // The largest power of two that divides p and fits before `start` (p and start are
+            // multiples of 32, so it is at least 32, and less than `size`).
+            let mut b = 1usize << p.trailing_zeros().min(usize::BITS - 1);
+            while p + b > start {
+                b >>= 1;
+            }
+            self.free[(b.trailing_zeros() - MIN_LOG2) as usize].push((self.base + p) as u64);
+            p += b;
+        }
+        self.bump = start + size;
+        Some((self.base + start) as u64)
+    }
+
+    /// Copies `value` into a free block of the smallest class that holds it and returns the block:
+    /// generation incremented, length and class set. `None` when the value needs a block larger
+    /// than `max_block` or no block of its class is free and none can be carved (arena full for
+    /// that class).
+    pub fn alloc(&mut self, value: &[u8]) -> Option<ArenaBlock> {
+        let len = u32::try_from(value.len()).ok()?;
+        let class = self.class_for(value.len())?;
+        let idx = (class - MIN_LOG2) as usize;
+        let offset = match self.free[idx].pop() {
+            Some(off) => off,
+            None => self.carve(class)?,
+        };
+        let seg = &self.shared.seg;
+        let off = offset as usize;
+        let gen_word = seg.atomic_u64(off);
+        let generation = gen_word.load(Ordering::Relaxed).wrapping_add(1);
+        // Generation first, then the contents: a reader in another process that loads the
+        // generation before and after copying the value sees the change if it raced with reuse.
+        gen_word.store(generation, Ordering::Relaxed);
+        fence(Ordering::Release);
+        seg.atomic_u32(off + 8).store(len, Ordering::Relaxed);
+        seg.atomic_u32(off + 12).store(class, Ordering::Relaxed);
+        seg.write_bytes(off + BLOCK_HEADER_BYTES, value);
+        fence(Ordering::Release);
+        self.blocks_in_use[idx] += 1;
+        self.bytes_in_use += 1 << class;
+        Some(ArenaBlock {
+            offset,
+            generation,
+            len,
+            class,
+        })
+    }
+
+    /// [`alloc`](Self::alloc), wrapped in an owner whose drop retires the block: turn it into a
+    /// `Bytes` with [`ArenaValue::into_bytes`] (`Bytes::from_owner`).
+    pub fn alloc_value(&mut self, value: &[u8]) -> Option<ArenaValue> {
+        let block = self.alloc(value)?;
+        Some(ArenaValue {
+            shared: Arc::clone(&self.shared),
+            block: Some(block),
+        })
+    }
+
+    /// Retires a block: it becomes reusable once readers moved past the current epoch (see
+    /// [`reclaim`](Self::reclaim)).
+    ///
+    /// # Panics
+    /// If the block is not from this arena's region.
+    #[track_caller]
+    pub fn retire(&self, block: ArenaBlock) {
+        self.shared.retire(block);
+    }
+
+    /// A handle that retires blocks from other threads.
+    pub fn retirer(&self) -> ArenaRetirer {
+        ArenaRetirer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The global epoch.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch()
+    }
+
+    /// Increments the global epoch; returns the new value.
+    pub fn advance_epoch(&self) -> u64 {
+        self.shared
+            .seg
+            .atomic_u64(self.shared.layout.epoch_offset)
+            .fetch_add(1, Ordering::AcqRel)
+            + 1
+    }
+
+    /// Moves retired blocks whose retire epoch is older than `min_active_pin` (the smallest epoch
+    /// pinned by an active reader; `None` or `Some(0)`: no reader pinned) to the free lists.
+    /// Returns how many blocks were freed.
+    pub fn reclaim(&mut self, min_active_pin: Option<u64>) -> usize {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.retired.append(&mut pending);
+        }
+        let pin = min_active_pin.filter(|&p| p != 0);
+        let mut freed = 0;
+        let mut i = 0;
+        while i < self.retired.len() {
+            if pin.is_none_or(|p| self.retired[i].0 < p) {
+                let (_, block) = self.retired.swap_remove(i);
+                let idx = (block.class - MIN_LOG2) as usize;
+                self.free[idx].push(block.offset);
+                self.blocks_in_use[idx] -= 1;
+                self.bytes_in_use -= 1 << block.class;
+                freed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        freed
+    }
+
+    /// Whether `bytes` is exactly the value of a block of this arena (its pointer is the value
+    /// start of a block in the region and its length the block's value length): then the value's
+    /// segment offset and the block's generation, for a reader in another process.
+    pub fn locate(&self, bytes: &Bytes) -> Option<(u64, u64)> {
+        let seg = &self.shared.seg;
+        let l = &self.shared.layout;
+        let base = seg.as_ptr() as usize;
+        let value_off = (bytes.as_ptr() as usize).checked_sub(base)?;
+        let block_off = value_off.checked_sub(BLOCK_HEADER_BYTES)?;
+        let rel = block_off.checked_sub(l.offset)?;
+        if rel >= self.bump || !rel.is_multiple_of(MIN_BLOCK_BYTES) {
+            return None;
+        }
+        let class = seg.load_u32(block_off + 12, Ordering::Acquire);
+        if !(MIN_LOG2..=self.max_log2).contains(&class) || !rel.is_multiple_of(1usize << class) {
+            return None;
+        }
+        let len = seg.load_u32(block_off + 8, Ordering::Acquire) as usize;
+        if len != bytes.len() || BLOCK_HEADER_BYTES + len > 1usize << class {
+            return None;
+        }
+        if rel + (1usize << class) > self.bump {
+            return None;
+        }
+        let generation = seg.load_u64(block_off, Ordering::Acquire);
+        Some((value_off as u64, generation))
+    }
+
+    /// Counters: see [`ArenaStats`].
+    pub fn stats(&self) -> ArenaStats {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        let blocks_free: Vec<u64> = self.free.iter().map(|f| f.len() as u64).collect();
+        let bytes_free = blocks_free
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n << (i as u32 + MIN_LOG2))
+            .sum();
+        ArenaStats {
+            epoch: self.epoch(),
+            capacity_bytes: self.shared.layout.len as u64,
+            bytes_in_use: self.bytes_in_use,
+            bytes_free,
+            bytes_fresh: (self.end - self.bump) as u64,
+            blocks_in_use: self.blocks_in_use.clone(),
+            blocks_free,
+            retired_pending: (self.retired.len() + pending) as u64,
+        }
+    }
+}
+
+/// A value stored in an arena block, owned: `AsRef<[u8]> + Send + Sync + 'static`, so
+/// `Bytes::from_owner(value)` is a `Bytes` whose bytes live in the segment. Dropping it (the last
+/// `Bytes` clone, on any thread) retires the block. It keeps the segment mapped.
+#[derive(Debug)]
+pub struct ArenaValue {
+    shared: Arc<Shared>,
+    /// Always `Some` until drop takes it.
+    block: Option<ArenaBlock>,
+}
+
+impl ArenaValue {
+    /// The block (offset, generation, length, class).
+    pub fn block(&self) -> &ArenaBlock {
+        self.block
+            .as_ref()
+            .expect("ArenaValue block taken before drop")
+    }
+
+    /// `Bytes::from_owner(self)`.
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for ArenaValue {
+    fn as_ref(&self) -> &[u8] {
+        let seg = &self.shared.seg;
+        let block = self.block();
+        let off = block.value_offset() as usize;
+        let len = block.len();
+        assert!(off + len <= seg.len());
+        // SAFETY: the range is in bounds of the mapping, which `self.shared.seg` keeps alive. The
+        // block stays allocated while this owner lives (it is retired only by our drop), the arena
+        // writes a block only when handing it out, and `Arena::new`'s contract forbids any other
+        // writer of the region, in this process or another.
+        unsafe { std::slice::from_raw_parts(seg.as_ptr().add(off), len) }
+    }
+}
+
+impl Drop for ArenaValue {
+    fn drop(&mut self) {
+        if let Some(block) = self.block.take() {
+            self.shared.retire(block);
+        }
+    }
+}
