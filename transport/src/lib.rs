@@ -2,9 +2,12 @@
 //!
 //! - [`grpc`]: a gRPC server hand-rolled on `h2` (no tonic, no hyper), running on every core's
 //!   compio runtime, with the service `veddb.v1.VedDb` and the standard health service.
+//! - [`local`]: shared memory for clients on the same machine (Linux): per-core rings per
+//!   session, values read in place from each core's sealed data segment.
 //!
 //! A frontend runs as tasks on a core and calls [`veddb_engine::CoreContext::execute`]; it owns
 //! the protocol, never the data. Message mapping lives in `veddb_wire::grpc` (pure functions).
 #![forbid(unsafe_code)]
 
 pub mod grpc;
+pub mod local;

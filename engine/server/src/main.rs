@@ -56,9 +56,16 @@ struct Args {
     #[argh(option, default = "300")]
     session_timeout: u64,
 
-    /// create the instance if it does not exist
+    /// create the shared-memory instance named by --name and serve local clients through it
+    /// (Linux; a live instance of that name is refused, a stale one from a crashed server is
+    /// replaced)
     #[argh(switch)]
     create: bool,
+
+    /// permission bits of the shared-memory instance and its socket, octal (default 600; 660
+    /// lets the owner's group attach)
+    #[argh(option, default = "ShmMode(0o600)")]
+    shm_mode: ShmMode,
 
     /// debug logging
     #[argh(switch)]
@@ -109,6 +116,20 @@ struct Args {
     /// first as <file>.bak), report what was done, and exit
     #[argh(switch)]
     repair: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ShmMode(u32);
+
+impl argh::FromArgValue for ShmMode {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match u32::from_str_radix(value.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode & !0o666 == 0 && mode & 0o600 == 0o600 => Ok(ShmMode(mode)),
+            _ => Err(format!(
+                "--shm-mode must be octal permission bits with owner read-write and no execute bits (600, 660, 666), not {value}"
+            )),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -292,6 +313,31 @@ fn main() -> ExitCode {
         }
     };
 
+    // The shared-memory instance comes first: each core's shard keeps its values there.
+    let local = if args.create {
+        let mut local_config = veddb_transport::local::LocalConfig::new(
+            &args.name,
+            config.memory_bytes_limit,
+            config.cores,
+        );
+        local_config.mode = args.shm_mode.0;
+        local_config.session_timeout = Duration::from_secs(args.session_timeout);
+        local_config.value_bytes_max = config.shard.value_bytes_max;
+        local_config.spin = Duration::from_micros(args.spin_us);
+        match veddb_transport::local::prepare(&local_config, config.cores) {
+            Ok(prepared) => Some(prepared),
+            Err(error) => {
+                tracing::error!(%error, "cannot create the shared-memory instance");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let mut config = config;
+    if let Some(prepared) = &local {
+        config.shard_setup = Some(prepared.shard_setup());
+    }
     let engine = match Engine::start(config.clone()) {
         Ok(engine) => engine,
         Err(error) => {
@@ -346,12 +392,29 @@ fn main() -> ExitCode {
         tls = args.tls_cert.is_some(),
         "gRPC listening on every core"
     );
-    tracing::warn!(
-        create = args.create,
-        session_timeout_s = args.session_timeout,
-        "this build has no shared-memory frontend yet: --create and --session-timeout are \
-         accepted and will be used by the local frontend"
-    );
+    let local = match local.map(|prepared| prepared.start(&engine)) {
+        Some(Ok(frontend)) => {
+            tracing::info!(
+                instance = %args.name,
+                path = %veddb_wire::shm::layout::instance::path(&args.name),
+                "local clients: shared memory ready (veddb-cli --local {})",
+                args.name
+            );
+            Some(frontend)
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, "cannot start the shared-memory frontend");
+            grpc.begin_shutdown();
+            engine.shutdown();
+            return ExitCode::FAILURE;
+        }
+        None => {
+            tracing::info!(
+                "local clients: off (start with --create to serve them through shared memory)"
+            );
+            None
+        }
+    };
 
     // With --debug, log the gathered INFO every 10 s.
     let engine = std::sync::Arc::new(engine);
@@ -369,6 +432,9 @@ fn main() -> ExitCode {
     tracing::info!(?signal, "stopping");
     // New calls get UNAVAILABLE and health says NOT_SERVING; give calls in flight a moment.
     grpc.begin_shutdown();
+    if let Some(local) = local {
+        local.shutdown();
+    }
     std::thread::sleep(Duration::from_millis(100));
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(reporter) = reporter {

@@ -6,11 +6,13 @@
 //! are the engine's own [`veddb_wire::Request`] and [`veddb_wire::Response`]; the typed helpers
 //! (`get`, `set`, ...) wrap them.
 //!
-//! Transports: gRPC (`--grpc HOST:PORT`) today; the shared-memory connection for local clients
-//! will implement the same calls.
+//! Transports: shared memory for clients on the server's machine ([`Client::connect_local`],
+//! [`local::LocalConnection`], with zero-copy reads through [`local::LocalConnection::get_view`])
+//! and gRPC for remote ones ([`Client::connect_grpc`]). Both run the same calls.
 #![forbid(unsafe_code)]
 
 pub mod grpc;
+pub mod local;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -60,8 +62,21 @@ impl std::error::Error for ClientError {}
 
 /// A blocking client. Not `Send`: keep one per thread.
 pub struct Client {
-    runtime: compio::runtime::Runtime,
-    connection: grpc::GrpcConnection,
+    backend: Backend,
+}
+
+enum Backend {
+    Grpc {
+        runtime: compio::runtime::Runtime,
+        connection: grpc::GrpcConnection,
+    },
+    Local(local::LocalConnection),
+}
+
+/// An engine error as the status a gRPC server would have sent: one error type for both
+/// transports.
+fn refused(error: &veddb_wire::Error) -> ClientError {
+    ClientError::Status(veddb_wire::grpc::status_of_error(error))
 }
 
 impl Client {
@@ -75,23 +90,63 @@ impl Client {
         let runtime = compio::runtime::Runtime::new().map_err(ClientError::Io)?;
         let connection = runtime.block_on(grpc::GrpcConnection::connect(address))?;
         Ok(Client {
-            runtime,
-            connection,
+            backend: Backend::Grpc {
+                runtime,
+                connection,
+            },
         })
     }
 
-    /// Runs any request.
-    pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
-        self.runtime.block_on(self.connection.execute(request))
+    /// Attaches to a local instance by name (`veddb-server --create --name NAME`) through
+    /// shared memory.
+    pub fn connect_local(name: &str) -> Result<Client, ClientError> {
+        Ok(Client {
+            backend: Backend::Local(local::LocalConnection::connect(name)?),
+        })
     }
 
-    /// Runs several requests pipelined on one stream; one result per request, in order.
+    /// The shared-memory connection, when this client is local (for zero-copy reads).
+    pub fn local(&self) -> Option<&local::LocalConnection> {
+        match &self.backend {
+            Backend::Local(connection) => Some(connection),
+            Backend::Grpc { .. } => None,
+        }
+    }
+
+    /// Runs any request. An engine error comes back as `Err(ClientError::Status)`, whatever
+    /// the transport.
+    pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        match &self.backend {
+            Backend::Grpc {
+                runtime,
+                connection,
+            } => runtime.block_on(connection.execute(request)),
+            Backend::Local(connection) => match connection.execute(request)? {
+                Response::Error(error) => Err(refused(&error)),
+                response => Ok(response),
+            },
+        }
+    }
+
+    /// Runs several requests pipelined; one result per request, in order.
     pub fn execute_many(
         &self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
-        self.runtime
-            .block_on(self.connection.execute_many(requests))
+        match &self.backend {
+            Backend::Grpc {
+                runtime,
+                connection,
+            } => runtime.block_on(connection.execute_many(requests)),
+            Backend::Local(connection) => Ok(connection
+                .execute_many(&requests)?
+                .into_iter()
+                .map(|response| match response {
+                    Response::Error(error) => Err(refused(&error)),
+                    response => Ok(response),
+                })
+                .collect()),
+        }
     }
 
     fn unexpected(response: Response) -> ClientError {
@@ -174,7 +229,16 @@ impl Client {
     }
 
     pub fn info(&self) -> Result<Info, ClientError> {
-        self.runtime.block_on(self.connection.info())
+        match &self.backend {
+            Backend::Grpc {
+                runtime,
+                connection,
+            } => runtime.block_on(connection.info()),
+            Backend::Local(_) => match self.execute(Request::Info)? {
+                Response::Info(info) => Ok(info),
+                other => Err(Self::unexpected(other)),
+            },
+        }
     }
 
     /// Writes a snapshot of every shard to the server's data directory (SNAPSHOT); returns
@@ -182,7 +246,16 @@ impl Client {
     /// FAILED_PRECONDITION when the server runs without `--data-dir`, INTERNAL for a disk
     /// error (the message names the file), UNAVAILABLE when busy or stopping (retry later).
     pub fn snapshot(&self) -> Result<(), ClientError> {
-        self.runtime.block_on(self.connection.snapshot())
+        match &self.backend {
+            Backend::Grpc {
+                runtime,
+                connection,
+            } => runtime.block_on(connection.snapshot()),
+            Backend::Local(_) => match self.execute(Request::Snapshot)? {
+                Response::Ok => Ok(()),
+                other => Err(Self::unexpected(other)),
+            },
+        }
     }
 
     /// Subscribes to `topic`; iterate the result for messages.
@@ -190,31 +263,70 @@ impl Client {
         &self,
         topic: impl Into<Bytes>,
     ) -> Result<BlockingSubscription<'_>, ClientError> {
-        let subscription = self
-            .runtime
-            .block_on(self.connection.subscribe(topic.into()))?;
+        let inner = match &self.backend {
+            Backend::Grpc {
+                runtime,
+                connection,
+            } => Subscription::Grpc(Some(runtime.block_on(connection.subscribe(topic.into()))?)),
+            Backend::Local(_) => match self.execute(Request::Subscribe {
+                topic: topic.into(),
+            })? {
+                Response::Subscribed { subscriber } => Subscription::Local {
+                    subscriber,
+                    pending: std::collections::VecDeque::from([SubscribeEvent::Subscribed]),
+                },
+                other => return Err(Self::unexpected(other)),
+            },
+        };
         Ok(BlockingSubscription {
             client: self,
-            subscription: Some(subscription),
+            inner,
         })
     }
 }
 
+/// How long one FETCH of a local subscription waits on the server.
+const LOCAL_FETCH_WAIT_MS: u64 = 1000;
+/// Messages one FETCH of a local subscription takes.
+const LOCAL_FETCH_MAX: u32 = 256;
+
 /// A subscription read by blocking calls.
 pub struct BlockingSubscription<'a> {
     client: &'a Client,
-    subscription: Option<grpc::Subscription>,
+    inner: Subscription,
+}
+
+enum Subscription {
+    Grpc(Option<grpc::Subscription>),
+    /// Long polls (FETCH with a wait) on the topic's core, through the rings.
+    Local {
+        subscriber: veddb_wire::SubscriberId,
+        pending: std::collections::VecDeque<SubscribeEvent>,
+    },
 }
 
 impl Drop for BlockingSubscription<'_> {
-    /// Cancels the stream. The connection only runs inside a call, so make one (a ping, whose
-    /// frames follow the cancellation) to get the cancellation to the server now.
+    /// Cancels the subscription. gRPC: the connection only runs inside a call, so make one (a
+    /// ping, whose frames follow the cancellation) to get the cancellation to the server now.
     fn drop(&mut self) {
-        drop(self.subscription.take());
-        let _ = self
-            .client
-            .runtime
-            .block_on(self.client.connection.execute(Request::Ping));
+        match (&mut self.inner, &self.client.backend) {
+            (
+                Subscription::Grpc(subscription),
+                Backend::Grpc {
+                    runtime,
+                    connection,
+                },
+            ) => {
+                drop(subscription.take());
+                let _ = runtime.block_on(connection.execute(Request::Ping));
+            }
+            (Subscription::Local { subscriber, .. }, _) => {
+                let _ = self.client.execute(Request::Unsubscribe {
+                    subscriber: *subscriber,
+                });
+            }
+            _ => {}
+        }
     }
 }
 
@@ -223,7 +335,46 @@ impl Iterator for BlockingSubscription<'_> {
 
     /// The next message, blocking; `None` when the server ended the stream.
     fn next(&mut self) -> Option<Self::Item> {
-        let subscription = self.subscription.as_mut()?;
-        self.client.runtime.block_on(subscription.next())
+        match (&mut self.inner, &self.client.backend) {
+            (Subscription::Grpc(subscription), Backend::Grpc { runtime, .. }) => {
+                let subscription = subscription.as_mut()?;
+                runtime.block_on(subscription.next())
+            }
+            (
+                Subscription::Local {
+                    subscriber,
+                    pending,
+                },
+                _,
+            ) => loop {
+                if let Some(event) = pending.pop_front() {
+                    return Some(Ok(event));
+                }
+                match self.client.execute(Request::Fetch {
+                    subscriber: *subscriber,
+                    max: LOCAL_FETCH_MAX,
+                    wait_ms: LOCAL_FETCH_WAIT_MS,
+                }) {
+                    Ok(Response::Messages { messages, dropped }) => {
+                        let mut dropped = dropped;
+                        for message in messages {
+                            pending.push_back(SubscribeEvent::Message {
+                                message,
+                                dropped: std::mem::take(&mut dropped),
+                            });
+                        }
+                    }
+                    Ok(other) => return Some(Err(Self::unexpected(other))),
+                    Err(error) => return Some(Err(error)),
+                }
+            },
+            _ => None,
+        }
+    }
+}
+
+impl BlockingSubscription<'_> {
+    fn unexpected(response: Response) -> ClientError {
+        ClientError::Protocol(format!("unexpected answer {response:?}"))
     }
 }

@@ -31,6 +31,7 @@ compile_error!("veddb-shm assumes a little-endian target (shared layouts are lit
 mod arena;
 mod ring;
 mod segment;
+mod view;
 mod wake;
 
 #[cfg(target_os = "linux")]
@@ -47,6 +48,7 @@ pub use ring::{
     FRAME_HEADER_BYTES, WRAP_MARKER,
 };
 pub use segment::Segment;
+pub use view::{create_data_segment, SharedView};
 pub use wake::{futex_wait, futex_wake, FutexWait};
 
 #[cfg(target_os = "linux")]

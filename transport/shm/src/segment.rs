@@ -343,6 +343,20 @@ impl Segment {
         Ok(())
     }
 
+    /// Seals the memfd's size (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) while leaving it
+    /// writable by whoever receives it: a ring segment shared read-write with a client, which
+    /// then cannot truncate it under the server's mapping (a SIGBUS there).
+    pub fn seal_size(&self) -> io::Result<()> {
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| invalid_input("segment has no descriptor to seal"))?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an int argument and only changes the file's seal set.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+        Ok(())
+    }
+
     /// Maps a received descriptor (`MAP_SHARED`, the whole file as `fstat` reports it), writable
     /// or read-only (`PROT_READ`). A sealed memfd maps writable only for its creator: here that
     /// fails with `EPERM`. The descriptor is not kept: the mapping outlives it.
@@ -496,6 +510,14 @@ impl Segment {
 
     /// Not available here: there are no file seals outside Linux.
     pub fn seal_read_only_for_others(&self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "file seals are Linux-only",
+        ))
+    }
+
+    /// Not available here: there are no file seals outside Linux.
+    pub fn seal_size(&self) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "file seals are Linux-only",

@@ -1,6 +1,7 @@
 //! `veddb-cli`: a command-line client, like `redis-cli`.
 //!
-//! `veddb-cli --grpc HOST:PORT <command> [args]`. Exit status: 0 success, 1 the key was not
+//! `veddb-cli --local NAME <command> [args]` (shared memory, same machine) or
+//! `veddb-cli --grpc HOST:PORT <command> [args]`; no command: an interactive prompt. Exit status: 0 success, 1 the key was not
 //! found or a condition did not hold, 2 usage error, 3 the server refused (with its message),
 //! 4 could not connect.
 #![forbid(unsafe_code)]
@@ -38,7 +39,11 @@ use veddb_client::{Client, ClientError};
 2 usage error, 3 the server refused (with its message), 4 could not connect."
 )]
 struct Args {
-    /// server gRPC address, HOST:PORT (default 127.0.0.1:50051)
+    /// attach to the local instance NAME through shared memory (veddb-server --create --name NAME)
+    #[argh(option)]
+    local: Option<String>,
+
+    /// server gRPC address, HOST:PORT (default 127.0.0.1:50051; ignored with --local)
     #[argh(option, default = "String::from(\"127.0.0.1:50051\")")]
     grpc: String,
 
@@ -421,15 +426,22 @@ fn interactive(client: &Client, target: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    let client = match Client::connect_grpc(&args.grpc) {
+    let (connected, target) = match &args.local {
+        Some(name) => (
+            Client::connect_local(name),
+            format!("local instance {name}"),
+        ),
+        None => (Client::connect_grpc(&args.grpc), args.grpc.clone()),
+    };
+    let client = match connected {
         Ok(client) => client,
         Err(error) => {
-            eprintln!("veddb-cli: cannot connect to {}: {error}", args.grpc);
+            eprintln!("veddb-cli: cannot connect to {target}: {error}");
             return ExitCode::from(4);
         }
     };
     if args.command.is_empty() {
-        return interactive(&client, &args.grpc);
+        return interactive(&client, &target);
     }
     match run(&client, &args.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -1,0 +1,652 @@
+//! The shared-memory connection of a local client (Linux): attach to an instance by name, then
+//! talk to each key's owning core through that core's rings, reading values in place.
+//!
+//! Requests for one key go to the core that owns it (the engine's documented hash); requests
+//! for several keys go to core 0, which scatters them. Before a request whose answer may point
+//! into a core's value arena (GET, MGET), the connection pins that core's epoch (all cores for
+//! MGET) so the server keeps the value's block until the pin is released: the pin lasts while
+//! a [`ValueView`] or a request needs it, and the server honours it for its view lease.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
+use veddb_wire::shm::layout::{attach, data_segment, instance, reason, ring_segment};
+use veddb_wire::{Request, Response, Route};
+
+use crate::ClientError;
+
+#[cfg(target_os = "linux")]
+use veddb_shm::{futex_wait, recv_with_fds, EventFd};
+use veddb_shm::{ByteRing, RingConsumer, RingProducer, Segment, SharedView};
+
+/// How long a waiting client polls its response ring before it sleeps on its futex.
+pub const SPIN_DEFAULT: Duration = Duration::from_micros(20);
+/// How often the heartbeat thread marks the session alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest one futex sleep (the client then re-checks the server's status).
+const SLEEP_MAX: Duration = Duration::from_millis(100);
+/// How long a request may wait for room in a full request ring or for its answer.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn protocol(text: impl Into<String>) -> ClientError {
+    ClientError::Protocol(text.into())
+}
+
+struct Core {
+    data: Arc<Segment>,
+    ring: Arc<Segment>,
+    requests: RefCell<RingProducer>,
+    responses: RefCell<RingConsumer>,
+    #[cfg(target_os = "linux")]
+    wake: EventFd,
+}
+
+/// A session with a local instance. Not `Send`: one per thread.
+pub struct LocalConnection {
+    cores: Vec<Core>,
+    session_id: u64,
+    next_id: Cell<u32>,
+    /// Answers that arrived while another was awaited (pipelining), by request id.
+    stash: RefCell<HashMap<u32, Vec<u8>>>,
+    spin: Duration,
+    _socket: std::os::unix::net::UnixStream,
+    heartbeat_stop: Arc<AtomicBool>,
+    /// Pin counts, shared with views, which unpin on drop.
+    pins: Rc<LocalConnectionPins>,
+}
+
+/// Pin counts by core, shared between the connection and its views.
+struct LocalConnectionPins {
+    rings: Vec<Arc<Segment>>,
+    data: Vec<Arc<Segment>>,
+    counts: Vec<Cell<u32>>,
+}
+
+impl LocalConnectionPins {
+    fn pin(&self, core: usize) {
+        let count = self.counts[core].get();
+        if count == 0 {
+            let epoch =
+                self.data[core].load_u64(data_segment::GLOBAL_EPOCH_OFFSET, Ordering::SeqCst);
+            self.rings[core]
+                .atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
+                .store(epoch.max(1), Ordering::SeqCst);
+        }
+        self.counts[core].set(count + 1);
+    }
+
+    fn unpin(&self, core: usize) {
+        let count = self.counts[core].get().saturating_sub(1);
+        self.counts[core].set(count);
+        if count == 0 {
+            self.rings[core]
+                .atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
+                .store(ring_segment::EPOCH_PIN_NONE, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A value read in place from the server's shared memory: no byte of it was copied. It keeps
+/// its core's epoch pinned while it lives; past the server's view lease the block may be
+/// reused, which [`ValueView::is_current`] reports.
+pub struct ValueView {
+    view: SharedView,
+    version: u64,
+    core: usize,
+    pins: Rc<LocalConnectionPins>,
+}
+
+impl ValueView {
+    pub fn bytes(&self) -> &[u8] {
+        self.view.bytes()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the block still holds this value (always, within the lease).
+    pub fn is_current(&self) -> bool {
+        self.view.is_current()
+    }
+
+    /// The address of the bytes (inside the mapping of the core's data segment).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.view.as_ptr()
+    }
+
+    /// The core whose arena holds the value.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Whether `address` lies inside that core's data segment mapping.
+    pub fn mapping_contains(&self, address: *const u8) -> bool {
+        let data = &self.pins.data[self.core];
+        let base = data.as_ptr() as usize;
+        (base..base + data.len()).contains(&(address as usize))
+    }
+}
+
+impl Drop for ValueView {
+    fn drop(&mut self) {
+        self.pins.unpin(self.core);
+    }
+}
+
+impl std::fmt::Debug for ValueView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueView")
+            .field("len", &self.view.len())
+            .field("version", &self.version)
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+/// An answer whose values may still point into shared memory.
+enum Answer {
+    Response(Response),
+    View(Option<ValueView>),
+}
+
+impl LocalConnection {
+    /// Attaches to the instance `name` (created by `veddb-server --create --name NAME`).
+    #[cfg(target_os = "linux")]
+    pub fn connect(name: &str) -> Result<LocalConnection, ClientError> {
+        use std::io::Write;
+        instance::check_name(name).map_err(protocol)?;
+        let path = instance::path(name);
+        let file = Segment::open_named(std::path::Path::new(&path), false).map_err(|error| {
+            ClientError::Io(std::io::Error::new(
+                error.kind(),
+                format!("no instance {name:?} ({path}: {error}); is veddb-server running with --create --name {name}?"),
+            ))
+        })?;
+        let mut page = vec![0u8; instance::FILE_BYTES.min(file.len())];
+        file.read_bytes(0, &mut page);
+        let header = instance::InstanceHeader::read(&page)
+            .map_err(|error| protocol(format!("{path}: {error}")))?;
+        if header.state != instance::InstanceState::Ready {
+            return Err(protocol(format!(
+                "the instance {name:?} is not ready (state {:?})",
+                header.state
+            )));
+        }
+        let socket = std::os::unix::net::UnixStream::connect(instance::socket_path(name)).map_err(
+            |error| {
+                ClientError::Io(std::io::Error::new(
+                    error.kind(),
+                    format!("cannot reach the server of {name:?}: {error} (stopped or crashed?)"),
+                ))
+            },
+        )?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(ClientError::Io)?;
+        (&socket)
+            .write_all(attach::HELLO)
+            .map_err(ClientError::Io)?;
+        let mut reply = vec![0u8; 4096];
+        let cores = header.core_count as usize;
+        let (length, fds) =
+            recv_with_fds(&socket, &mut reply, cores * 3).map_err(ClientError::Io)?;
+        let reply = attach::AttachReply::decode(&reply[..length]).map_err(|error| match error {
+            Ok(reason) => protocol(format!("the server refused the attach: {reason}")),
+            Err(error) => protocol(format!("bad attach reply: {error}")),
+        })?;
+        if reply.core_count as usize != cores || fds.len() != cores * 3 {
+            return Err(protocol(format!(
+                "attach reply for {} cores with {} descriptors",
+                reply.core_count,
+                fds.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let data: Vec<Arc<Segment>> = (0..cores)
+            .map(|_| Segment::map_fd(fds.next().expect("counted"), false).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(ClientError::Io)?;
+        let rings: Vec<Arc<Segment>> = (0..cores)
+            .map(|_| Segment::map_fd(fds.next().expect("counted"), true).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(ClientError::Io)?;
+        let wakes: Vec<EventFd> = (0..cores)
+            .map(|_| EventFd::from_fd(fds.next().expect("counted")))
+            .collect();
+        let request_bytes = reply.request_ring_bytes as usize;
+        let response_bytes = reply.response_ring_bytes as usize;
+        let mut built = Vec::with_capacity(cores);
+        for ((data, ring), wake) in data.iter().zip(&rings).zip(wakes) {
+            let requests = ByteRing {
+                head_offset: ring_segment::REQUEST_HEAD_OFFSET,
+                tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
+                data_offset: ring_segment::REQUEST_RING_OFFSET,
+                size: request_bytes,
+            }
+            .producer(ring.clone())
+            .map_err(|error| protocol(format!("request ring: {error}")))?;
+            let responses = ByteRing {
+                head_offset: ring_segment::RESPONSE_HEAD_OFFSET,
+                tail_offset: ring_segment::RESPONSE_TAIL_OFFSET,
+                data_offset: ring_segment::response_ring_offset(reply.request_ring_bytes),
+                size: response_bytes,
+            }
+            .consumer(ring.clone())
+            .map_err(|error| protocol(format!("response ring: {error}")))?;
+            built.push(Core {
+                data: data.clone(),
+                ring: ring.clone(),
+                requests: RefCell::new(requests),
+                responses: RefCell::new(responses),
+                wake,
+            });
+        }
+        // The heartbeat: the server detaches a session whose heartbeat stops for
+        // --session-timeout while its socket stays open (a hung process).
+        let heartbeat_stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = heartbeat_stop.clone();
+            let rings = rings.clone();
+            std::thread::Builder::new()
+                .name("veddb-heartbeat".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for ring in &rings {
+                            ring.atomic_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET)
+                                .store(unix_ms(), Ordering::Release);
+                        }
+                        std::thread::park_timeout(HEARTBEAT_INTERVAL);
+                    }
+                })
+                .map_err(ClientError::Io)?;
+        }
+        let pins = Rc::new(LocalConnectionPins {
+            rings: rings.clone(),
+            data: data.clone(),
+            counts: (0..cores).map(|_| Cell::new(0)).collect(),
+        });
+        Ok(LocalConnection {
+            cores: built,
+            session_id: reply.session_id,
+            next_id: Cell::new(1),
+            stash: RefCell::new(HashMap::new()),
+            spin: SPIN_DEFAULT,
+            _socket: socket,
+            heartbeat_stop,
+            pins,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn connect(_name: &str) -> Result<LocalConnection, ClientError> {
+        Err(protocol(
+            "local clients through shared memory are supported on Linux only",
+        ))
+    }
+
+    /// This session's id (in the server's log).
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Cores of the instance.
+    pub fn core_count(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// How long a waiting call polls before it sleeps.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    fn core_of(&self, request: &Request) -> Result<usize, ClientError> {
+        Ok(match request.route(self.cores.len() as u32) {
+            Route::Shard(shard) if (shard as usize) < self.cores.len() => shard as usize,
+            // A made-up subscriber id names no shard: core 0 answers with the error.
+            Route::Shard(_) | Route::Any | Route::Scatter => 0,
+        })
+    }
+
+    /// Fails if the server disconnected this session.
+    fn check_attached(&self, core: usize) -> Result<(), ClientError> {
+        let ring = &self.cores[core].ring;
+        if ring.load_u32(ring_segment::SERVER_STATUS_OFFSET, Ordering::Acquire)
+            == ring_segment::SERVER_DISCONNECTED
+        {
+            let code = ring.load_u32(ring_segment::DISCONNECT_REASON_OFFSET, Ordering::Acquire);
+            return Err(protocol(format!(
+                "the server disconnected this session: {}",
+                reason::describe(code)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts one request into its core's ring (waiting while the ring is full) and wakes the
+    /// core if it sleeps. Returns the request id.
+    fn send(&self, core: usize, request: &Request) -> Result<u32, ClientError> {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1).max(1));
+        let payload = codec::encode_request_vec(id, request);
+        let target = &self.cores[core];
+        let max = target.requests.borrow().ring().max_payload();
+        if payload.len() > max {
+            return Err(ClientError::Status(veddb_wire::grpc::Status::new(
+                veddb_wire::grpc::Code::ResourceExhausted,
+                format!(
+                    "INVALID_ARGUMENT: a request of {} bytes is larger than this session's \
+                     {max}-byte frames; send it over gRPC or in smaller parts",
+                    payload.len()
+                ),
+            )));
+        }
+        let started = Instant::now();
+        loop {
+            let pushed = target
+                .requests
+                .borrow_mut()
+                .try_push(&payload)
+                .map_err(|error| protocol(format!("request ring: {error}")))?;
+            if pushed {
+                break;
+            }
+            // Full: make room by reading answers (the core may be blocked on our response
+            // ring), then retry.
+            self.check_attached(core)?;
+            self.drain_into_stash(core)?;
+            self.wake_core(core);
+            if started.elapsed() > TIMEOUT {
+                return Err(protocol("the request ring stayed full"));
+            }
+            std::thread::yield_now();
+        }
+        self.wake_core(core);
+        Ok(id)
+    }
+
+    fn wake_core(&self, core: usize) {
+        fence(Ordering::SeqCst);
+        let target = &self.cores[core];
+        if target
+            .data
+            .load_u32(data_segment::CORE_PARKED_OFFSET, Ordering::SeqCst)
+            == data_segment::CORE_PARKED
+        {
+            #[cfg(target_os = "linux")]
+            let _ = target.wake.write(1);
+        }
+    }
+
+    /// Moves every answer waiting in `core`'s response ring into the stash.
+    fn drain_into_stash(&self, core: usize) -> Result<usize, ClientError> {
+        let mut responses = self.cores[core].responses.borrow_mut();
+        let mut count = 0;
+        loop {
+            let frame = match responses.peek() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(count),
+                Err(error) => return Err(protocol(format!("response ring: {error}"))),
+            };
+            let mut payload = Vec::new();
+            responses.copy_payload(&frame, &mut payload);
+            responses.advance(frame);
+            let id = codec::payload_id(&payload)
+                .ok_or_else(|| protocol("an answer without a request id"))?;
+            self.stash.borrow_mut().insert(id, payload);
+            count += 1;
+        }
+    }
+
+    /// Waits for the answer to request `id` on `core`: polls for the spin window, then
+    /// sleeps on the ring's futex word until the core wakes it.
+    fn wait(&self, core: usize, id: u32) -> Result<Vec<u8>, ClientError> {
+        let started = Instant::now();
+        let target = &self.cores[core];
+        loop {
+            if let Some(payload) = self.stash.borrow_mut().remove(&id) {
+                return Ok(payload);
+            }
+            if self.drain_into_stash(core)? > 0 {
+                continue;
+            }
+            self.check_attached(core)?;
+            if started.elapsed() > TIMEOUT {
+                return Err(protocol("no answer from the server within 60 s"));
+            }
+            if started.elapsed() < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Sleep: announce it, re-check (an answer published before the announcement is
+            // seen here), then wait until the core wakes the word.
+            let word = target.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET);
+            word.store(ring_segment::CLIENT_SLEEPING, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let empty = target.responses.borrow().is_empty();
+            let tail = target
+                .ring
+                .load_u64(ring_segment::RESPONSE_TAIL_OFFSET, Ordering::SeqCst);
+            if empty && tail == target.responses.borrow().head() {
+                #[cfg(target_os = "linux")]
+                futex_wait(word, ring_segment::CLIENT_SLEEPING, Some(SLEEP_MAX));
+            }
+            word.store(ring_segment::CLIENT_AWAKE, Ordering::SeqCst);
+        }
+    }
+
+    fn resolve(&self, value: SharedValue) -> Option<SharedView> {
+        let data = self.pins.data.get(value.core as usize)?;
+        SharedView::new(data.clone(), value.offset, value.len, value.generation)
+    }
+
+    /// Turns an answer into a [`Response`], copying shared values out (and checking that the
+    /// block was not reused while copying).
+    fn copy_out(&self, payload: &[u8]) -> Result<Option<Response>, ClientError> {
+        let (_, frame) = codec::decode_response(payload)
+            .map_err(|error| protocol(format!("bad answer: {error}")))?;
+        let mut torn = false;
+        let response = frame
+            .into_response(|shared| {
+                let view = self.resolve(shared)?;
+                let bytes = Bytes::copy_from_slice(view.bytes());
+                if !view.is_current() {
+                    torn = true;
+                }
+                Some(bytes)
+            })
+            .map_err(|shared| {
+                protocol(format!(
+                    "an answer points outside the shared memory: {shared:?}"
+                ))
+            })?;
+        Ok((!torn).then_some(response))
+    }
+
+    fn pin_for(&self, request: &Request, core: usize) -> Vec<usize> {
+        match request {
+            Request::Get { .. } => vec![core],
+            Request::MGet { .. } => (0..self.cores.len()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn round_trip(&self, request: &Request) -> Result<(usize, Vec<u8>), ClientError> {
+        let core = self.core_of(request)?;
+        let id = self.send(core, request)?;
+        Ok((core, self.wait(core, id)?))
+    }
+
+    /// Runs one request; values are copied out of shared memory.
+    pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        let core = self.core_of(&request)?;
+        let pinned = self.pin_for(&request, core);
+        for &core in &pinned {
+            self.pins.pin(core);
+        }
+        let result = (|| loop {
+            let (_, payload) = self.round_trip(&request)?;
+            // A block reused during the copy (only possible past the lease): ask again.
+            if let Some(response) = self.copy_out(&payload)? {
+                return Ok(response);
+            }
+        })();
+        for &core in &pinned {
+            self.pins.unpin(core);
+        }
+        result
+    }
+
+    /// Runs several requests pipelined: all are sent before any answer is awaited.
+    pub fn execute_many(&self, requests: &[Request]) -> Result<Vec<Response>, ClientError> {
+        let mut sent = Vec::with_capacity(requests.len());
+        let mut pinned = Vec::new();
+        for request in requests {
+            let core = self.core_of(request)?;
+            for core in self.pin_for(request, core) {
+                self.pins.pin(core);
+                pinned.push(core);
+            }
+            sent.push((core, self.send(core, request)?));
+        }
+        let mut answers = Vec::with_capacity(sent.len());
+        let mut result = Ok(());
+        for (index, (core, id)) in sent.into_iter().enumerate() {
+            match self
+                .wait(core, id)
+                .and_then(|payload| self.copy_out(&payload))
+            {
+                Ok(Some(response)) => answers.push(response),
+                Ok(None) => match self.execute(requests[index].clone()) {
+                    Ok(response) => answers.push(response),
+                    Err(error) => {
+                        result = Err(error);
+                        break;
+                    }
+                },
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        for core in pinned {
+            self.pins.unpin(core);
+        }
+        result.map(|()| answers)
+    }
+
+    /// GET without a copy: a view of the value where the server stores it. `None` when the key
+    /// does not exist. (A value the server keeps outside its arena, for lack of room, comes
+    /// back as a copy: [`GetResult::Copied`].)
+    pub fn get_view(&self, key: impl Into<Bytes>) -> Result<GetResult, ClientError> {
+        let request = Request::Get { key: key.into() };
+        let core = self.core_of(&request)?;
+        self.pins.pin(core);
+        let answer = (|| {
+            let (_, payload) = self.round_trip(&request)?;
+            let (_, frame) = codec::decode_response(&payload)
+                .map_err(|error| protocol(format!("bad answer: {error}")))?;
+            Ok::<_, ClientError>(match frame {
+                ResponseFrame::Value {
+                    value:
+                        ValueRef::Shared {
+                            core: owner,
+                            offset,
+                            len,
+                            generation,
+                        },
+                    version,
+                } => {
+                    let shared = SharedValue {
+                        core: owner,
+                        offset,
+                        len,
+                        generation,
+                    };
+                    let view = self.resolve(shared).ok_or_else(|| {
+                        protocol(format!(
+                            "an answer points outside the shared memory: {shared:?}"
+                        ))
+                    })?;
+                    Answer::View(Some(ValueView {
+                        view,
+                        version,
+                        core: owner as usize,
+                        pins: self.pins.clone(),
+                    }))
+                }
+                ResponseFrame::Value {
+                    value: ValueRef::Inline(bytes),
+                    version,
+                } => Answer::Response(Response::Value {
+                    value: Bytes::copy_from_slice(bytes),
+                    version,
+                }),
+                ResponseFrame::Other(Response::NotFound) => Answer::View(None),
+                ResponseFrame::Other(other) => Answer::Response(other),
+                ResponseFrame::Values(_) => return Err(protocol("MGET answer to a GET")),
+            })
+        })();
+        match answer {
+            Ok(Answer::View(Some(view))) => {
+                // The view holds its own pin (taken above) and releases it on drop.
+                if view.core != core {
+                    self.pins.pin(view.core);
+                    self.pins.unpin(core);
+                }
+                Ok(GetResult::View(view))
+            }
+            Ok(Answer::View(None)) => {
+                self.pins.unpin(core);
+                Ok(GetResult::NotFound)
+            }
+            Ok(Answer::Response(Response::Value { value, version })) => {
+                self.pins.unpin(core);
+                Ok(GetResult::Copied(value, version))
+            }
+            Ok(Answer::Response(Response::Error(error))) => {
+                self.pins.unpin(core);
+                Err(ClientError::Status(veddb_wire::grpc::status_of_error(
+                    &error,
+                )))
+            }
+            Ok(Answer::Response(other)) => {
+                self.pins.unpin(core);
+                Err(protocol(format!("unexpected answer {other:?}")))
+            }
+            Err(error) => {
+                self.pins.unpin(core);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// What [`LocalConnection::get_view`] found.
+#[derive(Debug)]
+pub enum GetResult {
+    /// The value, in place.
+    View(ValueView),
+    /// The value, copied (the server had no room for it in shared memory).
+    Copied(Bytes, u64),
+    NotFound,
+}
+
+impl Drop for LocalConnection {
+    fn drop(&mut self) {
+        self.heartbeat_stop.store(true, Ordering::Relaxed);
+    }
+}
