@@ -67,6 +67,11 @@ struct Args {
     #[argh(option, default = "ShmMode(0o600)")]
     shm_mode: ShmMode,
 
+    /// milliseconds a local client's zero-copy value view is guaranteed to stay intact
+    /// (default 10000); past it the server may reuse the block, which the view detects
+    #[argh(option, default = "10_000")]
+    shm_view_lease_ms: u64,
+
     /// debug logging
     #[argh(switch)]
     debug: bool,
@@ -321,6 +326,7 @@ fn main() -> ExitCode {
             config.cores,
         );
         local_config.mode = args.shm_mode.0;
+        local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
         local_config.session_timeout = Duration::from_secs(args.session_timeout);
         local_config.value_bytes_max = config.shard.value_bytes_max;
         local_config.spin = Duration::from_micros(args.spin_us);
