@@ -7,6 +7,7 @@
 //! and the machine.
 
 mod grpc_bench;
+mod local_bench;
 mod report;
 mod workload;
 
@@ -40,6 +41,7 @@ enum Scenario {
     Shard(ShardArgs),
     Forward(ForwardArgs),
     Grpc(grpc_bench::GrpcArgs),
+    Local(local_bench::LocalArgs),
 }
 
 /// One shard in-process on one core: the cost of the data structures alone.
@@ -129,6 +131,8 @@ fn main() {
         Scenario::Grpc(args) => {
             grpc_bench::run(&args).map(|results| (grpc_bench::settings(&args), results, args.json))
         }
+        Scenario::Local(args) => local_bench::run(&args)
+            .map(|results| (local_bench::settings(&args), results, args.json)),
     };
     match outcome {
         Ok((settings, results, json)) => {

@@ -536,7 +536,7 @@ mod linux {
                                 .store(code, Ordering::Release);
                             ring.atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
                                 .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-                            futex_wake(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET), 1);
+                            wake_word(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
                         }
                     }
                     let _ = session.stream.shutdown(std::net::Shutdown::Both);
@@ -565,7 +565,7 @@ mod linux {
                     .store(reason::SERVER_STOPPING, Ordering::Release);
                 ring.atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
                     .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-                futex_wake(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET), 1);
+                wake_word(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
             }
             let _ = session.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -733,7 +733,7 @@ mod linux {
             .ring
             .atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
             .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-        futex_wake(session.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET), 1);
+        wake_word(session.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
         shared
             .kicked
             .lock()
@@ -741,11 +741,21 @@ mod linux {
             .push(session.id);
     }
 
+    /// Wakes a client sleeping on its wait word. The word is reset before the wake: a client
+    /// between its last check and `futex_wait` then finds the word changed and does not sleep
+    /// (waking without changing it would be lost).
+    fn wake_word(word: &std::sync::atomic::AtomicU32) {
+        if word.swap(ring_segment::CLIENT_AWAKE, Ordering::SeqCst) == ring_segment::CLIENT_SLEEPING
+        {
+            futex_wake(word, 1);
+        }
+    }
+
     fn wake_client(session: &Session) {
         fence(Ordering::SeqCst);
         let word = session.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET);
         if word.load(Ordering::SeqCst) == ring_segment::CLIENT_SLEEPING {
-            futex_wake(word, 1);
+            wake_word(word);
         }
     }
 
