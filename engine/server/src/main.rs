@@ -307,10 +307,7 @@ fn main() -> ExitCode {
     }
 
     // Signals first, so a SIGTERM during start-up is not lost.
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    let stop_signals = match StopSignals::install() {
         Ok(signals) => signals,
         Err(error) => {
             tracing::error!(%error, "cannot install signal handlers");
@@ -434,7 +431,7 @@ fn main() -> ExitCode {
             .expect("spawn the stats thread")
     });
 
-    let signal = signals.forever().next();
+    let signal = stop_signals.wait();
     tracing::info!(?signal, "stopping");
     // New calls get UNAVAILABLE and health says NOT_SERVING; give calls in flight a moment.
     grpc.begin_shutdown();
@@ -454,6 +451,51 @@ fn main() -> ExitCode {
     let took = engine.shutdown();
     tracing::info!(took_ms = took.as_millis() as u64, "stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM, caught from the start.
+#[cfg(unix)]
+struct StopSignals(signal_hook::iterator::Signals);
+
+#[cfg(unix)]
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])
+        .map(StopSignals)
+    }
+
+    /// Blocks until one arrives; which one.
+    fn wait(mut self) -> Option<i32> {
+        self.0.forever().next()
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM where there is no signal iterator (Windows).
+#[cfg(not(unix))]
+struct StopSignals(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(signal, caught.clone(), signal as usize)?;
+        }
+        Ok(StopSignals(caught))
+    }
+
+    fn wait(self) -> Option<i32> {
+        loop {
+            let signal = self.0.load(std::sync::atomic::Ordering::SeqCst);
+            if signal != 0 {
+                return Some(signal as i32);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// `--repair`: cuts damaged logs (after backups) and exits.

@@ -16,24 +16,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
-use veddb_wire::shm::layout::{attach, data_segment, instance, reason, ring_segment};
+#[cfg(target_os = "linux")]
+use veddb_wire::shm::layout::{attach, instance};
+use veddb_wire::shm::layout::{data_segment, reason, ring_segment};
 use veddb_wire::{Request, Response, Route};
 
 use crate::ClientError;
 
 #[cfg(target_os = "linux")]
-use veddb_shm::{futex_wait, recv_with_fds, EventFd};
-use veddb_shm::{ByteRing, RingConsumer, RingProducer, Segment, SharedView};
+use veddb_shm::{futex_wait, recv_with_fds, ByteRing, EventFd};
+use veddb_shm::{RingConsumer, RingProducer, Segment, SharedView};
 
 /// How long a waiting client polls its response ring before it sleeps on its futex.
 pub const SPIN_DEFAULT: Duration = Duration::from_micros(20);
 /// How often the heartbeat thread marks the session alive.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one futex sleep (the client then re-checks the server's status).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const SLEEP_MAX: Duration = Duration::from_millis(100);
 /// How long a request may wait for room in a full request ring or for its answer.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -61,6 +66,8 @@ pub struct LocalConnection {
     /// Answers that arrived while another was awaited (pipelining), by request id.
     stash: RefCell<HashMap<u32, Vec<u8>>>,
     spin: Duration,
+    /// The attach socket: its closing tells the server this session ended.
+    #[cfg(target_os = "linux")]
     _socket: std::os::unix::net::UnixStream,
     heartbeat_stop: Arc<AtomicBool>,
     /// Pin counts, shared with views, which unpin on drop.

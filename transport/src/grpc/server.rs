@@ -98,6 +98,9 @@ async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6().await?
     };
     socket.set_reuseaddr(true)?;
+    // Every core binds the port: SO_REUSEPORT spreads connections over them. (Windows has no
+    // SO_REUSEPORT; there SO_REUSEADDR lets every core bind, without the spreading.)
+    #[cfg(unix)]
     socket.set_reuseport(true)?;
     socket.bind(address).await?;
     socket.listen(1024).await
