@@ -182,16 +182,25 @@ impl LocalConnection {
                 format!("no instance {name:?} ({path}: {error}); is veddb-server running with --create --name {name}?"),
             ))
         })?;
-        let mut page = vec![0u8; instance::FILE_BYTES.min(file.len())];
-        file.read_bytes(0, &mut page);
-        let header = instance::InstanceHeader::read(&page)
-            .map_err(|error| protocol(format!("{path}: {error}")))?;
-        if header.state != instance::InstanceState::Ready {
-            return Err(protocol(format!(
-                "the instance {name:?} is not ready (state {:?})",
-                header.state
-            )));
-        }
+        // A server that is starting becomes ready within moments.
+        let started = Instant::now();
+        let header = loop {
+            let mut page = vec![0u8; instance::FILE_BYTES.min(file.len())];
+            file.read_bytes(0, &mut page);
+            let header = instance::InstanceHeader::read(&page)
+                .map_err(|error| protocol(format!("{path}: {error}")))?;
+            match header.state {
+                instance::InstanceState::Ready => break header,
+                instance::InstanceState::Starting if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                state => {
+                    return Err(protocol(format!(
+                        "the instance {name:?} is not ready (state {state:?})"
+                    )))
+                }
+            }
+        };
         let socket = std::os::unix::net::UnixStream::connect(instance::socket_path(name)).map_err(
             |error| {
                 ClientError::Io(std::io::Error::new(
