@@ -683,6 +683,8 @@ mod linux {
         backlog: VecDeque<Vec<u8>>,
         backlog_bytes: usize,
         dead: bool,
+        /// Subscriptions this session made: removed when it ends, however it ends.
+        subscriptions: Vec<veddb_wire::SubscriberId>,
     }
 
     type SessionRef = Rc<RefCell<Session>>;
@@ -710,6 +712,7 @@ mod linux {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             dead: false,
+            subscriptions: Vec::new(),
         })
     }
 
@@ -762,6 +765,10 @@ mod linux {
     /// Writes one answer to the session's response ring (or its backlog while the ring is full).
     fn respond(shared: &Shared, session: &SessionRef, id: u32, response: Response) {
         let mut session = session.borrow_mut();
+        if let Response::Subscribed { subscriber } = &response {
+            // Even for a session that died meanwhile: it is unsubscribed below or at cleanup.
+            session.subscriptions.push(*subscriber);
+        }
         if session.dead {
             return;
         }
@@ -836,9 +843,9 @@ mod linux {
         id: u32,
         request: veddb_wire::Request,
     ) {
-        let context = context.clone();
+        let runner = context.clone();
         let mut future: Pin<Box<dyn Future<Output = Response>>> =
-            Box::pin(async move { context.execute(request).await });
+            Box::pin(async move { runner.execute(request).await });
         match future
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
@@ -849,8 +856,17 @@ mod linux {
                 // that went to the no-op waker is not lost.
                 let shared = shared.clone();
                 let session = session.clone();
+                let context = context.clone();
                 compio::runtime::spawn(async move {
                     let response = future.await;
+                    if session.borrow().dead {
+                        // The session ended while this ran; a subscription made for it is
+                        // nobody's.
+                        if let Response::Subscribed { subscriber } = response {
+                            unsubscribe_all(&context, vec![subscriber]);
+                        }
+                        return;
+                    }
                     respond(&shared, &session, id, response);
                 })
                 .detach();
@@ -1012,6 +1028,12 @@ mod linux {
             for session in &sessions {
                 work += serve_session(&context, &shared, session);
             }
+            for session in &sessions {
+                let mut session = session.borrow_mut();
+                if session.dead {
+                    unsubscribe_all(&context, std::mem::take(&mut session.subscriptions));
+                }
+            }
             sessions.retain(|session| !session.borrow().dead);
             if last_maintenance.elapsed() >= MAINTENANCE_INTERVAL {
                 last_maintenance = Instant::now();
@@ -1063,6 +1085,19 @@ mod linux {
         for session in &sessions {
             let mut session = session.borrow_mut();
             session.dead = true;
+        }
+    }
+
+    /// Removes the subscriptions of a session that ended (no client will fetch them again).
+    fn unsubscribe_all(context: &CoreContext, subscriptions: Vec<veddb_wire::SubscriberId>) {
+        for subscriber in subscriptions {
+            let context = context.clone();
+            compio::runtime::spawn(async move {
+                let _ = context
+                    .execute(veddb_wire::Request::Unsubscribe { subscriber })
+                    .await;
+            })
+            .detach();
         }
     }
 }
