@@ -127,7 +127,7 @@ mod linux {
     use veddb_engine::{CoreContext, Engine, ShardSetup};
     use veddb_shm::{
         create_data_segment, futex_wake, peer_credentials, process_alive, send_with_fds, Arena,
-        ByteRing, EventFd, RingConsumer, RingProducer, Segment,
+        ByteRing, EventFd, RingConsumer, RingError, RingProducer, Segment,
     };
     use veddb_wire::shm::codec;
     use veddb_wire::shm::layout::{
@@ -716,6 +716,22 @@ mod linux {
         })
     }
 
+    /// The disconnect reason for a ring the client broke.
+    fn ring_reason(error: &RingError) -> u32 {
+        match error {
+            RingError::FrameTooLarge { .. } | RingError::PayloadTooLarge { .. } => {
+                reason::FRAME_TOO_LARGE
+            }
+            RingError::FrameOverrun { .. }
+            | RingError::BadWrapMarker { .. }
+            | RingError::BadFlags { .. } => reason::BAD_FRAME,
+            RingError::BadLayout(_)
+            | RingError::Misaligned { .. }
+            | RingError::WentBack { .. }
+            | RingError::OutOfRange { .. } => reason::BAD_INDICES,
+        }
+    }
+
     /// Marks the session disconnected (in its ring header, for the client) and asks the
     /// attach thread to close it everywhere.
     fn disconnect(shared: &Shared, session: &mut Session, code: u32, detail: &str) {
@@ -792,7 +808,7 @@ mod linux {
                 Ok(false) => {}
                 Err(error) => {
                     let detail = error.to_string();
-                    disconnect(shared, &mut session, reason::BAD_INDICES, &detail);
+                    disconnect(shared, &mut session, ring_reason(&error), &detail);
                     return;
                 }
             }
@@ -823,7 +839,7 @@ mod linux {
                 Ok(false) => break,
                 Err(error) => {
                     let detail = error.to_string();
-                    disconnect(shared, session, reason::BAD_INDICES, &detail);
+                    disconnect(shared, session, ring_reason(&error), &detail);
                     break;
                 }
             }
@@ -897,7 +913,7 @@ mod linux {
                     Ok(None) => break,
                     Err(error) => {
                         let detail = error.to_string();
-                        disconnect(shared, &mut session, reason::BAD_INDICES, &detail);
+                        disconnect(shared, &mut session, ring_reason(&error), &detail);
                         break;
                     }
                 };
@@ -908,8 +924,11 @@ mod linux {
                 match codec::decode_request_bytes(&payload) {
                     Ok((id, request)) => decoded.push(Ok((id, request))),
                     Err(error) => match error.request_id {
-                        // A well-formed frame asking for too much: an error for that request.
-                        Some(id) if codec::payload_id(&payload).is_some() => {
+                        // A well-formed request over a batch limit: an error for that request.
+                        // Anything else malformed disconnects.
+                        Some(id)
+                            if matches!(error.kind, codec::DecodeErrorKind::TooMany { .. }) =>
+                        {
                             decoded.push(Err((id, error.to_string())))
                         }
                         _ => {
