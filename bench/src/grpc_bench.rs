@@ -9,11 +9,17 @@
 //!
 //! `--clients` connections each carry `--depth` concurrent streams; each stream has one call in
 //! flight at a time. All of it runs on one client thread (`--pin` pins it).
+//!
+//! Closed loop by default: each stream sends its next call when the previous one is answered.
+//! With `--rate OPS` the load is open-loop: the streams share OPS requests per second on a fixed
+//! schedule (a stream whose previous call is still in flight sends its overdue calls as soon as
+//! it can), and latency runs from each call's intended send time.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use argh::FromArgs;
@@ -26,8 +32,10 @@ use veddb_wire::grpc::Code;
 use veddb_wire::proto::v1;
 use veddb_wire::{Request, Response, SetOptions};
 
+use crate::open_loop::{self, Clock, MonotonicClock, OpenLoopSummary, Pacer, PacerStats, Recorder};
+use crate::progress::{Counter, Progress};
 use crate::report::{histogram, Series};
-use crate::workload::{parse_duration, Op, Rng, Workload};
+use crate::workload::{parse_duration, Distribution, Op, Rng, ValueSize, Workload};
 
 const GET_PATH: &str = "/veddb.v1.VedDb/Get";
 const SET_PATH: &str = "/veddb.v1.VedDb/Set";
@@ -38,7 +46,7 @@ const PRELOAD_CHUNK: usize = 2048;
 /// Concurrent SETs per connection while preloading a server without MSET.
 const PRELOAD_DEPTH: usize = 64;
 
-/// Closed-loop load on a running gRPC server (VedDB, or the tonic peer with --unary).
+/// Load on a running gRPC server (VedDB, or the tonic peer with --unary): closed loop, or open loop with --rate.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "grpc")]
 pub struct GrpcArgs {
@@ -57,9 +65,19 @@ pub struct GrpcArgs {
     #[argh(option, default = "16")]
     /// key size in bytes (default 16)
     pub key_size: usize,
-    #[argh(option, default = "64")]
-    /// value size in bytes (default 64)
-    pub value_size: usize,
+    #[argh(option, default = "String::from(\"64\")")]
+    /// value size in bytes, or a range MIN..MAX of uniformly random sizes (default 64)
+    pub value_size: String,
+    #[argh(option, default = "String::from(\"uniform\")")]
+    /// key distribution: uniform or zipf (default uniform)
+    pub distribution: String,
+    #[argh(option, default = "0.99")]
+    /// skew of --distribution zipf: key k has weight 1/k^theta (default 0.99)
+    pub zipf_theta: f64,
+    #[argh(option)]
+    /// open loop: this many requests per second over all streams, latency from each call's
+    /// intended send time (default: closed loop)
+    pub rate: Option<f64>,
     #[argh(option, default = "1")]
     /// HTTP/2 connections (default 1)
     pub clients: usize,
@@ -84,14 +102,19 @@ pub struct GrpcArgs {
     #[argh(option)]
     /// write the results as JSON to this file
     pub json: Option<String>,
+    #[argh(option)]
+    /// plot the latency percentiles as SVG to this file
+    pub svg: Option<String>,
 }
 
 pub fn settings(args: &GrpcArgs) -> serde_json::Value {
     serde_json::json!({
         "scenario": "grpc", "addr": args.addr, "op": args.op, "get_ratio": args.get_ratio,
         "keys": args.keys, "key_size": args.key_size, "value_size": args.value_size,
+        "distribution": args.distribution, "zipf_theta": args.zipf_theta, "rate": args.rate,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
         "clients": args.clients, "depth": args.depth, "batch": args.batch, "unary": args.unary,
-        "duration": args.duration, "warmup": args.warmup, "pin": args.pin,
+        "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "svg": args.svg,
     })
 }
 
@@ -125,9 +148,23 @@ struct Shared {
     histogram: RefCell<Histogram<u64>>,
     /// Requests answered while measuring.
     operations: Cell<u64>,
+    /// Open loop: the measured window, its latencies and answered requests (instead of
+    /// `histogram` and `operations`), and how far behind the streams fell.
+    open: Option<OpenShared>,
+    /// Completed requests, for the progress line.
+    counter: Arc<Counter>,
     /// Requests answered with an unexpected status, or lost to a broken call.
     errors: Cell<u64>,
     first_error: RefCell<Option<String>>,
+}
+
+struct OpenShared {
+    clock: MonotonicClock,
+    /// Calls per second over all streams.
+    calls_per_sec: f64,
+    streams: usize,
+    recorder: RefCell<Recorder>,
+    stats: RefCell<PacerStats>,
 }
 
 impl Shared {
@@ -142,16 +179,18 @@ impl Shared {
 
 struct Worker {
     connection: GrpcConnection,
-    keys: Rc<Vec<Bytes>>,
-    value: Bytes,
+    workload: Rc<Workload>,
     op: Op,
     mode: Mode,
     seed: u64,
+    /// This worker's stream number, `0..clients * depth`.
+    stream: usize,
 }
 
 pub fn run(args: &GrpcArgs) -> Result<Vec<Series>, String> {
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
+    let rate = open_loop::check_rate(args.rate)?;
     let ops = Op::parse_list(&args.op, args.get_ratio)?;
     if args.clients == 0 || args.clients > 1024 {
         return Err("--clients must be between 1 and 1024".into());
@@ -178,7 +217,12 @@ pub fn run(args: &GrpcArgs) -> Result<Vec<Series>, String> {
         .map_err(|error| format!("bad --addr `{}`: {error}", args.addr))?
         .next()
         .ok_or_else(|| format!("--addr `{}` resolves to no address", args.addr))?;
-    let workload = Workload::new(args.keys, args.key_size, args.value_size)?;
+    let workload = Workload::with(
+        args.keys,
+        args.key_size,
+        ValueSize::parse(&args.value_size)?,
+        Distribution::parse(&args.distribution, args.zipf_theta)?,
+    )?;
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(cpu) = args.pin {
         builder.thread_affinity(HashSet::from([cpu]));
@@ -186,7 +230,9 @@ pub fn run(args: &GrpcArgs) -> Result<Vec<Series>, String> {
     let runtime = builder
         .build()
         .map_err(|error| format!("cannot create the client runtime: {error}"))?;
-    runtime.block_on(async move {
+    let progress = Progress::start();
+    let counter = progress.counter();
+    let results = runtime.block_on(async {
         let mut connections = Vec::with_capacity(args.clients);
         for _ in 0..args.clients {
             connections.push(
@@ -196,36 +242,56 @@ pub fn run(args: &GrpcArgs) -> Result<Vec<Series>, String> {
             );
         }
         preload(&connections, &workload, args.unary).await?;
-        let keys = Rc::new(workload.keys);
+        let workload = Rc::new(workload);
+        let streams = args.clients * args.depth;
         let mut results = Vec::new();
         for op in ops {
+            let origin = Instant::now();
+            let (from, until) = (
+                warmup.as_nanos() as u64,
+                (warmup + duration).as_nanos() as u64,
+            );
             let shared = Rc::new(Shared {
                 phase: Cell::new(WARMING),
                 histogram: RefCell::new(histogram()),
                 operations: Cell::new(0),
+                open: rate.map(|rate| OpenShared {
+                    clock: MonotonicClock::new(origin),
+                    calls_per_sec: rate / mode.requests_per_call() as f64,
+                    streams,
+                    recorder: RefCell::new(Recorder::new(from, until)),
+                    stats: RefCell::new(PacerStats::default()),
+                }),
+                counter: counter.clone(),
                 errors: Cell::new(0),
                 first_error: RefCell::new(None),
             });
-            let mut tasks = Vec::with_capacity(args.clients * args.depth);
+            let mut tasks = Vec::with_capacity(streams);
             for (c, connection) in connections.iter().enumerate() {
                 for d in 0..args.depth {
                     let worker = Worker {
                         connection: connection.clone(),
-                        keys: keys.clone(),
-                        value: workload.value.clone(),
+                        workload: workload.clone(),
                         op,
                         mode,
                         seed: (c * args.depth + d) as u64 + 1,
+                        stream: c * args.depth + d,
                     };
                     tasks.push(compio::runtime::spawn(work(worker, shared.clone())));
                 }
             }
-            compio::time::sleep(warmup).await;
+            let name = format!("{} {}", op.name(), mode_name(mode));
+            progress.phase(&format!("{name} warm-up"), warmup);
+            compio::time::sleep(warmup.saturating_sub(origin.elapsed())).await;
             shared.phase.set(MEASURING);
+            progress.phase(&name, duration);
             let started = Instant::now();
-            compio::time::sleep(duration).await;
+            compio::time::sleep((warmup + duration).saturating_sub(origin.elapsed())).await;
             shared.phase.set(STOPPING);
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = match rate {
+                Some(_) => duration.as_secs_f64(),
+                None => started.elapsed().as_secs_f64(),
+            };
             for task in tasks {
                 let _ = task.await;
             }
@@ -247,24 +313,48 @@ pub fn run(args: &GrpcArgs) -> Result<Vec<Series>, String> {
                 }
                 Mode::Unary => "one unary call, sent to trailers received".into(),
             };
-            results.push(Series::new(
-                "grpc",
-                &format!(
-                    "{} {} c={} d={}",
-                    op.name(),
-                    mode_name(mode),
-                    args.clients,
-                    args.depth
+            let name = format!(
+                "{} {} c={} d={}",
+                op.name(),
+                mode_name(mode),
+                args.clients,
+                args.depth
+            );
+            let series = match (&shared.open, rate) {
+                (Some(open), Some(rate)) => {
+                    let recorder = open.recorder.borrow();
+                    Series::new(
+                        "grpc",
+                        &name,
+                        &format!("{latency_of}, from its intended send time (open loop)"),
+                        &recorder.histogram,
+                        recorder.operations,
+                        seconds,
+                        shared.errors.get(),
+                    )
+                    .with_open_loop(OpenLoopSummary::new(
+                        rate,
+                        streams,
+                        &open.stats.borrow(),
+                        recorder.unsent,
+                    ))
+                }
+                _ => Series::new(
+                    "grpc",
+                    &name,
+                    &latency_of,
+                    &shared.histogram.borrow(),
+                    shared.operations.get(),
+                    seconds,
+                    shared.errors.get(),
                 ),
-                &latency_of,
-                &shared.histogram.borrow(),
-                shared.operations.get(),
-                seconds,
-                shared.errors.get(),
-            ));
+            };
+            results.push(series);
         }
         Ok(results)
-    })
+    });
+    progress.finish();
+    results
 }
 
 fn mode_name(mode: Mode) -> String {
@@ -275,14 +365,38 @@ fn mode_name(mode: Mode) -> String {
     }
 }
 
-/// One stream's closed loop: a call, its answer, the next call, until the phase is STOPPING.
+/// One stream. Closed loop: a call, its answer, the next call, until the phase is STOPPING.
+/// Open loop: a call at each of the stream's intended times (at once when overdue), until the
+/// end of the measured window.
 async fn work(worker: Worker, shared: Rc<Shared>) {
     let mut rng = Rng::new(worker.seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let per_call = worker.mode.requests_per_call();
     let mut batch = Vec::with_capacity(per_call);
+    let mut pacer = shared.open.as_ref().map(|open| {
+        let from = open.recorder.borrow().from_ns;
+        Pacer::new(0, open.calls_per_sec, open.streams, worker.stream).account_from(from)
+    });
     loop {
-        if shared.phase.get() == STOPPING {
-            return;
+        // Open loop: the intended time of this call.
+        let mut intended = None;
+        match (&shared.open, pacer.as_mut()) {
+            (Some(open), Some(pacer)) => {
+                let until = open.recorder.borrow().until_ns;
+                if pacer.next_intended_ns() >= until {
+                    break;
+                }
+                let now = open_loop::wait_async(pacer, &open.clock).await;
+                if now >= until {
+                    open.recorder.borrow_mut().finish(pacer, now);
+                    break;
+                }
+                intended = Some(pacer.take(now));
+            }
+            _ => {
+                if shared.phase.get() == STOPPING {
+                    break;
+                }
+            }
         }
         let started = Instant::now();
         let outcome: Result<u64, ClientError> = match worker.mode {
@@ -317,10 +431,21 @@ async fn work(worker: Worker, shared: Rc<Shared>) {
             }
         };
         let elapsed = started.elapsed().as_nanos() as u64;
-        let measuring = shared.phase.get() == MEASURING;
+        shared.counter.add(per_call as u64);
+        let measuring = match (&shared.open, intended) {
+            (Some(open), Some(intended)) => {
+                let mut recorder = open.recorder.borrow_mut();
+                match outcome {
+                    Ok(_) => recorder.record(intended, open.clock.now_ns(), per_call as u64),
+                    Err(_) => recorder.measures(intended),
+                }
+            }
+            _ => shared.phase.get() == MEASURING,
+        };
+        let closed = shared.open.is_none();
         match outcome {
             Ok(bad) => {
-                if measuring {
+                if measuring && closed {
                     shared
                         .histogram
                         .borrow_mut()
@@ -328,9 +453,9 @@ async fn work(worker: Worker, shared: Rc<Shared>) {
                     shared
                         .operations
                         .set(shared.operations.get() + per_call as u64);
-                    if bad > 0 {
-                        shared.errors.set(shared.errors.get() + bad);
-                    }
+                }
+                if measuring && bad > 0 {
+                    shared.errors.set(shared.errors.get() + bad);
                 }
             }
             Err(ClientError::Status(status)) => {
@@ -341,19 +466,22 @@ async fn work(worker: Worker, shared: Rc<Shared>) {
             Err(error) => {
                 // The connection is broken: this worker stops (the others notice on their own).
                 shared.error(per_call as u64, || error.to_string());
-                return;
+                break;
             }
         }
+    }
+    if let (Some(open), Some(pacer)) = (&shared.open, &pacer) {
+        open.stats.borrow_mut().merge(&pacer.stats());
     }
 }
 
 fn request(worker: &Worker, rng: &mut Rng) -> Request {
-    let key = worker.keys[rng.below(worker.keys.len())].clone();
+    let key = worker.workload.key(rng);
     match worker.op.pick(rng) {
         Op::Get => Request::Get { key },
         _ => Request::Set {
             key,
-            value: worker.value.clone(),
+            value: worker.workload.value(rng),
             options: SetOptions::default(),
         },
     }
@@ -361,19 +489,19 @@ fn request(worker: &Worker, rng: &mut Rng) -> Request {
 
 /// One unary Get or Set; `Ok(true)` when the answer is not what a preloaded key gives.
 async fn unary_call(worker: &Worker, rng: &mut Rng) -> Result<bool, ClientError> {
-    let key = worker.keys[rng.below(worker.keys.len())].clone();
+    let key = worker.workload.key(rng);
     match worker.op.pick(rng) {
         Op::Get => {
             let message = v1::GetRequest { key }.encode_to_vec();
             let answer = worker.connection.unary_raw(GET_PATH, message).await?;
             let response = v1::GetResponse::decode(answer)
                 .map_err(|error| ClientError::Protocol(format!("bad GetResponse: {error}")))?;
-            Ok(response.value.len() != worker.value.len())
+            Ok(!worker.workload.value_size.contains(response.value.len()))
         }
         _ => {
             let message = v1::SetRequest {
                 key,
-                value: worker.value.clone(),
+                value: worker.workload.value(rng),
                 ..Default::default()
             }
             .encode_to_vec();
@@ -393,13 +521,9 @@ async fn preload(
     unary: bool,
 ) -> Result<(), String> {
     let connection = &connections[0];
-    let mut chunks = workload.keys.chunks(PRELOAD_CHUNK);
+    let mut chunks = workload.preload_chunks(PRELOAD_CHUNK);
     if !unary {
-        for chunk in chunks {
-            let pairs = chunk
-                .iter()
-                .map(|key| (key.clone(), workload.value.clone()))
-                .collect();
+        for pairs in chunks {
             match connection.execute(Request::MSet { pairs }).await {
                 Ok(Response::Ok) => {}
                 Ok(other) => return Err(format!("preloading the keys: MSET answered {other:?}")),
@@ -408,19 +532,16 @@ async fn preload(
         }
         return Ok(());
     }
-    let mset = |chunk: &[Bytes]| {
+    let mset = |chunk: Vec<(Bytes, Bytes)>| {
         v1::MSetRequest {
             pairs: chunk
-                .iter()
-                .map(|key| v1::KeyValue {
-                    key: key.clone(),
-                    value: workload.value.clone(),
-                })
+                .into_iter()
+                .map(|(key, value)| v1::KeyValue { key, value })
                 .collect(),
         }
         .encode_to_vec()
     };
-    let first = chunks.next().unwrap_or(&[]);
+    let first = chunks.next().unwrap_or_default();
     match connection.unary_raw(MSET_PATH, mset(first)).await {
         Ok(_) => {
             for chunk in chunks {
@@ -438,10 +559,10 @@ async fn preload(
             let lane = |i: usize| {
                 let connection = &connections[i % connections.len()];
                 async move {
-                    for key in keys.iter().skip(i).step_by(lanes) {
+                    for (index, key) in keys.iter().enumerate().skip(i).step_by(lanes) {
                         let message = v1::SetRequest {
                             key: key.clone(),
-                            value: workload.value.clone(),
+                            value: workload.preload_value(index),
                             ..Default::default()
                         }
                         .encode_to_vec();

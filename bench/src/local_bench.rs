@@ -1,14 +1,21 @@
-//! The `local` scenario: closed-loop load through shared memory on a running instance
+//! The `local` scenario: load through shared memory on a running instance
 //! (`veddb-server --create --name NAME`).
 //!
 //! `--clients` threads each attach their own session; each sends `--depth` requests (to their
 //! owning cores' rings) before it waits for their answers, so `--depth 1` measures the round
 //! trip of one request and larger depths measure pipelined throughput. GETs read the value in
 //! place (`get_view`, no copy) unless `--copy`.
+//!
+//! With `--rate OPS` the load is open-loop: the client threads share OPS requests per second on
+//! a fixed schedule, and each request's latency runs from its intended send time. A thread that
+//! is behind sends its overdue requests together, up to `--depth` in one pipelined batch.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use crate::open_loop::{self, Clock, MonotonicClock, OpenLoopSummary, Pacer, PacerStats, Recorder};
+use crate::progress::{Counter, Progress};
 
 use argh::FromArgs;
 use hdrhistogram::Histogram;
@@ -16,12 +23,12 @@ use veddb_client::local::{GetResult, LocalConnection};
 use veddb_wire::{Request, Response, SetOptions};
 
 use crate::report::{histogram, Series};
-use crate::workload::{parse_duration, Op, Rng, Workload};
+use crate::workload::{parse_duration, Distribution, Op, Rng, ValueSize, Workload};
 
 /// Keys per MSET while preloading.
 const PRELOAD_CHUNK: usize = 1024;
 
-/// Closed-loop load through shared memory on a running local instance.
+/// Load through shared memory on a running local instance: closed loop, or open loop with --rate.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "local")]
 pub struct LocalArgs {
@@ -40,9 +47,19 @@ pub struct LocalArgs {
     #[argh(option, default = "16")]
     /// key size in bytes (default 16)
     pub key_size: usize,
-    #[argh(option, default = "64")]
-    /// value size in bytes (default 64)
-    pub value_size: usize,
+    #[argh(option, default = "String::from(\"64\")")]
+    /// value size in bytes, or a range MIN..MAX of uniformly random sizes (default 64)
+    pub value_size: String,
+    #[argh(option, default = "String::from(\"uniform\")")]
+    /// key distribution: uniform or zipf (default uniform)
+    pub distribution: String,
+    #[argh(option, default = "0.99")]
+    /// skew of --distribution zipf: key k has weight 1/k^theta (default 0.99)
+    pub zipf_theta: f64,
+    #[argh(option)]
+    /// open loop: this many requests per second over all clients, latency from each request's
+    /// intended send time (default: closed loop)
+    pub rate: Option<f64>,
     #[argh(option, default = "1")]
     /// client threads, one session each (default 1)
     pub clients: usize,
@@ -64,14 +81,20 @@ pub struct LocalArgs {
     #[argh(option)]
     /// write the results as JSON to this file
     pub json: Option<String>,
+    #[argh(option)]
+    /// plot the latency percentiles as SVG to this file
+    pub svg: Option<String>,
 }
 
 pub fn settings(args: &LocalArgs) -> serde_json::Value {
     serde_json::json!({
         "scenario": "local", "instance": args.instance, "op": args.op,
         "get_ratio": args.get_ratio, "keys": args.keys, "key_size": args.key_size,
-        "value_size": args.value_size, "clients": args.clients, "depth": args.depth,
-        "copy": args.copy, "duration": args.duration, "warmup": args.warmup, "pin": args.pin,
+        "value_size": args.value_size, "distribution": args.distribution,
+        "zipf_theta": args.zipf_theta, "rate": args.rate,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "clients": args.clients, "depth": args.depth, "copy": args.copy,
+        "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "svg": args.svg,
     })
 }
 
@@ -84,6 +107,19 @@ struct Outcome {
     operations: u64,
     errors: u64,
     seconds: f64,
+    /// Open loop only.
+    stats: PacerStats,
+    unsent: u64,
+}
+
+/// An open-loop client's share of the schedule.
+#[derive(Clone, Copy)]
+struct Schedule {
+    clock: MonotonicClock,
+    rate: f64,
+    clients: usize,
+    from: u64,
+    until: u64,
 }
 
 fn pin_thread(cpu: usize) {
@@ -94,6 +130,7 @@ fn pin_thread(cpu: usize) {
 
 pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
     let ops = Op::parse_list(&args.op, args.get_ratio)?;
+    let rate = open_loop::check_rate(args.rate)?;
     if args.clients == 0 || args.clients > 256 {
         return Err("--clients must be between 1 and 256".into());
     }
@@ -102,17 +139,18 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
     }
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
-    let workload = Arc::new(Workload::new(args.keys, args.key_size, args.value_size)?);
+    let workload = Arc::new(Workload::with(
+        args.keys,
+        args.key_size,
+        ValueSize::parse(&args.value_size)?,
+        Distribution::parse(&args.distribution, args.zipf_theta)?,
+    )?);
     // Preload every key.
     {
         let connection = LocalConnection::connect(&args.instance).map_err(|error| {
             format!("cannot attach to the instance {:?}: {error}", args.instance)
         })?;
-        for chunk in workload.keys.chunks(PRELOAD_CHUNK) {
-            let pairs = chunk
-                .iter()
-                .map(|key| (key.clone(), workload.value.clone()))
-                .collect();
+        for pairs in workload.preload_chunks(PRELOAD_CHUNK) {
             match connection.execute(Request::MSet { pairs }) {
                 Ok(Response::Ok) => {}
                 Ok(other) => return Err(format!("preload: unexpected answer {other:?}")),
@@ -120,29 +158,59 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
             }
         }
     }
+    let progress = Progress::start();
+    let counters: Vec<Arc<Counter>> = (0..args.clients).map(|_| progress.counter()).collect();
     let mut results = Vec::new();
     for op in ops {
         let phase = Arc::new(AtomicU8::new(WARMING));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let origin = Instant::now();
+        let schedule = rate.map(|rate| Schedule {
+            clock: MonotonicClock::new(origin),
+            rate,
+            clients: args.clients,
+            from: warmup.as_nanos() as u64,
+            until: (warmup + duration).as_nanos() as u64,
+        });
         let mut threads = Vec::new();
-        for client in 0..args.clients {
+        for (client, counter) in counters.iter().enumerate() {
             let (phase, outcomes, workload) = (phase.clone(), outcomes.clone(), workload.clone());
             let (instance, depth, copy, pin) =
                 (args.instance.clone(), args.depth, args.copy, args.pin);
+            let counter = counter.clone();
             threads.push(std::thread::spawn(move || -> Result<(), String> {
                 if let Some(cpu) = pin {
                     pin_thread(cpu);
                 }
                 let connection = LocalConnection::connect(&instance)
                     .map_err(|error| format!("client {client}: {error}"))?;
-                let outcome = client_loop(&connection, &workload, op, depth, copy, client, &phase);
+                let client = Client {
+                    connection: &connection,
+                    workload: &workload,
+                    op,
+                    depth,
+                    copy,
+                    client,
+                    counter: &counter,
+                };
+                let outcome = match schedule {
+                    None => client.closed_loop(&phase),
+                    Some(schedule) => client.open_loop(schedule),
+                };
                 outcomes.lock().unwrap().push(outcome);
                 Ok(())
             }));
         }
-        std::thread::sleep(warmup);
+        let name = if args.copy || op == Op::Set {
+            op.name()
+        } else {
+            format!("{} (in place)", op.name())
+        };
+        progress.phase(&format!("{name} warm-up"), warmup);
+        std::thread::sleep(warmup.saturating_sub(origin.elapsed()));
         phase.store(MEASURING, Ordering::SeqCst);
-        std::thread::sleep(duration);
+        progress.phase(&name, duration);
+        std::thread::sleep((warmup + duration).saturating_sub(origin.elapsed()));
         phase.store(STOPPING, Ordering::SeqCst);
         for thread in threads {
             thread
@@ -152,6 +220,7 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
         let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
         let mut merged = histogram();
         let (mut operations, mut errors, mut seconds) = (0, 0, 0.0f64);
+        let (mut stats, mut unsent) = (PacerStats::default(), 0);
         for outcome in &outcomes {
             merged
                 .add(&outcome.histogram)
@@ -159,68 +228,86 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
             operations += outcome.operations;
             errors += outcome.errors;
             seconds = seconds.max(outcome.seconds);
+            stats.merge(&outcome.stats);
+            unsent += outcome.unsent;
         }
-        let latency_of = if args.depth == 1 {
-            "one request, send to answer".to_string()
-        } else {
-            format!("a pipelined batch of {} requests", args.depth)
+        let series = match rate {
+            None => {
+                let latency_of = if args.depth == 1 {
+                    "one request, send to answer".to_string()
+                } else {
+                    format!("a pipelined batch of {} requests", args.depth)
+                };
+                Series::new(
+                    "local",
+                    &name,
+                    &latency_of,
+                    &merged,
+                    operations,
+                    seconds,
+                    errors,
+                )
+            }
+            Some(rate) => Series::new(
+                "local",
+                &name,
+                &format!(
+                    "one request, from its intended send time (open loop) to its answer; \
+                     overdue requests go out together, up to {} per batch",
+                    args.depth
+                ),
+                &merged,
+                operations,
+                duration.as_secs_f64(),
+                errors,
+            )
+            .with_open_loop(OpenLoopSummary::new(rate, args.clients, &stats, unsent)),
         };
-        let name = if args.copy || op == Op::Set {
-            op.name()
-        } else {
-            format!("{} (in place)", op.name())
-        };
-        results.push(Series::new(
-            "local",
-            &name,
-            &latency_of,
-            &merged,
-            operations,
-            seconds,
-            errors,
-        ));
+        results.push(series);
     }
+    progress.finish();
     Ok(results)
 }
 
-fn client_loop(
-    connection: &LocalConnection,
-    workload: &Workload,
+/// One client thread's session and workload.
+struct Client<'a> {
+    connection: &'a LocalConnection,
+    workload: &'a Workload,
     op: Op,
     depth: usize,
     copy: bool,
     client: usize,
-    phase: &AtomicU8,
-) -> Outcome {
-    let mut rng = Rng::new(0x5eed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut histogram = histogram();
-    let (mut operations, mut errors) = (0u64, 0u64);
-    let mut started: Option<Instant> = None;
-    let mut batch = Vec::with_capacity(depth);
-    loop {
-        let now_phase = phase.load(Ordering::Relaxed);
-        if now_phase == STOPPING {
-            break;
-        }
-        if now_phase == MEASURING && started.is_none() {
-            started = Some(Instant::now());
-        }
+    counter: &'a Counter,
+}
+
+impl Client<'_> {
+    fn rng(&self) -> Rng {
+        Rng::new(0x5eed ^ (self.client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// `n` requests of the workload into `batch`.
+    fn fill(&self, batch: &mut Vec<Request>, n: usize, rng: &mut Rng) {
         batch.clear();
-        for _ in 0..depth {
-            let key = workload.keys[rng.below(workload.keys.len())].clone();
-            batch.push(match op.pick(&mut rng) {
+        for _ in 0..n {
+            let key = self.workload.key(rng);
+            batch.push(match self.op.pick(rng) {
                 Op::Get => Request::Get { key },
                 _ => Request::Set {
                     key,
-                    value: workload.value.clone(),
+                    value: self.workload.value(rng),
                     options: SetOptions::default(),
                 },
             });
         }
-        let t0 = Instant::now();
-        let failed = if depth == 1 {
+    }
+
+    /// Sends the batch (one request alone, or pipelined) and waits for the answers: returns
+    /// how many failed.
+    fn send(&self, batch: &mut Vec<Request>) -> u64 {
+        let requests = batch.len() as u64;
+        let failed = if batch.len() == 1 {
             match batch.pop().expect("one request") {
-                Request::Get { key } if !copy => match connection.get_view(key) {
+                Request::Get { key } if !self.copy => match self.connection.get_view(key) {
                     Ok(GetResult::View(view)) => {
                         std::hint::black_box(view.bytes().first());
                         0
@@ -228,32 +315,98 @@ fn client_loop(
                     Ok(_) => 0,
                     Err(_) => 1,
                 },
-                request => match connection.execute(request) {
+                request => match self.connection.execute(request) {
                     Ok(Response::Error(_)) | Err(_) => 1,
                     Ok(_) => 0,
                 },
             }
         } else {
-            match connection.execute_many(&batch) {
+            match self.connection.execute_many(batch) {
                 Ok(responses) => responses
                     .iter()
                     .filter(|response| matches!(response, Response::Error(_)))
                     .count() as u64,
-                Err(_) => depth as u64,
+                Err(_) => batch.len() as u64,
             }
         };
-        let elapsed = t0.elapsed();
-        if started.is_some() {
-            let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
-            operations += depth as u64;
-            errors += failed;
+        self.counter.add(requests);
+        failed
+    }
+
+    /// `depth` requests, their answers, the next `depth`, until the phase is STOPPING.
+    fn closed_loop(&self, phase: &AtomicU8) -> Outcome {
+        let mut rng = self.rng();
+        let mut histogram = histogram();
+        let (mut operations, mut errors) = (0u64, 0u64);
+        let mut started: Option<Instant> = None;
+        let mut batch = Vec::with_capacity(self.depth);
+        loop {
+            let now_phase = phase.load(Ordering::Relaxed);
+            if now_phase == STOPPING {
+                break;
+            }
+            if now_phase == MEASURING && started.is_none() {
+                started = Some(Instant::now());
+            }
+            self.fill(&mut batch, self.depth, &mut rng);
+            let t0 = Instant::now();
+            let failed = self.send(&mut batch);
+            let elapsed = t0.elapsed();
+            if started.is_some() {
+                let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
+                operations += self.depth as u64;
+                errors += failed;
+            }
+        }
+        Outcome {
+            histogram,
+            operations,
+            errors,
+            seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            stats: PacerStats::default(),
+            unsent: 0,
         }
     }
-    Outcome {
-        histogram,
-        operations,
-        errors,
-        seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+
+    /// Requests at this client's intended times until the end of the window; overdue ones go
+    /// out together, up to `depth` per batch, each timed from its own intended time.
+    fn open_loop(&self, schedule: Schedule) -> Outcome {
+        let clock = schedule.clock;
+        let mut rng = self.rng();
+        let mut pacer =
+            Pacer::new(0, schedule.rate, schedule.clients, self.client).account_from(schedule.from);
+        let mut recorder = Recorder::new(schedule.from, schedule.until);
+        let mut errors = 0;
+        let mut batch = Vec::with_capacity(self.depth);
+        let mut intended = Vec::with_capacity(self.depth);
+        while pacer.next_intended_ns() < schedule.until {
+            let now = open_loop::wait_sync(&pacer, &clock);
+            if now >= schedule.until {
+                recorder.finish(&pacer, now);
+                break;
+            }
+            let n = pacer.backlog(now).clamp(1, self.depth as u64) as usize;
+            intended.clear();
+            intended.extend((0..n).map(|_| pacer.take(now)));
+            self.fill(&mut batch, n, &mut rng);
+            let failed = self.send(&mut batch);
+            let done = clock.now_ns();
+            let mut measured = false;
+            for &slot in &intended {
+                measured |= recorder.record(slot, done, 1);
+            }
+            if measured {
+                errors += failed;
+            }
+        }
+        Outcome {
+            histogram: recorder.histogram,
+            operations: recorder.operations,
+            errors,
+            seconds: (schedule.until - schedule.from) as f64 / 1e9,
+            stats: pacer.stats(),
+            unsent: recorder.unsent,
+        }
     }
 }
 

@@ -1,14 +1,22 @@
 //! `veddb-bench`: VedDB's benchmark harness.
 //!
 //! Scenarios so far: `shard` (one shard in-process, no I/O), `forward` (GETs that one core
-//! forwards to another over the engine's inbox mesh) and `grpc` (closed-loop gRPC load on a
-//! running server: VedDB, or the tonic peer in `bench/tonic-peer/`). Every run prints
-//! p50/p90/p99/p99.9/max and throughput, and `--json FILE` writes every figure with the settings
-//! and the machine.
+//! forwards to another over the engine's inbox mesh), `grpc` (gRPC load on a running server:
+//! VedDB, or the tonic peer in `bench/tonic-peer/`) and `local` (shared memory). Every run prints
+//! p50/p90/p99/p99.9/max and throughput, and `--json FILE` writes every figure with the settings,
+//! the machine and each series' latency percentile curve; `--svg FILE` plots those curves.
+//!
+//! Load is closed-loop by default (each sender waits for its answer, then sends again); with
+//! `--rate OPS` it is open-loop: requests at fixed intended times, latency measured from them
+//! (see `open_loop.rs`). `veddb-bench compare A.json B.json [--svg FILE]` compares two runs.
 
+mod compare;
 mod grpc_bench;
 mod local_bench;
+mod open_loop;
+mod progress;
 mod report;
+mod svg;
 mod workload;
 
 use std::cell::RefCell;
@@ -25,8 +33,10 @@ use veddb_engine::{Engine, EngineConfig};
 use veddb_shard::{Config, Shard};
 use veddb_wire::{shard_for_key, Request, Response, SetOptions};
 
+use open_loop::{Clock, MonotonicClock, OpenLoopSummary, Pacer, PacerStats, Recorder};
+use progress::Progress;
 use report::{histogram, Machine, Report, Series};
-use workload::{parse_duration, Op, Rng, Workload};
+use workload::{parse_duration, Distribution, Op, Rng, ValueSize, Workload};
 
 /// VedDB benchmark harness.
 #[derive(FromArgs)]
@@ -42,6 +52,7 @@ enum Scenario {
     Forward(ForwardArgs),
     Grpc(grpc_bench::GrpcArgs),
     Local(local_bench::LocalArgs),
+    Compare(compare::CompareArgs),
 }
 
 /// One shard in-process on one core: the cost of the data structures alone.
@@ -60,9 +71,19 @@ struct ShardArgs {
     #[argh(option, default = "16")]
     /// key size in bytes (default 16)
     key_size: usize,
-    #[argh(option, default = "64")]
-    /// value size in bytes (default 64)
-    value_size: usize,
+    #[argh(option, default = "String::from(\"64\")")]
+    /// value size in bytes, or a range MIN..MAX of uniformly random sizes (default 64)
+    value_size: String,
+    #[argh(option, default = "String::from(\"uniform\")")]
+    /// key distribution: uniform or zipf (default uniform)
+    distribution: String,
+    #[argh(option, default = "0.99")]
+    /// skew of --distribution zipf: key k has weight 1/k^theta (default 0.99)
+    zipf_theta: f64,
+    #[argh(option)]
+    /// open loop: this many requests per second in total, latency from each one's intended
+    /// send time (default: closed loop)
+    rate: Option<f64>,
     #[argh(option, default = "String::from(\"3s\")")]
     /// measured time per operation (default 3s)
     duration: String,
@@ -75,6 +96,9 @@ struct ShardArgs {
     #[argh(option)]
     /// write the results as JSON to this file
     json: Option<String>,
+    #[argh(option)]
+    /// plot the latency percentiles as SVG to this file
+    svg: Option<String>,
 }
 
 /// GETs forwarded from core to core over the engine's inbox mesh.
@@ -102,9 +126,19 @@ struct ForwardArgs {
     #[argh(option, default = "16")]
     /// key size in bytes (default 16)
     key_size: usize,
-    #[argh(option, default = "64")]
-    /// value size in bytes (default 64)
-    value_size: usize,
+    #[argh(option, default = "String::from(\"64\")")]
+    /// value size in bytes, or a range MIN..MAX of uniformly random sizes (default 64)
+    value_size: String,
+    #[argh(option, default = "String::from(\"uniform\")")]
+    /// key distribution: uniform or zipf (default uniform)
+    distribution: String,
+    #[argh(option, default = "0.99")]
+    /// skew of --distribution zipf: key k has weight 1/k^theta (default 0.99)
+    zipf_theta: f64,
+    #[argh(option)]
+    /// open loop: this many requests per second in total, latency from each one's intended
+    /// send time (default: closed loop)
+    rate: Option<f64>,
     #[argh(option, default = "String::from(\"3s\")")]
     /// measured time per depth (default 3s)
     duration: String,
@@ -117,33 +151,38 @@ struct ForwardArgs {
     #[argh(option)]
     /// write the results as JSON to this file
     json: Option<String>,
+    #[argh(option)]
+    /// plot the latency percentiles as SVG to this file
+    svg: Option<String>,
 }
 
 fn main() {
     let top: Top = argh::from_env();
-    let outcome = match top.scenario {
-        Scenario::Shard(args) => {
-            run_shard(&args).map(|results| (settings_shard(&args), results, args.json))
-        }
-        Scenario::Forward(args) => {
-            run_forward(&args).map(|results| (settings_forward(&args), results, args.json))
-        }
-        Scenario::Grpc(args) => {
-            grpc_bench::run(&args).map(|results| (grpc_bench::settings(&args), results, args.json))
-        }
-        Scenario::Local(args) => local_bench::run(&args)
-            .map(|results| (local_bench::settings(&args), results, args.json)),
-    };
+    // Before the run: a scenario that pins the main thread (shard) would leave one CPU visible.
+    let machine = Machine::current();
+    let outcome = run(top.scenario);
     match outcome {
         Ok((settings, results, json)) => {
             report::print_table(&results);
+            // A scenario that takes `--svg FILE` records it in its settings.
+            let svg = settings
+                .get("svg")
+                .and_then(|path| path.as_str())
+                .map(String::from);
+            let report = Report {
+                settings,
+                machine,
+                results,
+            };
             if let Some(path) = json {
-                let report = Report {
-                    settings,
-                    machine: Machine::current(),
-                    results,
-                };
                 if let Err(error) = report::write_json(&path, &report) {
+                    eprintln!("veddb-bench: cannot write {path}: {error}");
+                    std::process::exit(1);
+                }
+                println!("wrote {path}");
+            }
+            if let Some(path) = svg {
+                if let Err(error) = std::fs::write(&path, svg::report_plot(&report)) {
                     eprintln!("veddb-bench: cannot write {path}: {error}");
                     std::process::exit(1);
                 }
@@ -157,11 +196,40 @@ fn main() {
     }
 }
 
+/// Runs the scenario: its settings, its results and where to write them as JSON.
+fn run(scenario: Scenario) -> Result<(serde_json::Value, Vec<Series>, Option<String>), String> {
+    match scenario {
+        Scenario::Compare(args) => compare_and_exit(&args),
+        Scenario::Shard(args) => {
+            run_shard(&args).map(|results| (settings_shard(&args), results, args.json))
+        }
+        Scenario::Forward(args) => {
+            run_forward(&args).map(|results| (settings_forward(&args), results, args.json))
+        }
+        Scenario::Grpc(args) => {
+            grpc_bench::run(&args).map(|results| (grpc_bench::settings(&args), results, args.json))
+        }
+        Scenario::Local(args) => local_bench::run(&args)
+            .map(|results| (local_bench::settings(&args), results, args.json)),
+    }
+}
+
+/// `veddb-bench compare`: prints the comparison, then exits (2 on an error).
+fn compare_and_exit(args: &compare::CompareArgs) -> ! {
+    if let Err(message) = compare::run(args) {
+        eprintln!("veddb-bench: {message}");
+        std::process::exit(2);
+    }
+    std::process::exit(0);
+}
+
 fn settings_shard(args: &ShardArgs) -> serde_json::Value {
     serde_json::json!({
         "scenario": "shard", "op": args.op, "get_ratio": args.get_ratio, "keys": args.keys,
-        "key_size": args.key_size, "value_size": args.value_size, "duration": args.duration,
-        "warmup": args.warmup, "pin": args.pin,
+        "key_size": args.key_size, "value_size": args.value_size,
+        "distribution": args.distribution, "zipf_theta": args.zipf_theta, "rate": args.rate,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "svg": args.svg,
     })
 }
 
@@ -169,8 +237,10 @@ fn settings_forward(args: &ForwardArgs) -> serde_json::Value {
     serde_json::json!({
         "scenario": "forward", "op": args.op, "get_ratio": args.get_ratio, "cores": args.cores,
         "depth": args.depth, "one_way": args.one_way, "keys": args.keys, "key_size": args.key_size,
-        "value_size": args.value_size, "duration": args.duration, "warmup": args.warmup,
-        "spin_us": args.spin_us,
+        "value_size": args.value_size, "distribution": args.distribution,
+        "zipf_theta": args.zipf_theta, "rate": args.rate,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "duration": args.duration, "warmup": args.warmup, "spin_us": args.spin_us, "svg": args.svg,
     })
 }
 
@@ -183,10 +253,33 @@ fn unix_ms() -> u64 {
 /// Operations per timed batch in the `shard` scenario (one clock read per batch, not per op).
 const SHARD_BATCH: u64 = 64;
 
+/// One operation on the shard; `true` when the answer is not what a preloaded key gives.
+fn shard_op(shard: &mut Shard, workload: &Workload, op: Op, rng: &mut Rng, now: u64) -> bool {
+    let key = workload.key(rng);
+    let response = match op.pick(rng) {
+        Op::Get => shard.handle(Request::Get { key }, now),
+        _ => shard.handle(
+            Request::Set {
+                key,
+                value: workload.value(rng),
+                options: SetOptions::default(),
+            },
+            now,
+        ),
+    };
+    matches!(response, Response::Error(_) | Response::NotFound)
+}
+
 fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
-    let workload = Workload::new(args.keys, args.key_size, args.value_size)?;
+    let rate = open_loop::check_rate(args.rate)?;
+    let workload = Workload::with(
+        args.keys,
+        args.key_size,
+        ValueSize::parse(&args.value_size)?,
+        Distribution::parse(&args.distribution, args.zipf_theta)?,
+    )?;
     let ops = Op::parse_list(&args.op, args.get_ratio)?;
     let runtime = compio::runtime::RuntimeBuilder::new()
         .thread_affinity(HashSet::from([args.pin]))
@@ -197,16 +290,62 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
                 args.pin
             )
         })?;
-    runtime.block_on(async move {
-        let budget = (workload.keys.len() as u64) * (args.key_size + args.value_size) as u64 * 4 + (256 << 20);
+    let progress = Progress::start();
+    let counter = progress.counter();
+    let results = runtime.block_on(async {
+        let budget = workload.data_bytes() * 4 + (256 << 20);
         let mut shard = Shard::new(0, Config { memory_bytes_limit: budget, ..Config::default() });
         let now = unix_ms();
-        for key in &workload.keys {
-            shard.handle(Request::Set { key: key.clone(), value: workload.value.clone(), options: SetOptions::default() }, now);
+        for (i, key) in workload.keys.iter().enumerate() {
+            shard.handle(
+                Request::Set { key: key.clone(), value: workload.preload_value(i), options: SetOptions::default() },
+                now,
+            );
         }
         let mut results = Vec::new();
         for op in ops {
             let mut rng = Rng::new(42);
+            if let Some(rate) = rate {
+                // Open loop: one operation per slot, each timed from its intended time.
+                let clock = MonotonicClock::starting_now();
+                let from = warmup.as_nanos() as u64;
+                let until = from + duration.as_nanos() as u64;
+                let mut pacer = Pacer::new(0, rate, 1, 0).account_from(from);
+                let mut recorder = Recorder::new(from, until);
+                let mut errors = 0;
+                let mut measuring = false;
+                progress.phase(&format!("{} warm-up", op.name()), warmup);
+                while pacer.next_intended_ns() < until {
+                    let now = open_loop::wait_sync(&pacer, &clock);
+                    if now >= until {
+                        recorder.finish(&pacer, now);
+                        break;
+                    }
+                    if !measuring && now >= from {
+                        measuring = true;
+                        progress.phase(&op.name(), duration);
+                    }
+                    let intended = pacer.take(now);
+                    let failed = shard_op(&mut shard, &workload, op, &mut rng, unix_ms());
+                    if recorder.record(intended, clock.now_ns(), 1) && failed {
+                        errors += 1;
+                    }
+                    counter.add(1);
+                }
+                results.push(
+                    Series::new(
+                        "shard",
+                        &op.name(),
+                        "one operation, from its intended send time (open loop) to done, one core, in-process",
+                        &recorder.histogram,
+                        recorder.operations,
+                        duration.as_secs_f64(),
+                        errors,
+                    )
+                    .with_open_loop(OpenLoopSummary::new(rate, 1, &pacer.stats(), recorder.unsent)),
+                );
+                continue;
+            }
             let mut run = |shard: &mut Shard, until: Instant, histogram: Option<&mut Histogram<u64>>| -> (u64, u64) {
                 let mut done = 0u64;
                 let mut errors = 0u64;
@@ -215,15 +354,7 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
                     let started = Instant::now();
                     let now = unix_ms();
                     for _ in 0..SHARD_BATCH {
-                        let key = workload.keys[rng.below(workload.keys.len())].clone();
-                        let response = match op.pick(&mut rng) {
-                            Op::Get => shard.handle(Request::Get { key }, now),
-                            _ => shard.handle(
-                                Request::Set { key, value: workload.value.clone(), options: SetOptions::default() },
-                                now,
-                            ),
-                        };
-                        if matches!(response, Response::Error(_) | Response::NotFound) {
+                        if shard_op(shard, &workload, op, &mut rng, now) {
                             errors += 1;
                         }
                     }
@@ -232,10 +363,13 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
                         histogram.saturating_record(per_op.max(1));
                     }
                     done += SHARD_BATCH;
+                    counter.add(SHARD_BATCH);
                 }
                 (done, errors)
             };
+            progress.phase(&format!("{} warm-up", op.name()), warmup);
             run(&mut shard, Instant::now() + warmup, None);
+            progress.phase(&op.name(), duration);
             let mut measured = histogram();
             let started = Instant::now();
             let (done, errors) = run(&mut shard, started + duration, Some(&mut measured));
@@ -251,22 +385,138 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
             ));
         }
         Ok(results)
-    })
+    });
+    progress.finish();
+    results
 }
 
 const WARMING: u8 = 0;
 const MEASURING: u8 = 1;
 const STOPPING: u8 = 2;
 
+/// What the tasks of one core measured (all of them record into it).
 struct CoreResult {
-    histogram: Histogram<u64>,
-    operations: u64,
+    /// Latencies and answered requests (the window matters in open loop only).
+    recorder: Recorder,
     errors: u64,
+    /// Open loop only.
+    stats: PacerStats,
+}
+
+impl CoreResult {
+    fn new(from: u64, until: u64) -> CoreResult {
+        CoreResult {
+            recorder: Recorder::new(from, until),
+            errors: 0,
+            stats: PacerStats::default(),
+        }
+    }
+
+    fn merge(&mut self, other: &CoreResult) -> Result<(), String> {
+        let (a, b) = (&mut self.recorder, &other.recorder);
+        a.histogram.add(&b.histogram).map_err(|e| e.to_string())?;
+        a.operations += b.operations;
+        a.unsent += b.unsent;
+        self.errors += other.errors;
+        self.stats.merge(&other.stats);
+        Ok(())
+    }
+}
+
+/// One forwarding task's closed loop: a request to a key of the next core, its answer, the next.
+#[allow(clippy::too_many_arguments)]
+async fn forward_closed(
+    context: veddb_engine::CoreContext,
+    targets: Arc<Vec<Bytes>>,
+    workload: Arc<Workload>,
+    op: Op,
+    seed: u64,
+    phase: Arc<AtomicU8>,
+    shared: Rc<RefCell<CoreResult>>,
+    counter: Arc<progress::Counter>,
+) {
+    let sampler = workload.distribution.sampler(targets.len());
+    let mut rng = Rng::new(seed);
+    loop {
+        let now_phase = phase.load(Ordering::Relaxed);
+        if now_phase == STOPPING {
+            break;
+        }
+        let request = forward_request(&targets, &sampler, &workload, op, &mut rng);
+        let started = Instant::now();
+        let response = context.execute(request).await;
+        let elapsed = started.elapsed().as_nanos() as u64;
+        counter.add(1);
+        if now_phase == MEASURING {
+            let mut result = shared.borrow_mut();
+            result.recorder.histogram.saturating_record(elapsed.max(1));
+            result.recorder.operations += 1;
+            if !matches!(response, Response::Value { .. } | Response::Stored { .. }) {
+                result.errors += 1;
+            }
+        }
+    }
+}
+
+/// One forwarding task's open loop: sender `sender` of `senders` sharing `rate`, on the run's
+/// clock, measuring the requests intended in `[from, until)`.
+#[allow(clippy::too_many_arguments)]
+async fn forward_open(
+    context: veddb_engine::CoreContext,
+    targets: Arc<Vec<Bytes>>,
+    workload: Arc<Workload>,
+    op: Op,
+    seed: u64,
+    (clock, rate, senders, sender, from, until): (MonotonicClock, f64, usize, usize, u64, u64),
+    shared: Rc<RefCell<CoreResult>>,
+    counter: Arc<progress::Counter>,
+) {
+    let sampler = workload.distribution.sampler(targets.len());
+    let mut rng = Rng::new(seed);
+    let mut pacer = Pacer::new(0, rate, senders, sender).account_from(from);
+    debug_assert_eq!(shared.borrow().recorder.until_ns, until);
+    while pacer.next_intended_ns() < until {
+        let now = open_loop::wait_async(&pacer, &clock).await;
+        if now >= until {
+            shared.borrow_mut().recorder.finish(&pacer, now);
+            break;
+        }
+        let request = forward_request(&targets, &sampler, &workload, op, &mut rng);
+        let intended = pacer.take(now);
+        let response = context.execute(request).await;
+        counter.add(1);
+        let mut result = shared.borrow_mut();
+        if result.recorder.record(intended, clock.now_ns(), 1)
+            && !matches!(response, Response::Value { .. } | Response::Stored { .. })
+        {
+            result.errors += 1;
+        }
+    }
+    shared.borrow_mut().stats.merge(&pacer.stats());
+}
+
+fn forward_request(
+    targets: &[Bytes],
+    sampler: &workload::KeySampler,
+    workload: &Workload,
+    op: Op,
+    rng: &mut Rng,
+) -> Request {
+    let key = targets[sampler.sample(rng)].clone();
+    match op.pick(rng) {
+        Op::Get => Request::Get { key },
+        _ => Request::Set {
+            key,
+            value: workload.value(rng),
+            options: SetOptions::default(),
+        },
+    }
 }
 
 fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
+    let rate = open_loop::check_rate(args.rate)?;
     if args.cores < 2 {
         return Err("forward needs at least 2 cores".into());
     }
@@ -283,22 +533,22 @@ fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
         return Err("forward measures one --op at a time".into());
     }
     let op = ops[0];
-    let workload = Workload::new(args.keys, args.key_size, args.value_size)?;
+    let workload = Arc::new(Workload::with(
+        args.keys,
+        args.key_size,
+        ValueSize::parse(&args.value_size)?,
+        Distribution::parse(&args.distribution, args.zipf_theta)?,
+    )?);
     let engine = Engine::start(EngineConfig {
         cores: args.cores,
-        memory_bytes_limit: (args.keys as u64) * (args.key_size + args.value_size) as u64 * 4
-            + (512 << 20),
+        memory_bytes_limit: workload.data_bytes() * 4 + (512 << 20),
         spin: Duration::from_micros(args.spin_us),
         ..EngineConfig::default()
     })
     .map_err(|error| error.to_string())?;
     let shard_count = engine.shard_count();
     // Load the keys (MSET scatters them to their owners).
-    for chunk in workload.keys.chunks(4096) {
-        let pairs = chunk
-            .iter()
-            .map(|key| (key.clone(), workload.value.clone()))
-            .collect();
+    for pairs in workload.preload_chunks(4096) {
         if engine.call(Request::MSet { pairs }) != Response::Ok {
             return Err("loading the keys failed".into());
         }
@@ -313,73 +563,78 @@ fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
     } else {
         (0..args.cores).collect()
     };
+    let progress = Progress::start();
+    let counters: Vec<_> = senders.iter().map(|_| progress.counter()).collect();
     let mut results = Vec::new();
     for depth in depths {
         let phase = Arc::new(AtomicU8::new(WARMING));
         let collected = Arc::new(Mutex::new(Vec::<CoreResult>::new()));
         let finished = Arc::new(AtomicUsize::new(0));
-        for &core in &senders {
+        let origin = Instant::now();
+        let (from, until) = (
+            warmup.as_nanos() as u64,
+            (warmup + duration).as_nanos() as u64,
+        );
+        for (s, &core) in senders.iter().enumerate() {
             let targets = Arc::new(owned[(core + 1) % args.cores].clone());
-            let value = workload.value.clone();
+            let workload = workload.clone();
             let phase = phase.clone();
             let collected = collected.clone();
             let finished = finished.clone();
+            let counter = counters[s].clone();
+            let sender_count = senders.len() * depth;
             engine.run_on(core, move |context| {
-                let shared = Rc::new(RefCell::new(CoreResult {
-                    histogram: histogram(),
-                    operations: 0,
-                    errors: 0,
-                }));
+                let shared = Rc::new(RefCell::new(CoreResult::new(from, until)));
                 let live = Rc::new(std::cell::Cell::new(depth));
                 for task in 0..depth {
-                    let context = context.clone();
-                    let targets = targets.clone();
-                    let value = value.clone();
-                    let phase = phase.clone();
-                    let shared = shared.clone();
-                    let live = live.clone();
-                    let collected = collected.clone();
-                    let finished = finished.clone();
+                    let seed = core as u64 * 7919 + task as u64 + 1;
+                    let (context, targets, workload) =
+                        (context.clone(), targets.clone(), workload.clone());
+                    let (phase, shared, counter) = (phase.clone(), shared.clone(), counter.clone());
+                    let (live, collected, finished) =
+                        (live.clone(), collected.clone(), finished.clone());
                     compio::runtime::spawn(async move {
-                        let mut rng = Rng::new(core as u64 * 7919 + task as u64 + 1);
-                        loop {
-                            let now_phase = phase.load(Ordering::Relaxed);
-                            if now_phase == STOPPING {
-                                break;
+                        match rate {
+                            None => {
+                                forward_closed(
+                                    context,
+                                    targets,
+                                    workload,
+                                    op,
+                                    seed,
+                                    phase,
+                                    shared.clone(),
+                                    counter,
+                                )
+                                .await
                             }
-                            let key = targets[rng.below(targets.len())].clone();
-                            let request = match op.pick(&mut rng) {
-                                Op::Get => Request::Get { key },
-                                _ => Request::Set {
-                                    key,
-                                    value: value.clone(),
-                                    options: SetOptions::default(),
-                                },
-                            };
-                            let started = Instant::now();
-                            let response = context.execute(request).await;
-                            let elapsed = started.elapsed().as_nanos() as u64;
-                            if now_phase == MEASURING {
-                                let mut result = shared.borrow_mut();
-                                result.histogram.saturating_record(elapsed.max(1));
-                                result.operations += 1;
-                                if !matches!(
-                                    response,
-                                    Response::Value { .. } | Response::Stored { .. }
-                                ) {
-                                    result.errors += 1;
-                                }
+                            Some(rate) => {
+                                let schedule = (
+                                    MonotonicClock::new(origin),
+                                    rate,
+                                    sender_count,
+                                    s * depth + task,
+                                    from,
+                                    until,
+                                );
+                                forward_open(
+                                    context,
+                                    targets,
+                                    workload,
+                                    op,
+                                    seed,
+                                    schedule,
+                                    shared.clone(),
+                                    counter,
+                                )
+                                .await
                             }
                         }
                         live.set(live.get() - 1);
                         if live.get() == 0 {
                             let result = std::mem::replace(
                                 &mut *shared.borrow_mut(),
-                                CoreResult {
-                                    histogram: histogram(),
-                                    operations: 0,
-                                    errors: 0,
-                                },
+                                CoreResult::new(from, until),
                             );
                             collected.lock().expect("collector").push(result);
                             finished.fetch_add(1, Ordering::SeqCst);
@@ -389,12 +644,18 @@ fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
                 }
             });
         }
-        std::thread::sleep(warmup);
+        let name = format!("{} depth={depth}", op.name());
+        progress.phase(&format!("{name} warm-up"), warmup);
+        std::thread::sleep(warmup.saturating_sub(origin.elapsed()));
         phase.store(MEASURING, Ordering::SeqCst);
+        progress.phase(&name, duration);
         let started = Instant::now();
-        std::thread::sleep(duration);
+        std::thread::sleep((warmup + duration).saturating_sub(origin.elapsed()));
         phase.store(STOPPING, Ordering::SeqCst);
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = match rate {
+            Some(_) => duration.as_secs_f64(),
+            None => started.elapsed().as_secs_f64(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while finished.load(Ordering::SeqCst) < senders.len() {
             if Instant::now() > deadline {
@@ -402,25 +663,34 @@ fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let mut merged = histogram();
-        let mut operations = 0;
-        let mut errors = 0;
+        let mut merged = CoreResult::new(from, until);
         for result in collected.lock().expect("collector").drain(..) {
-            merged.add(&result.histogram).map_err(|e| e.to_string())?;
-            operations += result.operations;
-            errors += result.errors;
+            merged.merge(&result)?;
         }
         let mode = if args.one_way { "one-way" } else { "all cores" };
-        results.push(Series::new(
+        let series = Series::new(
             "forward",
             &format!("{} depth={depth} {mode}", op.name()),
-            "request sent to answer received, per operation, forwarded to another core",
-            &merged,
-            operations,
+            match rate {
+                None => "request sent to answer received, per operation, forwarded to another core",
+                Some(_) => "request's intended send time (open loop) to answer received, per operation, forwarded to another core",
+            },
+            &merged.recorder.histogram,
+            merged.recorder.operations,
             seconds,
-            errors,
-        ));
+            merged.errors,
+        );
+        results.push(match rate {
+            None => series,
+            Some(rate) => series.with_open_loop(OpenLoopSummary::new(
+                rate,
+                senders.len() * depth,
+                &merged.stats,
+                merged.recorder.unsent,
+            )),
+        });
     }
+    progress.finish();
     engine.shutdown();
     Ok(results)
 }
