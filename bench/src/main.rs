@@ -13,8 +13,11 @@
 mod compare;
 mod grpc_bench;
 mod local_bench;
+mod nats_bench;
 mod open_loop;
 mod progress;
+mod pubsub_bench;
+mod redis_bench;
 mod report;
 mod svg;
 mod workload;
@@ -53,6 +56,9 @@ enum Scenario {
     Grpc(grpc_bench::GrpcArgs),
     Local(local_bench::LocalArgs),
     Compare(compare::CompareArgs),
+    Redis(redis_bench::RedisArgs),
+    Nats(nats_bench::NatsArgs),
+    Pubsub(pubsub_bench::PubsubArgs),
 }
 
 /// One shard in-process on one core: the cost of the data structures alone.
@@ -211,6 +217,13 @@ fn run(scenario: Scenario) -> Result<(serde_json::Value, Vec<Series>, Option<Str
         }
         Scenario::Local(args) => local_bench::run(&args)
             .map(|results| (local_bench::settings(&args), results, args.json)),
+        Scenario::Redis(args) => redis_bench::run(&args)
+            .map(|results| (redis_bench::settings(&args), results, args.json)),
+        Scenario::Nats(args) => {
+            nats_bench::run(&args).map(|results| (nats_bench::settings(&args), results, args.json))
+        }
+        Scenario::Pubsub(args) => pubsub_bench::run(&args)
+            .map(|results| (pubsub_bench::settings(&args), results, args.json)),
     }
 }
 
