@@ -209,6 +209,33 @@ fn snapshot_command_writes_snapshots_and_trims() {
             "round {round}: too many snapshots kept: {snapshots:?}"
         );
     }
+    // A snapshot starts a new segment, so trimming deletes the segments the older kept
+    // snapshot covers: per shard at most the segment between the two kept snapshots and the
+    // current one remain.
+    let segments = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal")
+        })
+        .count();
+    assert!(
+        segments <= 2 * 2,
+        "{segments} segments left after 4 snapshots"
+    );
+    let first_segments: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with("-00000000000000000001.wal"))
+        .collect();
+    assert!(
+        first_segments.is_empty(),
+        "the segments before the older kept snapshot were not trimmed: {first_segments:?}"
+    );
     let before = contents(&engine, &keys);
     engine.shutdown();
     let engine = start(&dir.0, 2, FsyncPolicy::Always);

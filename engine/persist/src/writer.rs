@@ -240,6 +240,9 @@ pub struct LogWriter {
     last_fsync_ms: Option<u64>,
     failure: Option<LogFailure>,
     closing: bool,
+    /// Close the current segment before the next write, whatever its size (a snapshot began:
+    /// the records before it then sit in segments a later trim can delete whole).
+    rotate_requested: bool,
     spare: Vec<u8>,
 }
 
@@ -269,6 +272,7 @@ impl LogWriter {
             last_fsync_ms: None,
             failure: None,
             closing: false,
+            rotate_requested: false,
             spare: Vec::new(),
         }
     }
@@ -354,7 +358,10 @@ impl LogWriter {
         let rotate = self
             .segment
             .as_ref()
-            .is_some_and(|segment| segment.size >= self.config.segment_bytes_target);
+            .is_some_and(|segment| self.must_rotate(segment));
+        if self.segment.is_none() {
+            self.rotate_requested = false;
+        }
         if rotate {
             // The old segment must be durable before anything is written into the next one.
             let named_durably = self
@@ -368,6 +375,7 @@ impl LogWriter {
                 return None;
             }
             self.segment = None;
+            self.rotate_requested = false;
         }
         let last_sequence = self.next_sequence - 1;
         let batch = match &mut self.segment {
@@ -489,7 +497,7 @@ impl LogWriter {
         if !unsynced && segment.named_durably {
             return None;
         }
-        let rotating = !self.buffer.is_empty() && segment.size >= self.config.segment_bytes_target;
+        let rotating = !self.buffer.is_empty() && self.must_rotate(segment);
         let due = rotating
             || self.closing
             || match self.config.policy {
@@ -561,6 +569,18 @@ impl LogWriter {
             self.last_fsync_ms
                 .map_or(0, |last| last.saturating_add(EVERYSEC_INTERVAL_MS)),
         )
+    }
+
+    /// Closes the current segment before the next write even if it is below the segment size
+    /// (the engine asks when a snapshot begins, so that the records the snapshot covers end a
+    /// segment and a later trim can delete it). A segment with no record is kept.
+    pub fn rotate_at_next_write(&mut self) {
+        self.rotate_requested = true;
+    }
+
+    fn must_rotate(&self, segment: &OpenSegment) -> bool {
+        segment.size >= self.config.segment_bytes_target
+            || (self.rotate_requested && segment.size > SEGMENT_HEADER_BYTES as u64)
     }
 
     /// Starts a clean stop: later appends fail with [`AppendError::Closed`]; what was appended is
@@ -793,6 +813,38 @@ mod tests {
                 assert!(bytes.len() as u64 >= SEGMENT_BYTES_TARGET_MIN);
                 assert_eq!(next, files[i + 1].first_sequence);
             }
+        }
+    }
+
+    #[test]
+    fn a_requested_rotation_starts_the_next_segment_at_the_next_record() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::EverySec, FsyncPolicy::No] {
+            let mut storage = MemoryStorage::new();
+            let mut writer = LogWriter::new(config(policy), 1);
+            for sequence in 1..=5 {
+                writer.append(&put(sequence)).unwrap();
+            }
+            drive_log(&mut writer, &mut storage, 0);
+            let first = writer.current_segment().unwrap();
+            // Nothing appended since: the request waits for the next write.
+            writer.rotate_at_next_write();
+            drive_log(&mut writer, &mut storage, 0);
+            assert_eq!(writer.current_segment(), Some(first));
+            let fsyncs = storage.fsync_count();
+            writer.append(&put(6)).unwrap();
+            drive_log(&mut writer, &mut storage, 5_000);
+            let second = writer.current_segment().unwrap();
+            assert_ne!(second, first, "{policy:?}");
+            assert_eq!(second.first_sequence, 6);
+            assert!(storage.fsync_count() > fsyncs, "old segment fsynced first");
+            assert_eq!(
+                sequences(storage.contents(&first.to_string()).unwrap(), 1),
+                vec![1, 2, 3, 4, 5]
+            );
+            // One request, one rotation.
+            writer.append(&put(7)).unwrap();
+            drive_log(&mut writer, &mut storage, 10_000);
+            assert_eq!(writer.current_segment(), Some(second));
         }
     }
 

@@ -516,7 +516,11 @@ impl CoreContext {
                 return Err("a snapshot is already running".into());
             }
             let version_clock = shard.snapshot_version_clock().unwrap_or(0);
-            (log.writer.borrow().last_sequence(), version_clock)
+            // The records this snapshot covers end their segment: once a newer snapshot
+            // exists, trimming deletes that segment whole.
+            let mut writer = log.writer.borrow_mut();
+            writer.rotate_at_next_write();
+            (writer.last_sequence(), version_clock)
         };
         let header = SnapshotHeader {
             generation: log.generation,
