@@ -331,7 +331,15 @@ impl InBuffer {
             let grown = self.buf.len() * 2;
             self.buf.resize(grown, 0);
         }
-        match stream.read(&mut self.buf[self.end..])? {
+        let read = loop {
+            // A signal (for example after `--pin` set the thread's affinity) interrupts a
+            // blocking read: try again.
+            match stream.read(&mut self.buf[self.end..]) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        match read {
             0 => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the connection",
