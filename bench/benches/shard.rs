@@ -1,4 +1,5 @@
-//! `cargo bench`: in-process micro-benchmarks of the shard and of the inbox ring.
+//! `cargo bench`: in-process micro-benchmarks of the shard, the inbox ring, and the frame and
+//! message codecs (the shared-memory frames, the gRPC Batch messages).
 //! Prints the median of 5 runs of each, in nanoseconds per operation.
 
 use std::hint::black_box;
@@ -7,7 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use veddb_engine::ring::ring;
 use veddb_shard::{Config, Shard};
-use veddb_wire::{Request, SetOptions};
+use veddb_wire::shm::codec;
+use veddb_wire::{grpc, grpc_client, Request, SetOptions};
 
 fn median_ns_per_op(operations: u64, mut run: impl FnMut()) -> f64 {
     let mut samples: Vec<f64> = (0..5)
@@ -82,4 +84,52 @@ fn main() {
         }
     });
     println!("inbox ring push+pop on one thread: {ring_op:.1} ns/op");
+
+    // Codecs: one SET request and one GET answer (16 B key, 64 B value), encoded and decoded.
+    let request = Request::Set {
+        key: Bytes::from_static(b"key:000000001234"),
+        value: Bytes::from(vec![b'v'; 64]),
+        options: SetOptions::default(),
+    };
+    let answer = veddb_wire::Response::Value {
+        value: Bytes::from(vec![b'v'; 64]),
+        version: 42,
+    };
+    let codec_ops = operations / 4;
+    let shm_request = median_ns_per_op(codec_ops, || {
+        for id in 0..codec_ops {
+            let payload = codec::encode_request_vec(id as u32, &request);
+            black_box(codec::decode_request(&payload).expect("decodes"));
+        }
+    });
+    let shm_answer = median_ns_per_op(codec_ops, || {
+        for id in 0..codec_ops {
+            let payload = codec::encode_response_vec(id as u32, &answer, codec::all_inline);
+            black_box(codec::decode_response(&payload).expect("decodes"));
+        }
+    });
+    println!(
+        "shared-memory frames: SET request encode+decode {shm_request:.1} ns/op, GET answer encode+decode {shm_answer:.1} ns/op"
+    );
+    let grpc_request = median_ns_per_op(codec_ops, || {
+        for _ in 0..codec_ops {
+            let message = grpc_client::encode_batch_request(&request).expect("encodes");
+            black_box(grpc::decode_batch(Bytes::from(message)).expect("decodes"));
+        }
+    });
+    let get = Request::Get {
+        key: Bytes::from_static(b"key:000000001234"),
+    };
+    let grpc_answer = median_ns_per_op(codec_ops, || {
+        for _ in 0..codec_ops {
+            let message =
+                grpc::encode_batch(grpc::Method::Get, b"key:000000001234", answer.clone());
+            black_box(
+                grpc_client::decode_batch_response(&get, Bytes::from(message)).expect("decodes"),
+            );
+        }
+    });
+    println!(
+        "gRPC Batch messages: SET request encode+decode {grpc_request:.1} ns/op, GET answer encode+decode {grpc_answer:.1} ns/op"
+    );
 }
