@@ -162,8 +162,36 @@ struct ForwardArgs {
     svg: Option<String>,
 }
 
+/// `veddb-bench --compare A.json B.json [...]` is the `compare` subcommand spelled as an option
+/// (as scripts outside the project call it).
+fn arguments() -> Vec<String> {
+    let mut arguments: Vec<String> = std::env::args().collect();
+    if arguments.get(1).map(String::as_str) == Some("--compare") {
+        arguments[1] = "compare".into();
+    }
+    arguments
+}
+
 fn main() {
-    let top: Top = argh::from_env();
+    let arguments = arguments();
+    let strings: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let command = std::path::Path::new(strings[0])
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("veddb-bench");
+    let top: Top = match Top::from_args(&[command], &strings[1..]) {
+        Ok(top) => top,
+        Err(early_exit) => {
+            match early_exit.status {
+                Ok(()) => println!("{}", early_exit.output),
+                Err(()) => eprintln!(
+                    "{}\nRun {command} --help for more information.",
+                    early_exit.output
+                ),
+            }
+            std::process::exit(if early_exit.status.is_ok() { 0 } else { 2 });
+        }
+    };
     // Before the run: a scenario that pins the main thread (shard) would leave one CPU visible.
     let machine = Machine::current();
     let outcome = run(top.scenario);
