@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use argh::FromArgs;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use veddb_engine::{Engine, EngineConfig};
+use veddb_engine::{available_cpus, Engine, EngineConfig};
 use veddb_shard::{Config, Shard};
 use veddb_wire::{shard_for_key, Request, Response, SetOptions};
 
@@ -97,8 +97,12 @@ struct ShardArgs {
     /// warm-up time per operation (default 500ms)
     warmup: String,
     #[argh(option, default = "0")]
-    /// CPU to pin the benchmark thread to (default 0)
+    /// CPU to pin the benchmark thread to (default 0); with --cores N, cores use CPUs PIN..PIN+N
     pin: usize,
+    #[argh(option, default = "1")]
+    /// independent shards, one per thread and CPU, measured together (default 1): the sum of
+    /// their ops/s and their merged latencies
+    cores: usize,
     #[argh(option)]
     /// write the results as JSON to this file
     json: Option<String>,
@@ -270,7 +274,7 @@ fn settings_shard(args: &ShardArgs) -> serde_json::Value {
         "key_size": args.key_size, "value_size": args.value_size,
         "distribution": args.distribution, "zipf_theta": args.zipf_theta, "rate": args.rate,
         "mode": if args.rate.is_some() { "open" } else { "closed" },
-        "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "svg": args.svg,
+        "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "cores": args.cores, "svg": args.svg,
     })
 }
 
@@ -311,7 +315,85 @@ fn shard_op(shard: &mut Shard, workload: &Workload, op: Op, rng: &mut Rng, now: 
     matches!(response, Response::Error(_) | Response::NotFound)
 }
 
+/// One shard's figures for one operation: the series and what it was made from.
+struct ShardPart {
+    series: Series,
+    histogram: Histogram<u64>,
+    seconds: f64,
+}
+
 fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
+    if args.cores == 0 || args.cores > available_cpus() * 4 {
+        return Err(format!(
+            "--cores must be between 1 and {}, not {}",
+            available_cpus() * 4,
+            args.cores
+        ));
+    }
+    if args.cores == 1 {
+        return Ok(run_shard_on(args, args.pin)?
+            .into_iter()
+            .map(|part| part.series)
+            .collect());
+    }
+    if args.rate.is_some() {
+        return Err(
+            "--rate with --cores above 1 is not supported: run one core per process".into(),
+        );
+    }
+    // N shards on N threads, each pinned to its own CPU, started together.
+    let parts: Vec<Result<Vec<ShardPart>, String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..args.cores)
+            .map(|core| {
+                let pin = (args.pin + core) % available_cpus();
+                scope.spawn(move || run_shard_on(args, pin))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err("a core panicked".into()))
+            })
+            .collect()
+    });
+    let mut merged: Vec<(Series, Histogram<u64>, u64, u64, f64)> = Vec::new();
+    for part in parts {
+        for (index, part) in part?.into_iter().enumerate() {
+            if merged.len() <= index {
+                merged.push((part.series.clone(), histogram(), 0, 0, 0.0));
+            }
+            let entry = &mut merged[index];
+            entry
+                .1
+                .add(&part.histogram)
+                .map_err(|error| error.to_string())?;
+            entry.2 += part.series.count;
+            entry.3 += part.series.errors;
+            entry.4 = entry.4.max(part.seconds);
+        }
+    }
+    Ok(merged
+        .into_iter()
+        .map(|(first, histogram, count, errors, seconds)| {
+            Series::new(
+                "shard",
+                &first.op,
+                &format!(
+                    "mean per operation over batches of 64 back-to-back operations, {} independent shards on {} cores, in-process",
+                    args.cores, args.cores
+                ),
+                &histogram,
+                count,
+                seconds,
+                errors,
+            )
+        })
+        .collect())
+}
+
+fn run_shard_on(args: &ShardArgs, pin: usize) -> Result<Vec<ShardPart>, String> {
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
     let rate = open_loop::check_rate(args.rate)?;
@@ -323,14 +405,9 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
     )?;
     let ops = Op::parse_list(&args.op, args.get_ratio)?;
     let runtime = compio::runtime::RuntimeBuilder::new()
-        .thread_affinity(HashSet::from([args.pin]))
+        .thread_affinity(HashSet::from([pin]))
         .build()
-        .map_err(|error| {
-            format!(
-                "cannot create a runtime pinned to CPU {}: {error}",
-                args.pin
-            )
-        })?;
+        .map_err(|error| format!("cannot create a runtime pinned to CPU {pin}: {error}"))?;
     let progress = Progress::start();
     let counter = progress.counter();
     let results = runtime.block_on(async {
@@ -373,8 +450,8 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
                     }
                     counter.add(1);
                 }
-                results.push(
-                    Series::new(
+                results.push(ShardPart {
+                    series: Series::new(
                         "shard",
                         &op.name(),
                         "one operation, from its intended send time (open loop) to done, one core, in-process",
@@ -384,7 +461,9 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
                         errors,
                     )
                     .with_open_loop(OpenLoopSummary::new(rate, 1, &pacer.stats(), recorder.unsent)),
-                );
+                    histogram: recorder.histogram.clone(),
+                    seconds: duration.as_secs_f64(),
+                });
                 continue;
             }
             let mut run = |shard: &mut Shard, until: Instant, histogram: Option<&mut Histogram<u64>>| -> (u64, u64) {
@@ -415,15 +494,19 @@ fn run_shard(args: &ShardArgs) -> Result<Vec<Series>, String> {
             let started = Instant::now();
             let (done, errors) = run(&mut shard, started + duration, Some(&mut measured));
             let seconds = started.elapsed().as_secs_f64();
-            results.push(Series::new(
-                "shard",
-                &op.name(),
-                "mean per operation over batches of 64 back-to-back operations, one core, in-process",
-                &measured,
-                done,
+            results.push(ShardPart {
+                series: Series::new(
+                    "shard",
+                    &op.name(),
+                    "mean per operation over batches of 64 back-to-back operations, one core, in-process",
+                    &measured,
+                    done,
+                    seconds,
+                    errors,
+                ),
+                histogram: measured,
                 seconds,
-                errors,
-            ));
+            });
         }
         Ok(results)
     });
@@ -734,4 +817,30 @@ fn run_forward(args: &ForwardArgs) -> Result<Vec<Series>, String> {
     progress.finish();
     engine.shutdown();
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_args(extra: &[&str]) -> ShardArgs {
+        let mut all = vec!["--keys", "1000", "--duration", "50ms", "--warmup", "10ms"];
+        all.extend_from_slice(extra);
+        ShardArgs::from_args(&["shard"], &all).expect("parses")
+    }
+
+    #[test]
+    fn shard_cores_add_up_and_are_checked() {
+        assert!(run_shard(&shard_args(&["--cores", "0"]))
+            .unwrap_err()
+            .contains("--cores"));
+        assert!(run_shard(&shard_args(&["--cores", "2", "--rate", "1000"]))
+            .unwrap_err()
+            .contains("--rate"));
+        let results = run_shard(&shard_args(&["--cores", "2", "--op", "get"])).unwrap();
+        assert_eq!(results.len(), 1);
+        let series = &results[0];
+        assert!(series.count > 0 && series.errors == 0, "{series:?}");
+        assert!(series.latency_of.contains("2 independent shards"));
+    }
 }
