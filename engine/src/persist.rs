@@ -202,7 +202,12 @@ impl Storage for FsStorage {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let metadata = entry.metadata()?;
+            // Another core's trim may remove a file between the listing and this look.
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
             if name == LOCK_FILE || !metadata.is_file() {
                 continue;
             }
