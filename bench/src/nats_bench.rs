@@ -466,7 +466,6 @@ pub fn run_fan_out_nats(config: &FanOut, addr: &str, subject: &str) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn msg<'a>(subject: &'a [u8], sid: &'a [u8], payload: &'a [u8]) -> ServerOp<'a> {
         ServerOp::Msg {
@@ -542,21 +541,7 @@ mod tests {
         assert_eq!(out, b"PUB s.t 4\r\na\r\nb\r\nPUB s.t 0\r\n\r\n");
     }
 
-    /// A reader that hands out its bytes a few at a time: messages split across reads.
-    struct Trickle {
-        bytes: Vec<u8>,
-        at: usize,
-        step: usize,
-    }
-
-    impl Read for Trickle {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
-            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
-            self.at += n;
-            Ok(n)
-        }
-    }
+    use crate::redis_bench::tests::Trickle;
 
     #[test]
     fn messages_split_across_reads() {

@@ -607,7 +607,7 @@ fn client_loop(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn command(args: &[&[u8]]) -> Vec<u8> {
@@ -715,11 +715,12 @@ mod tests {
         assert!(parse(&deep).is_err());
     }
 
-    /// A reader that hands out its bytes a few at a time: replies split across reads.
-    struct Trickle {
-        bytes: Vec<u8>,
-        at: usize,
-        step: usize,
+    /// A reader that hands out its bytes a few at a time: replies (or messages) split across
+    /// reads. Also used by the NATS parser's tests.
+    pub(crate) struct Trickle {
+        pub bytes: Vec<u8>,
+        pub at: usize,
+        pub step: usize,
     }
 
     impl Read for Trickle {

@@ -32,7 +32,7 @@ pub mod persist;
 #[cfg(not(veddb_loom))]
 pub use crate::config::{EngineConfig, ShardSetup, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
 #[cfg(not(veddb_loom))]
-pub use crate::core::CoreContext;
+pub use crate::core::{yield_now, CoreContext};
 #[cfg(not(veddb_loom))]
 pub use crate::engine::{available_cpus, Engine, StartError};
 #[cfg(not(veddb_loom))]

@@ -108,7 +108,7 @@ mod other {
 mod linux {
     use std::cell::RefCell;
     use std::collections::{HashMap, VecDeque};
-    use std::future::{poll_fn, Future};
+    use std::future::Future;
     use std::io::{Read, Write};
     use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -124,7 +124,7 @@ mod linux {
 
     use bytes::Bytes;
     use futures_util::future::select;
-    use veddb_engine::{CoreContext, Engine, ShardSetup};
+    use veddb_engine::{yield_now, CoreContext, Engine, ShardSetup};
     use veddb_shm::{
         create_data_segment, futex_wake, peer_credentials, process_alive, send_with_fds, Arena,
         ByteRing, EventFd, RingConsumer, RingError, RingProducer, Segment,
@@ -984,19 +984,6 @@ mod linux {
                         .ring
                         .load_u64(ring_segment::REQUEST_TAIL_OFFSET, Ordering::SeqCst)
                         != session.requests.head())
-        })
-    }
-
-    fn yield_now() -> impl Future<Output = ()> {
-        let mut yielded = false;
-        poll_fn(move |cx| {
-            if yielded {
-                Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
         })
     }
 

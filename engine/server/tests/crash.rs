@@ -8,7 +8,6 @@
 //! kills. A failing test keeps its data directory (the path is printed) for inspection.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +19,9 @@ use bytes::Bytes;
 use veddb_client::{Client, ClientError};
 use veddb_wire::grpc::Code;
 use veddb_wire::{Request, Response, SetOptions};
+
+mod common;
+use common::{capture_stderr, Rng};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// Generous: this runs on small, noisy machines, in debug builds.
@@ -91,19 +93,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start veddb-server");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
+        let (log, reader) = capture_stderr(&mut child);
         Server {
             child: Some(child),
             log,
@@ -224,38 +214,6 @@ fn listening_address(log: &str) -> Option<String> {
     let line = log.lines().find(|line| line.contains("gRPC listening"))?;
     let rest = &line[line.find("address=")? + "address=".len()..];
     Some(rest.split_whitespace().next()?.to_string())
-}
-
-/// xorshift64*: enough randomness for kill timings, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(test: &str) -> Rng {
-        let seed = std::env::var("VEDDB_CRASH_SEED")
-            .ok()
-            .and_then(|seed| seed.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            })
-            | 1;
-        eprintln!("{test}: VEDDB_CRASH_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
 }
 
 fn iterations(default: usize) -> usize {
@@ -517,7 +475,7 @@ fn kill_loop(test: &str, iterations: usize, preload: usize, snapshots: bool) {
     const CORES: usize = 2;
     let args = ["--fsync", "always", "--snapshot-interval", "0"];
     let started = Instant::now();
-    let mut rng = Rng::from_env(test);
+    let mut rng = Rng::seeded("VEDDB_CRASH_SEED", test);
     let dir = TempDir::new(test);
     let acked = Arc::new(Acked::new(WRITERS));
 

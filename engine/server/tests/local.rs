@@ -29,6 +29,9 @@ use veddb_wire::grpc_client::SubscribeEvent;
 use veddb_wire::shm::layout::{attach, instance, reason, ring as ring_format, ring_segment};
 use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, SubscriberId, Ttl};
 
+mod common;
+use common::{capture_stderr, Rng};
+
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// The role a re-executed child plays; unset in the parent.
 const ROLE_ENV: &str = "VEDDB_LOCAL_ROLE";
@@ -91,19 +94,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start veddb-server");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
+        let (log, reader) = capture_stderr(&mut child);
         Server {
             name: name.to_string(),
             child: Some(child),
@@ -404,48 +395,6 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("VEDDB_LOCAL_SEED")
-            .ok()
-            .and_then(|seed| seed.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    ^ u64::from(std::process::id())
-            });
-        eprintln!("{test}: VEDDB_LOCAL_SEED={seed}");
-        Rng::new(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, bytes: &mut [u8]) {
-        for chunk in bytes.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
     }
 }
 
@@ -1162,7 +1111,10 @@ fn eight_processes_hammer_overlapping_keys() {
     let name = unique_name();
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
-    let mut rng = Rng::seeded("eight_processes_hammer_overlapping_keys");
+    let mut rng = Rng::seeded(
+        "VEDDB_LOCAL_SEED",
+        "eight_processes_hammer_overlapping_keys",
+    );
     let started = Instant::now();
     let ops = HAMMER_OPS.to_string();
     let mut children: Vec<Proc> = (0..HAMMER_PROCESSES)
@@ -1734,7 +1686,10 @@ fn a_client_writing_garbage_is_disconnected_and_others_are_not() {
     let name = unique_name();
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
-    let mut rng = Rng::seeded("a_client_writing_garbage_is_disconnected_and_others_are_not");
+    let mut rng = Rng::seeded(
+        "VEDDB_LOCAL_SEED",
+        "a_client_writing_garbage_is_disconnected_and_others_are_not",
+    );
     let mut worker = spawn_role("worker", &[&name]);
     for mode in ["random", "aligned", "random", "aligned"] {
         garbage_round(&server, &mut worker, mode, rng.next());
@@ -1760,8 +1715,10 @@ fn a_client_writing_a_garbage_payload_is_disconnected_and_others_are_not() {
     let name = unique_name();
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
-    let mut rng =
-        Rng::seeded("a_client_writing_a_garbage_payload_is_disconnected_and_others_are_not");
+    let mut rng = Rng::seeded(
+        "VEDDB_LOCAL_SEED",
+        "a_client_writing_a_garbage_payload_is_disconnected_and_others_are_not",
+    );
     let mut worker = spawn_role("worker", &[&name]);
     garbage_round(&server, &mut worker, "frame", rng.next());
     finish_worker(&server, worker);

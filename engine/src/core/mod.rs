@@ -1067,8 +1067,9 @@ impl Future for Park {
     }
 }
 
-/// Lets the runtime run other tasks and poll its I/O once, then continues.
-fn yield_now() -> impl Future<Output = ()> {
+/// Lets the runtime run other tasks and poll its I/O once, then continues (for tasks on a core
+/// that poll something the runtime cannot wait on, like a frontend's shared-memory rings).
+pub fn yield_now() -> impl Future<Output = ()> {
     let mut yielded = false;
     poll_fn(move |cx| {
         if yielded {
