@@ -472,7 +472,6 @@ mod linux {
                         next_id += 1;
                         match attach(&shared, &header, owner_uid, &stream, id) {
                             Ok((pid, rings)) => {
-                                tracing::info!(session = id, pid, "local client attached");
                                 sessions.insert(
                                     id,
                                     AttachedSession {
@@ -657,6 +656,9 @@ mod linux {
         for core in &shared.cores {
             fds.push(core.wake.as_fd().as_raw_fd());
         }
+        // Logged before the client has its rings, so the attach line always precedes
+        // anything the session's cores log about it.
+        tracing::info!(session = id, pid = credentials.pid, "local client attached");
         send_with_fds(stream, &reply.encode(), &fds)
             .map_err(|error| format!("cannot send the segments: {error}"))?;
         stream

@@ -1613,6 +1613,10 @@ fn garbage_round(server: &Server, worker: &mut Proc, mode: &str, seed: u64) {
     let mut disconnect_line = String::new();
     if code.is_some() {
         // The session id of the garbage writer, from its attach line.
+        server.wait_log("the attach line of the garbage writer", |line| {
+            line.contains("local client attached")
+                && line.split_whitespace().any(|word| word == pid_field)
+        });
         let log = server.log();
         let session = log
             .lines()
