@@ -25,6 +25,10 @@
 #      A diagnostic with a lean load generator (H2LOAD=0 skips it): h2load, the largest CLIENTS
 #      connections x 1 stream, every call a unary Set of one key, against VedDB --fsync always and
 #      in memory; and redis-benchmark without -r (one key) against Redis appendfsync always.
+#   3b. LOCAL=1 (default): the same SET loads through shared memory, the load generator shaped
+#      like redis-benchmark: one thread, c sessions (`veddb-bench local --clients 1 --sessions c`),
+#      one SET in flight on each; against Redis over its Unix socket (`redis-benchmark -s`), and
+#      --fsync everysec / in memory at RATIO_CLIENTS sessions.
 #   4. 1 M keys (MSET through Batch, 2048 keys per call): SNAPSHOT, stop, restart; and the same
 #      with --snapshot-interval 0 and no SNAPSHOT (recovery replays the log alone). Restart time =
 #      from exec to the first answered `veddb-cli ping` (the files are in the page cache, as right
@@ -63,6 +67,7 @@ MEMORY_MB=${MEMORY_MB:-1024}
 DATA_ROOT=${DATA_ROOT:-/tmp}
 PROFILE=${PROFILE:-1}
 H2LOAD=${H2LOAD:-1}
+LOCAL=${LOCAL:-1}
 REDIS_R=-r
 QUIET_WAIT_S=${QUIET_WAIT_S:-600}
 QUIET_MAX_PCT=${QUIET_MAX_PCT:-10}
@@ -341,8 +346,9 @@ start_redis() {
     mkdir -p "$dir"
     SERVER_PORT=$(free_port)
     SERVER_LOG=$log
+    REDIS_SOCK=$dir/redis.sock
     taskset -c "$SERVER_CPU" redis-server --port "$SERVER_PORT" --bind 127.0.0.1 --dir "$dir" \
-        --appendonly yes --appendfsync always --save '' --daemonize no --protected-mode no \
+        --unixsocket "$REDIS_SOCK" --unixsocketperm 700 --appendonly yes --appendfsync always --save '' --daemonize no --protected-mode no \
         >"$log" 2>&1 &
     SERVER_PID=$!
     started+=("$SERVER_PID")
@@ -372,10 +378,31 @@ veddb_set() {
     PREPARE=fresh_veddb measured "$name" SERVER_PID "$OUT/$name.txt" veddb_load
     stop_server
     rm -rf "$DATA/$name"
-    sed -n '2p' "$OUT/$name.txt" | sed "s/^grpc /$name /"
+    sed -n '2p' "$OUT/$name.txt" | sed -E "s/^(grpc|local) /$name /"
+}
+
+# veddb_local_set NAME CLIENTS CORES [server flags...]: veddb_set through shared memory.
+veddb_local_set() {
+    VEDDB_TRANSPORT=local
+    veddb_set "$@"
+    VEDDB_TRANSPORT=grpc
+}
+
+# redis_unix_set NAME CLIENTS: redis_set over Redis's Unix socket.
+redis_unix_set() {
+    REDIS_UNIX=1
+    redis_set "$@"
+    REDIS_UNIX=0
 }
 
 veddb_load() { # the load generator of veddb_set (reads the current server's port)
+    if [ "${VEDDB_TRANSPORT:-grpc}" = local ]; then
+        taskset -c "$CLIENT_CPU" "$VEDDB_BENCH" local --instance "$VEDDB_INSTANCE" --pin "$CLIENT_CPU" \
+            --op set --clients 1 --sessions "$VEDDB_CLIENTS" --depth 1 --keys "$KEYS" \
+            --key-size "$KEY_SIZE" --value-size "$VALUE_SIZE" --duration "${DURATION_S}s" \
+            --warmup "$WARMUP" --json "$OUT/$VEDDB_RUN.txt.json.try"
+        return
+    fi
     taskset -c "$CLIENT_CPU" "$VEDDB_BENCH" grpc --addr "127.0.0.1:$SERVER_PORT" --pin "$CLIENT_CPU" \
         --unary --op set --clients "$VEDDB_CLIENTS" --depth 1 --keys "$KEYS" --key-size "$KEY_SIZE" \
         --value-size "$VALUE_SIZE" --duration "${DURATION_S}s" --warmup "$WARMUP" \
@@ -387,6 +414,10 @@ fresh_veddb() {
     rm -rf "${DATA:?}/$VEDDB_RUN"
     local args=("${VEDDB_ARGS[@]}")
     if [ "${#args[@]}" -gt 0 ] && [ "${args[0]}" = --data-dir ]; then args[1]=$DATA/$VEDDB_RUN; fi
+    if [ "${VEDDB_TRANSPORT:-grpc}" = local ]; then
+        VEDDB_INSTANCE=psuite-$$-$VEDDB_RUN
+        args+=(--create --name "$VEDDB_INSTANCE")
+    fi
     start_veddb "$OUT/$VEDDB_RUN.server.log" "$VEDDB_CORES" "${args[@]}"
 }
 
@@ -402,8 +433,13 @@ redis_set() {
     echo "$name $(tail -n 1 "$OUT/$name.txt")"
 }
 
+redis_target() { # over TCP, or the Unix socket with REDIS_UNIX=1
+    if [ "${REDIS_UNIX:-0}" = 1 ]; then printf -- "-s %s" "$REDIS_SOCK"; else printf -- "-p %s" "$SERVER_PORT"; fi
+}
+
 redis_load() { # the load generator of redis_set (reads the current server's port)
-    taskset -c "$CLIENT_CPU" redis-benchmark -p "$SERVER_PORT" -t set -c "$REDIS_CLIENTS" \
+    # shellcheck disable=SC2046
+    taskset -c "$CLIENT_CPU" redis-benchmark $(redis_target) -t set -c "$REDIS_CLIENTS" \
         -d "$VALUE_SIZE" ${REDIS_R:+-r "$KEYS"} -n "$REDIS_N" --csv
 }
 
@@ -414,7 +450,8 @@ fresh_redis() {
     # Warm-up, then a run of about half a second sized from it, whose rate sizes the measured run.
     local n=$((REDIS_CLIENTS * 100 > 1000 ? REDIS_CLIENTS * 100 : 1000)) rps pass
     for pass in 1 2; do
-        rps=$(taskset -c "$CLIENT_CPU" redis-benchmark -p "$SERVER_PORT" -t set -c "$REDIS_CLIENTS" \
+        # shellcheck disable=SC2046
+        rps=$(taskset -c "$CLIENT_CPU" redis-benchmark $(redis_target) -t set -c "$REDIS_CLIENTS" \
             -d "$VALUE_SIZE" ${REDIS_R:+-r "$KEYS"} -n "$n" --csv | tail -n 1 | cut -d, -f2 | tr -d '"')
         n=$(awk -v r="$rps" 'BEGIN {n = int(r / 2); print (n < 500 ? 500 : n)}')
     done
@@ -598,6 +635,14 @@ for rep in $(seq 1 "$REPS"); do
         redis_same_key "redis-samekey-r$rep"
         h2load_set "h2load-memory-r$rep" "$CORES"
     fi
+    if [ "$LOCAL" = 1 ]; then
+        for c in $CLIENTS; do
+            veddb_local_set "local-always-c$c-r$rep" "$c" "$CORES" --data-dir X --fsync always
+            redis_unix_set "redis-unix-always-c$c-r$rep" "$c"
+        done
+        veddb_local_set "local-everysec-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES" --data-dir X --fsync everysec
+        veddb_local_set "local-memory-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES"
+    fi
     restart_case "restart-snapshot-r$rep" snapshot
     restart_case "restart-log-r$rep" log
 done
@@ -721,6 +766,30 @@ try:
     print(f"{'  always / in memory':<34} {a / m(mem, 'ops'):>8.2f}x")
 except KeyError:
     pass
+
+if os.path.exists(os.path.join(out, "local-always-c1-r1.txt.json")):
+    print()
+    print("through shared memory: one load thread with c sessions, one SET in flight on each; Redis over its Unix socket")
+    summary["local_fsync_always"] = {}
+    for c in clients:
+        a, b = veddb(f"local-always-c{c}"), redis(f"redis-unix-always-c{c}")
+        print(line(f"VedDB local --fsync always, c={c}", a))
+        print(line(f"Redis unix appendfsync always, c={c}", b))
+        ratio = m(a, "ops") / m(b, "ops")
+        per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
+        print(f"{'  VedDB / Redis':<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
+        summary["local_fsync_always"][c] = {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
+                                            "veddb_median": {k: m(a, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")},
+                                            "redis_median": {k: m(b, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
+    e, mem = veddb(f"local-everysec-c{ratio_c}"), veddb(f"local-memory-c{ratio_c}")
+    print(line(f"VedDB local --fsync everysec, c={ratio_c}", e))
+    print(line(f"VedDB local in memory, c={ratio_c}", mem))
+    ratio = m(e, "ops") / m(mem, "ops")
+    print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
+    a = summary["local_fsync_always"].get(ratio_c)
+    if a:
+        print(f"{'  always / in memory':<34} {a['veddb_median']['ops'] / m(mem, 'ops'):>8.2f}x")
+    summary["local_everysec_vs_memory"] = {"clients": ratio_c, "everysec": e, "memory": mem, "ratio_of_medians": ratio}
 
 def h2load(name):
     rows = []

@@ -10,16 +10,17 @@
 //! a fixed schedule, and each request's latency runs from its intended send time. A thread that
 //! is behind sends its overdue requests together, up to `--depth` in one pipelined batch.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::open_loop::{self, Clock, MonotonicClock, OpenLoopSummary, Pacer, PacerStats, Recorder};
 use crate::progress::{Counter, Progress};
 
 use argh::FromArgs;
 use hdrhistogram::Histogram;
-use veddb_client::local::{GetResult, LocalConnection};
+use veddb_client::local::{GetResult, LocalConnection, Submitted, SPIN_DEFAULT};
 use veddb_wire::{Request, Response, SetOptions};
 
 use crate::report::{histogram, Series};
@@ -64,8 +65,14 @@ pub struct LocalArgs {
     /// client threads, one session each (default 1)
     pub clients: usize,
     #[argh(option, default = "1")]
-    /// requests in flight per client: sent together, then awaited (default 1)
+    /// requests in flight per client: sent together, then awaited (default 1); with
+    /// --sessions, per session, each replaced as soon as it is answered
     pub depth: usize,
+    #[argh(option, default = "1")]
+    /// sessions per client thread (default 1): above 1, each thread drives that many sessions
+    /// as an event loop (like redis-benchmark's connections), `--depth` requests in flight on
+    /// each, and latency is per request, sent to answered (closed loop only)
+    pub sessions: usize,
     #[argh(switch)]
     /// GET copies the value out (execute) instead of reading it in place (get_view)
     pub copy: bool,
@@ -93,7 +100,8 @@ pub fn settings(args: &LocalArgs) -> serde_json::Value {
         "value_size": args.value_size, "distribution": args.distribution,
         "zipf_theta": args.zipf_theta, "rate": args.rate,
         "mode": if args.rate.is_some() { "open" } else { "closed" },
-        "clients": args.clients, "depth": args.depth, "copy": args.copy,
+        "clients": args.clients, "depth": args.depth, "sessions": args.sessions,
+        "copy": args.copy,
         "duration": args.duration, "warmup": args.warmup, "pin": args.pin, "svg": args.svg,
     })
 }
@@ -137,6 +145,12 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
     if args.depth == 0 || args.depth > 4096 {
         return Err("--depth must be between 1 and 4096".into());
     }
+    if args.sessions == 0 || args.sessions > 1024 {
+        return Err("--sessions must be between 1 and 1024".into());
+    }
+    if args.sessions > 1 && rate.is_some() {
+        return Err("--sessions above 1 runs a closed loop only; leave out --rate".into());
+    }
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
     let workload = Arc::new(Workload::with(
@@ -175,17 +189,25 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
         let mut threads = Vec::new();
         for (client, counter) in counters.iter().enumerate() {
             let (phase, outcomes, workload) = (phase.clone(), outcomes.clone(), workload.clone());
-            let (instance, depth, copy, pin) =
-                (args.instance.clone(), args.depth, args.copy, args.pin);
+            let (instance, depth, copy, pin, sessions) = (
+                args.instance.clone(),
+                args.depth,
+                args.copy,
+                args.pin,
+                args.sessions,
+            );
             let counter = counter.clone();
             threads.push(std::thread::spawn(move || -> Result<(), String> {
                 if let Some(cpu) = pin {
                     pin_thread(cpu);
                 }
-                let connection = LocalConnection::connect(&instance)
+                let connections = (0..sessions)
+                    .map(|_| LocalConnection::connect(&instance))
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|error| format!("client {client}: {error}"))?;
+                let connection = &connections[0];
                 let client = Client {
-                    connection: &connection,
+                    connection,
                     workload: &workload,
                     op,
                     depth,
@@ -194,6 +216,7 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
                     counter: &counter,
                 };
                 let outcome = match schedule {
+                    None if sessions > 1 => client.event_loop(&connections, &phase)?,
                     None => client.closed_loop(&phase),
                     Some(schedule) => client.open_loop(schedule),
                 };
@@ -201,7 +224,7 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
                 Ok(())
             }));
         }
-        let name = if args.copy || op == Op::Set {
+        let name = if args.copy || op == Op::Set || args.sessions > 1 {
             op.name()
         } else {
             format!("{} (in place)", op.name())
@@ -233,7 +256,13 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
         }
         let series = match rate {
             None => {
-                let latency_of = if args.depth == 1 {
+                let latency_of = if args.sessions > 1 {
+                    format!(
+                        "one request, sent to answered ({} sessions per client thread, {} in \
+                         flight on each)",
+                        args.sessions, args.depth
+                    )
+                } else if args.depth == 1 {
                     "one request, send to answer".to_string()
                 } else {
                     format!("a pipelined batch of {} requests", args.depth)
@@ -368,6 +397,98 @@ impl Client<'_> {
         }
     }
 
+    /// `--sessions` above 1: keeps `depth` requests in flight on each session, replacing each
+    /// as soon as it is answered, until the phase is STOPPING. Spins briefly when nothing
+    /// arrived, then sleeps on the session of the oldest request until its core answers.
+    fn event_loop(
+        &self,
+        sessions: &[LocalConnection],
+        phase: &AtomicU8,
+    ) -> Result<Outcome, String> {
+        let mut rng = self.rng();
+        let mut histogram = histogram();
+        let (mut operations, mut errors) = (0u64, 0u64);
+        let mut started: Option<Instant> = None;
+        let mut batch = Vec::with_capacity(1);
+        let failure = |session: usize, error: veddb_client::ClientError| {
+            format!("client {} session {session}: {error}", self.client)
+        };
+        let mut in_flight: Vec<VecDeque<(Submitted, Instant)>> = Vec::new();
+        for (index, session) in sessions.iter().enumerate() {
+            let mut queue = VecDeque::with_capacity(self.depth);
+            for _ in 0..self.depth {
+                self.fill(&mut batch, 1, &mut rng);
+                let request = batch.pop().expect("one request");
+                let submitted = session
+                    .submit(request)
+                    .map_err(|error| failure(index, error))?;
+                queue.push_back((submitted, Instant::now()));
+            }
+            in_flight.push(queue);
+        }
+        let mut idle_since = Instant::now();
+        loop {
+            let now_phase = phase.load(Ordering::Relaxed);
+            if now_phase == STOPPING {
+                break;
+            }
+            if now_phase == MEASURING && started.is_none() {
+                started = Some(Instant::now());
+            }
+            let mut answered = 0u64;
+            for (index, session) in sessions.iter().enumerate() {
+                let queue = &mut in_flight[index];
+                while let Some((submitted, sent)) = queue.front() {
+                    let Some(response) = session
+                        .try_complete(submitted)
+                        .map_err(|error| failure(index, error))?
+                    else {
+                        break;
+                    };
+                    let elapsed = sent.elapsed();
+                    queue.pop_front();
+                    answered += 1;
+                    if started.is_some() {
+                        let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
+                        operations += 1;
+                        errors += u64::from(matches!(response, Response::Error(_)));
+                    }
+                    self.fill(&mut batch, 1, &mut rng);
+                    let request = batch.pop().expect("one request");
+                    let submitted = session
+                        .submit(request)
+                        .map_err(|error| failure(index, error))?;
+                    queue.push_back((submitted, Instant::now()));
+                }
+            }
+            if answered > 0 {
+                self.counter.add(answered);
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() > SPIN_DEFAULT {
+                // Sleep on the oldest request's session, a millisecond at most (another
+                // session's answer does not wake this thread).
+                let oldest = in_flight
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, queue)| queue.front().map(|front| (index, front)))
+                    .min_by_key(|(_, (_, sent))| *sent);
+                if let Some((index, (submitted, _))) = oldest {
+                    sessions[index].wait_for_answers(submitted, Duration::from_millis(1));
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(Outcome {
+            histogram,
+            operations,
+            errors,
+            seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            stats: PacerStats::default(),
+            unsent: 0,
+        })
+    }
+
     /// Requests at this client's intended times until the end of the window; overdue ones go
     /// out together, up to `depth` per batch, each timed from its own intended time.
     fn open_loop(&self, schedule: Schedule) -> Outcome {
@@ -428,6 +549,12 @@ mod tests {
             .unwrap_err()
             .contains("--depth"));
         assert!(run(&args(&["--op", "nope"])).unwrap_err().contains("--op"));
+        assert!(run(&args(&["--sessions", "0"]))
+            .unwrap_err()
+            .contains("--sessions"));
+        assert!(run(&args(&["--sessions", "4", "--rate", "1000"]))
+            .unwrap_err()
+            .contains("--sessions"));
         // A missing instance is a clear error.
         let error = run(&args(&["--duration", "10ms"])).unwrap_err();
         assert!(error.contains("none-such"), "{error}");

@@ -948,6 +948,101 @@ fn every_command_through_shared_memory() {
     server.stop_cleanly();
 }
 
+/// `submit` / `try_complete` / `wait_for_answers`: one thread drives many sessions, each with
+/// requests in flight, and every answer reaches the submission it belongs to.
+#[test]
+fn one_thread_drives_many_sessions() {
+    let name = unique_name();
+    let _files = InstanceFiles(name.clone());
+    let mut server = Server::start(&name, &["--cores", "2"]);
+    const SESSIONS: usize = 16;
+    const ROUNDS: usize = 20;
+    let sessions: Vec<LocalConnection> = (0..SESSIONS)
+        .map(|_| LocalConnection::connect(&name).expect("attach"))
+        .collect();
+    // Each session counts its own key up, two INCRs in flight at a time.
+    let mut pending: Vec<Vec<veddb_client::local::Submitted>> = Vec::new();
+    for (index, session) in sessions.iter().enumerate() {
+        let incr = || Request::Incr {
+            key: Bytes::from(format!("many:{index}")),
+            delta: 1,
+        };
+        pending.push(vec![
+            session.submit(incr()).unwrap(),
+            session.submit(incr()).unwrap(),
+        ]);
+    }
+    let mut seen: Vec<Vec<i64>> = vec![Vec::new(); SESSIONS];
+    let started = Instant::now();
+    while pending.iter().any(|queue| !queue.is_empty()) {
+        assert!(
+            started.elapsed() < LINE_TIMEOUT,
+            "answers missing after {LINE_TIMEOUT:?}"
+        );
+        let mut progressed = false;
+        for (index, session) in sessions.iter().enumerate() {
+            let mut still = Vec::new();
+            for submitted in pending[index].drain(..) {
+                match session.try_complete(&submitted).unwrap() {
+                    Some(Response::Integer { value, .. }) => {
+                        progressed = true;
+                        seen[index].push(value);
+                        if seen[index].len() + 1 < ROUNDS {
+                            still.push(
+                                session
+                                    .submit(Request::Incr {
+                                        key: Bytes::from(format!("many:{index}")),
+                                        delta: 1,
+                                    })
+                                    .unwrap(),
+                            );
+                        }
+                    }
+                    Some(other) => panic!("session {index}: unexpected answer {other:?}"),
+                    None => still.push(submitted),
+                }
+            }
+            pending[index] = still;
+        }
+        if !progressed {
+            if let Some((index, first)) = pending
+                .iter()
+                .enumerate()
+                .find_map(|(index, queue)| queue.first().map(|first| (index, first)))
+            {
+                sessions[index].wait_for_answers(first, Duration::from_millis(5));
+            }
+        }
+    }
+    for (index, values) in seen.iter_mut().enumerate() {
+        values.sort_unstable();
+        assert_eq!(
+            *values,
+            (1..=ROUNDS as i64).collect::<Vec<_>>(),
+            "session {index} saw every INCR's own answer once"
+        );
+    }
+    // A GET through submit copies the value out like execute.
+    let session = &sessions[0];
+    let submitted = session
+        .submit(Request::Get {
+            key: Bytes::from_static(b"many:3"),
+        })
+        .unwrap();
+    let answer = loop {
+        if let Some(answer) = session.try_complete(&submitted).unwrap() {
+            break answer;
+        }
+        session.wait_for_answers(&submitted, Duration::from_millis(5));
+    };
+    match answer {
+        Response::Value { value, .. } => assert_eq!(&value[..], ROUNDS.to_string().as_bytes()),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    drop(sessions);
+    server.stop_cleanly();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Eight processes hammering overlapping keys.
 

@@ -430,7 +430,6 @@ impl LocalConnection {
     /// sleeps on the ring's futex word until the core wakes it.
     fn wait(&self, core: usize, id: u32) -> Result<Vec<u8>, ClientError> {
         let started = Instant::now();
-        let target = &self.cores[core];
         loop {
             if let Some(payload) = self.stash.borrow_mut().remove(&id) {
                 return Ok(payload);
@@ -446,21 +445,68 @@ impl LocalConnection {
                 std::hint::spin_loop();
                 continue;
             }
-            // Sleep: announce it, re-check (an answer published before the announcement is
-            // seen here), then wait until the core wakes the word.
-            let word = target.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET);
-            word.store(ring_segment::CLIENT_SLEEPING, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let empty = target.responses.borrow().is_empty();
-            let tail = target
-                .ring
-                .load_u64(ring_segment::RESPONSE_TAIL_OFFSET, Ordering::SeqCst);
-            if empty && tail == target.responses.borrow().head() {
-                #[cfg(target_os = "linux")]
-                futex_wait(word, ring_segment::CLIENT_SLEEPING, Some(SLEEP_MAX));
-            }
-            word.store(ring_segment::CLIENT_AWAKE, Ordering::SeqCst);
+            self.sleep_for_answers(core, SLEEP_MAX);
         }
+    }
+
+    /// Sleeps until `core` publishes an answer for this session or `max` passed: announces the
+    /// sleep, re-checks (an answer published before the announcement is seen here), then waits
+    /// until the core wakes the ring's futex word.
+    fn sleep_for_answers(&self, core: usize, max: Duration) {
+        let target = &self.cores[core];
+        let word = target.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET);
+        word.store(ring_segment::CLIENT_SLEEPING, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let empty = target.responses.borrow().is_empty();
+        let tail = target
+            .ring
+            .load_u64(ring_segment::RESPONSE_TAIL_OFFSET, Ordering::SeqCst);
+        if empty && tail == target.responses.borrow().head() {
+            #[cfg(target_os = "linux")]
+            futex_wait(word, ring_segment::CLIENT_SLEEPING, Some(max));
+            #[cfg(not(target_os = "linux"))]
+            std::thread::sleep(max.min(Duration::from_micros(100)));
+        }
+        word.store(ring_segment::CLIENT_AWAKE, Ordering::SeqCst);
+    }
+
+    /// Sends one request without waiting for its answer, for event-loop style callers that
+    /// drive many sessions (or many requests) from one thread: poll it with
+    /// [`LocalConnection::try_complete`], sleep with [`LocalConnection::wait_for_answers`].
+    /// Its answer is kept by the connection until taken, so complete every submission.
+    pub fn submit(&self, request: Request) -> Result<Submitted, ClientError> {
+        let core = self.core_of(&request)?;
+        let id = self.send(core, &request)?;
+        Ok(Submitted { core, id, request })
+    }
+
+    /// The answer to `submitted` if it has arrived, without blocking (values are copied out of
+    /// shared memory, as by [`LocalConnection::execute`]). `Ok(None)`: not yet.
+    pub fn try_complete(&self, submitted: &Submitted) -> Result<Option<Response>, ClientError> {
+        let mut payload = self.stash.borrow_mut().remove(&submitted.id);
+        if payload.is_none() {
+            self.drain_into_stash(submitted.core)?;
+            payload = self.stash.borrow_mut().remove(&submitted.id);
+        }
+        let Some(payload) = payload else {
+            self.check_attached(submitted.core)?;
+            return Ok(None);
+        };
+        match self.copy_out(&payload)? {
+            Some(response) => Ok(Some(response)),
+            // The value's block was reused while it was copied (possible without a pin): ask
+            // again, this time pinned.
+            None => self.execute(submitted.request.clone()).map(Some),
+        }
+    }
+
+    /// Blocks until the core that answers `submitted` publishes an answer for this session (not
+    /// necessarily that one) or `max` passed; returns at once if one is already waiting.
+    pub fn wait_for_answers(&self, submitted: &Submitted, max: Duration) {
+        if self.stash.borrow().contains_key(&submitted.id) {
+            return;
+        }
+        self.sleep_for_answers(submitted.core, max);
     }
 
     fn resolve(&self, value: SharedValue) -> Option<SharedView> {
@@ -648,6 +694,21 @@ impl LocalConnection {
                 Err(error)
             }
         }
+    }
+}
+
+/// A request sent by [`LocalConnection::submit`], awaiting its answer.
+#[derive(Debug)]
+pub struct Submitted {
+    core: usize,
+    id: u32,
+    request: Request,
+}
+
+impl Submitted {
+    /// The request.
+    pub fn request(&self) -> &Request {
+        &self.request
     }
 }
 
