@@ -10,7 +10,7 @@ use crate::proto::health::{
 };
 use crate::proto::v1::{self as pb, batch_request, batch_response};
 use crate::{Error, Info, Request, Response, SetCondition, SetOptions, ShardStats, Ttl};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use std::collections::VecDeque;
 use std::fmt;
@@ -501,6 +501,44 @@ enum Reply {
 }
 
 impl Reply {
+    fn encode_framed(&self, out: &mut impl BufMut) {
+        match self {
+            Reply::Ping(m) => frame_message(m, out),
+            Reply::Get(m) => frame_message(m, out),
+            Reply::Set(m) => frame_message(m, out),
+            Reply::Delete(m) => frame_message(m, out),
+            Reply::Cas(m) => frame_message(m, out),
+            Reply::Incr(m) => frame_message(m, out),
+            Reply::Expire(m) => frame_message(m, out),
+            Reply::Ttl(m) => frame_message(m, out),
+            Reply::MGet(m) => frame_message(m, out),
+            Reply::MSet(m) => frame_message(m, out),
+            Reply::Scan(m) => frame_message(m, out),
+            Reply::Publish(m) => frame_message(m, out),
+            Reply::Info(m) => frame_message(m, out),
+            Reply::Snapshot(m) => frame_message(m, out),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Reply::Ping(m) => m.encoded_len(),
+            Reply::Get(m) => m.encoded_len(),
+            Reply::Set(m) => m.encoded_len(),
+            Reply::Delete(m) => m.encoded_len(),
+            Reply::Cas(m) => m.encoded_len(),
+            Reply::Incr(m) => m.encoded_len(),
+            Reply::Expire(m) => m.encoded_len(),
+            Reply::Ttl(m) => m.encoded_len(),
+            Reply::MGet(m) => m.encoded_len(),
+            Reply::MSet(m) => m.encoded_len(),
+            Reply::Scan(m) => m.encoded_len(),
+            Reply::Publish(m) => m.encoded_len(),
+            Reply::Info(m) => m.encoded_len(),
+            Reply::Snapshot(m) => m.encoded_len(),
+        }
+    }
+
     fn encode_to_vec(&self) -> Vec<u8> {
         match self {
             Reply::Ping(m) => m.encode_to_vec(),
@@ -683,6 +721,27 @@ pub fn encode_unary(
     reply(method, request_key, response).map(|reply| reply.encode_to_vec())
 }
 
+/// [`encode_unary`] with the message already framed (prefix included) in one buffer, or the
+/// gRPC status to end the call with: `Err` also when the message would be longer than `limit`
+/// bytes (RESOURCE_EXHAUSTED).
+pub fn encode_unary_framed(
+    method: Method,
+    request_key: &[u8],
+    response: Response,
+    limit: usize,
+) -> Result<Vec<u8>, Status> {
+    let reply = reply(method, request_key, response)?;
+    let length = reply.encoded_len();
+    if length > limit {
+        return Err(Status::resource_exhausted(format!(
+            "response of {length} bytes is over the limit of {limit} bytes"
+        )));
+    }
+    let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + length);
+    reply.encode_framed(&mut out);
+    Ok(out)
+}
+
 /// Encodes the engine's answer to one batch op (`method` from [`decode_batch`]) as a
 /// `BatchResponse`: status `{0, ""}` and the op's response on success, else the error's
 /// code and message and no op.
@@ -695,12 +754,37 @@ pub fn encode_batch(method: Method, request_key: &[u8], response: Response) -> V
     encode_batch_result(result)
 }
 
+/// [`encode_batch`], appended to `out` already framed: the 5-byte prefix, then the message,
+/// with no intermediate buffer.
+pub fn encode_batch_framed(
+    method: Method,
+    request_key: &[u8],
+    response: Response,
+    out: &mut impl BufMut,
+) {
+    let result = reply(method, request_key, response).and_then(|reply| {
+        reply
+            .into_batch_op()
+            .ok_or_else(|| Status::internal(format!("{method} cannot be part of a batch")))
+    });
+    frame_message(&batch_response(result), out);
+}
+
+/// [`encode_batch_error`], appended to `out` already framed.
+pub fn encode_batch_error_framed(status: &Status, out: &mut impl BufMut) {
+    frame_message(&batch_response(Err(status.clone())), out);
+}
+
 /// Encodes a `BatchResponse` that carries only a status (e.g. a [`decode_batch`] failure).
 pub fn encode_batch_error(status: &Status) -> Vec<u8> {
     encode_batch_result(Err(status.clone()))
 }
 
 fn encode_batch_result(result: Result<batch_response::Op, Status>) -> Vec<u8> {
+    batch_response(result).encode_to_vec()
+}
+
+fn batch_response(result: Result<batch_response::Op, Status>) -> pb::BatchResponse {
     let (status, op) = match result {
         Ok(op) => (Status::ok(), Some(op)),
         Err(status) => (status, None),
@@ -712,7 +796,6 @@ fn encode_batch_result(result: Result<batch_response::Op, Status>) -> Vec<u8> {
         }),
         op,
     }
-    .encode_to_vec()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,6 +885,19 @@ pub fn frame(message: &[u8], out: &mut Vec<u8>) {
     out.push(0);
     out.extend_from_slice(&length.to_be_bytes());
     out.extend_from_slice(message);
+}
+
+/// Appends `message` encoded and framed to `out`: the prefix is written first, from the
+/// message's encoded length, then the message straight after it (no intermediate buffer).
+///
+/// # Panics
+/// If the message is longer than `u32::MAX` bytes (the framing cannot express it).
+pub fn frame_message(message: &impl Message, out: &mut impl BufMut) {
+    let length = message.encoded_len();
+    let prefix = u32::try_from(length).expect("a gRPC message is at most u32::MAX bytes");
+    out.put_u8(0);
+    out.put_u32(prefix);
+    message.encode_raw(out);
 }
 
 /// Why a stream of length-prefixed messages cannot be read further.
@@ -1751,6 +1847,62 @@ mod tests {
                 Code::Internal
             );
         }
+    }
+
+    #[test]
+    fn framed_encodings_equal_encode_then_frame() {
+        let framed = |message: Vec<u8>| {
+            let mut out = Vec::new();
+            frame(&message, &mut out);
+            out
+        };
+        let answers = [
+            (
+                Method::Get,
+                Response::Value {
+                    value: b("v"),
+                    version: 7,
+                },
+            ),
+            (Method::Get, Response::NotFound),
+            (Method::Set, Response::Stored { version: 3 }),
+            (Method::Ping, Response::Pong),
+            (
+                Method::MGet,
+                Response::Values(vec![None, Some((b("x"), 1))]),
+            ),
+            (Method::Snapshot, Response::Ok),
+            (
+                Method::Get,
+                Response::Error(Error::OutOfMemory {
+                    needed_bytes: 9,
+                    limit_bytes: 8,
+                }),
+            ),
+            (Method::Incr, Response::Pong),
+        ];
+        let mut batch = bytes::BytesMut::new();
+        let mut expected = Vec::new();
+        for (method, response) in answers {
+            let unary = encode_unary(method, b"key", response.clone()).map(framed);
+            assert_eq!(
+                encode_unary_framed(method, b"key", response.clone(), usize::MAX),
+                unary
+            );
+            expected.extend(framed(encode_batch(method, b"key", response.clone())));
+            encode_batch_framed(method, b"key", response, &mut batch);
+        }
+        let error = Status::invalid_argument("no op");
+        expected.extend(framed(encode_batch_error(&error)));
+        encode_batch_error_framed(&error, &mut batch);
+        assert_eq!(&batch[..], &expected[..]);
+        // Over the limit: RESOURCE_EXHAUSTED instead of the message.
+        let big = Response::Value {
+            value: Bytes::from(vec![0; 100]),
+            version: 1,
+        };
+        let refused = encode_unary_framed(Method::Get, b"k", big, 50).unwrap_err();
+        assert_eq!(refused.code, Code::ResourceExhausted);
     }
 
     #[test]

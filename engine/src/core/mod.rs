@@ -381,19 +381,41 @@ impl CoreContext {
         self.0.now_ms.set(unix_ms());
     }
 
+    /// Runs `request` at once, without a future, when this core owns it and can answer it
+    /// synchronously; otherwise hands it back untouched (another core owns it, it scatters, or
+    /// its answer may come later: a waiting FETCH, PUBLISH, UNSUBSCRIBE, or, with persistence
+    /// on, anything the log must settle first). Use [`execute`](Self::execute) for what comes
+    /// back. Same effect as `execute` when it answers.
+    pub fn try_execute_local(&self, request: Request) -> Result<Response, Request> {
+        match request.route(self.0.shard_count) {
+            Route::Shard(shard) if shard == self.0.index && !self.answers_later(&request) => {}
+            Route::Any => {}
+            _ => return Err(request),
+        }
+        self.refresh_clock();
+        let now = self.now_ms();
+        Ok(self.0.shard.borrow_mut().handle(request, now))
+    }
+
+    /// Whether a request this core owns must go through `serve`: it may answer later (a
+    /// waiting FETCH), completes other waiters (PUBLISH, UNSUBSCRIBE), or, with persistence on,
+    /// its answer waits for the log.
+    fn answers_later(&self, request: &Request) -> bool {
+        matches!(
+            request,
+            Request::Fetch { wait_ms: 1.., .. }
+                | Request::Publish { .. }
+                | Request::Unsubscribe { .. }
+        ) || (self.0.log.is_some() && !log::is_unlogged(request))
+    }
+
     async fn execute_local(&self, request: Request) -> Response {
         self.refresh_clock();
         // Requests that may answer later (a waiting FETCH) or that complete other waiters
         // (PUBLISH, UNSUBSCRIBE) go through `serve`; the rest run directly.
         // With persistence on, key-value commands go through `serve` too: their answers wait
         // for the log.
-        if matches!(
-            request,
-            Request::Fetch { wait_ms: 1.., .. }
-                | Request::Publish { .. }
-                | Request::Unsubscribe { .. }
-        ) || (self.0.log.is_some() && !log::is_unlogged(&request))
-        {
+        if self.answers_later(&request) {
             let reply = Rc::new(LocalReply {
                 response: RefCell::new(None),
                 waker: RefCell::new(None),

@@ -4,19 +4,20 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{select, Either};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderValue, Method as HttpMethod, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use veddb_engine::CoreContext;
 use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
@@ -177,9 +178,11 @@ where
             let (request, respond) = accepted?;
             let context = context.clone();
             let shared = shared.clone();
-            compio::runtime::spawn(async move {
+            // Boxed: the stream's future is large, and the task would otherwise copy it
+            // whole into its slot (and move it again on every spawn).
+            compio::runtime::spawn(Box::pin(async move {
                 handle_stream(context, request, respond, &shared).await
-            })
+            }))
             .detach();
         }
         Ok::<(), h2::Error>(())
@@ -190,22 +193,35 @@ where
     }
 }
 
+const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// `grpc-status` values of the 17 codes, by number (no integer formatting per call).
+const STATUS_VALUES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
 fn grpc_headers() -> http::Response<()> {
     let mut response = http::Response::new(());
     let headers = response.headers_mut();
+    headers.reserve(2);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+    headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     response
 }
 
 fn status_headers(headers: &mut HeaderMap, status: &Status) {
-    headers.insert("grpc-status", HeaderValue::from(status.code as i32));
+    let value = match STATUS_VALUES.get(status.code as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(status.code as i32),
+    };
+    headers.insert(GRPC_STATUS, value);
     if !status.message.is_empty() {
         if let Ok(value) = HeaderValue::from_str(&map::percent_encode_message(&status.message)) {
-            headers.insert("grpc-message", value);
+            headers.insert(GRPC_MESSAGE, value);
         }
     }
 }
@@ -424,11 +440,16 @@ async fn respond_message(respond: &mut SendResponse<Bytes>, message: Vec<u8>, li
             ),
         );
     }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    map::frame(&message, &mut framed);
+    respond_framed(respond, framed).await;
+}
+
+/// Sends one response message, already framed (prefix included), and OK trailers.
+async fn respond_framed(respond: &mut SendResponse<Bytes>, framed: Vec<u8>) {
     let Ok(mut stream) = respond.send_response(grpc_headers(), false) else {
         return;
     };
-    let mut framed = Vec::with_capacity(message.len() + 5);
-    map::frame(&message, &mut framed);
     if send_all(&mut stream, Bytes::from(framed)).await.is_ok() {
         finish(&mut stream, &ok());
     }
@@ -457,14 +478,17 @@ async fn unary(
         Ok(response) => response,
         Err(()) => return trailers_only(&mut respond, &deadline_status()),
     };
-    match map::encode_unary(method, &key, response) {
-        Ok(message) => respond_message(&mut respond, message, limit).await,
+    match map::encode_unary_framed(method, &key, response, limit) {
+        Ok(framed) => respond_framed(&mut respond, framed).await,
         Err(error) => trailers_only(&mut respond, &error),
     }
 }
 
-/// `Batch`: requests in, answers out, in order. All complete messages of one received chunk run
-/// concurrently (scattered over cores) and their answers leave in one write.
+/// `Batch`: requests in, answers out, in order. The complete messages of one received chunk
+/// are answered together, in one write: those this core can answer at once run in place, in
+/// order, and are encoded straight into the output buffer; the others (forwarded to another
+/// core, scattered, or held for the log) become futures, polled once in their turn and then
+/// together, and every answer after the first of them waits for it (answers stay in order).
 async fn batch(
     context: &CoreContext,
     mut body: RecvStream,
@@ -476,6 +500,9 @@ async fn batch(
         return;
     };
     let mut deframer = Deframer::new(limit);
+    let mut out = BytesMut::new();
+    let mut waiting: Vec<Answer<'_>> = Vec::new();
+    let mut failed = None;
     loop {
         let chunk = match until(deadline, body.data()).await {
             Err(()) => return finish(&mut stream, &deadline_status()),
@@ -485,45 +512,144 @@ async fn batch(
         };
         let _ = body.flow_control().release_capacity(chunk.len());
         deframer.push(&chunk);
-        let mut decoded = Vec::new();
-        loop {
-            match deframer.next() {
-                Ok(Some(message)) => decoded.push(map::decode_batch(message)),
-                Ok(None) => break,
-                Err(error) => return finish(&mut stream, &frame_error_status(error)),
-            }
-        }
-        if decoded.is_empty() {
-            continue;
-        }
-        let answers = decoded.into_iter().map(|item| async move {
-            match item {
-                Ok((method, request)) => {
-                    let key = map::request_key(&request);
-                    let response = context.execute(request).await;
-                    map::encode_batch(method, &key, response)
+        drop(chunk);
+        // Run (or start) every complete message, in order.
+        poll_fn(|cx| {
+            loop {
+                match deframer.next() {
+                    Ok(Some(message)) => {
+                        start_batch_op(context, message, &mut out, &mut waiting, cx)
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
                 }
-                Err(error) => map::encode_batch_error(&error),
             }
-        });
-        let answers = match until(deadline, join_all(answers)).await {
-            Ok(answers) => answers,
-            Err(()) => return finish(&mut stream, &deadline_status()),
-        };
-        let mut out = BytesMut::with_capacity(answers.iter().map(|a| a.len() + 5).sum());
-        let mut framed = Vec::new();
-        for answer in &answers {
-            framed.clear();
-            map::frame(answer, &mut framed);
-            out.extend_from_slice(&framed);
+            Poll::Ready(())
+        })
+        .await;
+        if !waiting.is_empty() {
+            let all = poll_fn(|cx| {
+                let mut done = true;
+                for answer in waiting.iter_mut() {
+                    if let Answer::Waiting {
+                        future,
+                        method,
+                        key,
+                    } = answer
+                    {
+                        match future.as_mut().poll(cx) {
+                            Poll::Ready(response) => {
+                                *answer = Answer::Ready {
+                                    method: *method,
+                                    key: std::mem::take(key),
+                                    response,
+                                }
+                            }
+                            Poll::Pending => done = false,
+                        }
+                    }
+                }
+                if done {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            if until(deadline, all).await.is_err() {
+                return finish(&mut stream, &deadline_status());
+            }
+            for answer in waiting.drain(..) {
+                match answer {
+                    Answer::Ready {
+                        method,
+                        key,
+                        response,
+                    } => map::encode_batch_framed(method, &key, response, &mut out),
+                    Answer::Error(error) => map::encode_batch_error_framed(&error, &mut out),
+                    Answer::Waiting { .. } => unreachable!("every waiting answer completed"),
+                }
+            }
         }
-        if send_all(&mut stream, out.freeze()).await.is_err() {
+        if !out.is_empty() && send_all(&mut stream, out.split().freeze()).await.is_err() {
             return;
+        }
+        if let Some(error) = failed {
+            return finish(&mut stream, &frame_error_status(error));
         }
     }
     match deframer.finish() {
         Ok(()) => finish(&mut stream, &ok()),
         Err(error) => finish(&mut stream, &frame_error_status(error)),
+    }
+}
+
+/// A `Batch` answer that could not be encoded at once: it waits for an earlier one, or for
+/// its own future.
+enum Answer<'a> {
+    Waiting {
+        method: Method,
+        key: Bytes,
+        future: Pin<Box<dyn Future<Output = Response> + 'a>>,
+    },
+    Ready {
+        method: Method,
+        key: Bytes,
+        response: Response,
+    },
+    Error(Status),
+}
+
+/// Decodes one `BatchRequest` and runs it: answered at once into `out` while nothing waits
+/// before it, else queued in `waiting` (a future is polled once here, so that requests start
+/// in the order they came, as they would in sequence).
+fn start_batch_op<'a>(
+    context: &'a CoreContext,
+    message: Bytes,
+    out: &mut BytesMut,
+    waiting: &mut Vec<Answer<'a>>,
+    cx: &mut Context<'_>,
+) {
+    let (method, request) = match map::decode_batch(message) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            if waiting.is_empty() {
+                map::encode_batch_error_framed(&error, out);
+            } else {
+                waiting.push(Answer::Error(error));
+            }
+            return;
+        }
+    };
+    let key = map::request_key(&request);
+    let response = match context.try_execute_local(request) {
+        Ok(response) => response,
+        Err(request) => {
+            let mut future: Pin<Box<dyn Future<Output = Response> + 'a>> =
+                Box::pin(context.execute(request));
+            match future.as_mut().poll(cx) {
+                Poll::Ready(response) => response,
+                Poll::Pending => {
+                    waiting.push(Answer::Waiting {
+                        method,
+                        key,
+                        future,
+                    });
+                    return;
+                }
+            }
+        }
+    };
+    if waiting.is_empty() {
+        map::encode_batch_framed(method, &key, response, out);
+    } else {
+        waiting.push(Answer::Ready {
+            method,
+            key,
+            response,
+        });
     }
 }
 
