@@ -376,8 +376,10 @@ impl CoreContext {
         }
     }
 
-    /// Tasks woken by I/O may run while the loop is parked: read the clock again.
-    fn refresh_clock(&self) {
+    /// Reads the clock into the core's coarse clock. Tasks woken by I/O may run while the loop
+    /// is parked (the loop refreshes it every round): `execute` calls this itself; callers of
+    /// [`try_execute_local`](Self::try_execute_local) call it first.
+    pub fn refresh_clock(&self) {
         self.0.now_ms.set(unix_ms());
     }
 
@@ -385,14 +387,15 @@ impl CoreContext {
     /// synchronously; otherwise hands it back untouched (another core owns it, it scatters, or
     /// its answer may come later: a waiting FETCH, PUBLISH, UNSUBSCRIBE, or, with persistence
     /// on, anything the log must settle first). Use [`execute`](Self::execute) for what comes
-    /// back. Same effect as `execute` when it answers.
+    /// back. Same effect as `execute` when it answers, except that it reads no clock: it uses
+    /// the core's coarse clock as last refreshed, so call [`refresh_clock`](Self::refresh_clock)
+    /// first (once for a run of requests handled together, such as one received chunk).
     pub fn try_execute_local(&self, request: Request) -> Result<Response, Request> {
         match request.route(self.0.shard_count) {
             Route::Shard(shard) if shard == self.0.index && !self.answers_later(&request) => {}
             Route::Any => {}
             _ => return Err(request),
         }
-        self.refresh_clock();
         let now = self.now_ms();
         Ok(self.0.shard.borrow_mut().handle(request, now))
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use futures_util::future::{select, Either};
+use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode};
@@ -180,10 +181,8 @@ where
             let shared = shared.clone();
             // Boxed: the stream's future is large, and the task would otherwise copy it
             // whole into its slot (and move it again on every spawn).
-            compio::runtime::spawn(Box::pin(async move {
-                handle_stream(context, request, respond, &shared).await
-            }))
-            .detach();
+            let task = Box::pin(handle_stream(context, request, respond, shared));
+            compio::runtime::spawn(task).detach();
         }
         Ok::<(), h2::Error>(())
     };
@@ -287,12 +286,20 @@ async fn send_all(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(),
 }
 
 /// Runs `future` until `deadline` (if any). `Err(())` when the deadline passed first.
-async fn until<F: Future>(deadline: Option<Instant>, future: F) -> Result<F::Output, ()> {
+///
+/// Not an `async fn`: that would hold `future` twice (as its argument and as what it awaits),
+/// and compio's timeout future (over 2 KiB) inline; this holds `future` once, and the timer only
+/// when there is a deadline, boxed.
+fn until<F: Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> impl Future<Output = Result<F::Output, ()>> {
     match deadline {
-        None => Ok(future.await),
-        Some(deadline) => compio::time::timeout_at(deadline, future)
-            .await
-            .map_err(|_| ()),
+        None => Either::Left(future.map(Ok as fn(F::Output) -> Result<F::Output, ()>)),
+        Some(deadline) => Either::Right(
+            Box::pin(compio::time::timeout_at(deadline, future))
+                .map(|result| result.map_err(|_| ())),
+        ),
     }
 }
 
@@ -329,8 +336,9 @@ async fn handle_stream(
     context: CoreContext,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    shared: &Shared,
+    shared: Rc<Shared>,
 ) {
+    let shared = &*shared;
     let (parts, mut body) = request.into_parts();
     if parts.method != HttpMethod::POST {
         let mut response = http::Response::new(());
@@ -400,9 +408,11 @@ async fn handle_stream(
         .map(|timeout| Instant::now() + timeout);
     let limit = shared.config.message_bytes_max;
     match method {
-        Method::Batch => batch(&context, body, respond, deadline, limit).await,
-        Method::Subscribe => subscribe(&context, body, respond, deadline, limit).await,
-        Method::HealthWatch => health_watch(body, respond, deadline, limit, shared).await,
+        // Boxed: the streaming calls' futures are large, and inline they would make every
+        // unary call's task as large as the largest of them.
+        Method::Batch => Box::pin(batch(&context, body, respond, deadline, limit)).await,
+        Method::Subscribe => Box::pin(subscribe(&context, body, respond, deadline, limit)).await,
+        Method::HealthWatch => Box::pin(health_watch(body, respond, deadline, limit, shared)).await,
         Method::HealthCheck => {
             let message = match until(deadline, read_one(&mut body, limit)).await {
                 Err(()) => return trailers_only(&mut respond, &deadline_status()),
@@ -474,9 +484,15 @@ async fn unary(
         Err(error) => return trailers_only(&mut respond, &error),
     };
     let key = map::request_key(&request);
-    let response = match until(deadline, context.execute(request)).await {
+    // At once when this core can answer; else a boxed future (the engine's is large, and
+    // inline it would weigh on every call's task).
+    context.refresh_clock();
+    let response = match context.try_execute_local(request) {
         Ok(response) => response,
-        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        Err(request) => match until(deadline, Box::pin(context.execute(request))).await {
+            Ok(response) => response,
+            Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        },
     };
     match map::encode_unary_framed(method, &key, response, limit) {
         Ok(framed) => respond_framed(&mut respond, framed).await,
@@ -513,7 +529,8 @@ async fn batch(
         let _ = body.flow_control().release_capacity(chunk.len());
         deframer.push(&chunk);
         drop(chunk);
-        // Run (or start) every complete message, in order.
+        // Run (or start) every complete message, in order, at the clock of their arrival.
+        context.refresh_clock();
         poll_fn(|cx| {
             loop {
                 match deframer.next() {
