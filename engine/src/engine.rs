@@ -331,10 +331,17 @@ fn core_thread(
     }
     let log = match start {
         Some((image, log_config)) => {
+            let (started, keys) = (Instant::now(), image.entries.len());
             if let Err(error) = restore_shard(&mut shard, image) {
                 let _ = ready.send((index, Err(error)));
                 return;
             }
+            tracing::info!(
+                core = index,
+                keys,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "loaded the recovered keys into the shard"
+            );
             Some(CoreLog::new(index as u32, log_config))
         }
         None => None,

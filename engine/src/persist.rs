@@ -275,14 +275,20 @@ pub(crate) fn open(
         limits,
     };
     let started = std::time::Instant::now();
-    let mut recovered = procedure::recover(&mut storage, &options).map_err(|error| {
-        format!(
+    // Shards load in parallel, each thread through its own handles on the directory (which
+    // `storage` keeps locked).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = config.dir.clone();
+    let fork = move || Box::new(FsStorage::unlocked(&dir)) as Box<dyn Storage + Send>;
+    let mut recovered = procedure::recover_parallel(&mut storage, &options, threads, fork)
+        .map_err(|error| {
+            format!(
             "cannot recover {}: {error}; `veddb-server --repair --data-dir {}` cuts the log at \
              the first bad record (after making a backup)",
             config.dir.display(),
             config.dir.display()
         )
-    })?;
+        })?;
     for warning in &recovered.warnings {
         tracing::warn!(dir = %config.dir.display(), "{warning}");
     }

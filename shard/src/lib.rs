@@ -392,6 +392,19 @@ impl Shard {
         self.table.restore(entry, version_clock)
     }
 
+    /// [`Shard::restore`] for every entry of a recovered image, faster: room is made once and
+    /// the keys' ordered index is built in one go. Stops at the first entry that is refused.
+    pub fn restore_all(
+        &mut self,
+        entries: impl ExactSizeIterator<Item = StoredEntry>,
+        version_clock: u64,
+    ) -> Result<(), Error> {
+        let (key_max, value_max) = (self.config.key_bytes_max, self.config.value_bytes_max);
+        self.table.restore_all(entries, version_clock, |entry| {
+            check_key(&entry.key, key_max).and_then(|()| check_value(&entry.value, value_max))
+        })
+    }
+
     /// Moves the version clock to at least `version_clock` (start-up: the recovered clock).
     /// [`Shard::restore`] does this too, but only when there is an entry to load: a shard
     /// whose keys were all deleted before the restart must still not hand out versions again.
@@ -481,24 +494,32 @@ impl Shard {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
-        if key.is_empty() || key.len() > self.config.key_bytes_max {
-            return Err(Error::KeyTooLarge {
-                length: key.len(),
-                limit: self.config.key_bytes_max,
-            });
-        }
-        Ok(())
+        check_key(key, self.config.key_bytes_max)
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), Error> {
-        if value.len() > self.config.value_bytes_max {
-            return Err(Error::ValueTooLarge {
-                length: value.len(),
-                limit: self.config.value_bytes_max,
-            });
-        }
-        Ok(())
+        check_value(value, self.config.value_bytes_max)
     }
+}
+
+fn check_key(key: &[u8], limit: usize) -> Result<(), Error> {
+    if key.is_empty() || key.len() > limit {
+        return Err(Error::KeyTooLarge {
+            length: key.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8], limit: usize) -> Result<(), Error> {
+    if value.len() > limit {
+        return Err(Error::ValueTooLarge {
+            length: value.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 fn check_ttl(ttl_ms: u64) -> Result<(), Error> {

@@ -744,6 +744,38 @@ proptest! {
         prop_assert_eq!(&copy, &image);
         prop_assert_eq!(restored.stats().evicted_keys, 0);
 
+        // `restore_all`, in another order, builds the same shard (its ordered index included:
+        // the snapshot cursor walks it in key order).
+        let mut bulk = Shard::new(3, lru_config(seed ^ 0x0123_4567, limit));
+        bulk.set_journal(true);
+        if announce_clock {
+            bulk.restore_version_clock(given_clock);
+        }
+        prop_assert_eq!(bulk.restore_all(image.iter().rev().cloned(), given_clock), Ok(()));
+        prop_assert!(!bulk.has_changes(), "restore_all was journaled");
+        prop_assert_eq!(bulk.len(), image.len());
+        prop_assert_eq!(bulk.memory_bytes_used(), restored.memory_bytes_used());
+        prop_assert_eq!(bulk.version_clock(), restored.version_clock());
+        for key in KEYS {
+            prop_assert_eq!(bulk.peek(key, at), restored.peek(key, at), "peek {:?}", key);
+        }
+        prop_assert_eq!(&full_image(&mut bulk)?, &image);
+        // A key over the limit stops it with the shard's error.
+        let mut refused = Shard::new(3, lru_config(seed, limit));
+        let too_long = StoredEntry {
+            key: Bytes::from(vec![b'k'; 70_000]),
+            value: Bytes::from_static(b"v"),
+            version: 1,
+            expires_at_ms: 0,
+        };
+        let outcome = refused.restore_all(std::iter::once(too_long), 1);
+        prop_assert!(
+            matches!(outcome, Err(Error::KeyTooLarge { .. })),
+            "a key over the limit: {:?}",
+            outcome
+        );
+        prop_assert_eq!(refused.len(), 0);
+
         // Restored versions are the real ones: CAS on them succeeds.
         let mut next_version = expected_clock + 1;
         if let Some(entry) = image.iter().find(|entry| is_live(entry, at)) {

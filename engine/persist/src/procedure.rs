@@ -17,7 +17,8 @@ use crate::recovery::{
 use crate::segment::{SegmentName, SEGMENT_HEADER_BYTES};
 use crate::snapshot::{
     Frame, SnapshotDecoder, SnapshotEncodeError, SnapshotEncoder, SnapshotEntryRef, SnapshotError,
-    SnapshotHeader, SnapshotSummary, FRAME_HEAD_BYTES, SNAPSHOT_HEADER_BYTES,
+    SnapshotHeader, SnapshotSummary, ENTRY_BYTES_MIN, FRAME_HEAD_BYTES, SNAPSHOT_BYTES_MIN,
+    SNAPSHOT_HEADER_BYTES, TRAILER_BODY_BYTES,
 };
 use crate::storage::{read_all, write_all_at, Storage, StorageError};
 use crate::writer::{LogWriter, Settled};
@@ -102,6 +103,86 @@ pub fn recover<S: Storage>(
     storage: &mut S,
     options: &RecoverOptions,
 ) -> Result<Recovered, RecoveryError> {
+    recover_with(storage, options, &mut |storage, shards, layout, options| {
+        shards
+            .iter()
+            .map(|shard_plan| {
+                let mut warnings = Vec::new();
+                load_shard(storage, shard_plan, layout, options, &mut warnings)
+                    .map(|(image, next)| (image, next, warnings))
+            })
+            .collect()
+    })
+}
+
+/// [`recover`], loading the shards on up to `threads` threads at once, each through its own
+/// storage from `fork` (the same directory). What it finds, and which error it reports first
+/// (the lowest shard's), are the same as [`recover`]'s.
+pub fn recover_parallel<S, F>(
+    storage: &mut S,
+    options: &RecoverOptions,
+    threads: usize,
+    fork: F,
+) -> Result<Recovered, RecoveryError>
+where
+    S: Storage,
+    F: Fn() -> Box<dyn Storage + Send> + Sync,
+{
+    recover_with(storage, options, &mut |_, shards, layout, options| {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<ShardLoad>>> =
+            shards.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..threads.clamp(1, shards.len().max(1)) {
+                scope.spawn(|| {
+                    let mut storage = fork();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(shard_plan) = shards.get(index) else {
+                            break;
+                        };
+                        let mut warnings = Vec::new();
+                        let loaded =
+                            load_shard(&mut *storage, shard_plan, layout, options, &mut warnings)
+                                .map(|(image, next)| (image, next, warnings));
+                        let failed = loaded.is_err();
+                        *results[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+                        if failed {
+                            // The others finish their shards; no new ones start.
+                            next.store(shards.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // Shards after a failure may not have run: the lowest failed shard decides, as in the
+        // sequential order.
+        let mut loaded = Vec::with_capacity(shards.len());
+        for result in results {
+            match result.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok(shard)) => loaded.push(Ok(shard)),
+                Some(Err(error)) => {
+                    loaded.push(Err(error));
+                    break;
+                }
+                None => break,
+            }
+        }
+        loaded
+    })
+}
+
+/// One shard's image, the sequence its log goes on at, and what recovery warned about.
+type ShardLoad = Result<(ShardImage, u64, Vec<Warning>), RecoveryError>;
+/// Loads the shards of a plan (in order, or not, but answering in shard order).
+type LoadShards<'a, S> =
+    dyn FnMut(&mut S, &[ShardPlan], Layout, &RecoverOptions) -> Vec<ShardLoad> + 'a;
+
+fn recover_with<S: Storage>(
+    storage: &mut S,
+    options: &RecoverOptions,
+    load_shards: &mut LoadShards<'_, S>,
+) -> Result<Recovered, RecoveryError> {
     assert!(options.shard_count >= 1, "at least one shard");
     let files = storage
         .list()
@@ -124,9 +205,15 @@ pub fn recover<S: Storage>(
             warnings: Vec::new(),
             removed: Vec::new(),
         },
-        Some((layout, file)) => {
-            load_generation(storage, &plan, *layout, file, options, &mut warnings)?
-        }
+        Some((layout, file)) => load_generation(
+            storage,
+            &plan,
+            *layout,
+            file,
+            options,
+            &mut warnings,
+            load_shards,
+        )?,
     };
     for file in &plan.obsolete {
         storage
@@ -150,6 +237,7 @@ fn load_generation<S: Storage>(
     layout_file: &str,
     options: &RecoverOptions,
     warnings: &mut Vec<Warning>,
+    load_shards: &mut LoadShards<'_, S>,
 ) -> Result<Recovered, RecoveryError> {
     let content = read_all(storage, layout_file).map_err(storage_error(layout_file, "read"))?;
     let damaged = |problem: String| RecoveryError::LayoutDamaged {
@@ -174,8 +262,9 @@ fn load_generation<S: Storage>(
     }
     let mut images = Vec::with_capacity(plan.shards.len());
     let mut next_sequences = Vec::with_capacity(plan.shards.len());
-    for shard_plan in &plan.shards {
-        let (image, next_sequence) = load_shard(storage, shard_plan, layout, options, warnings)?;
+    for loaded in load_shards(storage, &plan.shards, layout, options) {
+        let (image, next_sequence, shard_warnings) = loaded?;
+        warnings.extend(shard_warnings);
         images.push(image);
         next_sequences.push(next_sequence);
     }
@@ -211,7 +300,7 @@ fn load_generation<S: Storage>(
 }
 
 /// Loads one shard: its newest usable snapshot, then the log after it.
-fn load_shard<S: Storage>(
+fn load_shard<S: Storage + ?Sized>(
     storage: &mut S,
     shard_plan: &ShardPlan,
     layout: Layout,
@@ -270,7 +359,10 @@ fn load_shard<S: Storage>(
     Ok((image, replay.next_sequence()))
 }
 
-fn cut_torn_tail<S: Storage>(storage: &mut S, torn: &TornTail) -> Result<(), StorageError> {
+fn cut_torn_tail<S: Storage + ?Sized>(
+    storage: &mut S,
+    torn: &TornTail,
+) -> Result<(), StorageError> {
     let file = torn.file.as_str();
     if torn.remove_file {
         storage
@@ -289,7 +381,7 @@ fn cut_torn_tail<S: Storage>(storage: &mut S, torn: &TornTail) -> Result<(), Sto
 
 /// Decodes a snapshot frame by frame into a fresh image. The outer error is fatal (storage,
 /// unsupported version); the inner one makes recovery fall back to an older snapshot.
-fn load_snapshot<S: Storage>(
+fn load_snapshot<S: Storage + ?Sized>(
     storage: &mut S,
     snapshot: &SnapshotFile,
     layout: Layout,
@@ -334,6 +426,20 @@ fn load_snapshot<S: Storage>(
         version_clock: header.version_clock,
         ..ShardImage::default()
     };
+    // Room for every entry at once (growing the map step by step was a good part of a
+    // restart): the trailer's entry count, only a hint here (checked at the end), bounded by
+    // what the file's size can hold.
+    if size >= SNAPSHOT_BYTES_MIN as u64 {
+        let at = size - TRAILER_BODY_BYTES as u64;
+        if let Ok(count) = read(storage, at, 8) {
+            if let Ok(count) = <[u8; 8]>::try_from(count.as_slice()) {
+                let bound = size / ENTRY_BYTES_MIN as u64;
+                image
+                    .entries
+                    .reserve(u64::from_le_bytes(count).min(bound) as usize);
+            }
+        }
+    }
     loop {
         let offset = decoder.offset();
         let head_bytes = read(storage, offset, FRAME_HEAD_BYTES)?;
@@ -380,7 +486,11 @@ pub fn commit_layout<S: Storage>(
             version_clock: image.version_clock,
             created_at_ms: now_ms,
         };
-        let entries = image.entries.iter().map(|(key, entry)| SnapshotEntryRef {
+        // Snapshots hold their keys in order; the image has none.
+        let mut sorted: Vec<(&bytes::Bytes, &crate::recovery::StoredEntry)> =
+            image.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let entries = sorted.into_iter().map(|(key, entry)| SnapshotEntryRef {
             key,
             value: &entry.value,
             version: entry.version,

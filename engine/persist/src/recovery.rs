@@ -14,8 +14,6 @@
 //! - [`ShardImage`] and [`rehash`]: the state being rebuilt, and its redistribution with
 //!   [`veddb_wire::shard_for_key`] over a new shard count, dropping entries that expired.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 use crate::layout::Layout;
@@ -590,11 +588,15 @@ impl StoredEntry {
     }
 }
 
+/// The keys of a [`ShardImage`]: a hash map (recovery inserts every key of a snapshot and of
+/// the log after it, so an ordered map's comparisons were most of a restart), seeded per process.
+pub type ImageEntries = hashbrown::HashMap<Bytes, StoredEntry, foldhash::fast::RandomState>;
+
 /// A shard's state being rebuilt from a snapshot and log records. Keys and values are copied
-/// out of the file buffers into exact-size [`Bytes`].
+/// out of the file buffers into exact-size [`Bytes`]. No order: whoever needs one sorts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardImage {
-    pub entries: BTreeMap<Bytes, StoredEntry>,
+    pub entries: ImageEntries,
     /// The shard's version counter must start above this.
     pub version_clock: u64,
 }
@@ -655,7 +657,7 @@ pub fn rehash(old: Vec<ShardImage>, new_shard_count: u32, now_ms: u64) -> Vec<Sh
         .unwrap_or(0);
     let mut new: Vec<ShardImage> = (0..new_shard_count)
         .map(|_| ShardImage {
-            entries: BTreeMap::new(),
+            entries: ImageEntries::default(),
             version_clock,
         })
         .collect();

@@ -75,7 +75,7 @@ pub const SNAPSHOT_EXTENSION: &str = "snap";
 /// Suffix added to a snapshot's name while it is being written.
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
 
-const ENTRY_BYTES_MIN: usize = ENTRY_FIXED_BYTES + 1;
+pub const ENTRY_BYTES_MIN: usize = ENTRY_FIXED_BYTES + 1;
 
 /// The name of a snapshot file, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

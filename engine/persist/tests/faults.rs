@@ -4,7 +4,7 @@
 mod support;
 
 use support::*;
-use veddb_persist::procedure::{recover, repair, trim, RepairAction, Warning};
+use veddb_persist::procedure::{recover, recover_parallel, repair, trim, RepairAction, Warning};
 use veddb_persist::recovery::{owner, RecoveryError};
 use veddb_persist::segment::SEGMENT_HEADER_BYTES;
 use veddb_persist::storage::{CrashMode, MemoryStorage, Storage, EIO, ENOSPC};
@@ -490,8 +490,86 @@ trait CloneState {
 impl CloneState for ShardLog {
     fn clone_state(&self) -> veddb_persist::recovery::ShardImage {
         veddb_persist::recovery::ShardImage {
-            entries: self.state_after(self.records.len()),
+            entries: self.state_after(self.records.len()).into_iter().collect(),
             version_clock: 0,
+        }
+    }
+}
+
+/// Writes `count` puts to every shard of `logs`, keys owned by that shard.
+fn write_each_shard(logs: &mut [ShardLog], storage: &mut MemoryStorage, count: u64) {
+    let shards = logs.len() as u32;
+    for (shard, log) in logs.iter_mut().enumerate() {
+        let mut written = 0;
+        let mut i = 0u64;
+        while written < count {
+            i += 1;
+            let key = format!("s{shard}-{i}");
+            if owner(key.as_bytes(), shards) as usize != shard {
+                continue;
+            }
+            written += 1;
+            assert!(log.write(storage, put(&key, &value(i), written), NOW_MS));
+        }
+    }
+}
+
+#[test]
+fn parallel_recovery_finds_what_sequential_recovery_finds() {
+    let mut storage = MemoryStorage::new();
+    let (_, mut logs) = open(&mut storage, 4, FsyncPolicy::Always);
+    write_each_shard(&mut logs, &mut storage, 40);
+    storage.crash(CrashMode::LoseUnsynced);
+    let fork_of = |storage: &MemoryStorage| {
+        let copy = storage.clone();
+        move || Box::new(copy.clone()) as Box<dyn Storage + Send>
+    };
+    let sequential = recover(&mut storage.clone(), &options(4)).expect("recovery");
+    for threads in [1, 2, 3, 8] {
+        let parallel = recover_parallel(
+            &mut storage.clone(),
+            &options(4),
+            threads,
+            fork_of(&storage),
+        )
+        .expect("parallel recovery");
+        assert_eq!(parallel.shards, sequential.shards, "{threads} threads");
+        assert_eq!(parallel.next_sequences, sequential.next_sequences);
+        assert_eq!(parallel.layout, sequential.layout);
+        assert_eq!(parallel.warnings, sequential.warnings);
+        // Into 3 shards: re-hashed alike.
+        let sequential3 = recover(&mut storage.clone(), &options(3)).unwrap();
+        let parallel3 = recover_parallel(
+            &mut storage.clone(),
+            &options(3),
+            threads,
+            fork_of(&storage),
+        )
+        .unwrap();
+        assert_eq!(parallel3.shards, sequential3.shards);
+    }
+    assert_eq!(merged(&sequential.shards).len(), 160);
+
+    // Corruption in shards 1 and 3: both report shard 1's, whatever finished first.
+    for shard in [1, 3] {
+        let segment = logs[shard].writer.current_segment().unwrap().to_string();
+        storage
+            .flip_bit(&segment, (SEGMENT_HEADER_BYTES + 20) as u64, 1)
+            .unwrap();
+    }
+    let sequential = recover(&mut storage.clone(), &options(4)).unwrap_err();
+    let first = logs[1].writer.current_segment().unwrap().to_string();
+    assert!(sequential.to_string().contains(&first), "{sequential}");
+    for threads in [1, 2, 4] {
+        for _ in 0..5 {
+            let parallel = recover_parallel(
+                &mut storage.clone(),
+                &options(4),
+                threads,
+                fork_of(&storage),
+            )
+            .unwrap_err();
+            assert_eq!(parallel, sequential, "{threads} threads");
         }
     }
 }

@@ -640,24 +640,18 @@ pub(crate) fn restore_shard(
     let count = image.entries.len();
     // Also when every key was deleted: versions must go on from the recovered clock.
     shard.restore_version_clock(clock);
-    for (key, entry) in image.entries {
-        shard
-            .restore(
-                StoredEntry {
-                    key,
-                    value: entry.value,
-                    version: entry.version,
-                    expires_at_ms: entry.expires_at_ms,
-                },
-                clock,
-            )
-            .map_err(|error| {
-                format!(
-                    "shard {} cannot load its {count} recovered keys: {error}",
-                    shard.index()
-                )
-            })?;
-    }
+    let entries = image.entries.into_iter().map(|(key, entry)| StoredEntry {
+        key,
+        value: entry.value,
+        version: entry.version,
+        expires_at_ms: entry.expires_at_ms,
+    });
+    shard.restore_all(entries, clock).map_err(|error| {
+        format!(
+            "shard {} cannot load its {count} recovered keys: {error}",
+            shard.index()
+        )
+    })?;
     shard.set_journal(true);
     Ok(())
 }

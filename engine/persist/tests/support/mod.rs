@@ -43,7 +43,7 @@ impl ShardLog {
             image.apply(record.as_ref());
         }
         image.entries.retain(|_, entry| !entry.is_expired(NOW_MS));
-        image.entries
+        image.entries.into_iter().collect()
     }
 
     pub fn acknowledged_count(&self) -> usize {
