@@ -867,3 +867,61 @@ fn waiting_fetches_cannot_starve_other_traffic() {
         "long polls were answered by the publishes"
     );
 }
+
+/// `try_execute_local` answers at once what this core owns and can answer synchronously, and
+/// hands back untouched what another core owns, what scatters and what may answer later.
+#[test]
+fn try_execute_local_answers_only_what_the_core_can_answer_at_once() {
+    let engine = engine(2, 64);
+    let own = (0..)
+        .map(|i| b(&format!("own{i}")))
+        .find(|key| shard_for_key(key, 2) == 0)
+        .unwrap();
+    let other = (0..)
+        .map(|i| b(&format!("other{i}")))
+        .find(|key| shard_for_key(key, 2) == 1)
+        .unwrap();
+    let own_key = own.clone();
+    let (report, outcome) = std::sync::mpsc::channel();
+    assert!(engine.run_on(0, move |context| {
+        let set = |key: &Bytes| Request::Set {
+            key: key.clone(),
+            value: b("v"),
+            options: SetOptions::default(),
+        };
+        let mut seen = Vec::new();
+        seen.push(format!("{:?}", context.try_execute_local(set(&own))));
+        seen.push(format!(
+            "{:?}",
+            context.try_execute_local(Request::Get { key: own.clone() })
+        ));
+        seen.push(format!("{:?}", context.try_execute_local(Request::Ping)));
+        // Another core's key, a scattered request and a PUBLISH come back as they were.
+        for request in [
+            set(&other),
+            Request::MGet {
+                keys: vec![own.clone(), other.clone()],
+            },
+            Request::Publish {
+                topic: b("t"),
+                message: b("m"),
+            },
+        ] {
+            match context.try_execute_local(request.clone()) {
+                Err(back) => assert_eq!(back, request),
+                Ok(response) => panic!("{request:?} answered in place: {response:?}"),
+            }
+        }
+        report.send(seen).unwrap();
+    }));
+    let seen = outcome.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(seen[0].starts_with("Ok(Stored"), "{seen:?}");
+    assert!(seen[1].starts_with("Ok(Value"), "{seen:?}");
+    assert_eq!(seen[2], "Ok(Pong)");
+    // What was answered in place is the engine's state: asked through the other core, too.
+    match engine.call_via(1, Request::Get { key: own_key }) {
+        Response::Value { value, .. } => assert_eq!(value, b("v")),
+        other => panic!("{other:?}"),
+    }
+    engine.shutdown();
+}
