@@ -565,3 +565,36 @@ fn versions_go_on_after_a_restart_even_when_every_key_was_deleted() {
     assert!(set(&engine, "gone-0", "again") > last);
     engine.shutdown();
 }
+
+/// With persistence on, `try_execute_local` hands back every key-value command (its answer
+/// waits for the log), and answers PING in place.
+#[test]
+fn try_execute_local_leaves_logged_commands_to_the_log() {
+    let dir = TempDir::new("fast-path");
+    let engine = start(&dir.0, 1, FsyncPolicy::Always);
+    let (report, outcome) = std::sync::mpsc::channel();
+    assert!(engine.run_on(0, move |context| {
+        for request in [
+            Request::Set {
+                key: b("k"),
+                value: b("v"),
+                options: SetOptions::default(),
+            },
+            Request::Get { key: b("k") },
+            Request::Delete { key: b("k") },
+        ] {
+            match context.try_execute_local(request.clone()) {
+                Err(back) => assert_eq!(back, request),
+                Ok(response) => panic!("{request:?} answered before the log: {response:?}"),
+            }
+        }
+        report
+            .send(format!("{:?}", context.try_execute_local(Request::Ping)))
+            .unwrap();
+    }));
+    assert_eq!(
+        outcome.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "Ok(Pong)"
+    );
+    engine.shutdown();
+}
