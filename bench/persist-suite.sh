@@ -29,6 +29,8 @@
 #      like redis-benchmark: one thread, c sessions (`veddb-bench local --clients 1 --sessions c`),
 #      one SET in flight on each; against Redis over its Unix socket (`redis-benchmark -s`), and
 #      --fsync everysec / in memory at RATIO_CLIENTS sessions.
+#      Also VedDB --cores 1 (one core on CPU 0, like Redis) at the largest CLIENTS.
+#      GRPC=0 skips 1-3 (the gRPC loads), RESTART=0 skips 4.
 #   4. 1 M keys (MSET through Batch, 2048 keys per call): SNAPSHOT, stop, restart; and the same
 #      with --snapshot-interval 0 and no SNAPSHOT (recovery replays the log alone). Restart time =
 #      from exec to the first answered `veddb-cli ping` (the files are in the page cache, as right
@@ -68,6 +70,8 @@ DATA_ROOT=${DATA_ROOT:-/tmp}
 PROFILE=${PROFILE:-1}
 H2LOAD=${H2LOAD:-1}
 LOCAL=${LOCAL:-1}
+GRPC=${GRPC:-1}
+RESTART=${RESTART:-1}
 REDIS_R=-r
 QUIET_WAIT_S=${QUIET_WAIT_S:-600}
 QUIET_MAX_PCT=${QUIET_MAX_PCT:-10}
@@ -227,8 +231,14 @@ wait_quiet() {
 }
 
 cpu_ns() { # pid -> nanoseconds on CPU, summed over its threads, io_uring workers included
-    # (a thread may end between the glob and the read: not an error)
-    { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{sum += $1} END {printf "%.0f\n", sum}'
+    # (a thread may end between the glob and the read: not an error). Threads that already
+    # ended (the start's recovery threads) are only in /proc/PID/stat's utime + stime (ticks):
+    # the larger of the two counts.
+    local live ticks
+    live=$({ cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{sum += $1} END {printf "%.0f", sum}')
+    ticks=$({ cat /proc/"$1"/stat 2>/dev/null || true; } | awk -v hz="$(getconf CLK_TCK)" \
+        '{sub(/^.*\) /, ""); printf "%.0f", ($12 + $13) * 1e9 / hz}')
+    awk -v a="${live:-0}" -v b="${ticks:-0}" 'BEGIN {printf "%.0f\n", (a > b ? a : b)}'
 }
 
 machine_ticks() { # USER_HZ ticks of the whole machine: user + nice + system, and steal
@@ -621,6 +631,7 @@ window_foreign() { # SERVER_NS (in a $(...) after window_end)
 MAX_CLIENTS=$(echo "$CLIENTS" | tr ' ' '\n' | sort -n | tail -n 1)
 for rep in $(seq 1 "$REPS"); do
     echo "== round $rep of $REPS"
+    if [ "$GRPC" = 1 ]; then
     for c in $CLIENTS; do
         veddb_set "veddb-always-c$c-r$rep" "$c" "$CORES" --data-dir X --fsync always
         redis_set "redis-always-c$c-r$rep" "$c"
@@ -630,7 +641,8 @@ for rep in $(seq 1 "$REPS"); do
     fi
     veddb_set "veddb-everysec-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES" --data-dir X --fsync everysec
     veddb_set "veddb-memory-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES"
-    if [ "$H2LOAD" = 1 ]; then
+    fi
+    if [ "$GRPC" = 1 ] && [ "$H2LOAD" = 1 ]; then
         h2load_set "h2load-always-r$rep" "$CORES" --data-dir X --fsync always
         redis_same_key "redis-samekey-r$rep"
         h2load_set "h2load-memory-r$rep" "$CORES"
@@ -640,11 +652,16 @@ for rep in $(seq 1 "$REPS"); do
             veddb_local_set "local-always-c$c-r$rep" "$c" "$CORES" --data-dir X --fsync always
             redis_unix_set "redis-unix-always-c$c-r$rep" "$c"
         done
+        if [ "$CORES1" = 1 ] && [ "$CORES" != 1 ]; then
+            veddb_local_set "local1-always-c$MAX_CLIENTS-r$rep" "$MAX_CLIENTS" 1 --data-dir X --fsync always
+        fi
         veddb_local_set "local-everysec-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES" --data-dir X --fsync everysec
         veddb_local_set "local-memory-c$RATIO_CLIENTS-r$rep" "$RATIO_CLIENTS" "$CORES"
     fi
-    restart_case "restart-snapshot-r$rep" snapshot
-    restart_case "restart-log-r$rep" log
+    if [ "$RESTART" = 1 ]; then
+        restart_case "restart-snapshot-r$rep" snapshot
+        restart_case "restart-log-r$rep" log
+    fi
 done
 
 # --- fsync profile (not measured runs) ---------------------------------------------------------
@@ -741,31 +758,32 @@ def line(label, rows):
 
 print(f"{'acknowledged SETs (closed loop)':<34} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9} {'cpu us/op':>9}   [per round ops/s]")
 summary["fsync_always"] = {}
-for c in clients:
-    a, b = veddb(f"veddb-always-c{c}"), redis(f"redis-always-c{c}")
-    print(line(f"VedDB --fsync always, c={c}", a))
-    print(line(f"Redis appendfsync always, c={c}", b))
-    ratio = m(a, "ops") / m(b, "ops")
-    per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
-    print(f"{'  VedDB / Redis':<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
-    summary["fsync_always"][c] = {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
-                                  "veddb_median": {k: m(a, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")},
-                                  "redis_median": {k: m(b, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
-if os.path.exists(os.path.join(out, f"veddb1-always-c{max_c}-r1.txt.json")):
-    a = veddb(f"veddb1-always-c{max_c}")
-    print(line(f"VedDB --cores 1 always, c={max_c}", a))
-    summary["fsync_always_cores1"] = {"clients": max_c, "rows": a, "median_ops": m(a, "ops")}
-e, mem = veddb(f"veddb-everysec-c{ratio_c}"), veddb(f"veddb-memory-c{ratio_c}")
-print(line(f"VedDB --fsync everysec, c={ratio_c}", e))
-print(line(f"VedDB in memory, c={ratio_c}", mem))
-ratio = m(e, "ops") / m(mem, "ops")
-print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
-summary["everysec_vs_memory"] = {"clients": ratio_c, "everysec": e, "memory": mem, "ratio_of_medians": ratio}
-try:
-    a = summary["fsync_always"][ratio_c]["veddb_median"]["ops"]
-    print(f"{'  always / in memory':<34} {a / m(mem, 'ops'):>8.2f}x")
-except KeyError:
-    pass
+if os.path.exists(os.path.join(out, f"veddb-always-c{clients[0]}-r1.txt.json")):
+    for c in clients:
+        a, b = veddb(f"veddb-always-c{c}"), redis(f"redis-always-c{c}")
+        print(line(f"VedDB --fsync always, c={c}", a))
+        print(line(f"Redis appendfsync always, c={c}", b))
+        ratio = m(a, "ops") / m(b, "ops")
+        per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
+        print(f"{'  VedDB / Redis':<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
+        summary["fsync_always"][c] = {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
+                                      "veddb_median": {k: m(a, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")},
+                                      "redis_median": {k: m(b, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
+    if os.path.exists(os.path.join(out, f"veddb1-always-c{max_c}-r1.txt.json")):
+        a = veddb(f"veddb1-always-c{max_c}")
+        print(line(f"VedDB --cores 1 always, c={max_c}", a))
+        summary["fsync_always_cores1"] = {"clients": max_c, "rows": a, "median_ops": m(a, "ops")}
+    e, mem = veddb(f"veddb-everysec-c{ratio_c}"), veddb(f"veddb-memory-c{ratio_c}")
+    print(line(f"VedDB --fsync everysec, c={ratio_c}", e))
+    print(line(f"VedDB in memory, c={ratio_c}", mem))
+    ratio = m(e, "ops") / m(mem, "ops")
+    print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
+    summary["everysec_vs_memory"] = {"clients": ratio_c, "everysec": e, "memory": mem, "ratio_of_medians": ratio}
+    try:
+        a = summary["fsync_always"][ratio_c]["veddb_median"]["ops"]
+        print(f"{'  always / in memory':<34} {a / m(mem, 'ops'):>8.2f}x")
+    except KeyError:
+        pass
 
 if os.path.exists(os.path.join(out, "local-always-c1-r1.txt.json")):
     print()
@@ -786,6 +804,15 @@ if os.path.exists(os.path.join(out, "local-always-c1-r1.txt.json")):
     print(line(f"VedDB local in memory, c={ratio_c}", mem))
     ratio = m(e, "ops") / m(mem, "ops")
     print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
+    if os.path.exists(os.path.join(out, f"local1-always-c{max_c}-r1.txt.json")):
+        a1, b = veddb(f"local1-always-c{max_c}"), redis(f"redis-unix-always-c{max_c}")
+        print(line(f"VedDB local --cores 1 always, c={max_c}", a1))
+        ratio1 = m(a1, "ops") / m(b, "ops")
+        per_round = [x["ops"] / y["ops"] for x, y in zip(a1, b)]
+        print(f"{'  VedDB --cores 1 / Redis':<34} {ratio1:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
+        summary["local_fsync_always_cores1"] = {"clients": max_c, "veddb": a1, "ratio_of_medians": ratio1,
+                                                "ratio_per_round": per_round,
+                                                "veddb_median": {k: m(a1, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
     a = summary["local_fsync_always"].get(ratio_c)
     if a:
         print(f"{'  always / in memory':<34} {a['veddb_median']['ops'] / m(mem, 'ops'):>8.2f}x")
@@ -818,7 +845,7 @@ if os.path.exists(os.path.join(out, "h2load-always-r1.txt")):
 
 print()
 restarts = {}
-for kind in ("snapshot", "log"):
+for kind in (("snapshot", "log") if os.path.exists(os.path.join(out, "restart-snapshot-r1.txt")) else ()):
     rows = []
     for r in range(1, reps + 1):
         base = os.path.join(out, f"restart-{kind}-r{r}")
