@@ -460,10 +460,19 @@ async fn respond_framed(respond: &mut SendResponse<Bytes>, framed: Vec<u8>) {
     let Ok(mut stream) = respond.send_response(grpc_headers(), false) else {
         return;
     };
-    if send_all(&mut stream, Bytes::from(framed)).await.is_ok() {
+    if framed.len() <= SMALL_RESPONSE_BYTES {
+        // A small answer is handed to h2 whole, without reserving send window first: h2 keeps
+        // it until the client's window allows, and a stream holds at most this much.
+        if stream.send_data(Bytes::from(framed), false).is_ok() {
+            finish(&mut stream, &ok());
+        }
+    } else if send_all(&mut stream, Bytes::from(framed)).await.is_ok() {
         finish(&mut stream, &ok());
     }
 }
+
+/// Unary answers up to this size skip the send-window reservation (see `respond_framed`).
+const SMALL_RESPONSE_BYTES: usize = 16 << 10;
 
 async fn unary(
     context: &CoreContext,
