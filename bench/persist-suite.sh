@@ -756,28 +756,37 @@ def line(label, rows):
             f" {m(rows, 'server_cpu_us_per_op'):>8.1f}   [{joined(r['ops'] for r in rows)}]"
             + (f"  ERRORS {sum(r['errors'] for r in rows)}" if any(r['errors'] for r in rows) else ""))
 
+FIELDS = ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")
+
+def medians(rows):
+    return {k: m(rows, k) for k in FIELDS}
+
+def versus(label_a, a, label_b, b, ratio_label="  VedDB / Redis"):
+    """Prints two series (the second only if labelled) and the ratio of their ops/s, of the
+    medians and per round; returns the summary entry."""
+    print(line(label_a, a))
+    if label_b:
+        print(line(label_b, b))
+    ratio = m(a, "ops") / m(b, "ops")
+    per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
+    print(f"{ratio_label:<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
+    return {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
+            "veddb_median": medians(a), "redis_median": medians(b)}
+
 print(f"{'acknowledged SETs (closed loop)':<34} {'ops/s':>9} {'p50 us':>9} {'p99 us':>9} {'cpu us/op':>9}   [per round ops/s]")
 summary["fsync_always"] = {}
 if os.path.exists(os.path.join(out, f"veddb-always-c{clients[0]}-r1.txt.json")):
     for c in clients:
-        a, b = veddb(f"veddb-always-c{c}"), redis(f"redis-always-c{c}")
-        print(line(f"VedDB --fsync always, c={c}", a))
-        print(line(f"Redis appendfsync always, c={c}", b))
-        ratio = m(a, "ops") / m(b, "ops")
-        per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
-        print(f"{'  VedDB / Redis':<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
-        summary["fsync_always"][c] = {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
-                                      "veddb_median": {k: m(a, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")},
-                                      "redis_median": {k: m(b, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
+        summary["fsync_always"][c] = versus(
+            f"VedDB --fsync always, c={c}", veddb(f"veddb-always-c{c}"),
+            f"Redis appendfsync always, c={c}", redis(f"redis-always-c{c}"))
     if os.path.exists(os.path.join(out, f"veddb1-always-c{max_c}-r1.txt.json")):
         a = veddb(f"veddb1-always-c{max_c}")
         print(line(f"VedDB --cores 1 always, c={max_c}", a))
         summary["fsync_always_cores1"] = {"clients": max_c, "rows": a, "median_ops": m(a, "ops")}
     e, mem = veddb(f"veddb-everysec-c{ratio_c}"), veddb(f"veddb-memory-c{ratio_c}")
-    print(line(f"VedDB --fsync everysec, c={ratio_c}", e))
-    print(line(f"VedDB in memory, c={ratio_c}", mem))
-    ratio = m(e, "ops") / m(mem, "ops")
-    print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
+    ratio = versus(f"VedDB --fsync everysec, c={ratio_c}", e, f"VedDB in memory, c={ratio_c}", mem,
+                   "  everysec / in memory")["ratio_of_medians"]
     summary["everysec_vs_memory"] = {"clients": ratio_c, "everysec": e, "memory": mem, "ratio_of_medians": ratio}
     try:
         a = summary["fsync_always"][ratio_c]["veddb_median"]["ops"]
@@ -790,29 +799,17 @@ if os.path.exists(os.path.join(out, "local-always-c1-r1.txt.json")):
     print("through shared memory: one load thread with c sessions, one SET in flight on each; Redis over its Unix socket")
     summary["local_fsync_always"] = {}
     for c in clients:
-        a, b = veddb(f"local-always-c{c}"), redis(f"redis-unix-always-c{c}")
-        print(line(f"VedDB local --fsync always, c={c}", a))
-        print(line(f"Redis unix appendfsync always, c={c}", b))
-        ratio = m(a, "ops") / m(b, "ops")
-        per_round = [x["ops"] / y["ops"] for x, y in zip(a, b)]
-        print(f"{'  VedDB / Redis':<34} {ratio:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
-        summary["local_fsync_always"][c] = {"veddb": a, "redis": b, "ratio_of_medians": ratio, "ratio_per_round": per_round,
-                                            "veddb_median": {k: m(a, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")},
-                                            "redis_median": {k: m(b, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
+        summary["local_fsync_always"][c] = versus(
+            f"VedDB local --fsync always, c={c}", veddb(f"local-always-c{c}"),
+            f"Redis unix appendfsync always, c={c}", redis(f"redis-unix-always-c{c}"))
     e, mem = veddb(f"local-everysec-c{ratio_c}"), veddb(f"local-memory-c{ratio_c}")
-    print(line(f"VedDB local --fsync everysec, c={ratio_c}", e))
-    print(line(f"VedDB local in memory, c={ratio_c}", mem))
-    ratio = m(e, "ops") / m(mem, "ops")
-    print(f"{'  everysec / in memory':<34} {ratio:>8.2f}x   (per round {joined((x['ops'] / y['ops'] for x, y in zip(e, mem)), '{:.2f}')})")
+    ratio = versus(f"VedDB local --fsync everysec, c={ratio_c}", e, f"VedDB local in memory, c={ratio_c}", mem,
+                   "  everysec / in memory")["ratio_of_medians"]
     if os.path.exists(os.path.join(out, f"local1-always-c{max_c}-r1.txt.json")):
-        a1, b = veddb(f"local1-always-c{max_c}"), redis(f"redis-unix-always-c{max_c}")
-        print(line(f"VedDB local --cores 1 always, c={max_c}", a1))
-        ratio1 = m(a1, "ops") / m(b, "ops")
-        per_round = [x["ops"] / y["ops"] for x, y in zip(a1, b)]
-        print(f"{'  VedDB --cores 1 / Redis':<34} {ratio1:>8.2f}x   (per round {joined(per_round, '{:.2f}')})")
-        summary["local_fsync_always_cores1"] = {"clients": max_c, "veddb": a1, "ratio_of_medians": ratio1,
-                                                "ratio_per_round": per_round,
-                                                "veddb_median": {k: m(a1, k) for k in ("ops", "p50_us", "p99_us", "server_cpu_us_per_op")}}
+        entry = versus(f"VedDB local --cores 1 always, c={max_c}", veddb(f"local1-always-c{max_c}"),
+                       None, redis(f"redis-unix-always-c{max_c}"), "  VedDB --cores 1 / Redis")
+        summary["local_fsync_always_cores1"] = {"clients": max_c, **{
+            k: entry[k] for k in ("veddb", "ratio_of_medians", "ratio_per_round", "veddb_median")}}
     a = summary["local_fsync_always"].get(ratio_c)
     if a:
         print(f"{'  always / in memory':<34} {a['veddb_median']['ops'] / m(mem, 'ops'):>8.2f}x")

@@ -298,6 +298,42 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
     Ok(results)
 }
 
+/// A closed-loop client's measured window: it follows the phase and starts its clock when
+/// measuring begins.
+#[derive(Default)]
+struct Window {
+    started: Option<Instant>,
+}
+
+impl Window {
+    /// False once the phase is STOPPING.
+    fn go_on(&mut self, phase: &AtomicU8) -> bool {
+        match phase.load(Ordering::Relaxed) {
+            STOPPING => false,
+            MEASURING => {
+                self.started.get_or_insert_with(Instant::now);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn measuring(&self) -> bool {
+        self.started.is_some()
+    }
+
+    fn outcome(&self, histogram: Histogram<u64>, operations: u64, errors: u64) -> Outcome {
+        Outcome {
+            histogram,
+            operations,
+            errors,
+            seconds: self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            stats: PacerStats::default(),
+            unsent: 0,
+        }
+    }
+}
+
 /// One client thread's session and workload.
 struct Client<'a> {
     connection: &'a LocalConnection,
@@ -367,34 +403,20 @@ impl Client<'_> {
         let mut rng = self.rng();
         let mut histogram = histogram();
         let (mut operations, mut errors) = (0u64, 0u64);
-        let mut started: Option<Instant> = None;
+        let mut window = Window::default();
         let mut batch = Vec::with_capacity(self.depth);
-        loop {
-            let now_phase = phase.load(Ordering::Relaxed);
-            if now_phase == STOPPING {
-                break;
-            }
-            if now_phase == MEASURING && started.is_none() {
-                started = Some(Instant::now());
-            }
+        while window.go_on(phase) {
             self.fill(&mut batch, self.depth, &mut rng);
             let t0 = Instant::now();
             let failed = self.send(&mut batch);
             let elapsed = t0.elapsed();
-            if started.is_some() {
+            if window.measuring() {
                 let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
                 operations += self.depth as u64;
                 errors += failed;
             }
         }
-        Outcome {
-            histogram,
-            operations,
-            errors,
-            seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-            stats: PacerStats::default(),
-            unsent: 0,
-        }
+        window.outcome(histogram, operations, errors)
     }
 
     /// `--sessions` above 1: keeps `depth` requests in flight on each session, replacing each
@@ -408,7 +430,7 @@ impl Client<'_> {
         let mut rng = self.rng();
         let mut histogram = histogram();
         let (mut operations, mut errors) = (0u64, 0u64);
-        let mut started: Option<Instant> = None;
+        let mut window = Window::default();
         let mut batch = Vec::with_capacity(1);
         let failure = |session: usize, error: veddb_client::ClientError| {
             format!("client {} session {session}: {error}", self.client)
@@ -427,14 +449,7 @@ impl Client<'_> {
             in_flight.push(queue);
         }
         let mut idle_since = Instant::now();
-        loop {
-            let now_phase = phase.load(Ordering::Relaxed);
-            if now_phase == STOPPING {
-                break;
-            }
-            if now_phase == MEASURING && started.is_none() {
-                started = Some(Instant::now());
-            }
+        while window.go_on(phase) {
             let mut answered = 0u64;
             for (index, session) in sessions.iter().enumerate() {
                 let queue = &mut in_flight[index];
@@ -448,7 +463,7 @@ impl Client<'_> {
                     let elapsed = sent.elapsed();
                     queue.pop_front();
                     answered += 1;
-                    if started.is_some() {
+                    if window.measuring() {
                         let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
                         operations += 1;
                         errors += u64::from(matches!(response, Response::Error(_)));
@@ -479,14 +494,7 @@ impl Client<'_> {
                 std::hint::spin_loop();
             }
         }
-        Ok(Outcome {
-            histogram,
-            operations,
-            errors,
-            seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
-            stats: PacerStats::default(),
-            unsent: 0,
-        })
+        Ok(window.outcome(histogram, operations, errors))
     }
 
     /// Requests at this client's intended times until the end of the window; overdue ones go
