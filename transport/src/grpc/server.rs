@@ -19,11 +19,12 @@ use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use veddb_engine::CoreContext;
 use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
 use veddb_wire::{Request, Response};
 
+use super::tcp_io::TcpIo;
 use super::GrpcConfig;
 
 /// Messages one FETCH of a Subscribe stream takes at most.
@@ -114,11 +115,11 @@ async fn serve_connection(
     shared: &Rc<Shared>,
 ) -> Result<(), h2::Error> {
     let _ = stream.set_nodelay(true);
-    let io = Box::pin(compio::io::compat::AsyncStream::new(stream));
+    let io = TcpIo::new(stream);
     match shared.config.tls.clone() {
-        None => serve_h2(context, io.compat(), shared).await,
+        None => serve_h2(context, io, shared).await,
         Some(tls) => {
-            let accept = futures_rustls::TlsAcceptor::from(tls).accept(io);
+            let accept = futures_rustls::TlsAcceptor::from(tls).accept(io.compat());
             match compio::time::timeout(shared.config.handshake_timeout, accept).await {
                 Ok(Ok(tls_stream)) => serve_h2(context, tls_stream.compat(), shared).await,
                 Ok(Err(error)) => {
@@ -175,20 +176,57 @@ where
         }
     };
     let accept = async move {
-        while let Some(accepted) = connection.accept().await {
-            let (request, respond) = accepted?;
-            let context = context.clone();
-            let shared = shared.clone();
-            // Boxed: the stream's future is large, and the task would otherwise copy it
-            // whole into its slot (and move it again on every spawn).
-            let task = Box::pin(handle_stream(context, request, respond, shared));
-            compio::runtime::spawn(task).detach();
+        let mut accepted = Vec::new();
+        loop {
+            // Every stream whose request h2 has read by now, then the calls together: their
+            // answers are encoded and written in one go when the connection is polled next.
+            let open = poll_fn(|cx| accept_ready(&mut connection, cx, &mut accepted)).await?;
+            for (request, respond) in accepted.drain(..) {
+                // A call runs here first: most unary calls finish in this one poll, with no
+                // task of their own. One that waits (for another core, the log, more request
+                // messages, a subscription) goes on in its own task. Boxed so that it can move
+                // there after this poll.
+                let mut call = Box::pin(handle_stream(
+                    context.clone(),
+                    request,
+                    respond,
+                    shared.clone(),
+                ));
+                if futures_util::poll!(call.as_mut()).is_pending() {
+                    compio::runtime::spawn(call).detach();
+                }
+            }
+            if !open {
+                break;
+            }
         }
         Ok::<(), h2::Error>(())
     };
     match select(pin!(accept), pin!(keepalive)).await {
         Either::Left((result, _)) => result,
         Either::Right(((), _)) => Ok(()),
+    }
+}
+
+/// Moves every stream h2 can hand out now into `accepted`. Ready(Ok(true)) once at least one
+/// was accepted (or the connection is still open with nothing new), Ready(Ok(false)) when the
+/// connection closed; Pending while nothing came in.
+fn accept_ready(
+    connection: &mut h2::server::Connection<
+        impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        Bytes,
+    >,
+    cx: &mut Context<'_>,
+    accepted: &mut Vec<(http::Request<RecvStream>, SendResponse<Bytes>)>,
+) -> Poll<Result<bool, h2::Error>> {
+    loop {
+        match connection.poll_accept(cx) {
+            Poll::Ready(Some(Ok(stream))) => accepted.push(stream),
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+            Poll::Ready(None) => return Poll::Ready(Ok(false)),
+            Poll::Pending if accepted.is_empty() => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(Ok(true)),
+        }
     }
 }
 
