@@ -949,6 +949,17 @@ impl From<FrameError> for Status {
     }
 }
 
+/// The message of `chunk` when it holds exactly one whole, uncompressed message within `limit`
+/// (prefix included), as a slice of it: no copy. `None` for anything else (part of a message,
+/// several, a compressed or bad flag, over the limit), which a [`Deframer`] then takes apart or
+/// refuses. The common unary request arrives this way, in one DATA frame.
+pub fn whole_message(chunk: &Bytes, limit: usize) -> Option<Bytes> {
+    let (&[flag, l0, l1, l2, l3], _) = chunk.split_first_chunk::<FRAME_PREFIX_BYTES>()?;
+    let length = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).ok()?;
+    (flag == 0 && length <= limit && chunk.len() - FRAME_PREFIX_BYTES == length)
+        .then(|| chunk.slice(FRAME_PREFIX_BYTES..))
+}
+
 /// Splits a byte stream (HTTP/2 DATA payloads) into messages.
 ///
 /// Feed each chunk to [`push`](Deframer::push), then take messages with
@@ -2242,6 +2253,30 @@ mod tests {
         frame(&[7; 300], &mut out);
         assert_eq!(&out[..5], &[0, 0, 0, 1, 44]);
         assert_eq!(out.len(), 305);
+    }
+
+    #[test]
+    fn whole_message_takes_exactly_one_message_and_nothing_else() {
+        let mut framed = Vec::new();
+        frame(b"hello", &mut framed);
+        let framed = Bytes::from(framed);
+        assert_eq!(whole_message(&framed, 5).as_deref(), Some(&b"hello"[..]));
+        // Over the limit, a partial message, two messages, compressed: left to the Deframer.
+        assert_eq!(whole_message(&framed, 4), None);
+        assert_eq!(whole_message(&framed.slice(..framed.len() - 1), 100), None);
+        assert_eq!(whole_message(&framed.slice(..3), 100), None);
+        let mut two = framed.to_vec();
+        two.extend_from_slice(&framed);
+        assert_eq!(whole_message(&Bytes::from(two), 100), None);
+        let mut compressed = framed.to_vec();
+        compressed[0] = 1;
+        assert_eq!(whole_message(&Bytes::from(compressed), 100), None);
+        let mut empty = Vec::new();
+        frame(b"", &mut empty);
+        assert_eq!(
+            whole_message(&Bytes::from(empty), 0).as_deref(),
+            Some(&b""[..])
+        );
     }
 
     #[test]

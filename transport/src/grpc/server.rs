@@ -241,12 +241,10 @@ const STATUS_VALUES: [&str; 17] = [
 fn grpc_headers() -> http::Response<()> {
     let mut response = http::Response::new(());
     let headers = response.headers_mut();
-    headers.reserve(2);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     response
 }
 
@@ -256,6 +254,10 @@ fn status_headers(headers: &mut HeaderMap, status: &Status) {
         None => HeaderValue::from(status.code as i32),
     };
     headers.insert(GRPC_STATUS, value);
+    if status.code == Code::Unimplemented {
+        // What the client may use instead of a compression (or of anything) it tried.
+        headers.insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     if !status.message.is_empty() {
         if let Ok(value) = HeaderValue::from_str(&map::percent_encode_message(&status.message)) {
             headers.insert(GRPC_MESSAGE, value);
@@ -355,6 +357,12 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| None)?;
         let _ = body.flow_control().release_capacity(chunk.len());
+        if message.is_none() && deframer.buffered() == 0 {
+            if let Some(whole) = map::whole_message(&chunk, limit) {
+                message = Some(whole);
+                continue;
+            }
+        }
         deframer.push(&chunk);
         while let Some(next) = deframer.next().map_err(|e| Some(frame_error_status(e)))? {
             if message.is_some() {
@@ -384,11 +392,17 @@ async fn handle_stream(
         let _ = respond.send_response(response, true);
         return;
     }
-    let content_type = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    // The three request headers a call looks at, in one pass (no hashing of names).
+    let (mut content_type, mut encoding, mut timeout) = (None, None, None);
+    for (name, value) in &parts.headers {
+        match name.as_str() {
+            "content-type" => content_type = content_type.or(Some(value)),
+            "grpc-encoding" => encoding = encoding.or(Some(value)),
+            "grpc-timeout" => timeout = timeout.or(Some(value)),
+            _ => {}
+        }
+    }
+    let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
     if !(content_type == "application/grpc"
         || content_type.starts_with("application/grpc+")
         || content_type.starts_with("application/grpc;"))
@@ -415,11 +429,7 @@ async fn handle_stream(
         );
         return;
     };
-    if let Some(encoding) = parts
-        .headers
-        .get("grpc-encoding")
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(encoding) = encoding.and_then(|v| v.to_str().ok()) {
         if encoding != "identity" {
             trailers_only(
                 &mut respond,
@@ -438,9 +448,7 @@ async fn handle_stream(
         );
         return;
     }
-    let deadline = parts
-        .headers
-        .get("grpc-timeout")
+    let deadline = timeout
         .and_then(|v| v.to_str().ok())
         .and_then(map::grpc_timeout)
         .map(|timeout| Instant::now() + timeout);
