@@ -8,19 +8,23 @@ use compio::net::TcpStream;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use veddb_h2io::TcpIo;
 use veddb_wire::grpc::{self as map, Code, Deframer, Method, Status};
 use veddb_wire::grpc_client::{self as client_map, SubscribeEvent};
 use veddb_wire::{Info, Request, Response};
 
 use crate::ClientError;
 
+/// Requests up to this size (framed) are handed to h2 whole (see `send_messages`).
+const SMALL_REQUEST_BYTES: usize = 16 << 10;
+
 /// One HTTP/2 connection. Cheap to clone; calls from several tasks run concurrently as
 /// separate streams.
 #[derive(Clone)]
 pub struct GrpcConnection {
     send: SendRequest<Bytes>,
-    authority: String,
+    /// The `:authority` of every request (the server's address), parsed once.
+    authority: http::uri::Authority,
     message_bytes_max: usize,
 }
 
@@ -30,7 +34,7 @@ impl GrpcConnection {
     pub async fn connect(address: SocketAddr) -> Result<GrpcConnection, ClientError> {
         let stream = TcpStream::connect(address).await.map_err(ClientError::Io)?;
         let _ = stream.set_nodelay(true);
-        let io = Box::pin(compio::io::compat::AsyncStream::new(stream)).compat();
+        let io = TcpIo::new(stream);
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(8 << 20)
@@ -44,7 +48,8 @@ impl GrpcConnection {
         .detach();
         Ok(GrpcConnection {
             send,
-            authority: address.to_string(),
+            authority: http::uri::Authority::try_from(address.to_string())
+                .map_err(|error| ClientError::Protocol(error.to_string()))?,
             message_bytes_max: map::MESSAGE_BYTES_MAX_DEFAULT,
         })
     }
@@ -59,9 +64,18 @@ impl GrpcConnection {
             .ready()
             .await
             .map_err(ClientError::from_h2)?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(path)
+                .map_err(|error| ClientError::Protocol(error.to_string()))?,
+        );
+        let uri =
+            http::Uri::from_parts(uri).map_err(|error| ClientError::Protocol(error.to_string()))?;
         let request = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{}{}", self.authority, path))
+            .uri(uri)
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header("te", "trailers")
             .body(())
@@ -81,6 +95,11 @@ impl GrpcConnection {
             map::frame(message, &mut framed);
         }
         let mut data = Bytes::from(framed);
+        if end && data.len() <= SMALL_REQUEST_BYTES {
+            // A small request goes whole, ending the stream in the same DATA frame, without
+            // reserving send window first: h2 keeps it until the server's window allows.
+            return stream.send_data(data, true).map_err(ClientError::from_h2);
+        }
         while !data.is_empty() {
             stream.reserve_capacity(data.len());
             match poll_fn(|cx| stream.poll_capacity(cx)).await {
@@ -89,9 +108,13 @@ impl GrpcConnection {
                 Some(Ok(0)) => {}
                 Some(Ok(n)) => {
                     let chunk = data.split_to(n.min(data.len()));
+                    let last = end && data.is_empty();
                     stream
-                        .send_data(chunk, false)
+                        .send_data(chunk, last)
                         .map_err(ClientError::from_h2)?;
+                    if last {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -7,7 +7,6 @@
 //! grpc/grpc `doc/PROTOCOL-HTTP2.md`; what each status means is in `docs/wire-format.md`.
 
 mod server;
-mod tcp_io;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -21,10 +21,10 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use veddb_engine::CoreContext;
+use veddb_h2io::TcpIo;
 use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
 use veddb_wire::{Request, Response};
 
-use super::tcp_io::TcpIo;
 use super::GrpcConfig;
 
 /// Messages one FETCH of a Subscribe stream takes at most.
