@@ -7,7 +7,11 @@
 //! until the kernel took the bytes, which stops h2 from reading the next requests meanwhile.
 //! This adapter:
 //!
-//! - reads into one owned buffer ([`READ_BUFFER_BYTES`]) and hands h2 what it holds;
+//! - reads into one owned buffer and hands h2 what it holds. Reads take [`READ_BYTES_MIN`]
+//!   at a time, as readiness-based servers do; only a run of reads that each fill the buffer
+//!   (a bulk transfer) doubles it, up to [`READ_BYTES_MAX`], and the first read that does not
+//!   fill it goes back to the minimum. (Reading all that is there at once, 64 KiB, halved
+//!   `Batch` throughput here: each side then works in larger bursts while the other waits.)
 //! - collects h2's writes into one buffer and sends it as one write when h2 flushes, while the
 //!   next writes collect into a second buffer (one write in flight at a time, so the bytes
 //!   stay in order);
@@ -31,8 +35,12 @@ use compio::io::{AsyncRead as _, AsyncWrite as _, AsyncWriteExt as _};
 use compio::net::TcpStream;
 use tokio::io::ReadBuf;
 
-/// Capacity of the read buffer: one io_uring read takes up to this much.
-pub const READ_BUFFER_BYTES: usize = 64 << 10;
+/// What one read takes at most, normally.
+pub const READ_BYTES_MIN: usize = 8 << 10;
+/// What one read takes at most, in a bulk transfer.
+pub const READ_BYTES_MAX: usize = 256 << 10;
+/// Consecutive reads that fill the buffer before it doubles.
+const FULL_READS_TO_GROW: u8 = 4;
 /// Bytes queued behind the write in flight before writes wait for it.
 pub const WRITE_BUFFER_HIGH: usize = 1 << 20;
 /// Write buffers keep up to this capacity between writes; larger ones are released.
@@ -48,6 +56,10 @@ pub struct TcpIo {
     /// Received bytes not yet handed out are `read_buffer[read_at..]`.
     read_buffer: Vec<u8>,
     read_at: usize,
+    /// What the next read takes at most (the read buffer's capacity).
+    read_size: usize,
+    /// Reads in a row that filled the buffer.
+    full_reads: u8,
     reading: Option<ReadFuture>,
     eof: bool,
     /// Bytes written by h2 and not yet sent.
@@ -64,7 +76,9 @@ impl TcpIo {
     pub fn new(stream: TcpStream) -> TcpIo {
         TcpIo {
             stream,
-            read_buffer: Vec::with_capacity(READ_BUFFER_BYTES),
+            read_buffer: Vec::with_capacity(READ_BYTES_MIN),
+            read_size: READ_BYTES_MIN,
+            full_reads: 0,
             read_at: 0,
             reading: None,
             eof: false,
@@ -134,6 +148,20 @@ impl TcpIo {
             .max(1)))
     }
 
+    /// Sizes the next read after one that returned `n` bytes (see the module documentation).
+    fn adapt_read_size(&mut self, n: usize) {
+        if n < self.read_size {
+            self.full_reads = 0;
+            self.read_size = READ_BYTES_MIN;
+            return;
+        }
+        self.full_reads += 1;
+        if self.full_reads >= FULL_READS_TO_GROW {
+            self.full_reads = 0;
+            self.read_size = (self.read_size * 2).min(READ_BYTES_MAX);
+        }
+    }
+
     fn take_write_error(&mut self) -> io::Result<()> {
         match self.write_error.take() {
             Some(error) => Err(io::Error::new(error.kind(), error)),
@@ -163,6 +191,9 @@ impl tokio::io::AsyncRead for TcpIo {
             let reading = this.reading.get_or_insert_with(|| {
                 let mut buffer = mem::take(&mut this.read_buffer);
                 buffer.clear();
+                if buffer.capacity() != this.read_size {
+                    buffer = Vec::with_capacity(this.read_size);
+                }
                 this.read_at = 0;
                 let mut stream = this.stream.clone();
                 Box::pin(async move { stream.read(buffer).await })
@@ -173,7 +204,7 @@ impl tokio::io::AsyncRead for TcpIo {
             this.read_at = 0;
             match result {
                 Ok(0) => this.eof = true,
-                Ok(_) => {}
+                Ok(n) => this.adapt_read_size(n),
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
@@ -352,8 +383,54 @@ mod tests {
                 shutdown(&mut client).await;
             };
             let (_, received) =
-                futures_util::join!(writer, read_to_end(&mut server, READ_BUFFER_BYTES * 2));
+                futures_util::join!(writer, read_to_end(&mut server, READ_BYTES_MAX * 2));
             assert!(received == data, "large write arrived changed");
+        });
+    }
+
+    #[test]
+    fn reads_grow_only_in_a_bulk_transfer_and_shrink_after() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let (mut client, mut server) = pair().await;
+            // The rule: four full reads in a row double the size; a short one resets it.
+            for _ in 0..FULL_READS_TO_GROW {
+                server.adapt_read_size(READ_BYTES_MIN);
+            }
+            assert_eq!(server.read_size, 2 * READ_BYTES_MIN);
+            server.adapt_read_size(100);
+            assert_eq!(server.read_size, READ_BYTES_MIN);
+            // A bulk transfer: the reader (slower than the writer here) ends up with larger
+            // reads, and every byte arrives.
+            let data = pattern(8 << 20, 5);
+            let writer = async {
+                write(&mut client, &data).await;
+                shutdown(&mut client).await;
+            };
+            let reader = async {
+                let mut received = Vec::new();
+                let mut largest = 0;
+                let mut buffer = vec![0; 2 * READ_BYTES_MAX];
+                loop {
+                    let mut read = ReadBuf::new(&mut buffer);
+                    poll_fn(|cx| Pin::new(&mut server).poll_read(cx, &mut read))
+                        .await
+                        .unwrap();
+                    largest = largest.max(server.read_size);
+                    if read.filled().is_empty() {
+                        return (received, largest);
+                    }
+                    received.extend_from_slice(read.filled());
+                    // Let the writer get ahead, so that the socket holds more than one read.
+                    compio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            };
+            let (_, (received, largest)) = futures_util::join!(writer, reader);
+            assert!(received == data, "bulk transfer arrived changed");
+            assert!(
+                largest > READ_BYTES_MIN,
+                "reads never grew in a bulk transfer"
+            );
+            assert!(largest <= READ_BYTES_MAX);
         });
     }
 
