@@ -38,6 +38,9 @@ struct Shared {
     config: GrpcConfig,
     shutting_down: Arc<AtomicBool>,
     connections: Cell<usize>,
+    /// True while a connection runs the calls of one read in place, having refreshed the
+    /// core's clock just before: those calls need not read the clock again.
+    clock_fresh: Cell<bool>,
 }
 
 /// Binds this core's listener (SO_REUSEPORT), reports the address, then accepts forever.
@@ -65,6 +68,7 @@ pub(super) async fn listen(
         config,
         shutting_down,
         connections: Cell::new(0),
+        clock_fresh: Cell::new(false),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -181,6 +185,9 @@ where
             // Every stream whose request h2 has read by now, then the calls together: their
             // answers are encoded and written in one go when the connection is polled next.
             let open = poll_fn(|cx| accept_ready(&mut connection, cx, &mut accepted)).await?;
+            // One clock read for the calls of this read (nothing below yields).
+            context.refresh_clock();
+            shared.clock_fresh.set(true);
             for (request, respond) in accepted.drain(..) {
                 // A call runs here first: most unary calls finish in this one poll, with no
                 // task of their own. One that waits (for another core, the log, more request
@@ -196,6 +203,7 @@ where
                     compio::runtime::spawn(call).detach();
                 }
             }
+            shared.clock_fresh.set(false);
             if !open {
                 break;
             }
@@ -478,7 +486,19 @@ async fn handle_stream(
                 }
             }
         }
-        _ => unary(&context, method, body, respond, deadline, limit).await,
+        _ => {
+            let clock_fresh = &shared.clock_fresh;
+            unary(
+                &context,
+                method,
+                body,
+                respond,
+                deadline,
+                limit,
+                clock_fresh,
+            )
+            .await
+        }
     }
 }
 
@@ -527,6 +547,7 @@ async fn unary(
     mut respond: SendResponse<Bytes>,
     deadline: Option<Instant>,
     limit: usize,
+    clock_fresh: &Cell<bool>,
 ) {
     let message = match until(deadline, read_one(&mut body, limit)).await {
         Err(()) => return trailers_only(&mut respond, &deadline_status()),
@@ -541,7 +562,9 @@ async fn unary(
     let key = map::request_key(&request);
     // At once when this core can answer; else a boxed future (the engine's is large, and
     // inline it would weigh on every call's task).
-    context.refresh_clock();
+    if !clock_fresh.get() {
+        context.refresh_clock();
+    }
     let response = match context.try_execute_local(request) {
         Ok(response) => response,
         Err(request) => match until(deadline, Box::pin(context.execute(request))).await {
