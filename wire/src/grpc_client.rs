@@ -12,6 +12,26 @@ use crate::{Info, Request, Response, SetCondition, ShardStats, Ttl};
 /// Encodes `request` as a `BatchRequest`. INFO, SNAPSHOT, SUBSCRIBE, UNSUBSCRIBE and FETCH have
 /// their own RPCs and are refused here.
 pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
+    batch_request(request).map(|message| message.encode_to_vec())
+}
+
+/// Appends `request` to `out` as one framed `BatchRequest` (the 5-byte gRPC prefix, then the
+/// message), encoded in place: many requests make one buffer with no copy in between.
+pub fn encode_batch_request_framed(request: &Request, out: &mut Vec<u8>) -> Result<(), Status> {
+    let message = batch_request(request)?;
+    let length = message.encoded_len();
+    let prefix = u32::try_from(length)
+        .map_err(|_| Status::resource_exhausted("request over 4 GiB"))?
+        .to_be_bytes();
+    out.reserve(crate::grpc::FRAME_PREFIX_BYTES + length);
+    out.push(0);
+    out.extend_from_slice(&prefix);
+    message
+        .encode(out)
+        .map_err(|error| Status::internal(error.to_string()))
+}
+
+fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
     use pb::batch_request::Op;
     let op = match request.clone() {
         Request::Ping => Op::Ping(pb::PingRequest {}),
@@ -84,7 +104,7 @@ pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
             )))
         }
     };
-    Ok(pb::BatchRequest { op: Some(op) }.encode_to_vec())
+    Ok(pb::BatchRequest { op: Some(op) })
 }
 
 /// The version a FAILED_PRECONDITION message names ("... the current version is N").
@@ -355,6 +375,18 @@ mod tests {
                 Response::Published { receivers: 2 },
             ),
         ];
+        let mut all_framed = Vec::new();
+        for (request, _) in &cases {
+            encode_batch_request_framed(request, &mut all_framed).unwrap();
+        }
+        // The framed encoder writes, back to back, exactly the framed messages.
+        let mut deframer = crate::grpc::Deframer::new(1 << 20);
+        deframer.push_bytes(&Bytes::from(all_framed));
+        for (request, _) in &cases {
+            let message = deframer.next().unwrap().expect("one message per request");
+            assert_eq!(message, encode_batch_request(request).unwrap());
+        }
+        assert_eq!(deframer.next().unwrap(), None);
         for (request, response) in cases {
             let encoded = encode_batch_request(&request).unwrap();
             let (method, decoded) = decode_batch(Bytes::from(encoded)).unwrap();
@@ -383,6 +415,9 @@ mod tests {
         assert_eq!(status.code, Code::InvalidArgument);
         assert!(status.message.contains("integer"));
         assert!(encode_batch_request(&Request::Info).is_err());
+        let mut out = Vec::new();
+        assert!(encode_batch_request_framed(&Request::Info, &mut out).is_err());
+        assert!(out.is_empty(), "nothing written for a refused request");
         let status = encode_batch_request(&Request::Snapshot).unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "SNAPSHOT is not a batch operation");

@@ -112,6 +112,36 @@ pub enum Request {
 }
 
 impl Request {
+    /// Gives every key, value, topic and message this request may keep (store, queue, or
+    /// subscribe to) a buffer of its own. A request decoded in place from a network buffer
+    /// holds slices of that buffer, and whatever the engine keeps would keep the whole buffer
+    /// alive with it (a 64-byte value pinning a 64 KiB frame, unaccounted); this copies just
+    /// what may be kept, so memory use follows the data. Reads and deletes keep nothing and
+    /// are left as they are.
+    pub fn detach_kept(&mut self) {
+        fn own(bytes: &mut Bytes) {
+            *bytes = Bytes::copy_from_slice(bytes);
+        }
+        match self {
+            Request::Set { key, value, .. } | Request::Cas { key, value, .. } => {
+                own(key);
+                own(value);
+            }
+            Request::Incr { key, .. } | Request::Subscribe { topic: key } => own(key),
+            Request::MSet { pairs } => {
+                for (key, value) in pairs {
+                    own(key);
+                    own(value);
+                }
+            }
+            Request::Publish { topic, message } => {
+                own(topic);
+                own(message);
+            }
+            _ => {}
+        }
+    }
+
     /// The name of the command, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -433,5 +463,48 @@ impl Info {
             total.forwarded_in += s.forwarded_in;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_kept_copies_what_may_be_kept_and_nothing_else() {
+        let frame = Bytes::from(vec![7_u8; 64 << 10]);
+        let mut set = Request::Set {
+            key: frame.slice(0..16),
+            value: frame.slice(16..80),
+            options: SetOptions::default(),
+        };
+        let mut publish = Request::Publish {
+            topic: frame.slice(80..90),
+            message: frame.slice(90..200),
+        };
+        let mut mset = Request::MSet {
+            pairs: vec![(frame.slice(200..210), frame.slice(210..300))],
+        };
+        let mut get = Request::Get {
+            key: frame.slice(0..16),
+        };
+        let before = (set.clone(), publish.clone(), mset.clone());
+        set.detach_kept();
+        publish.detach_kept();
+        mset.detach_kept();
+        get.detach_kept();
+        // Same contents, and nothing kept refers to the frame any more: only `get` (not kept)
+        // and `frame` itself do.
+        assert_eq!((set.clone(), publish.clone(), mset.clone()), before);
+        drop(before);
+        let Request::Get { key } = get else {
+            unreachable!()
+        };
+        drop(key);
+        assert!(frame.is_unique(), "a kept field still shares the frame");
+        let Request::Set { value, .. } = set else {
+            unreachable!()
+        };
+        assert_eq!(value.len(), 64);
     }
 }

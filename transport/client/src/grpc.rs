@@ -84,7 +84,7 @@ impl GrpcConnection {
             .map_err(ClientError::from_h2)
     }
 
-    /// Sends framed messages, optionally ending the request.
+    /// Sends messages, optionally ending the request.
     async fn send_messages(
         stream: &mut SendStream<Bytes>,
         messages: &[Vec<u8>],
@@ -94,6 +94,15 @@ impl GrpcConnection {
         for message in messages {
             map::frame(message, &mut framed);
         }
+        Self::send_framed(stream, framed, end).await
+    }
+
+    /// Sends messages already framed (prefixes included), optionally ending the request.
+    async fn send_framed(
+        stream: &mut SendStream<Bytes>,
+        framed: Vec<u8>,
+        end: bool,
+    ) -> Result<(), ClientError> {
         let mut data = Bytes::from(framed);
         if end && data.len() <= SMALL_REQUEST_BYTES {
             // A small request goes whole, ending the stream in the same DATA frame, without
@@ -147,8 +156,17 @@ impl GrpcConnection {
     }
 
     async fn call_path(&self, path: &str, messages: &[Vec<u8>]) -> Result<Vec<Bytes>, ClientError> {
+        let mut framed = Vec::with_capacity(messages.iter().map(|m| m.len() + 5).sum());
+        for message in messages {
+            map::frame(message, &mut framed);
+        }
+        self.call_framed(path, framed).await
+    }
+
+    /// Runs one call whose whole request stream is `framed` (messages with their prefixes).
+    async fn call_framed(&self, path: &str, framed: Vec<u8>) -> Result<Vec<Bytes>, ClientError> {
         let (response, mut stream) = self.start(path).await?;
-        Self::send_messages(&mut stream, messages, true).await?;
+        Self::send_framed(&mut stream, framed, true).await?;
         let response = response.await.map_err(ClientError::from_h2)?;
         let (parts, mut body) = response.into_parts();
         check_http(&parts)?;
@@ -165,7 +183,7 @@ impl GrpcConnection {
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(ClientError::from_h2)?;
             let _ = body.flow_control().release_capacity(chunk.len());
-            deframer.push(&chunk);
+            deframer.push_bytes(&chunk);
             while let Some(message) = deframer
                 .next()
                 .map_err(|e| ClientError::Status(e.status()))?
@@ -208,11 +226,12 @@ impl GrpcConnection {
             [Request::Snapshot] => return Ok(vec![self.snapshot().await.map(|()| Response::Ok)]),
             _ => {}
         }
-        let messages = requests
-            .iter()
-            .map(|request| client_map::encode_batch_request(request).map_err(ClientError::Status))
-            .collect::<Result<Vec<_>, _>>()?;
-        let answers = self.call(Method::Batch, &messages).await?;
+        let mut framed = Vec::new();
+        for request in &requests {
+            client_map::encode_batch_request_framed(request, &mut framed)
+                .map_err(ClientError::Status)?;
+        }
+        let answers = self.call_framed(Method::Batch.path(), framed).await?;
         if answers.len() != requests.len() {
             return Err(ClientError::Protocol(format!(
                 "{} answers to {} requests",
@@ -312,7 +331,7 @@ impl Subscription {
             match self.body.data().await {
                 Some(Ok(chunk)) => {
                     let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.deframer.push(&chunk);
+                    self.deframer.push_bytes(&chunk);
                 }
                 Some(Err(error)) => return Some(Err(ClientError::from_h2(error))),
                 None => {

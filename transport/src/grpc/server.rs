@@ -371,7 +371,7 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
                 continue;
             }
         }
-        deframer.push(&chunk);
+        deframer.push_bytes(&chunk);
         while let Some(next) = deframer.next().map_err(|e| Some(frame_error_status(e)))? {
             if message.is_some() {
                 return Err(Some(status(
@@ -556,7 +556,12 @@ async fn unary(
         Ok(Ok(message)) => message,
     };
     let request = match map::decode_unary(method, message) {
-        Ok(request) => request,
+        // The message may be a slice of the received frame: what the engine keeps gets its
+        // own buffer.
+        Ok(mut request) => {
+            request.detach_kept();
+            request
+        }
         Err(error) => return trailers_only(&mut respond, &error),
     };
     let key = map::request_key(&request);
@@ -605,7 +610,7 @@ async fn batch(
             Ok(Some(Ok(chunk))) => chunk,
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        deframer.push(&chunk);
+        deframer.push_bytes(&chunk);
         drop(chunk);
         // Run (or start) every complete message, in order, at the clock of their arrival.
         context.refresh_clock();
@@ -708,7 +713,12 @@ fn start_batch_op<'a>(
     cx: &mut Context<'_>,
 ) {
     let (method, request) = match map::decode_batch(message) {
-        Ok(decoded) => decoded,
+        // The message is a slice of the received frame: what the engine keeps gets its own
+        // buffer.
+        Ok((method, mut request)) => {
+            request.detach_kept();
+            (method, request)
+        }
         Err(error) => {
             if waiting.is_empty() {
                 map::encode_batch_error_framed(&error, out);
@@ -767,7 +777,9 @@ async fn subscribe(
         Ok(topic) => topic,
         Err(error) => return trailers_only(&mut respond, &error),
     };
-    let subscriber = match context.execute(Request::Subscribe { topic }).await {
+    let mut subscribe = Request::Subscribe { topic };
+    subscribe.detach_kept();
+    let subscriber = match context.execute(subscribe).await {
         Response::Subscribed { subscriber } => subscriber,
         Response::Error(error) => {
             return trailers_only(&mut respond, &map::status_of_error(&error))
