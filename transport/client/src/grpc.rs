@@ -15,7 +15,7 @@ use veddb_wire::{Info, Request, Response};
 
 use crate::ClientError;
 
-/// Requests up to this size (framed) are handed to h2 whole (see `send_messages`).
+/// Requests up to this size (framed) are handed to h2 whole (see `send_framed`).
 const SMALL_REQUEST_BYTES: usize = 16 << 10;
 
 /// One HTTP/2 connection. Cheap to clone; calls from several tasks run concurrently as
@@ -183,7 +183,9 @@ impl GrpcConnection {
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(ClientError::from_h2)?;
             let _ = body.flow_control().release_capacity(chunk.len());
-            deframer.push_bytes(&chunk);
+            // Copied into a buffer per message: answers handed to the application must not
+            // keep h2's whole read buffer alive (values are slices of their message).
+            deframer.push(&chunk);
             while let Some(message) = deframer
                 .next()
                 .map_err(|e| ClientError::Status(e.status()))?
@@ -331,7 +333,7 @@ impl Subscription {
             match self.body.data().await {
                 Some(Ok(chunk)) => {
                     let _ = self.body.flow_control().release_capacity(chunk.len());
-                    self.deframer.push_bytes(&chunk);
+                    self.deframer.push(&chunk);
                 }
                 Some(Err(error)) => return Some(Err(ClientError::from_h2(error))),
                 None => {

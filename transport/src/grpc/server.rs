@@ -185,9 +185,10 @@ where
             // Every stream whose request h2 has read by now, then the calls together: their
             // answers are encoded and written in one go when the connection is polled next.
             let open = poll_fn(|cx| accept_ready(&mut connection, cx, &mut accepted)).await?;
-            // One clock read for the calls of this read (nothing below yields).
+            // One clock read for the calls of this read (nothing below yields). The guard
+            // clears the mark however the loop ends, a panicking call included.
             context.refresh_clock();
-            shared.clock_fresh.set(true);
+            let _fresh = ClockFresh::mark(&shared.clock_fresh);
             for (request, respond) in accepted.drain(..) {
                 // A call runs here first: most unary calls finish in this one poll, with no
                 // task of their own. One that waits (for another core, the log, more request
@@ -203,7 +204,7 @@ where
                     compio::runtime::spawn(call).detach();
                 }
             }
-            shared.clock_fresh.set(false);
+            drop(_fresh);
             if !open {
                 break;
             }
@@ -216,9 +217,25 @@ where
     }
 }
 
-/// Moves every stream h2 can hand out now into `accepted`. Ready(Ok(true)) once at least one
-/// was accepted (or the connection is still open with nothing new), Ready(Ok(false)) when the
-/// connection closed; Pending while nothing came in.
+/// Marks the core's clock as just refreshed while it lives (see `Shared::clock_fresh`).
+struct ClockFresh<'a>(&'a Cell<bool>);
+
+impl<'a> ClockFresh<'a> {
+    fn mark(fresh: &'a Cell<bool>) -> ClockFresh<'a> {
+        fresh.set(true);
+        ClockFresh(fresh)
+    }
+}
+
+impl Drop for ClockFresh<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// Moves every stream h2 can hand out now into `accepted`: Ready(Ok(true)) once at least one
+/// was accepted and the connection is still open, Ready(Ok(false)) when the connection closed
+/// (with any streams accepted before), Pending while nothing came in.
 fn accept_ready(
     connection: &mut h2::server::Connection<
         impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
