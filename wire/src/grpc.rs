@@ -954,10 +954,16 @@ impl From<FrameError> for Status {
 /// several, a compressed or bad flag, over the limit), which a [`Deframer`] then takes apart or
 /// refuses. The common unary request arrives this way, in one DATA frame.
 pub fn whole_message(chunk: &Bytes, limit: usize) -> Option<Bytes> {
-    let (&[flag, l0, l1, l2, l3], _) = chunk.split_first_chunk::<FRAME_PREFIX_BYTES>()?;
-    let length = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).ok()?;
-    (flag == 0 && length <= limit && chunk.len() - FRAME_PREFIX_BYTES == length)
+    (whole_message_length(chunk, limit)? + FRAME_PREFIX_BYTES == chunk.len())
         .then(|| chunk.slice(FRAME_PREFIX_BYTES..))
+}
+
+/// The length of the message `bytes` starts with, when it is whole there, uncompressed and
+/// within `limit`; `None` for anything else (left to the [`Deframer`]'s general path).
+fn whole_message_length(bytes: &[u8], limit: usize) -> Option<usize> {
+    let (&[flag, l0, l1, l2, l3], rest) = bytes.split_first_chunk::<FRAME_PREFIX_BYTES>()?;
+    let length = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).ok()?;
+    (flag == 0 && length <= limit && rest.len() >= length).then_some(length)
 }
 
 /// Splits a byte stream (HTTP/2 DATA payloads) into messages.
@@ -1044,18 +1050,10 @@ impl Deframer {
     pub fn push_bytes(&mut self, chunk: &Bytes) {
         let mut at = 0;
         while self.failed.is_none() && self.prefix_len == 0 && self.body.is_none() {
-            let Some((&[flag, l0, l1, l2, l3], rest)) =
-                chunk[at..].split_first_chunk::<FRAME_PREFIX_BYTES>()
-            else {
-                break;
-            };
-            let Ok(length) = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])) else {
-                break;
-            };
             // Anything unusual (a flag, over the limit, cut short) goes the general way.
-            if flag != 0 || length > self.limit || rest.len() < length {
+            let Some(length) = whole_message_length(&chunk[at..], self.limit) else {
                 break;
-            }
+            };
             let start = at + FRAME_PREFIX_BYTES;
             self.ready.push_back(chunk.slice(start..start + length));
             at = start + length;

@@ -524,28 +524,24 @@ fn parallel_recovery_finds_what_sequential_recovery_finds() {
         let copy = storage.clone();
         move || Box::new(copy.clone()) as Box<dyn Storage + Send>
     };
+    let parallel = |storage: &MemoryStorage, shards: u32, threads: usize| {
+        recover_parallel(
+            &mut storage.clone(),
+            &options(shards),
+            threads,
+            fork_of(storage),
+        )
+    };
     let sequential = recover(&mut storage.clone(), &options(4)).expect("recovery");
     for threads in [1, 2, 3, 8] {
-        let parallel = recover_parallel(
-            &mut storage.clone(),
-            &options(4),
-            threads,
-            fork_of(&storage),
-        )
-        .expect("parallel recovery");
-        assert_eq!(parallel.shards, sequential.shards, "{threads} threads");
-        assert_eq!(parallel.next_sequences, sequential.next_sequences);
-        assert_eq!(parallel.layout, sequential.layout);
-        assert_eq!(parallel.warnings, sequential.warnings);
+        let parallel4 = parallel(&storage, 4, threads).expect("parallel recovery");
+        assert_eq!(parallel4.shards, sequential.shards, "{threads} threads");
+        assert_eq!(parallel4.next_sequences, sequential.next_sequences);
+        assert_eq!(parallel4.layout, sequential.layout);
+        assert_eq!(parallel4.warnings, sequential.warnings);
         // Into 3 shards: re-hashed alike.
         let sequential3 = recover(&mut storage.clone(), &options(3)).unwrap();
-        let parallel3 = recover_parallel(
-            &mut storage.clone(),
-            &options(3),
-            threads,
-            fork_of(&storage),
-        )
-        .unwrap();
+        let parallel3 = parallel(&storage, 3, threads).unwrap();
         assert_eq!(parallel3.shards, sequential3.shards);
     }
     assert_eq!(merged(&sequential.shards).len(), 160);
@@ -562,14 +558,8 @@ fn parallel_recovery_finds_what_sequential_recovery_finds() {
     assert!(sequential.to_string().contains(&first), "{sequential}");
     for threads in [1, 2, 4] {
         for _ in 0..5 {
-            let parallel = recover_parallel(
-                &mut storage.clone(),
-                &options(4),
-                threads,
-                fork_of(&storage),
-            )
-            .unwrap_err();
-            assert_eq!(parallel, sequential, "{threads} threads");
+            let error = parallel(&storage, 4, threads).unwrap_err();
+            assert_eq!(error, sequential, "{threads} threads");
         }
     }
 }

@@ -15,6 +15,15 @@ use veddb_wire::{Info, Request, Response};
 
 use crate::ClientError;
 
+/// `messages` one after another, each with its gRPC prefix.
+fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(messages.iter().map(|m| m.len() + 5).sum());
+    for message in messages {
+        map::frame(message, &mut framed);
+    }
+    framed
+}
+
 /// Requests up to this size (framed) are handed to h2 whole (see `send_framed`).
 const SMALL_REQUEST_BYTES: usize = 16 << 10;
 
@@ -84,19 +93,6 @@ impl GrpcConnection {
             .map_err(ClientError::from_h2)
     }
 
-    /// Sends messages, optionally ending the request.
-    async fn send_messages(
-        stream: &mut SendStream<Bytes>,
-        messages: &[Vec<u8>],
-        end: bool,
-    ) -> Result<(), ClientError> {
-        let mut framed = Vec::with_capacity(messages.iter().map(|m| m.len() + 5).sum());
-        for message in messages {
-            map::frame(message, &mut framed);
-        }
-        Self::send_framed(stream, framed, end).await
-    }
-
     /// Sends messages already framed (prefixes included), optionally ending the request.
     async fn send_framed(
         stream: &mut SendStream<Bytes>,
@@ -156,11 +152,7 @@ impl GrpcConnection {
     }
 
     async fn call_path(&self, path: &str, messages: &[Vec<u8>]) -> Result<Vec<Bytes>, ClientError> {
-        let mut framed = Vec::with_capacity(messages.iter().map(|m| m.len() + 5).sum());
-        for message in messages {
-            map::frame(message, &mut framed);
-        }
-        self.call_framed(path, framed).await
+        self.call_framed(path, framed(messages)).await
     }
 
     /// Runs one call whose whole request stream is `framed` (messages with their prefixes).
@@ -280,12 +272,8 @@ impl GrpcConnection {
     /// Subscribes to `topic`; the subscription lasts until the [`Subscription`] is dropped.
     pub async fn subscribe(&self, topic: Bytes) -> Result<Subscription, ClientError> {
         let (response, mut stream) = self.start(Method::Subscribe.path()).await?;
-        Self::send_messages(
-            &mut stream,
-            &[client_map::encode_subscribe_request(topic)],
-            true,
-        )
-        .await?;
+        let request = framed(&[client_map::encode_subscribe_request(topic)]);
+        Self::send_framed(&mut stream, request, true).await?;
         let response = response.await.map_err(ClientError::from_h2)?;
         let (parts, body) = response.into_parts();
         check_http(&parts)?;

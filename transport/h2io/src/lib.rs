@@ -114,20 +114,10 @@ impl TcpIo {
         }
         let buffer = mem::replace(&mut self.write_buffer, mem::take(&mut self.spare));
         let mut stream = self.stream.clone();
-        let mut writing: WriteFuture = Box::pin(async move { stream.write_all(buffer).await });
+        self.writing = Some(Box::pin(async move { stream.write_all(buffer).await }));
         // The first poll queues the operation; it completes later (or now, when the driver
         // finished it inline).
-        if let Poll::Ready(BufResult(result, mut buffer)) = writing.as_mut().poll(cx) {
-            if let Err(error) = result {
-                self.write_error.get_or_insert(error);
-            }
-            if buffer.capacity() <= WRITE_BUFFER_KEEP {
-                buffer.clear();
-                self.spare = buffer;
-            }
-        } else {
-            self.writing = Some(writing);
-        }
+        let _ = self.poll_writing(cx);
     }
 
     /// Room left in the write buffer (at least one byte), reporting a failed earlier write.

@@ -188,7 +188,7 @@ where
             // One clock read for the calls of this read (nothing below yields). The guard
             // clears the mark however the loop ends, a panicking call included.
             context.refresh_clock();
-            let _fresh = ClockFresh::mark(&shared.clock_fresh);
+            let fresh = ClockFresh::mark(&shared.clock_fresh);
             for (request, respond) in accepted.drain(..) {
                 // A call runs here first: most unary calls finish in this one poll, with no
                 // task of their own. One that waits (for another core, the log, more request
@@ -204,7 +204,7 @@ where
                     compio::runtime::spawn(call).detach();
                 }
             }
-            drop(_fresh);
+            drop(fresh);
             if !open {
                 break;
             }
