@@ -1651,7 +1651,23 @@ fn role_garbage(args: &[&str]) {
             let payload_len = 64 + rng.below(200) as usize;
             let mut frame = ring_format::frame_header(payload_len as u32).to_vec();
             let mut payload = vec![0u8; payload_len];
-            rng.fill(&mut payload);
+            // A payload that does not decode. Random bytes now and then make a well-formed
+            // request, or one whose only fault is a count over a batch limit, which the server
+            // answers with an error for that request (docs/shm-layout.md): draw again then.
+            loop {
+                rng.fill(&mut payload);
+                match veddb_wire::shm::codec::decode_request(&payload) {
+                    Err(error)
+                        if !matches!(
+                            error.kind,
+                            veddb_wire::shm::codec::DecodeErrorKind::TooMany { .. }
+                        ) =>
+                    {
+                        break
+                    }
+                    _ => {}
+                }
+            }
             frame.extend_from_slice(&payload);
             ring.write_bytes(ring_segment::REQUEST_RING_OFFSET, &frame);
             tail.store(
