@@ -99,21 +99,42 @@ impl std::fmt::Display for HeaderError {
 
 impl std::error::Error for HeaderError {}
 
-/// Checks the parts every header shares: at least `length` bytes, the magic at 0..8, the
-/// format version at 8..10, and a CRC-32C of bytes `0..length-4` in the last four. Returns the
+/// Checks the parts every header shares: at least `length` bytes, a CRC-32C of bytes
+/// `0..length-4` in the last four, the magic at 0..8 and the format version at 8..10. Returns the
 /// header's bytes.
+///
+/// Nothing in a header is trusted before its checksum holds: a header torn by a crash can keep
+/// the magic and tear the version (a version of 769 is one byte of 1 and one of garbage), and
+/// must then read as damaged, never as "written by a newer VedDB". So a checksum mismatch is
+/// [`HeaderError::ChecksumMismatch`] (or [`HeaderError::BadMagic`] when the magic is wrong too:
+/// not a file of this kind), and [`HeaderError::UnsupportedVersion`] needs an intact header.
+/// Every later format version keeps each kind's header length, magic, version field and
+/// checksum position, so that this build can tell it apart from damage.
 pub(crate) fn check_header<'a>(
     bytes: &'a [u8],
     magic: &[u8; 8],
     length: usize,
 ) -> Result<&'a [u8], HeaderError> {
+    debug_assert!(length >= 14, "magic, version and checksum fit");
     let Some(header) = bytes.get(..length) else {
         return Err(HeaderError::TooShort {
             length: bytes.len(),
             needed: length,
         });
     };
-    if &header[..8] != magic {
+    let (covered, stored) = header.split_at(length - 4);
+    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    let computed = checksum(covered);
+    let magic_holds = &header[..8] == magic;
+    if stored != computed {
+        if !magic_holds {
+            return Err(HeaderError::BadMagic {
+                found: header[..8].to_vec(),
+            });
+        }
+        return Err(HeaderError::ChecksumMismatch { stored, computed });
+    }
+    if !magic_holds {
         return Err(HeaderError::BadMagic {
             found: header[..8].to_vec(),
         });
@@ -124,12 +145,6 @@ pub(crate) fn check_header<'a>(
             found: version,
             supported: FORMAT_VERSION,
         });
-    }
-    let (covered, stored) = header.split_at(length - 4);
-    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
-    let computed = checksum(covered);
-    if stored != computed {
-        return Err(HeaderError::ChecksumMismatch { stored, computed });
     }
     Ok(header)
 }

@@ -176,8 +176,11 @@ mod tests {
             SegmentHeader::parse(&magic),
             Err(HeaderError::BadMagic { .. })
         ));
+        // A newer format: an intact header (its checksum holds) with another version.
         let mut version = bytes;
         version[8] = 2;
+        let crc = checksum(&version[..28]);
+        version[28..32].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             SegmentHeader::parse(&version),
             Err(HeaderError::UnsupportedVersion {
@@ -185,7 +188,16 @@ mod tests {
                 supported: 1
             })
         );
-        for byte in 10..32 {
+        // A torn header that kept the magic and one byte of the version (the recovery defect
+        // of issue 11: read as "format version 769") is damage, not a newer format.
+        let mut torn = bytes;
+        torn[9] = 3;
+        torn[10..].fill(0xA5);
+        assert!(matches!(
+            SegmentHeader::parse(&torn),
+            Err(HeaderError::ChecksumMismatch { .. })
+        ));
+        for byte in 8..32 {
             let mut flipped = bytes;
             flipped[byte] ^= 0x10;
             assert!(
