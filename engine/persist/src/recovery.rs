@@ -224,15 +224,29 @@ pub fn plan(files: &[FileInfo]) -> Result<Plan, RecoveryError> {
     }
     layouts.sort();
     let Some(&(layout, layout_file)) = layouts.last() else {
-        let data: Vec<String> = classified
+        let data: Vec<&FileInfo> = classified
             .iter()
             .filter(|(_, kind)| matches!(kind, DataFile::Segment(_) | DataFile::Snapshot(_)))
-            .map(|(file, _)| file.name.clone())
+            .map(|(file, _)| *file)
             .collect();
-        if !data.is_empty() {
-            return Err(RecoveryError::NoLayout { files: data });
+        // A first start writes an empty snapshot per shard, then the first layout marker; a
+        // crash between the two leaves only empty snapshots at sequence 0. They hold nothing:
+        // debris of a start that did not finish, not data without a layout.
+        let interrupted_first_start = data.iter().all(|file| {
+            matches!(
+                DataFile::classify(&file.name),
+                DataFile::Snapshot(name) if name.sequence == 0
+            ) && file.size <= SNAPSHOT_BYTES_MIN as u64
+        });
+        if interrupted_first_start {
+            plan.obsolete
+                .extend(data.iter().map(|file| file.name.clone()));
+            plan.obsolete.sort();
+            return Ok(plan);
         }
-        return Ok(plan);
+        return Err(RecoveryError::NoLayout {
+            files: data.iter().map(|file| file.name.clone()).collect(),
+        });
     };
     let same_generation: Vec<String> = layouts
         .iter()
@@ -543,6 +557,18 @@ impl ShardReplay {
                     self.expected = decoded.sequence + 1;
                     replay.applied += 1;
                 }
+                Step::End { .. } if records_in_file == 0 && is_newest => {
+                    // A segment's first write holds its header and its first records; a header
+                    // alone is that write torn right after it. Removed, since the next run's
+                    // first segment needs the name.
+                    replay.torn_tail = Some(TornTail {
+                        file: file.clone(),
+                        offset: SEGMENT_HEADER_BYTES as u64,
+                        reason: "a segment header and no record after it".to_owned(),
+                        remove_file: true,
+                    });
+                    break;
+                }
                 Step::End { .. } => break,
                 Step::TornTail { offset, damage } => {
                     if !is_newest {
@@ -711,6 +737,33 @@ mod tests {
     fn data_without_a_layout_is_refused() {
         let error = plan(&[info(segment(1, 0, 1), 100)]).unwrap_err();
         assert!(matches!(error, RecoveryError::NoLayout { .. }), "{error}");
+        // A snapshot with entries is data, even at sequence 0 (a change of shard count whose
+        // old layout marker was lost).
+        let min = SNAPSHOT_BYTES_MIN as u64;
+        let error = plan(&[info(snapshot(2, 0, 0), min + 40)]).unwrap_err();
+        assert!(matches!(error, RecoveryError::NoLayout { .. }), "{error}");
+        let error =
+            plan(&[info(snapshot(1, 0, 0), min), info(snapshot(1, 1, 7), min)]).unwrap_err();
+        assert!(matches!(error, RecoveryError::NoLayout { .. }), "{error}");
+    }
+
+    #[test]
+    fn empty_snapshots_without_a_layout_are_an_interrupted_first_start() {
+        let min = SNAPSHOT_BYTES_MIN as u64;
+        let files = [
+            info(snapshot(1, 0, 0), min),
+            info(snapshot(1, 1, 0), min - 20),
+            info(snapshot(1, 2, 0) + ".tmp", 10),
+        ];
+        let plan = plan(&files).unwrap();
+        assert_eq!(plan.layout, None);
+        let mut expected = vec![
+            snapshot(1, 0, 0),
+            snapshot(1, 1, 0),
+            snapshot(1, 2, 0) + ".tmp",
+        ];
+        expected.sort();
+        assert_eq!(plan.obsolete, expected);
     }
 
     #[test]

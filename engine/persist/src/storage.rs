@@ -151,8 +151,39 @@ enum WriteFault {
     Fail(i32),
     /// Write only this many bytes and report it.
     Short(usize),
-    /// Write this many bytes, then the machine dies (every later call fails until `crash`).
-    Torn(usize),
+    /// Write `keep` bytes, then the machine dies (every later call fails until `crash`). With
+    /// a `fill`, the rest of the write's extent holds that instead of nothing.
+    Torn { keep: usize, fill: Option<TornFill> },
+}
+
+/// What a torn write leaves after the bytes it kept, up to the end of the write: the file
+/// system extended the file, but not every block reached the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TornFill {
+    /// Zeros (blocks allocated, never written).
+    Zeros,
+    /// Pseudo-random bytes from this seed (stale blocks).
+    Garbage { seed: u64 },
+}
+
+impl TornFill {
+    /// `length` bytes of this fill.
+    pub fn bytes(self, length: usize) -> Vec<u8> {
+        match self {
+            TornFill::Zeros => vec![0; length],
+            TornFill::Garbage { seed } => {
+                let mut state = seed;
+                (0..length)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        (state >> 56) as u8
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -173,6 +204,8 @@ pub struct MemoryStorage {
     write_faults: BTreeMap<u64, WriteFault>,
     fsync_faults: BTreeMap<u64, i32>,
     writes: u64,
+    /// The length asked for by each write so far, in order.
+    write_lengths: Vec<usize>,
     fsyncs: u64,
     capacity_bytes: Option<u64>,
     dead: bool,
@@ -209,8 +242,25 @@ impl MemoryStorage {
     /// The `nth` write from now gets `bytes` of its bytes into the file, then the machine dies:
     /// that write and every later call fail until [`MemoryStorage::crash`].
     pub fn torn_write(&mut self, nth: u64, bytes: usize) {
-        self.write_faults
-            .insert(self.writes + nth, WriteFault::Torn(bytes));
+        self.write_faults.insert(
+            self.writes + nth,
+            WriteFault::Torn {
+                keep: bytes,
+                fill: None,
+            },
+        );
+    }
+
+    /// Like [`MemoryStorage::torn_write`], but the rest of the write's extent (after its first
+    /// `bytes` bytes) holds `fill`: the file has the write's full length, torn inside.
+    pub fn torn_write_filled(&mut self, nth: u64, bytes: usize, fill: TornFill) {
+        self.write_faults.insert(
+            self.writes + nth,
+            WriteFault::Torn {
+                keep: bytes,
+                fill: Some(fill),
+            },
+        );
     }
 
     /// The `nth` file fsync from now fails with EIO. As on Linux, the data it should have made
@@ -323,6 +373,12 @@ impl MemoryStorage {
     }
 
     /// Writes so far (appends and `write_at` calls, failed ones included).
+    /// The length each write so far asked for (not what it wrote), in order: write `n`
+    /// (counting from 1, as the fault methods do) is `write_lengths()[n - 1]`.
+    pub fn write_lengths(&self) -> &[usize] {
+        &self.write_lengths
+    }
+
     pub fn write_count(&self) -> u64 {
         self.writes
     }
@@ -357,6 +413,7 @@ impl MemoryStorage {
     fn write(&mut self, name: &str, offset: Option<u64>, bytes: &[u8]) -> io::Result<usize> {
         self.alive()?;
         self.writes += 1;
+        self.write_lengths.push(bytes.len());
         let fault = self.write_faults.remove(&self.writes);
         let used = self.used_bytes();
         let capacity = self.capacity_bytes;
@@ -368,11 +425,13 @@ impl MemoryStorage {
         };
         let mut length = bytes.len();
         let mut die = false;
+        let mut torn_fill = None;
         match fault {
             Some(WriteFault::Fail(errno)) => return Err(io::Error::from_raw_os_error(errno)),
             Some(WriteFault::Short(keep)) => length = length.min(keep),
-            Some(WriteFault::Torn(keep)) => {
+            Some(WriteFault::Torn { keep, fill }) => {
                 length = length.min(keep);
+                torn_fill = fill;
                 die = true;
             }
             None => {}
@@ -397,6 +456,13 @@ impl MemoryStorage {
             inode.data.resize(end, 0);
         }
         inode.data[offset..end].copy_from_slice(&bytes[..length]);
+        if let Some(fill) = torn_fill {
+            let extent_end = offset + bytes.len();
+            if inode.data.len() < extent_end {
+                inode.data.resize(extent_end, 0);
+            }
+            inode.data[end..extent_end].copy_from_slice(&fill.bytes(extent_end - end));
+        }
         if die {
             self.dead = true;
             return Err(dead());
