@@ -7,6 +7,7 @@
 //! It must not depend on any runtime, socket, thread or clock: it is pure data.
 #![forbid(unsafe_code)]
 
+pub mod fuzzing;
 pub mod grpc;
 pub mod grpc_client;
 pub mod hash;

@@ -24,6 +24,7 @@
 //! runtime or the operating system. The formats are described byte by byte in `docs/persistence.md`.
 #![forbid(unsafe_code)]
 
+pub mod fuzzing;
 pub mod layout;
 pub mod limits;
 pub mod procedure;

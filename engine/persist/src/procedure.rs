@@ -357,20 +357,34 @@ fn load_shard<S: Storage + ?Sized>(
         after,
         image.version_clock,
     );
-    let newest = shard_plan
-        .segments
-        .last()
-        .map(|segment| segment.file.as_str());
-    for segment in segments {
+    // Replay from the first segment the snapshot needs to the newest. The newest may turn out
+    // to hold no record at all (a torn first write): it is removed, and if it was also the
+    // first to replay, the segment before it becomes the newest and is replayed too, since it
+    // may hold records after the snapshot that the removed one's name seemed to cover (the
+    // next recovery, which no longer sees the removed file, reads them: so must this one).
+    let all = &shard_plan.segments;
+    let mut start = all.len() - segments.len();
+    let mut newest = all.len().checked_sub(1);
+    let mut index = start;
+    while let Some(last) = newest.filter(|&last| index <= last && !segments.is_empty()) {
+        let segment = &all[index];
         let bytes =
             read_all(storage, &segment.file).map_err(storage_error(&segment.file, "read"))?;
-        let is_newest = newest == Some(segment.file.as_str());
+        let is_newest = index == last;
         let result =
             replay.replay_segment(segment, &bytes, is_newest, |_, record| image.apply(record))?;
         if let Some(torn) = result.torn_tail {
             cut_torn_tail(storage, &torn)?;
+            let removed_first = torn.remove_file && index == start;
             warnings.push(Warning::TornTail(torn));
+            if removed_first && start > 0 {
+                start -= 1;
+                newest = Some(start);
+                index = start;
+                continue;
+            }
         }
+        index += 1;
     }
     image.version_clock = image.version_clock.max(replay.version_clock());
     Ok((image, replay.next_sequence()))

@@ -1,0 +1,43 @@
+//! Replays every input the fuzzers keep, through the same checks the fuzz targets run
+//! (`veddb_wire::fuzzing`): the seed corpus (`fuzz/corpus/<target>/`) and every input that
+//! once failed (`fuzz/regressions/<target>/`, named after what it found). Runs on stable Rust,
+//! in the README's test command, without the fuzzer.
+
+use std::path::Path;
+
+use veddb_wire::fuzzing;
+
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs = 0;
+    for folder in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(folder).join(target)) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries.map(|entry| entry.unwrap().path()).collect();
+        paths.sort();
+        for path in paths {
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| check(&data));
+            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
+            inputs += 1;
+        }
+    }
+    inputs
+}
+
+#[test]
+fn every_kept_input_of_every_target_passes() {
+    let targets: [(&str, fn(&[u8])); 6] = [
+        ("shm_request", fuzzing::shm_request),
+        ("shm_response", fuzzing::shm_response),
+        ("shm_headers", fuzzing::shm_headers),
+        ("grpc_deframer", fuzzing::grpc_deframer),
+        ("grpc_server_messages", fuzzing::grpc_server_messages),
+        ("grpc_client_messages", fuzzing::grpc_client_messages),
+    ];
+    for (target, check) in targets {
+        let inputs = replay(target, check);
+        assert!(inputs > 0, "{target}: no seed corpus");
+    }
+}
