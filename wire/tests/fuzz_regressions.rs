@@ -7,7 +7,10 @@ use std::path::Path;
 
 use veddb_wire::fuzzing;
 
-fn replay(target: &str, check: fn(&[u8])) -> usize {
+/// One fuzz target's check.
+type Check = fn(&[u8]);
+
+fn replay(target: &str, check: Check) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut inputs = 0;
     for folder in ["corpus", "regressions"] {
@@ -28,7 +31,7 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 
 #[test]
 fn every_kept_input_of_every_target_passes() {
-    let targets: [(&str, fn(&[u8])); 6] = [
+    let targets: [(&str, Check); 6] = [
         ("shm_request", fuzzing::shm_request),
         ("shm_response", fuzzing::shm_response),
         ("shm_headers", fuzzing::shm_headers),

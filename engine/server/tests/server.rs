@@ -110,16 +110,19 @@ fn one_pinned_engine_thread_and_one_io_uring_per_core() {
 
 #[test]
 fn the_original_readme_command_line_starts_and_stops_on_sigint() {
+    // The original README's flags, with a name and a port of this test's own (`veddb_main` and
+    // 50051 would collide with a real VedDB running on the developer's machine).
+    let name = format!("veddb_main_test_{}", std::process::id());
     let mut child = start(&[
         "--create",
         "--name",
-        "veddb_main",
+        &name,
         "--memory-mb",
         "256",
         "--workers",
         "4",
         "--port",
-        "50051",
+        "0",
         "--debug",
         "--spin-us",
         "10",
