@@ -358,33 +358,58 @@ fn load_shard<S: Storage + ?Sized>(
         image.version_clock,
     );
     // Replay from the first segment the snapshot needs to the newest. The newest may turn out
-    // to hold no record at all (a torn first write): it is removed, and if it was also the
-    // first to replay, the segment before it becomes the newest and is replayed too, since it
-    // may hold records after the snapshot that the removed one's name seemed to cover (the
-    // next recovery, which no longer sees the removed file, reads them: so must this one).
+    // to hold no record at all (a torn first write): it is removed, and the segment before it
+    // becomes the newest, held to the same rules: removed too if it holds no record either
+    // (the next run creates its first segment under the name of its next sequence), and
+    // replayed if the snapshot seemed not to need it, since it may hold records after the
+    // snapshot that the removed segment's name seemed to cover. The next recovery, which no
+    // longer sees the removed files, must read the same data and find nothing left to cut.
     let all = &shard_plan.segments;
     let mut start = all.len() - segments.len();
-    let mut newest = all.len().checked_sub(1);
+    // Exclusive end of the segments still in the directory.
+    let mut end = all.len();
+    // Per replayed segment (from `start`): whether it holds a record.
+    let mut holds_records: Vec<bool> = Vec::new();
     let mut index = start;
-    while let Some(last) = newest.filter(|&last| index <= last && !segments.is_empty()) {
+    while index < end {
         let segment = &all[index];
         let bytes =
             read_all(storage, &segment.file).map_err(storage_error(&segment.file, "read"))?;
-        let is_newest = index == last;
+        let is_newest = index + 1 == end;
         let result =
             replay.replay_segment(segment, &bytes, is_newest, |_, record| image.apply(record))?;
-        if let Some(torn) = result.torn_tail {
-            cut_torn_tail(storage, &torn)?;
-            let removed_first = torn.remove_file && index == start;
-            warnings.push(Warning::TornTail(torn));
-            if removed_first && start > 0 {
-                start -= 1;
-                newest = Some(start);
-                index = start;
-                continue;
-            }
+        holds_records.push(result.applied + result.skipped > 0);
+        let Some(torn) = result.torn_tail else {
+            index += 1;
+            continue;
+        };
+        cut_torn_tail(storage, &torn)?;
+        let removed = torn.remove_file;
+        warnings.push(Warning::TornTail(torn));
+        if !removed {
+            break;
         }
-        index += 1;
+        end = index;
+        holds_records.pop();
+        while end > start && !holds_records[end - 1 - start] {
+            end -= 1;
+            holds_records.pop();
+            let torn = TornTail {
+                file: all[end].file.clone(),
+                offset: SEGMENT_HEADER_BYTES as u64,
+                reason: "a segment header and no record after it, and no later segment".to_owned(),
+                remove_file: true,
+            };
+            cut_torn_tail(storage, &torn)?;
+            warnings.push(Warning::TornTail(torn));
+        }
+        if end == start && start > 0 {
+            // Every segment replayed so far is gone: the one before them is the newest now.
+            start -= 1;
+            index = start;
+            continue;
+        }
+        break;
     }
     image.version_clock = image.version_clock.max(replay.version_clock());
     Ok((image, replay.next_sequence()))

@@ -273,6 +273,11 @@ fn tear_everywhere(policy: FsyncPolicy) -> usize {
             }
         }
     }
+    println!(
+        "{policy:?}: {cases} crashes over {} writes of {} bytes",
+        lengths.len(),
+        lengths.iter().sum::<usize>()
+    );
     cases
 }
 
