@@ -24,6 +24,8 @@ pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Length of the prefix before every message: compressed flag (1 byte), length (4 bytes, big-endian).
 pub const FRAME_PREFIX_BYTES: usize = 5;
+/// Most bytes a [`Deframer`] reserves for a message before its bytes arrive.
+pub const DEFRAMER_FIRST_CAPACITY_BYTES: usize = 64 * 1024;
 /// Longest key text quoted in a NOT_FOUND message, in characters.
 const KEY_QUOTE_CHARS_MAX: usize = 200;
 
@@ -1076,7 +1078,10 @@ impl Deframer {
         }
         match usize::try_from(length) {
             Ok(length) if length <= self.limit => {
-                self.body = Some(Vec::with_capacity(length));
+                // Room for what a prefix claims is taken as the bytes arrive: a peer that
+                // sends only prefixes claiming large messages holds no more memory than it sent
+                // (plus this first step).
+                self.body = Some(Vec::with_capacity(length.min(DEFRAMER_FIRST_CAPACITY_BYTES)));
                 if length == 0 {
                     self.complete_message();
                 }
