@@ -1081,7 +1081,9 @@ impl Deframer {
                 // Room for what a prefix claims is taken as the bytes arrive: a peer that
                 // sends only prefixes claiming large messages holds no more memory than it sent
                 // (plus this first step).
-                self.body = Some(Vec::with_capacity(length.min(DEFRAMER_FIRST_CAPACITY_BYTES)));
+                self.body = Some(Vec::with_capacity(
+                    length.min(DEFRAMER_FIRST_CAPACITY_BYTES),
+                ));
                 if length == 0 {
                     self.complete_message();
                 }

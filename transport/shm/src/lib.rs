@@ -29,6 +29,7 @@
 compile_error!("veddb-shm assumes a little-endian target (shared layouts are little-endian)");
 
 mod arena;
+pub mod fuzzing;
 mod ring;
 mod segment;
 mod view;
@@ -44,8 +45,8 @@ pub use arena::{
     MIN_BLOCK_BYTES,
 };
 pub use ring::{
-    ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingProducer, FRAME_FLAGS,
-    FRAME_HEADER_BYTES, WRAP_MARKER,
+    ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingProducer, COUNTER_MAX,
+    FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
 };
 pub use segment::Segment;
 pub use view::{create_data_segment, SharedView};

@@ -199,9 +199,9 @@ impl ByteRing {
     pub fn consumer(&self, seg: Arc<Segment>) -> Result<RingConsumer, RingError> {
         self.attach(&seg)?;
         let head = seg.atomic_u64(self.head_offset).load(Ordering::Acquire);
-        if !head.is_multiple_of(ALIGN) {
-            return Err(RingError::Misaligned { counter: head });
-        }
+        // The tail is validated against this head at every refresh; the head itself only
+        // needs to be aligned and far from overflowing.
+        validate_span(head, head, self.size as u64)?;
         Ok(RingConsumer {
             seg,
             ring: *self,
@@ -211,6 +211,15 @@ impl ByteRing {
     }
 }
 
+/// Largest counter value either end accepts from shared memory when it attaches: far beyond
+/// any real ring's traffic (2^63 bytes), and far enough from `u64::MAX` that the sums the
+/// ends compute (`tail + frame`, `head + skipped + frame`) cannot overflow.
+pub const COUNTER_MAX: u64 = 1 << 63;
+
+/// Checks the counters an end finds in shared memory when it attaches (the peer may have
+/// written both): 8-aligned, the head not past the tail, at most `size` bytes apart, and at
+/// most [`COUNTER_MAX`]. Plain (not wrapping) arithmetic: a head near `u64::MAX` with a tail
+/// near 0 is not "8 bytes in use".
 fn validate_span(head: u64, tail: u64, size: u64) -> Result<(), RingError> {
     if !head.is_multiple_of(ALIGN) {
         return Err(RingError::Misaligned { counter: head });
@@ -218,7 +227,7 @@ fn validate_span(head: u64, tail: u64, size: u64) -> Result<(), RingError> {
     if !tail.is_multiple_of(ALIGN) {
         return Err(RingError::Misaligned { counter: tail });
     }
-    if tail.wrapping_sub(head) > size {
+    if tail < head || tail - head > size || tail > COUNTER_MAX {
         return Err(RingError::OutOfRange { head, tail });
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use veddb_shm::{ByteRing, RingError, Segment, FRAME_HEADER_BYTES, WRAP_MARKER};
+use veddb_shm::{ByteRing, RingError, Segment, COUNTER_MAX, FRAME_HEADER_BYTES, WRAP_MARKER};
 
 fn ring(size: usize) -> ByteRing {
     ByteRing {
@@ -526,6 +526,51 @@ fn hostile_head_seen_by_producer() {
     // Inconsistent counters at attach.
     seg.atomic_u64(r.tail_offset).store(4096, Ordering::Release);
     assert!(r.producer(Arc::clone(&seg)).is_err());
+}
+
+/// Counters a peer stored before the other end attached: a head near `u64::MAX` with a tail
+/// near 0 is refused (a wrapping difference had called it 8 bytes in use, and the producer's
+/// next push overflowed: found by the `ring_producer` fuzz target), and so are counters so
+/// large that the ends' sums could overflow.
+#[test]
+fn hostile_counters_at_attach() {
+    let r = ring(256);
+    for (head, tail) in [
+        (u64::MAX - 7, 0),
+        (u64::MAX - 7, u64::MAX - 7),
+        (COUNTER_MAX + 8, COUNTER_MAX + 16),
+        (16, 8),
+    ] {
+        let seg = segment_for(&r);
+        seg.atomic_u64(r.head_offset).store(head, Ordering::Release);
+        seg.atomic_u64(r.tail_offset).store(tail, Ordering::Release);
+        assert!(
+            matches!(
+                r.producer(Arc::clone(&seg)),
+                Err(RingError::OutOfRange { .. })
+            ),
+            "producer with head {head}, tail {tail}"
+        );
+    }
+    let seg = segment_for(&r);
+    seg.atomic_u64(r.head_offset)
+        .store(u64::MAX - 7, Ordering::Release);
+    assert!(matches!(
+        r.consumer(Arc::clone(&seg)),
+        Err(RingError::OutOfRange { .. })
+    ));
+    // At the limit both ends still work.
+    let seg = segment_for(&r);
+    seg.atomic_u64(r.head_offset)
+        .store(COUNTER_MAX - 256, Ordering::Release);
+    seg.atomic_u64(r.tail_offset)
+        .store(COUNTER_MAX - 256, Ordering::Release);
+    let mut producer = r.producer(Arc::clone(&seg)).unwrap();
+    let mut consumer = r.consumer(Arc::clone(&seg)).unwrap();
+    assert!(producer.try_push(b"near the top").unwrap());
+    let frame = consumer.peek().unwrap().unwrap();
+    assert_eq!(frame.len(), 12);
+    consumer.advance(frame);
 }
 
 /// Two threads, 1M frames of random sizes with a sequence number and a checksum each.
