@@ -718,22 +718,6 @@ mod linux {
         })
     }
 
-    /// The disconnect reason for a ring the client broke.
-    fn ring_reason(error: &RingError) -> u32 {
-        match error {
-            RingError::FrameTooLarge { .. } | RingError::PayloadTooLarge { .. } => {
-                reason::FRAME_TOO_LARGE
-            }
-            RingError::FrameOverrun { .. }
-            | RingError::BadWrapMarker { .. }
-            | RingError::BadFlags { .. } => reason::BAD_FRAME,
-            RingError::BadLayout(_)
-            | RingError::Misaligned { .. }
-            | RingError::WentBack { .. }
-            | RingError::OutOfRange { .. } => reason::BAD_INDICES,
-        }
-    }
-
     /// Marks the session disconnected (in its ring header, for the client) and asks the
     /// attach thread to close it everywhere.
     fn disconnect(shared: &Shared, session: &mut Session, code: u32, detail: &str) {
@@ -810,7 +794,7 @@ mod linux {
                 Ok(false) => {}
                 Err(error) => {
                     let detail = error.to_string();
-                    disconnect(shared, &mut session, ring_reason(&error), &detail);
+                    disconnect(shared, &mut session, RingError::reason(&error), &detail);
                     return;
                 }
             }
@@ -841,7 +825,7 @@ mod linux {
                 Ok(false) => break,
                 Err(error) => {
                     let detail = error.to_string();
-                    disconnect(shared, session, ring_reason(&error), &detail);
+                    disconnect(shared, session, RingError::reason(&error), &detail);
                     break;
                 }
             }
@@ -915,7 +899,7 @@ mod linux {
                     Ok(None) => break,
                     Err(error) => {
                         let detail = error.to_string();
-                        disconnect(shared, &mut session, ring_reason(&error), &detail);
+                        disconnect(shared, &mut session, RingError::reason(&error), &detail);
                         break;
                     }
                 };

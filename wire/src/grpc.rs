@@ -972,17 +972,20 @@ fn whole_message_length(bytes: &[u8], limit: usize) -> Option<usize> {
 ///
 /// Feed each chunk to [`push`](Deframer::push), then take messages with
 /// [`next`](Deframer::next) until it returns `Ok(None)`; at the end of the stream call
-/// [`finish`](Deframer::finish). A message's buffer is allocated once, at its announced length,
-/// after that length was checked against the limit: one message never takes more than
-/// `limit + 5` bytes. After an error, further input is ignored and the error is sticky (it is
+/// [`finish`](Deframer::finish). A message's announced length is checked against the limit
+/// before anything is reserved for it; its buffer then starts at no more than
+/// [`DEFRAMER_FIRST_CAPACITY_BYTES`] and grows as its bytes arrive: one message never takes more
+/// than about `limit + 5` bytes, and a prefix alone reserves little. After an error, further input is ignored and the error is sticky (it is
 /// reported after the messages completed before it).
 #[derive(Debug)]
 pub struct Deframer {
     limit: usize,
     prefix: [u8; FRAME_PREFIX_BYTES],
     prefix_len: usize,
-    /// The message being received (capacity: its announced length).
+    /// The message being received.
     body: Option<Vec<u8>>,
+    /// The announced length of the message being received.
+    body_length: usize,
     ready: VecDeque<Bytes>,
     failed: Option<FrameError>,
 }
@@ -1001,6 +1004,7 @@ impl Deframer {
             prefix: [0; FRAME_PREFIX_BYTES],
             prefix_len: 0,
             body: None,
+            body_length: 0,
             ready: VecDeque::new(),
             failed: None,
         }
@@ -1033,10 +1037,10 @@ impl Deframer {
                     }
                 }
                 Some(body) => {
-                    let take = (body.capacity() - body.len()).min(chunk.len());
+                    let take = (self.body_length - body.len()).min(chunk.len());
                     body.extend_from_slice(&chunk[..take]);
                     chunk = &chunk[take..];
-                    if body.len() == body.capacity() {
+                    if body.len() == self.body_length {
                         self.complete_message();
                     }
                 }
@@ -1084,6 +1088,7 @@ impl Deframer {
                 self.body = Some(Vec::with_capacity(
                     length.min(DEFRAMER_FIRST_CAPACITY_BYTES),
                 ));
+                self.body_length = length;
                 if length == 0 {
                     self.complete_message();
                 }
@@ -2373,12 +2378,38 @@ mod tests {
             })
         );
 
-        // A body buffer is allocated at the announced length, not more.
+        // A body buffer is allocated at the announced length when that is small.
         let mut deframer = Deframer::new(MESSAGE_BYTES_MAX_DEFAULT);
         deframer.push(&[0, 0, 1, 0, 0, 1, 2, 3]);
         assert_eq!(deframer.body.as_ref().map(Vec::capacity), Some(65_536));
         assert_eq!(deframer.next(), Ok(None));
         assert_eq!(deframer.buffered(), 8);
+
+        // A prefix claiming 4 MiB reserves at most DEFRAMER_FIRST_CAPACITY_BYTES up front.
+        let mut deframer = Deframer::new(MESSAGE_BYTES_MAX_DEFAULT);
+        deframer.push(&[0, 0, 0x40, 0, 0]);
+        let reserved = deframer.body.as_ref().map_or(0, Vec::capacity);
+        assert!(reserved <= DEFRAMER_FIRST_CAPACITY_BYTES, "{reserved}");
+
+        // A message longer than that first step still arrives whole, cut anywhere, both ways.
+        let message: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut framed = Vec::new();
+        frame(&message, &mut framed);
+        frame(b"next", &mut framed);
+        for chunk_bytes in [1, 7_000, 65_536, 65_541, 200_000] {
+            let mut copied = Deframer::new(MESSAGE_BYTES_MAX_DEFAULT);
+            let mut sliced = Deframer::new(MESSAGE_BYTES_MAX_DEFAULT);
+            for chunk in framed.chunks(chunk_bytes) {
+                copied.push(chunk);
+                sliced.push_bytes(&Bytes::copy_from_slice(chunk));
+            }
+            for deframer in [&mut copied, &mut sliced] {
+                let messages = drain(deframer).unwrap();
+                assert_eq!(messages.len(), 2, "chunks of {chunk_bytes}");
+                assert_eq!(&messages[0][..], &message[..], "chunks of {chunk_bytes}");
+                assert_eq!(&messages[1][..], b"next");
+            }
+        }
 
         let mut deframer = Deframer::default();
         deframer.push(&[1, 0, 0, 0, 1, 0]);

@@ -788,18 +788,36 @@ pub mod layout {
             [l[0], l[1], l[2], l[3], f[0], f[1], f[2], f[3]]
         }
 
-        /// Why a ring is inconsistent (or a frame cannot be written).
+        /// Largest counter value either end accepts: far beyond any ring's traffic (2^63
+        /// bytes), and far enough from `u64::MAX` that no sum the ends compute
+        /// (`tail + frame`, `head + skipped + frame`) can overflow.
+        pub const COUNTER_MAX: u64 = 1 << 63;
+
+        /// Why a ring is inconsistent (or a frame cannot be written). The one error of the
+        /// ring protocol, for the pure checks here and the ring that moves the bytes
+        /// (`veddb_shm::ByteRing`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum RingError {
             /// The ring size is not a power of two in
             /// [`MIN_RING_BYTES`]..=[`MAX_RING_BYTES`].
             BadSize { size: u64 },
+            /// The ring's counters or data do not fit where the ring is placed (a local
+            /// mistake, not a peer's).
+            BadPlacement { why: &'static str },
             /// A head or tail that is not a multiple of [`FRAME_ALIGN`].
             Misaligned { index: &'static str, value: u64 },
             /// The head is past the tail.
             HeadPastTail { head: u64, tail: u64 },
             /// More bytes in use than the ring holds.
             Overfull { used: u64, size: u64 },
+            /// A counter over [`COUNTER_MAX`].
+            CounterTooLarge { index: &'static str, value: u64 },
+            /// The peer's counter moved backwards.
+            WentBack {
+                index: &'static str,
+                previous: u64,
+                now: u64,
+            },
             /// A frame header with non-zero flags.
             BadFlags { position: u64, flags: u32 },
             /// A frame or wrap marker that runs past the tail or the end of the ring, or a
@@ -818,9 +836,12 @@ pub mod layout {
             pub fn reason(&self) -> u32 {
                 match self {
                     RingError::BadSize { .. }
+                    | RingError::BadPlacement { .. }
                     | RingError::Misaligned { .. }
                     | RingError::HeadPastTail { .. }
-                    | RingError::Overfull { .. } => super::reason::BAD_INDICES,
+                    | RingError::Overfull { .. }
+                    | RingError::CounterTooLarge { .. }
+                    | RingError::WentBack { .. } => super::reason::BAD_INDICES,
                     RingError::BadFlags { .. } | RingError::BadFrame { .. } => {
                         super::reason::BAD_FRAME
                     }
@@ -836,10 +857,20 @@ pub mod layout {
                         f,
                         "ring of {size} bytes: sizes are powers of two from {MIN_RING_BYTES} to {MAX_RING_BYTES}"
                     ),
+                    RingError::BadPlacement { why } => write!(f, "bad ring placement: {why}"),
                     RingError::Misaligned { index, value } => write!(
                         f,
                         "ring {index} {value} is not a multiple of {FRAME_ALIGN}"
                     ),
+                    RingError::CounterTooLarge { index, value } => write!(
+                        f,
+                        "ring {index} {value} is over the largest counter ({COUNTER_MAX})"
+                    ),
+                    RingError::WentBack {
+                        index,
+                        previous,
+                        now,
+                    } => write!(f, "ring {index} went back from {previous} to {now}"),
                     RingError::HeadPastTail { head, tail } => {
                         write!(f, "ring head {head} is past the tail {tail}")
                     }
@@ -899,11 +930,34 @@ pub mod layout {
             if head > tail {
                 return Err(RingError::HeadPastTail { head, tail });
             }
+            if tail > COUNTER_MAX {
+                return Err(RingError::CounterTooLarge {
+                    index: "tail",
+                    value: tail,
+                });
+            }
             let used = tail - head;
             if used > u64::from(size) {
                 return Err(RingError::Overfull {
                     used,
                     size: size.into(),
+                });
+            }
+            Ok(())
+        }
+
+        /// Checks that a peer's counter (`index`: "head" or "tail"), loaded again from shared
+        /// memory, has not moved back from the value last accepted.
+        pub fn check_advance(
+            index: &'static str,
+            previous: u64,
+            now: u64,
+        ) -> Result<(), RingError> {
+            if now < previous {
+                return Err(RingError::WentBack {
+                    index,
+                    previous,
+                    now,
                 });
             }
             Ok(())
@@ -927,7 +981,8 @@ pub mod layout {
         /// `head != tail` (at least one header is published). Everything is re-checked: the
         /// indices, the flags, that a frame is not larger than [`max_frame_payload`], does not
         /// run past the end of the ring nor past the tail, and that a wrap marker is not at
-        /// position 0 and does not run past the tail. [`RingError::reason`] gives the
+        /// position 0, leaves less than half the ring to the end and does not run past the
+        /// tail. [`RingError::reason`] gives the
         /// disconnect code.
         pub fn check_frame(
             head: u64,
@@ -953,8 +1008,16 @@ pub mod layout {
             }
             let contiguous = u64::from(size) - position;
             if length == WRAP_MARKER {
+                // A producer wraps only when a frame (at most half the ring) does not fit in
+                // the contiguous rest: never at position 0, never with half the ring or more
+                // left to the end.
                 if position == 0 {
                     return Err(bad("wrap marker at position 0"));
+                }
+                if contiguous >= u64::from(size) / 2 {
+                    return Err(bad(
+                        "wrap marker with half the ring or more left to the end",
+                    ));
                 }
                 if contiguous > available {
                     return Err(bad("wrap marker runs past the tail"));

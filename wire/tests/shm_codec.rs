@@ -1238,12 +1238,22 @@ fn validate_indices_edge_cases() {
             value: 12
         })
     ));
-    // Counters far along (free-running), up to the top of u64.
-    let top = u64::MAX - 7;
+    // Counters far along (free-running), up to COUNTER_MAX (2^63), so that no sum the ends
+    // compute can overflow; past it, refused.
+    let top = COUNTER_MAX;
     assert_eq!(validate_indices(top - 4096, top, size), Ok(()));
     assert_eq!(validate_indices(top, top, size), Ok(()));
     assert!(validate_indices(0, top, size).is_err());
     assert!(validate_indices(top, 0, size).is_err());
+    assert_eq!(
+        validate_indices(top, top + 8, size),
+        Err(RingError::CounterTooLarge {
+            index: "tail",
+            value: top + 8
+        })
+    );
+    assert!(validate_indices(u64::MAX - 7, u64::MAX - 7, size).is_err());
+    assert!(validate_indices(u64::MAX - 7, 0, size).is_err());
     assert!(validate_indices(u64::MAX, u64::MAX, size).is_err());
     // Bad sizes.
     for bad in [0u32, 8, 2048, 3000, 4097, 1 << 31, u32::MAX] {
@@ -1323,6 +1333,15 @@ fn check_frame_refuses_hostile_headers() {
     );
     assert!(check_frame(4096, 4096 + 16, size, frame(WRAP_MARKER, 0)).is_err());
     assert!(check_frame(4000, 4008, size, frame(WRAP_MARKER, 0)).is_err());
+    // ... and never with half the ring or more left to the end (a frame is at most half the
+    // ring, so the producer would have placed it there).
+    let err = check_frame(1024, 4096 + 16, size, frame(WRAP_MARKER, 0)).unwrap_err();
+    assert!(err.to_string().contains("half the ring"), "{err}");
+    assert!(check_frame(2048, 4096 + 16, size, frame(WRAP_MARKER, 0)).is_err());
+    assert_eq!(
+        check_frame(2056, 4096 + 16, size, frame(WRAP_MARKER, 0)),
+        Ok(FrameStep::Wrap { next_head: 4096 })
+    );
     // Bad indices are reported as such.
     assert_eq!(
         check_frame(3, 16, size, frame(0, 0)).unwrap_err().reason(),

@@ -24,14 +24,14 @@ fn main() {
         std::fs::create_dir_all(&folder).expect("create the corpus folder");
         std::fs::write(folder.join(name), bytes).expect("write a seed");
     };
-    // Size selector 2 (4096 bytes), head 0, three frames, then the peer stores the tail.
+    // Size selector 0 (4096 bytes), head 0, three frames, then the peer stores the tail.
     let size = 4096;
     let mut area = vec![0u8; size];
     let mut end = 0;
     for payload in [&b"hello"[..], &[7u8; 100][..], &b"a request payload"[..]] {
         end = frame(&mut area, end, payload);
     }
-    let mut seed = vec![2u8];
+    let mut seed = vec![0u8];
     seed.extend_from_slice(&0u64.to_le_bytes());
     seed.extend_from_slice(&area);
     seed.push(1);
@@ -42,20 +42,20 @@ fn main() {
     let mut area = vec![0u8; size];
     area[size - 16..size - 12].copy_from_slice(&WRAP_MARKER.to_le_bytes());
     let end = frame(&mut area, 0, &[9u8; 40]);
-    let mut seed = vec![2u8];
+    let mut seed = vec![0u8];
     seed.extend_from_slice(&head.to_le_bytes());
     seed.extend_from_slice(&area);
     seed.push(1);
     seed.extend_from_slice(&(size as u64 + end as u64).to_le_bytes());
     write("ring_consumer", "wrap-marker", &seed);
-    // The producer: size selector 1 (256 bytes), the client's head stored as 0, then pushes of
-    // growing payloads with the client moving its head forward in between.
-    let mut seed = vec![1u8, 1];
+    // The producer: size selector 0 (4096 bytes), the client's head stored as 0, then pushes
+    // of growing payloads with the client moving its head forward in between.
+    let mut seed = vec![0u8, 1];
     seed.extend_from_slice(&0u64.to_le_bytes());
     let mut head = 0u64;
-    for length in [1u8, 3, 9, 2] {
+    for length in [1u8, 30, 250, 2] {
         seed.push(length);
-        head += ByteRing::frame_bytes(usize::from(length) * 7 % 136) as u64;
+        head += ByteRing::frame_bytes(usize::from(length) * 7 % (size / 2 + 8)) as u64;
         seed.push(1);
         seed.extend_from_slice(&head.to_le_bytes());
     }

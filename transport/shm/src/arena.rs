@@ -56,11 +56,18 @@ use bytes::Bytes;
 
 use crate::Segment;
 
-/// Bytes of a block header (u64 generation, u32 length, u32 class).
-pub const BLOCK_HEADER_BYTES: usize = 16;
-/// The smallest block.
-pub const MIN_BLOCK_BYTES: usize = 32;
-const MIN_LOG2: u32 = MIN_BLOCK_BYTES.trailing_zeros();
+use veddb_wire::shm::layout::arena as layout;
+
+/// Bytes of a block header (u64 generation, u32 length, u32 class): the layout's
+/// [`layout::BLOCK_HEADER_BYTES`].
+pub const BLOCK_HEADER_BYTES: usize = layout::BLOCK_HEADER_BYTES;
+/// The smallest block: the layout's [`layout::MIN_BLOCK_BYTES`], as a `usize`.
+pub const MIN_BLOCK_BYTES: usize = layout::MIN_BLOCK_BYTES as usize;
+const MIN_LOG2: u32 = layout::MIN_SIZE_CLASS;
+/// Where the block header's fields are (the layout's offsets).
+const GENERATION_OFFSET: usize = layout::GENERATION_OFFSET;
+const VALUE_LEN_OFFSET: usize = layout::VALUE_LEN_OFFSET;
+const SIZE_CLASS_OFFSET: usize = layout::SIZE_CLASS_OFFSET;
 
 /// Where an arena lives in its segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,14 +341,16 @@ impl Arena {
         };
         let seg = &self.shared.seg;
         let off = offset as usize;
-        let gen_word = seg.atomic_u64(off);
+        let gen_word = seg.atomic_u64(off + GENERATION_OFFSET);
         let generation = gen_word.load(Ordering::Relaxed).wrapping_add(1);
         // Generation first, then the contents: a reader in another process that loads the
         // generation before and after copying the value sees the change if it raced with reuse.
         gen_word.store(generation, Ordering::Relaxed);
         fence(Ordering::Release);
-        seg.atomic_u32(off + 8).store(len, Ordering::Relaxed);
-        seg.atomic_u32(off + 12).store(class, Ordering::Relaxed);
+        seg.atomic_u32(off + VALUE_LEN_OFFSET)
+            .store(len, Ordering::Relaxed);
+        seg.atomic_u32(off + SIZE_CLASS_OFFSET)
+            .store(class, Ordering::Relaxed);
         seg.write_bytes(off + BLOCK_HEADER_BYTES, value);
         fence(Ordering::Release);
         self.blocks_in_use[idx] += 1;
@@ -438,18 +447,18 @@ impl Arena {
         if rel >= self.bump || !rel.is_multiple_of(MIN_BLOCK_BYTES) {
             return None;
         }
-        let class = seg.load_u32(block_off + 12, Ordering::Acquire);
+        let class = seg.load_u32(block_off + SIZE_CLASS_OFFSET, Ordering::Acquire);
         if !(MIN_LOG2..=self.max_log2).contains(&class) || !rel.is_multiple_of(1usize << class) {
             return None;
         }
-        let len = seg.load_u32(block_off + 8, Ordering::Acquire) as usize;
+        let len = seg.load_u32(block_off + VALUE_LEN_OFFSET, Ordering::Acquire) as usize;
         if len != bytes.len() || BLOCK_HEADER_BYTES + len > 1usize << class {
             return None;
         }
         if rel + (1usize << class) > self.bump {
             return None;
         }
-        let generation = seg.load_u64(block_off, Ordering::Acquire);
+        let generation = seg.load_u64(block_off + GENERATION_OFFSET, Ordering::Acquire);
         Some((value_off as u64, generation))
     }
 

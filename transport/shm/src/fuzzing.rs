@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use crate::{ByteRing, Segment};
 
-/// Ring sizes the inputs pick from (the smallest the ring accepts to the smallest the server uses).
-const SIZES: [usize; 4] = [32, 256, 4096, 65536];
+/// Ring sizes the inputs pick from (from the smallest the layout allows).
+const SIZES: [usize; 4] = [4096, 8192, 16384, 65536];
 /// Counters before the data area, as in the server's ring segments.
 const HEAD_OFFSET: usize = 0;
 const TAIL_OFFSET: usize = 64;

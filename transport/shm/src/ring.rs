@@ -1,7 +1,11 @@
 //! [`ByteRing`]: a single-producer single-consumer ring of variable-length frames in a
 //! [`Segment`], safe against a hostile peer.
 //!
-//! # Format (shared with the codec in `wire/src/shm.rs`)
+//! # Format
+//!
+//! The protocol is defined once, in `veddb_wire::shm::layout::ring` (pure: every index rule,
+//! frame check and write plan, the one [`RingError`]); this module only moves bytes and atomics
+//! in a [`Segment`] and calls those functions to decide. What follows is a summary.
 //!
 //! - The data area is `size` bytes (a power of two) at `data_offset`. `head` (consumer) and `tail`
 //!   (producer) are free-running u64 byte counters, each an `AtomicU64` at its own offset; the
@@ -13,7 +17,8 @@
 //!   area is smaller than the frame, the producer writes a header with `L = 0xFFFF_FFFF` (the wrap
 //!   marker) there and places the frame at position 0; the marker consumes the bytes to the end.
 //! - The largest payload is `size / 2 - 8`, so a frame is at most `size / 2` bytes and an empty
-//!   ring always takes it.
+//!   ring always takes it. Sizes are powers of two from 4 KiB to 1 GiB; counters stay at most
+//!   2^63 ([`COUNTER_MAX`]) so that no sum of them can overflow.
 //! - The producer writes the frame, then publishes it with a Release store of `tail`; the consumer
 //!   loads `tail` with Acquire, reads, and frees the space with a Release store of `head`. This
 //!   producer publishes a wrap marker together with the frame after it; the consumer also accepts
@@ -32,76 +37,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use veddb_wire::shm::layout::ring::{
+    check_advance, check_frame, check_ring_bytes, frame_space, max_frame_payload, plan_write,
+    validate_indices, FrameStep,
+};
+pub use veddb_wire::shm::layout::ring::{
+    RingError, COUNTER_MAX, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
+};
+
 use crate::Segment;
-
-/// Bytes of a frame header (u32 length + u32 flags).
-pub const FRAME_HEADER_BYTES: usize = 8;
-/// The length value of a wrap marker.
-pub const WRAP_MARKER: u32 = u32::MAX;
-/// The only valid flags word of a frame header (and of a wrap marker).
-pub const FRAME_FLAGS: u32 = 0;
-
-const ALIGN: u64 = 8;
-
-/// A peer broke the ring protocol, or the ring's layout or a request to it is invalid.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RingError {
-    /// The layout does not fit the segment or breaks a rule (see [`ByteRing::check`]).
-    BadLayout(&'static str),
-    /// The producer was asked for a payload larger than [`ByteRing::max_payload`].
-    PayloadTooLarge { len: usize, max: usize },
-    /// The peer's counter is not a multiple of 8.
-    Misaligned { counter: u64 },
-    /// The peer's counter moved backwards.
-    WentBack { previous: u64, now: u64 },
-    /// The counters are inconsistent: tail behind head, or more than `size` bytes ahead of it.
-    OutOfRange { head: u64, tail: u64 },
-    /// A frame header announces a payload larger than the ring's largest.
-    FrameTooLarge { len: u32 },
-    /// A frame extends past the published tail, or past the end of the data area.
-    FrameOverrun { frame_end: u64, limit: u64 },
-    /// A wrap marker where the producer could not have written one (at position 0, with at
-    /// least `size / 2` bytes left to the end, or running past the tail).
-    BadWrapMarker { position: u64 },
-    /// A frame header whose flags word is not [`FRAME_FLAGS`].
-    BadFlags { position: u64, flags: u32 },
-}
-
-impl std::fmt::Display for RingError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RingError::BadLayout(why) => write!(f, "bad ring layout: {why}"),
-            RingError::PayloadTooLarge { len, max } => {
-                write!(
-                    f,
-                    "payload of {len} bytes exceeds the ring's largest ({max})"
-                )
-            }
-            RingError::Misaligned { counter } => write!(f, "ring counter {counter} not 8-aligned"),
-            RingError::WentBack { previous, now } => {
-                write!(f, "ring counter went back from {previous} to {now}")
-            }
-            RingError::OutOfRange { head, tail } => {
-                write!(f, "ring counters inconsistent: head {head}, tail {tail}")
-            }
-            RingError::FrameTooLarge { len } => write!(f, "frame length {len} too large"),
-            RingError::FrameOverrun { frame_end, limit } => {
-                write!(f, "frame ends at {frame_end}, beyond {limit}")
-            }
-            RingError::BadWrapMarker { position } => {
-                write!(f, "impossible wrap marker at ring position {position}")
-            }
-            RingError::BadFlags { position, flags } => {
-                write!(
-                    f,
-                    "frame at ring position {position} has flags {flags:#x}, not 0"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for RingError {}
 
 /// Where a ring lives in a segment. `Copy`: describe it once, then make a [`producer`](Self::producer)
 /// in one process and a [`consumer`](Self::consumer) in the other.
@@ -113,59 +57,59 @@ pub struct ByteRing {
     pub tail_offset: usize,
     /// Offset of the data area (8-aligned).
     pub data_offset: usize,
-    /// Bytes of the data area: a power of two, at least 32.
+    /// Bytes of the data area: a power of two from 4 KiB to 1 GiB.
     pub size: usize,
-}
-
-/// Bytes a frame with a payload of `len` bytes occupies: header plus payload padded to 8.
-pub(crate) const fn frame_bytes(len: usize) -> usize {
-    FRAME_HEADER_BYTES + ((len + 7) & !7)
 }
 
 impl ByteRing {
     /// The largest payload: `size / 2 - 8`.
     pub const fn max_payload(&self) -> usize {
-        self.size / 2 - FRAME_HEADER_BYTES
+        max_frame_payload(self.size as u32) as usize
     }
 
     /// Bytes a frame with a payload of `len` bytes occupies (header plus padding to 8).
     pub const fn frame_bytes(len: usize) -> usize {
-        frame_bytes(len)
+        frame_space(len)
     }
 
-    /// Checks the layout against a segment of `segment_len` bytes: size a power of two ≥ 32,
-    /// offsets 8-aligned, everything in bounds, counters outside the data area and apart.
+    /// The size as the protocol's functions take it (valid after [`check`](Self::check)).
+    fn size_u32(&self) -> u32 {
+        self.size as u32
+    }
+
+    /// Checks the layout against a segment of `segment_len` bytes: a valid ring size, offsets
+    /// 8-aligned, everything in bounds, counters outside the data area and apart.
     pub fn check(&self, segment_len: usize) -> Result<(), RingError> {
         let in_bounds =
             |off: usize, len: usize| off.checked_add(len).is_some_and(|e| e <= segment_len);
         let overlaps = |a: usize, alen: usize, b: usize, blen: usize| a < b + blen && b < a + alen;
-        if !self.size.is_power_of_two() || self.size < 32 {
-            return Err(RingError::BadLayout(
-                "size must be a power of two of at least 32",
-            ));
-        }
-        if self.size as u64 > u64::from(u32::MAX) + 1 {
-            return Err(RingError::BadLayout("size must be at most 4 GiB"));
-        }
+        let size = u32::try_from(self.size).map_err(|_| RingError::BadSize {
+            size: self.size as u64,
+        })?;
+        check_ring_bytes(size)?;
         if !self.head_offset.is_multiple_of(8)
             || !self.tail_offset.is_multiple_of(8)
             || !self.data_offset.is_multiple_of(8)
         {
-            return Err(RingError::BadLayout("offsets must be 8-aligned"));
+            return Err(RingError::BadPlacement {
+                why: "offsets must be 8-aligned",
+            });
         }
         if !in_bounds(self.head_offset, 8)
             || !in_bounds(self.tail_offset, 8)
             || !in_bounds(self.data_offset, self.size)
         {
-            return Err(RingError::BadLayout("ring outside the segment"));
+            return Err(RingError::BadPlacement {
+                why: "ring outside the segment",
+            });
         }
         if self.head_offset == self.tail_offset
             || overlaps(self.head_offset, 8, self.data_offset, self.size)
             || overlaps(self.tail_offset, 8, self.data_offset, self.size)
         {
-            return Err(RingError::BadLayout(
-                "counters overlap each other or the data",
-            ));
+            return Err(RingError::BadPlacement {
+                why: "counters overlap each other or the data",
+            });
         }
         Ok(())
     }
@@ -173,9 +117,9 @@ impl ByteRing {
     fn attach(&self, seg: &Segment) -> Result<(), RingError> {
         self.check(seg.len())?;
         if !seg.is_writable() {
-            return Err(RingError::BadLayout(
-                "both ends of a ring need a writable mapping",
-            ));
+            return Err(RingError::BadPlacement {
+                why: "both ends of a ring need a writable mapping",
+            });
         }
         Ok(())
     }
@@ -186,7 +130,7 @@ impl ByteRing {
         self.attach(&seg)?;
         let tail = seg.atomic_u64(self.tail_offset).load(Ordering::Acquire);
         let head = seg.atomic_u64(self.head_offset).load(Ordering::Acquire);
-        validate_span(head, tail, self.size as u64)?;
+        validate_indices(head, tail, self.size_u32())?;
         Ok(RingProducer {
             seg,
             ring: *self,
@@ -199,9 +143,9 @@ impl ByteRing {
     pub fn consumer(&self, seg: Arc<Segment>) -> Result<RingConsumer, RingError> {
         self.attach(&seg)?;
         let head = seg.atomic_u64(self.head_offset).load(Ordering::Acquire);
-        // The tail is validated against this head at every refresh; the head itself only
-        // needs to be aligned and far from overflowing.
-        validate_span(head, head, self.size as u64)?;
+        // The tail is validated against this head at every refresh; the head itself must be
+        // aligned and within COUNTER_MAX.
+        validate_indices(head, head, self.size_u32())?;
         Ok(RingConsumer {
             seg,
             ring: *self,
@@ -209,28 +153,6 @@ impl ByteRing {
             tail_cache: head,
         })
     }
-}
-
-/// Largest counter value either end accepts from shared memory when it attaches: far beyond
-/// any real ring's traffic (2^63 bytes), and far enough from `u64::MAX` that the sums the
-/// ends compute (`tail + frame`, `head + skipped + frame`) cannot overflow.
-pub const COUNTER_MAX: u64 = 1 << 63;
-
-/// Checks the counters an end finds in shared memory when it attaches (the peer may have
-/// written both): 8-aligned, the head not past the tail, at most `size` bytes apart, and at
-/// most [`COUNTER_MAX`]. Plain (not wrapping) arithmetic: a head near `u64::MAX` with a tail
-/// near 0 is not "8 bytes in use".
-fn validate_span(head: u64, tail: u64, size: u64) -> Result<(), RingError> {
-    if !head.is_multiple_of(ALIGN) {
-        return Err(RingError::Misaligned { counter: head });
-    }
-    if !tail.is_multiple_of(ALIGN) {
-        return Err(RingError::Misaligned { counter: tail });
-    }
-    if tail < head || tail - head > size || tail > COUNTER_MAX {
-        return Err(RingError::OutOfRange { head, tail });
-    }
-    Ok(())
 }
 
 /// The producing end of a [`ByteRing`].
@@ -256,28 +178,15 @@ impl RingProducer {
     }
 
     /// Loads the consumer's head once, validates it against what we know, caches it.
-    fn refresh_head(&mut self) -> Result<u64, RingError> {
+    fn refresh_head(&mut self) -> Result<(), RingError> {
         let head = self
             .seg
             .atomic_u64(self.ring.head_offset)
             .load(Ordering::Acquire);
-        if !head.is_multiple_of(ALIGN) {
-            return Err(RingError::Misaligned { counter: head });
-        }
-        if head < self.head_cache {
-            return Err(RingError::WentBack {
-                previous: self.head_cache,
-                now: head,
-            });
-        }
-        if head > self.tail {
-            return Err(RingError::OutOfRange {
-                head,
-                tail: self.tail,
-            });
-        }
+        check_advance("head", self.head_cache, head)?;
+        validate_indices(head, self.tail, self.ring.size_u32())?;
         self.head_cache = head;
-        Ok(head)
+        Ok(())
     }
 
     /// Reserves a frame for a payload of `len` bytes: `Ok(None)` when the ring has no room now
@@ -286,45 +195,34 @@ impl RingProducer {
     /// payload with [`FrameWriter::write_at`], then [`FrameWriter::commit`]; dropping the writer
     /// abandons the frame.
     pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameWriter<'_>>, RingError> {
-        let max = self.ring.max_payload();
-        if len > max {
-            return Err(RingError::PayloadTooLarge { len, max });
-        }
-        let size = self.ring.size as u64;
-        let frame = frame_bytes(len) as u64;
-        let pos = self.tail & (size - 1);
-        let contig = size - pos;
-        let wrap = frame > contig;
-        let need = if wrap { contig + frame } else { frame };
-        // tail - head_cache <= size always holds (validated), so this cannot underflow.
-        if size - (self.tail - self.head_cache) < need {
-            self.refresh_head()?;
-            if size - (self.tail - self.head_cache) < need {
-                return Ok(None);
+        let size = self.ring.size_u32();
+        let plan = match plan_write(self.head_cache, self.tail, size, len)? {
+            Some(plan) => plan,
+            None => {
+                self.refresh_head()?;
+                match plan_write(self.head_cache, self.tail, size, len)? {
+                    Some(plan) => plan,
+                    None => return Ok(None),
+                }
             }
-        }
-        let start = if wrap {
-            // The bytes [pos, size) are free (counted in `need`); the marker takes them.
-            self.write_header(pos, WRAP_MARKER, FRAME_FLAGS);
-            0
-        } else {
-            pos
         };
-        let new_tail = self.tail + need;
+        if let Some(wrap_at) = plan.wrap_at {
+            // The bytes from the marker to the end are free (counted in the plan's new tail).
+            self.write_header(wrap_at, WRAP_MARKER);
+        }
         Ok(Some(FrameWriter {
             producer: self,
-            start: start as usize,
+            start: plan.frame_pos,
             len,
-            new_tail,
+            new_tail: plan.new_tail,
         }))
     }
 
-    fn write_header(&self, pos: u64, len: u32, flags: u32) {
+    fn write_header(&self, pos: usize, len: u32) {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&len.to_le_bytes());
-        header[4..].copy_from_slice(&flags.to_le_bytes());
-        self.seg
-            .write_bytes(self.ring.data_offset + pos as usize, &header);
+        header[4..].copy_from_slice(&FRAME_FLAGS.to_le_bytes());
+        self.seg.write_bytes(self.ring.data_offset + pos, &header);
     }
 
     /// Convenience: reserve, copy `payload`, commit. `Ok(false)` when the ring is full.
@@ -404,7 +302,7 @@ impl FrameWriter<'_> {
     /// Writes the header and publishes the frame (Release store of the tail).
     pub fn commit(self) {
         let p = self.producer;
-        p.write_header(self.start as u64, self.len as u32, FRAME_FLAGS);
+        p.write_header(self.start, self.len as u32);
         p.tail = self.new_tail;
         p.seg
             .atomic_u64(p.ring.tail_offset)
@@ -420,7 +318,6 @@ pub struct FrameRef {
     /// Position of the payload in the data area.
     payload_pos: usize,
     len: u32,
-    flags: u32,
     /// The head after this frame (and the wrap marker before it, if any).
     next_head: u64,
 }
@@ -438,7 +335,7 @@ impl FrameRef {
 
     /// The header's flags word (always [`FRAME_FLAGS`]: others are rejected).
     pub fn flags(&self) -> u32 {
-        self.flags
+        FRAME_FLAGS
     }
 
     /// Bytes the frame frees when consumed (its padded size plus a skipped wrap marker's span).
@@ -469,14 +366,12 @@ impl RingConsumer {
         self.head
     }
 
-    fn read_header(&self, pos: u64) -> (u32, u32) {
+    fn read_header(&self, head: u64) -> [u8; FRAME_HEADER_BYTES] {
         let mut header = [0u8; FRAME_HEADER_BYTES];
+        let pos = (head & (self.ring.size as u64 - 1)) as usize;
         self.seg
-            .read_bytes(self.ring.data_offset + pos as usize, &mut header);
-        (
-            u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
-            u32::from_le_bytes([header[4], header[5], header[6], header[7]]),
-        )
+            .read_bytes(self.ring.data_offset + pos, &mut header);
+        header
     }
 
     /// Loads the producer's tail once (Acquire) and validates it.
@@ -485,21 +380,8 @@ impl RingConsumer {
             .seg
             .atomic_u64(self.ring.tail_offset)
             .load(Ordering::Acquire);
-        if !tail.is_multiple_of(ALIGN) {
-            return Err(RingError::Misaligned { counter: tail });
-        }
-        if tail < self.tail_cache {
-            return Err(RingError::WentBack {
-                previous: self.tail_cache,
-                now: tail,
-            });
-        }
-        if tail - self.head > self.ring.size as u64 {
-            return Err(RingError::OutOfRange {
-                head: self.head,
-                tail,
-            });
-        }
+        check_advance("tail", self.tail_cache, tail)?;
+        validate_indices(self.head, tail, self.ring.size_u32())?;
         self.tail_cache = tail;
         Ok(())
     }
@@ -515,66 +397,47 @@ impl RingConsumer {
                 return Ok(None);
             }
         }
-        let size = self.ring.size as u64;
-        // Both 8-aligned, tail > head: at least one header's worth is published.
-        let mut avail = self.tail_cache - self.head;
-        let mut pos = self.head & (size - 1);
-        let mut contig = size - pos;
-        let mut skipped = 0;
-        let (mut len, mut flags) = self.read_header(pos);
-        if flags != FRAME_FLAGS {
-            return Err(RingError::BadFlags {
-                position: pos,
-                flags,
-            });
-        }
-        if len == WRAP_MARKER {
-            // The producer wraps only when a frame (at most size / 2 bytes) does not fit in the
-            // contiguous rest: never at position 0, never with size / 2 or more left; and the
-            // marker spans exactly the rest, which must be published.
-            if contig >= size / 2 || contig > avail {
-                return Err(RingError::BadWrapMarker { position: pos });
-            }
-            if contig == avail {
-                // A marker published alone: step over it locally (the head is published with the
-                // next frame); its frame comes with a later tail.
-                self.head += contig;
-                return Ok(None);
-            }
-            skipped = contig;
-            avail -= contig;
-            pos = 0;
-            contig = size;
-            (len, flags) = self.read_header(0);
-            if flags != FRAME_FLAGS {
-                return Err(RingError::BadFlags { position: 0, flags });
-            }
-            if len == WRAP_MARKER {
-                return Err(RingError::BadWrapMarker { position: 0 });
-            }
-        }
-        if len as usize > self.ring.max_payload() {
-            return Err(RingError::FrameTooLarge { len });
-        }
-        let frame = frame_bytes(len as usize) as u64;
-        if frame > avail {
-            return Err(RingError::FrameOverrun {
-                frame_end: self.head + skipped + frame,
-                limit: self.tail_cache,
-            });
-        }
-        if frame > contig {
-            return Err(RingError::FrameOverrun {
-                frame_end: pos + frame,
-                limit: size,
-            });
-        }
+        let size = self.ring.size_u32();
+        let mut at = self.head;
+        let (payload_pos, payload_len, next_head) =
+            match check_frame(at, self.tail_cache, size, self.read_header(at))? {
+                FrameStep::Frame {
+                    payload_pos,
+                    payload_len,
+                    next_head,
+                } => (payload_pos, payload_len, next_head),
+                FrameStep::Wrap { next_head } if next_head == self.tail_cache => {
+                    // A marker published alone: step over it locally (the head is published
+                    // with the next frame); its frame comes with a later tail.
+                    self.head = next_head;
+                    return Ok(None);
+                }
+                FrameStep::Wrap { next_head } => {
+                    at = next_head;
+                    // check_frame refuses a second marker (at position 0).
+                    match check_frame(at, self.tail_cache, size, self.read_header(at))? {
+                        FrameStep::Frame {
+                            payload_pos,
+                            payload_len,
+                            next_head,
+                        } => (payload_pos, payload_len, next_head),
+                        // check_frame already refuses a marker at position 0; kept an error
+                        // (not a panic) should that rule ever change.
+                        FrameStep::Wrap { .. } => {
+                            return Err(RingError::BadFrame {
+                                position: 0,
+                                length: WRAP_MARKER,
+                                why: "a wrap marker right after a wrap marker",
+                            })
+                        }
+                    }
+                }
+            };
         Ok(Some(FrameRef {
             head: self.head,
-            payload_pos: (pos as usize) + FRAME_HEADER_BYTES,
-            len,
-            flags,
-            next_head: self.head + skipped + frame,
+            payload_pos,
+            len: payload_len as u32,
+            next_head,
         }))
     }
 

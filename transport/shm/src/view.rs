@@ -6,6 +6,8 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use veddb_wire::shm::layout::arena as arena_layout;
+
 use crate::{Arena, ArenaLayout, Segment, BLOCK_HEADER_BYTES};
 
 /// Creates one core's data segment: a fresh memfd of `header_bytes + arena_bytes` bytes,
@@ -78,7 +80,10 @@ impl SharedView {
             len,
             generation,
         };
-        let stored_len = view.segment.load_u32(header + 8, Ordering::Acquire) as usize;
+        let stored_len = view
+            .segment
+            .load_u32(header + arena_layout::VALUE_LEN_OFFSET, Ordering::Acquire)
+            as usize;
         (stored_len == len && view.is_current()).then_some(view)
     }
 
@@ -100,9 +105,10 @@ impl SharedView {
     /// Whether the block still holds the value it held when the view was made (its generation
     /// is unchanged). Check it after reading when a view is held longer than the server's lease.
     pub fn is_current(&self) -> bool {
-        self.segment
-            .load_u64(self.offset - BLOCK_HEADER_BYTES, Ordering::Acquire)
-            == self.generation
+        self.segment.load_u64(
+            self.offset - BLOCK_HEADER_BYTES + arena_layout::GENERATION_OFFSET,
+            Ordering::Acquire,
+        ) == self.generation
     }
 
     pub fn len(&self) -> usize {

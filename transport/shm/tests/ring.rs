@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use veddb_shm::{ByteRing, RingError, Segment, COUNTER_MAX, FRAME_HEADER_BYTES, WRAP_MARKER};
+use veddb_wire::shm::layout::reason;
 
 fn ring(size: usize) -> ByteRing {
     ByteRing {
@@ -28,12 +29,13 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn layout_checks() {
-    let good = ring(256);
-    assert!(good.check(128 + 256).is_ok());
-    assert!(good.check(128 + 255).is_err());
+    let good = ring(4096);
+    assert!(good.check(128 + 4096).is_ok());
+    assert!(good.check(128 + 4095).is_err());
     for bad in [
         ByteRing { size: 100, ..good },
         ByteRing { size: 16, ..good },
+        ByteRing { size: 2048, ..good },
         ByteRing {
             head_offset: 4,
             ..good
@@ -51,9 +53,13 @@ fn layout_checks() {
             ..good
         },
     ] {
-        assert!(bad.check(4096).is_err(), "{bad:?}");
+        assert!(bad.check(1 << 16).is_err(), "{bad:?}");
     }
-    assert_eq!(good.max_payload(), 120);
+    assert_eq!(
+        ByteRing { size: 2048, ..good }.check(1 << 16),
+        Err(RingError::BadSize { size: 2048 })
+    );
+    assert_eq!(good.max_payload(), 2040);
     assert_eq!(ByteRing::frame_bytes(0), 8);
     assert_eq!(ByteRing::frame_bytes(1), 16);
     assert_eq!(ByteRing::frame_bytes(8), 16);
@@ -62,7 +68,7 @@ fn layout_checks() {
 
 #[test]
 fn frame_format_on_the_wire() {
-    let r = ring(64);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     let mut c = r.consumer(Arc::clone(&seg)).unwrap();
@@ -75,23 +81,26 @@ fn frame_format_on_the_wire() {
     let f = c.peek().unwrap().unwrap();
     c.advance(f);
     assert_eq!(seg.load_u64(r.head_offset, Ordering::Acquire), 16);
-    // Position 16 of 64: 48 contiguous bytes. A 24-byte payload (32-byte frame) fits there...
-    assert!(p.try_push(&[1; 24]).unwrap());
-    // ...position 48: a 24-byte payload does not fit in 16 bytes: wrap marker, frame at 0.
+    // Position 16 of 4096: a largest frame (2048 bytes) fits there...
+    assert!(p.try_push(&[1; 2040]).unwrap());
+    // ...position 2064: 2032 bytes to the end, too few for another: wrap marker, frame at 0.
     let f = c.peek().unwrap().unwrap();
     c.advance(f);
-    assert!(p.try_push(&[2; 24]).unwrap());
-    seg.read_bytes(r.data_offset + 48, &mut raw[..8]);
+    assert!(p.try_push(&[2; 2040]).unwrap());
+    seg.read_bytes(r.data_offset + 2064, &mut raw[..8]);
     assert_eq!(&raw[..8], &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
     seg.read_bytes(r.data_offset, &mut raw[..8]);
-    assert_eq!(&raw[..8], &[24, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(seg.load_u64(r.tail_offset, Ordering::Acquire), 48 + 16 + 32);
+    assert_eq!(&raw[..8], &[0xF8, 0x07, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        seg.load_u64(r.tail_offset, Ordering::Acquire),
+        2064 + 2032 + 2048
+    );
     let f = c.peek().unwrap().unwrap();
-    assert_eq!(f.len(), 24);
-    assert_eq!(f.consumed_bytes(), 48);
+    assert_eq!(f.len(), 2040);
+    assert_eq!(f.consumed_bytes(), 2032 + 2048);
     let mut out = Vec::new();
     c.copy_payload(&f, &mut out);
-    assert_eq!(out, vec![2; 24]);
+    assert_eq!(out, vec![2; 2040]);
     c.advance(f);
     assert!(c.peek().unwrap().is_none());
     assert!(c.is_empty() && p.is_empty());
@@ -99,17 +108,22 @@ fn frame_format_on_the_wire() {
 
 #[test]
 fn limits_and_writer_bounds() {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let error = p.try_reserve(2041).unwrap_err();
     assert_eq!(
-        p.try_reserve(121).unwrap_err(),
-        RingError::PayloadTooLarge { len: 121, max: 120 }
+        error,
+        RingError::FrameTooLarge {
+            length: 2041,
+            max: 2040
+        }
     );
-    // Two max-size frames fill the ring exactly.
-    assert!(p.try_push(&[7; 120]).unwrap());
-    assert!(p.try_push(&[8; 120]).unwrap());
+    assert_eq!(error.reason(), reason::FRAME_TOO_LARGE);
+    // Two largest frames fill the ring exactly.
+    assert!(p.try_push(&[7; 2040]).unwrap());
+    assert!(p.try_push(&[8; 2040]).unwrap());
     assert_eq!(p.free(), 0);
     assert!(p.try_reserve(0).unwrap().is_none());
     // An abandoned reservation publishes nothing.
@@ -118,7 +132,7 @@ fn limits_and_writer_bounds() {
     let abandoned = p.try_reserve(10).unwrap().unwrap();
     assert_eq!(abandoned.len(), 10);
     let f = c.peek().unwrap().unwrap();
-    assert_eq!(f.len(), 120);
+    assert_eq!(f.len(), 2040);
     c.advance(f);
     assert!(c.peek().unwrap().is_none());
     // Zero-length frames are frames.
@@ -131,7 +145,7 @@ fn limits_and_writer_bounds() {
 #[test]
 #[should_panic(expected = "beyond the reserved")]
 fn write_at_beyond_reservation_panics() {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(seg).unwrap();
     let mut w = p.try_reserve(10).unwrap().unwrap();
@@ -140,7 +154,7 @@ fn write_at_beyond_reservation_panics() {
 
 #[test]
 fn batched_consume_then_publish() {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     let mut c = r.consumer(Arc::clone(&seg)).unwrap();
@@ -168,7 +182,7 @@ enum Op {
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
         prop_oneof![
-            3 => (0usize..=120).prop_map(Op::Push),
+            3 => (0usize..=2040).prop_map(Op::Push),
             1 => (0usize..=8).prop_map(Op::Push),
             3 => Just(Op::Pop),
         ],
@@ -182,7 +196,7 @@ proptest! {
     /// Random pushes and pops against a model of the format: every frame comes back intact and in
     /// order, and a push fails exactly when the format says it cannot fit.
     #[test]
-    fn matches_model(ops in ops(), size_log2 in 8u32..=10) {
+    fn matches_model(ops in ops(), size_log2 in 12u32..=14) {
         let r = ring(1 << size_log2);
         let size = r.size as u64;
         let seg = segment_for(&r);
@@ -239,17 +253,17 @@ proptest! {
     /// and never reads outside the data area: it yields frames within bounds or an error.
     #[test]
     fn hostile_bytes_never_panic(
-        bytes in prop::collection::vec(any::<u8>(), 128 + 256),
-        tail in prop_oneof![any::<u64>(), 0u64..600, (0u64..80).prop_map(|x| x * 8)],
-        head in prop_oneof![Just(0u64), any::<u64>(), (0u64..40).prop_map(|x| x * 8)],
-        markers in prop::collection::vec((0usize..32, any::<bool>()), 0..8),
+        bytes in prop::collection::vec(any::<u8>(), 128 + 4096),
+        tail in prop_oneof![any::<u64>(), 0u64..9600, (0u64..1280).prop_map(|x| x * 8)],
+        head in prop_oneof![Just(0u64), any::<u64>(), (0u64..640).prop_map(|x| x * 8)],
+        markers in prop::collection::vec((0usize..512, any::<bool>()), 0..8),
     ) {
-        let r = ring(256);
+        let r = ring(4096);
         let seg = segment_for(&r);
         seg.write_bytes(0, &bytes);
         // Sprinkle wrap markers and small plausible lengths at 8-aligned positions.
         for (slot, wrap) in markers {
-            let len: u32 = if wrap { WRAP_MARKER } else { (slot as u32 * 13) % 140 };
+            let len: u32 = if wrap { WRAP_MARKER } else { (slot as u32 * 13) % 2240 };
             seg.write_bytes(r.data_offset + slot * 8, &len.to_le_bytes());
         }
         seg.atomic_u64(r.head_offset).store(head, Ordering::Relaxed);
@@ -269,7 +283,7 @@ proptest! {
         }
         // The producer side facing a hostile head never panics either.
         if let Ok(mut p) = r.producer(Arc::clone(&seg)) {
-            for len in [0usize, 1, 50, 120] {
+            for len in [0usize, 1, 800, 2040] {
                 if p.try_push(&vec![1; len]).is_err() {
                     break;
                 }
@@ -280,7 +294,7 @@ proptest! {
 
 /// A consumer attached to a ring whose producer wrote `tail` and the given data.
 fn hostile(tail: u64, frames: &[(usize, u32)]) -> Result<Option<usize>, RingError> {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     for &(pos, len) in frames {
         seg.write_bytes(r.data_offset + pos, &len.to_le_bytes());
@@ -290,25 +304,45 @@ fn hostile(tail: u64, frames: &[(usize, u32)]) -> Result<Option<usize>, RingErro
     c.peek().map(|f| f.map(|f| f.len()))
 }
 
+/// The error's text names the broken rule.
+fn bad_frame(result: Result<Option<usize>, RingError>, why: &str) {
+    match result {
+        Err(error @ RingError::BadFrame { .. }) => {
+            assert!(error.to_string().contains(why), "{error}");
+            assert_eq!(error.reason(), reason::BAD_FRAME);
+        }
+        other => panic!("expected a bad frame ({why}), got {other:?}"),
+    }
+}
+
 #[test]
 fn hostile_counters() {
-    assert_eq!(hostile(3, &[]), Err(RingError::Misaligned { counter: 3 }));
     assert_eq!(
-        hostile(264, &[]),
-        Err(RingError::OutOfRange { head: 0, tail: 264 })
+        hostile(3, &[]),
+        Err(RingError::Misaligned {
+            index: "tail",
+            value: 3
+        })
+    );
+    assert_eq!(
+        hostile(4096 + 8, &[]),
+        Err(RingError::Overfull {
+            used: 4096 + 8,
+            size: 4096
+        })
     );
     assert_eq!(
         hostile(u64::MAX - 7, &[]),
-        Err(RingError::OutOfRange {
-            head: 0,
-            tail: u64::MAX - 7
+        Err(RingError::CounterTooLarge {
+            index: "tail",
+            value: u64::MAX - 7
         })
     );
     assert_eq!(hostile(16, &[(0, 8)]), Ok(Some(8)));
     assert_eq!(hostile(0, &[]), Ok(None));
 
     // Tail moving backwards after a frame was seen.
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     let mut c = r.consumer(Arc::clone(&seg)).unwrap();
@@ -316,126 +350,109 @@ fn hostile_counters() {
     let f = c.peek().unwrap().unwrap();
     c.advance(f);
     seg.atomic_u64(r.tail_offset).store(8, Ordering::Release);
+    let error = c.peek().unwrap_err();
     assert_eq!(
-        c.peek(),
-        Err(RingError::WentBack {
+        error,
+        RingError::WentBack {
+            index: "tail",
             previous: 16,
             now: 8
-        })
+        }
     );
+    assert_eq!(error.reason(), reason::BAD_INDICES);
 }
 
 #[test]
 fn hostile_lengths() {
     // Larger than the ring's largest payload.
     assert_eq!(
-        hostile(256, &[(0, 121)]),
-        Err(RingError::FrameTooLarge { len: 121 })
-    );
-    assert_eq!(
-        hostile(256, &[(0, 0xFFFF_FFFE)]),
-        Err(RingError::FrameTooLarge { len: 0xFFFF_FFFE })
-    );
-    // Larger than what was published.
-    assert_eq!(
-        hostile(16, &[(0, 9)]),
-        Err(RingError::FrameOverrun {
-            frame_end: 24,
-            limit: 16
+        hostile(4096, &[(0, 2041)]),
+        Err(RingError::FrameTooLarge {
+            length: 2041,
+            max: 2040
         })
     );
+    assert_eq!(
+        hostile(4096, &[(0, 0xFFFF_FFFE)]),
+        Err(RingError::FrameTooLarge {
+            length: 0xFFFF_FFFE,
+            max: 2040
+        })
+    );
+    // Larger than what was published.
+    bad_frame(hostile(16, &[(0, 9)]), "past the tail");
+}
+
+/// A ring after two 1,528-byte payloads (1,536-byte frames) were pushed and consumed: the
+/// consumer's head is at 3072, 1024 bytes from the end.
+fn ring_at_3072() -> (
+    ByteRing,
+    Arc<Segment>,
+    veddb_shm::RingProducer,
+    veddb_shm::RingConsumer,
+) {
+    let r = ring(4096);
+    let seg = segment_for(&r);
+    let mut p = r.producer(Arc::clone(&seg)).unwrap();
+    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    p.try_push(&[0; 1528]).unwrap();
+    p.try_push(&[0; 1528]).unwrap();
+    for _ in 0..2 {
+        let f = c.peek().unwrap().unwrap();
+        c.advance(f);
+    }
+    (r, seg, p, c)
 }
 
 #[test]
 fn hostile_wrap_markers() {
     // At position 0 of an empty-from-the-start ring: no frame could have failed to fit there.
-    assert_eq!(
-        hostile(64, &[(0, WRAP_MARKER)]),
-        Err(RingError::BadWrapMarker { position: 0 })
-    );
+    bad_frame(hostile(64, &[(0, WRAP_MARKER)]), "position 0");
     // Where at least size / 2 bytes remain to the end (any frame fits there).
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 56]).unwrap(); // 64 bytes: position 64, 192 contiguous
+    p.try_push(&[0; 1016]).unwrap(); // 1024 bytes: position 1024, 3072 contiguous
     let f = c.peek().unwrap().unwrap();
     c.advance(f);
-    seg.write_bytes(r.data_offset + 64, &WRAP_MARKER.to_le_bytes());
+    seg.write_bytes(r.data_offset + 1024, &WRAP_MARKER.to_le_bytes());
     seg.atomic_u64(r.tail_offset)
-        .store(64 + 192 + 16, Ordering::Release);
-    assert_eq!(c.peek(), Err(RingError::BadWrapMarker { position: 64 }));
+        .store(1024 + 3072 + 16, Ordering::Release);
+    bad_frame(c.peek().map(|f| f.map(|f| f.len())), "half the ring");
 
     // A marker running past the tail.
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 88]).unwrap(); // 96 bytes
-    p.try_push(&[0; 88]).unwrap(); // 96 bytes: position 192, 64 contiguous
-    for _ in 0..2 {
-        let f = c.peek().unwrap().unwrap();
-        c.advance(f);
-    }
-    seg.write_bytes(r.data_offset + 192, &WRAP_MARKER.to_le_bytes());
+    let (r, seg, _p, mut c) = ring_at_3072();
+    seg.write_bytes(r.data_offset + 3072, &WRAP_MARKER.to_le_bytes());
     seg.atomic_u64(r.tail_offset)
-        .store(192 + 56, Ordering::Release);
-    assert_eq!(c.peek(), Err(RingError::BadWrapMarker { position: 192 }));
+        .store(3072 + 896, Ordering::Release);
+    bad_frame(c.peek().map(|f| f.map(|f| f.len())), "past the tail");
 
     // Two markers in a row.
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    for _ in 0..2 {
-        let f = c.peek().unwrap().unwrap();
-        c.advance(f);
-    }
-    seg.write_bytes(r.data_offset + 192, &WRAP_MARKER.to_le_bytes());
+    let (r, seg, _p, mut c) = ring_at_3072();
+    seg.write_bytes(r.data_offset + 3072, &WRAP_MARKER.to_le_bytes());
     seg.write_bytes(r.data_offset, &WRAP_MARKER.to_le_bytes());
     seg.atomic_u64(r.tail_offset)
-        .store(192 + 64 + 16, Ordering::Release);
-    assert_eq!(c.peek(), Err(RingError::BadWrapMarker { position: 0 }));
+        .store(3072 + 1024 + 16, Ordering::Release);
+    bad_frame(c.peek().map(|f| f.map(|f| f.len())), "position 0");
 
     // A frame that would run past the end of the data area instead of wrapping.
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    for _ in 0..2 {
-        let f = c.peek().unwrap().unwrap();
-        c.advance(f);
-    }
-    seg.write_bytes(r.data_offset + 192, &100u32.to_le_bytes());
+    let (r, seg, _p, mut c) = ring_at_3072();
+    seg.write_bytes(r.data_offset + 3072, &1600u32.to_le_bytes());
     seg.atomic_u64(r.tail_offset)
-        .store(192 + 112, Ordering::Release);
-    assert_eq!(
-        c.peek(),
-        Err(RingError::FrameOverrun {
-            frame_end: 192 + 112,
-            limit: 256
-        })
-    );
+        .store(3072 + 1608, Ordering::Release);
+    bad_frame(c.peek().map(|f| f.map(|f| f.len())), "end of the ring");
 
     // A legitimate wrap is accepted.
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    for _ in 0..2 {
-        let f = c.peek().unwrap().unwrap();
-        c.advance(f);
-    }
-    assert!(p.try_push(&[5; 100]).unwrap());
+    let (_r, _seg, mut p, mut c) = ring_at_3072();
+    assert!(p.try_push(&[5; 1600]).unwrap());
     let f = c.peek().unwrap().unwrap();
-    assert_eq!((f.len(), f.consumed_bytes()), (100, 64 + 112));
+    assert_eq!((f.len(), f.consumed_bytes()), (1600, 1024 + 1608));
 }
 
 #[test]
 fn hostile_flags() {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     seg.write_bytes(r.data_offset, &[8, 0, 0, 0, 1, 0, 0, 0]);
     seg.atomic_u64(r.tail_offset).store(16, Ordering::Release);
@@ -452,70 +469,66 @@ fn hostile_flags() {
 /// A producer that publishes a wrap marker on its own, then the frame with a later tail.
 #[test]
 fn wrap_marker_published_alone() {
-    let r = ring(256);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
-    p.try_push(&[0; 88]).unwrap();
-    p.try_push(&[0; 88]).unwrap(); // tail 192: 64 bytes left to the end
-    for _ in 0..2 {
-        let f = c.peek().unwrap().unwrap();
-        c.advance(f);
-    }
-    seg.write_bytes(r.data_offset + 192, &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
-    seg.atomic_u64(r.tail_offset).store(256, Ordering::Release);
+    let (r, seg, _p, mut c) = ring_at_3072();
+    seg.write_bytes(r.data_offset + 3072, &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
+    seg.atomic_u64(r.tail_offset).store(4096, Ordering::Release);
     assert_eq!(c.peek(), Ok(None));
-    assert_eq!(c.head(), 256, "stepped over the marker");
+    assert_eq!(c.head(), 4096, "stepped over the marker");
     seg.write_bytes(
         r.data_offset,
         &[5, 0, 0, 0, 0, 0, 0, 0, b'h', b'e', b'l', b'l', b'o'],
     );
     seg.atomic_u64(r.tail_offset)
-        .store(256 + 16, Ordering::Release);
+        .store(4096 + 16, Ordering::Release);
     let f = c.peek().unwrap().unwrap();
     let mut out = Vec::new();
     c.copy_payload(&f, &mut out);
     assert_eq!(out, b"hello");
     c.advance(f);
-    assert_eq!(seg.load_u64(r.head_offset, Ordering::Acquire), 272);
+    assert_eq!(seg.load_u64(r.head_offset, Ordering::Acquire), 4112);
 }
 
 #[test]
 fn hostile_head_seen_by_producer() {
-    let r = ring(256);
+    let r = ring(4096);
     let seg = segment_for(&r);
     let mut p = r.producer(Arc::clone(&seg)).unwrap();
     for _ in 0..2 {
-        p.try_push(&[0; 120]).unwrap();
+        p.try_push(&[0; 2040]).unwrap();
     }
     // Head beyond our tail.
-    seg.atomic_u64(r.head_offset).store(1024, Ordering::Release);
+    seg.atomic_u64(r.head_offset)
+        .store(16384, Ordering::Release);
     assert_eq!(
         p.try_push(b"x").unwrap_err(),
-        RingError::OutOfRange {
-            head: 1024,
-            tail: 256
+        RingError::HeadPastTail {
+            head: 16384,
+            tail: 4096
         }
     );
     // Misaligned.
     seg.atomic_u64(r.head_offset).store(5, Ordering::Release);
     assert_eq!(
         p.try_push(b"x").unwrap_err(),
-        RingError::Misaligned { counter: 5 }
+        RingError::Misaligned {
+            index: "head",
+            value: 5
+        }
     );
     // Backwards after a good value.
-    seg.atomic_u64(r.head_offset).store(128, Ordering::Release);
+    seg.atomic_u64(r.head_offset).store(2048, Ordering::Release);
     assert!(p.try_push(b"x").unwrap());
     seg.atomic_u64(r.head_offset).store(0, Ordering::Release);
     for _ in 0..20 {
-        match p.try_push(&[0; 100]) {
+        match p.try_push(&[0; 1600]) {
             Ok(true) => continue,
             Ok(false) => panic!("should have re-read the head and failed"),
             Err(e) => {
                 assert_eq!(
                     e,
                     RingError::WentBack {
-                        previous: 128,
+                        index: "head",
+                        previous: 2048,
                         now: 0
                     }
                 );
@@ -524,7 +537,8 @@ fn hostile_head_seen_by_producer() {
         }
     }
     // Inconsistent counters at attach.
-    seg.atomic_u64(r.tail_offset).store(4096, Ordering::Release);
+    seg.atomic_u64(r.tail_offset)
+        .store(65536, Ordering::Release);
     assert!(r.producer(Arc::clone(&seg)).is_err());
 }
 
@@ -534,7 +548,7 @@ fn hostile_head_seen_by_producer() {
 /// large that the ends' sums could overflow.
 #[test]
 fn hostile_counters_at_attach() {
-    let r = ring(256);
+    let r = ring(4096);
     for (head, tail) in [
         (u64::MAX - 7, 0),
         (u64::MAX - 7, u64::MAX - 7),
@@ -544,27 +558,24 @@ fn hostile_counters_at_attach() {
         let seg = segment_for(&r);
         seg.atomic_u64(r.head_offset).store(head, Ordering::Release);
         seg.atomic_u64(r.tail_offset).store(tail, Ordering::Release);
-        assert!(
-            matches!(
-                r.producer(Arc::clone(&seg)),
-                Err(RingError::OutOfRange { .. })
-            ),
-            "producer with head {head}, tail {tail}"
-        );
+        match r.producer(Arc::clone(&seg)) {
+            Err(error) => assert_eq!(error.reason(), reason::BAD_INDICES, "{error}"),
+            Ok(_) => panic!("producer with head {head}, tail {tail}"),
+        }
     }
     let seg = segment_for(&r);
     seg.atomic_u64(r.head_offset)
         .store(u64::MAX - 7, Ordering::Release);
     assert!(matches!(
         r.consumer(Arc::clone(&seg)),
-        Err(RingError::OutOfRange { .. })
+        Err(RingError::CounterTooLarge { .. })
     ));
     // At the limit both ends still work.
     let seg = segment_for(&r);
     seg.atomic_u64(r.head_offset)
-        .store(COUNTER_MAX - 256, Ordering::Release);
+        .store(COUNTER_MAX - 4096, Ordering::Release);
     seg.atomic_u64(r.tail_offset)
-        .store(COUNTER_MAX - 256, Ordering::Release);
+        .store(COUNTER_MAX - 4096, Ordering::Release);
     let mut producer = r.producer(Arc::clone(&seg)).unwrap();
     let mut consumer = r.consumer(Arc::clone(&seg)).unwrap();
     assert!(producer.try_push(b"near the top").unwrap());
