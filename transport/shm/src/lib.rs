@@ -45,8 +45,8 @@ pub use arena::{
     MIN_BLOCK_BYTES,
 };
 pub use ring::{
-    ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingProducer, COUNTER_MAX,
-    FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
+    ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingMemory, RingProducer,
+    COUNTER_MAX, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
 };
 pub use segment::Segment;
 pub use view::{create_data_segment, SharedView};

@@ -47,6 +47,51 @@ pub use veddb_wire::shm::layout::ring::{
 
 use crate::Segment;
 
+/// The memory a ring lives in: a [`Segment`] shared between processes, or a model of one (the
+/// loom model check in `tests/loom.rs`, whose memory records every access so that a byte read
+/// before its write was published is reported). Counters are 8-aligned `u64`s accessed
+/// atomically; bytes are copied in and out.
+pub trait RingMemory {
+    /// Bytes of the memory.
+    fn bytes_len(&self) -> usize;
+    /// Whether this process may write it.
+    fn is_writable(&self) -> bool;
+    /// Loads the counter at `offset`.
+    fn load_counter(&self, offset: usize, order: Ordering) -> u64;
+    /// Stores the counter at `offset`.
+    fn store_counter(&self, offset: usize, value: u64, order: Ordering);
+    /// Copies `out.len()` bytes at `offset` into `out`.
+    fn read_bytes(&self, offset: usize, out: &mut [u8]);
+    /// Copies `bytes` to `offset`.
+    fn write_bytes(&self, offset: usize, bytes: &[u8]);
+}
+
+impl RingMemory for Segment {
+    fn bytes_len(&self) -> usize {
+        Segment::len(self)
+    }
+
+    fn is_writable(&self) -> bool {
+        Segment::is_writable(self)
+    }
+
+    fn load_counter(&self, offset: usize, order: Ordering) -> u64 {
+        self.atomic_u64(offset).load(order)
+    }
+
+    fn store_counter(&self, offset: usize, value: u64, order: Ordering) {
+        self.atomic_u64(offset).store(value, order)
+    }
+
+    fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+        Segment::read_bytes(self, offset, out)
+    }
+
+    fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        Segment::write_bytes(self, offset, bytes)
+    }
+}
+
 /// Where a ring lives in a segment. `Copy`: describe it once, then make a [`producer`](Self::producer)
 /// in one process and a [`consumer`](Self::consumer) in the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,8 +159,8 @@ impl ByteRing {
         Ok(())
     }
 
-    fn attach(&self, seg: &Segment) -> Result<(), RingError> {
-        self.check(seg.len())?;
+    fn attach<M: RingMemory>(&self, seg: &M) -> Result<(), RingError> {
+        self.check(seg.bytes_len())?;
         if !seg.is_writable() {
             return Err(RingError::BadPlacement {
                 why: "both ends of a ring need a writable mapping",
@@ -126,10 +171,10 @@ impl ByteRing {
 
     /// The producing end. Reads both counters once to start from the ring's current state
     /// (zero for a fresh ring), and validates them.
-    pub fn producer(&self, seg: Arc<Segment>) -> Result<RingProducer, RingError> {
-        self.attach(&seg)?;
-        let tail = seg.atomic_u64(self.tail_offset).load(Ordering::Acquire);
-        let head = seg.atomic_u64(self.head_offset).load(Ordering::Acquire);
+    pub fn producer<M: RingMemory>(&self, seg: Arc<M>) -> Result<RingProducer<M>, RingError> {
+        self.attach(&*seg)?;
+        let tail = seg.load_counter(self.tail_offset, Ordering::Acquire);
+        let head = seg.load_counter(self.head_offset, Ordering::Acquire);
         validate_indices(head, tail, self.size_u32())?;
         Ok(RingProducer {
             seg,
@@ -140,9 +185,9 @@ impl ByteRing {
     }
 
     /// The consuming end. Reads its own counter once to start from (zero for a fresh ring).
-    pub fn consumer(&self, seg: Arc<Segment>) -> Result<RingConsumer, RingError> {
-        self.attach(&seg)?;
-        let head = seg.atomic_u64(self.head_offset).load(Ordering::Acquire);
+    pub fn consumer<M: RingMemory>(&self, seg: Arc<M>) -> Result<RingConsumer<M>, RingError> {
+        self.attach(&*seg)?;
+        let head = seg.load_counter(self.head_offset, Ordering::Acquire);
         // The tail is validated against this head at every refresh; the head itself must be
         // aligned and within COUNTER_MAX.
         validate_indices(head, head, self.size_u32())?;
@@ -157,8 +202,8 @@ impl ByteRing {
 
 /// The producing end of a [`ByteRing`].
 #[derive(Debug)]
-pub struct RingProducer {
-    seg: Arc<Segment>,
+pub struct RingProducer<M: RingMemory = Segment> {
+    seg: Arc<M>,
     ring: ByteRing,
     /// Our tail: private, authoritative (the shared copy is only ever written).
     tail: u64,
@@ -166,7 +211,7 @@ pub struct RingProducer {
     head_cache: u64,
 }
 
-impl RingProducer {
+impl<M: RingMemory> RingProducer<M> {
     /// The ring's layout.
     pub fn ring(&self) -> &ByteRing {
         &self.ring
@@ -181,8 +226,7 @@ impl RingProducer {
     fn refresh_head(&mut self) -> Result<(), RingError> {
         let head = self
             .seg
-            .atomic_u64(self.ring.head_offset)
-            .load(Ordering::Acquire);
+            .load_counter(self.ring.head_offset, Ordering::Acquire);
         check_advance("head", self.head_cache, head)?;
         validate_indices(head, self.tail, self.ring.size_u32())?;
         self.head_cache = head;
@@ -194,7 +238,7 @@ impl RingProducer {
     /// [`ByteRing::max_payload`] or the consumer's head is inconsistent (disconnect it). Write the
     /// payload with [`FrameWriter::write_at`], then [`FrameWriter::commit`]; dropping the writer
     /// abandons the frame.
-    pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameWriter<'_>>, RingError> {
+    pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameWriter<'_, M>>, RingError> {
         let size = self.ring.size_u32();
         let plan = match plan_write(self.head_cache, self.tail, size, len)? {
             Some(plan) => plan,
@@ -241,8 +285,7 @@ impl RingProducer {
     pub fn used(&self) -> usize {
         let head = self
             .seg
-            .atomic_u64(self.ring.head_offset)
-            .load(Ordering::Acquire);
+            .load_counter(self.ring.head_offset, Ordering::Acquire);
         self.tail.wrapping_sub(head).min(self.ring.size as u64) as usize
     }
 
@@ -259,15 +302,15 @@ impl RingProducer {
 
 /// A reserved, unpublished frame. Write the payload, then [`commit`](Self::commit).
 #[derive(Debug)]
-pub struct FrameWriter<'a> {
-    producer: &'a mut RingProducer,
+pub struct FrameWriter<'a, M: RingMemory = Segment> {
+    producer: &'a mut RingProducer<M>,
     /// Position of the frame header in the data area.
     start: usize,
     len: usize,
     new_tail: u64,
 }
 
-impl FrameWriter<'_> {
+impl<M: RingMemory> FrameWriter<'_, M> {
     /// Payload bytes reserved.
     pub fn len(&self) -> usize {
         self.len
@@ -305,8 +348,7 @@ impl FrameWriter<'_> {
         p.write_header(self.start, self.len as u32);
         p.tail = self.new_tail;
         p.seg
-            .atomic_u64(p.ring.tail_offset)
-            .store(p.tail, Ordering::Release);
+            .store_counter(p.ring.tail_offset, p.tail, Ordering::Release);
     }
 }
 
@@ -346,8 +388,8 @@ impl FrameRef {
 
 /// The consuming end of a [`ByteRing`].
 #[derive(Debug)]
-pub struct RingConsumer {
-    seg: Arc<Segment>,
+pub struct RingConsumer<M: RingMemory = Segment> {
+    seg: Arc<M>,
     ring: ByteRing,
     /// Our head: private, authoritative (the shared copy is only ever written).
     head: u64,
@@ -355,7 +397,7 @@ pub struct RingConsumer {
     tail_cache: u64,
 }
 
-impl RingConsumer {
+impl<M: RingMemory> RingConsumer<M> {
     /// The ring's layout.
     pub fn ring(&self) -> &ByteRing {
         &self.ring
@@ -378,8 +420,7 @@ impl RingConsumer {
     fn refresh_tail(&mut self) -> Result<(), RingError> {
         let tail = self
             .seg
-            .atomic_u64(self.ring.tail_offset)
-            .load(Ordering::Acquire);
+            .load_counter(self.ring.tail_offset, Ordering::Acquire);
         check_advance("tail", self.tail_cache, tail)?;
         validate_indices(self.head, tail, self.ring.size_u32())?;
         self.tail_cache = tail;
@@ -488,8 +529,7 @@ impl RingConsumer {
     /// Publishes our head (Release store): the producer may reuse everything before it.
     pub fn publish_head(&self) {
         self.seg
-            .atomic_u64(self.ring.head_offset)
-            .store(self.head, Ordering::Release);
+            .store_counter(self.ring.head_offset, self.head, Ordering::Release);
     }
 
     /// Consumes `frame` and publishes the head.
@@ -507,8 +547,7 @@ impl RingConsumer {
     pub fn used(&self) -> usize {
         let tail = self
             .seg
-            .atomic_u64(self.ring.tail_offset)
-            .load(Ordering::Acquire);
+            .load_counter(self.ring.tail_offset, Ordering::Acquire);
         tail.wrapping_sub(self.head).min(self.ring.size as u64) as usize
     }
 
