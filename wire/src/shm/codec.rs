@@ -1,0 +1,1450 @@
+//! The payloads of ring frames.
+//!
+//! A request payload is `u32 request id, u8 opcode` and the fields of the
+//! [`Request`] variant; a response payload is `u32 request id, u8 kind` and the fields of
+//! the [`Response`] variant. Byte strings are `u32 length` then the bytes; counts are u32;
+//! integers are little-endian; there is no padding. The encoding is canonical: every
+//! payload that decodes re-encodes to the same bytes (booleans are 0 or 1, reserved bits
+//! and absent optional fields are zero, and nothing may follow the last field).
+//!
+//! Values of [`Response::Value`] and [`Response::Values`] travel either inline or as a
+//! reference into a core's data segment ([`ValueRef`]).
+
+use crate::limits;
+use crate::{
+    Error, Info, Request, Response, SetCondition, SetOptions, ShardStats, SubscriberId, Ttl,
+};
+use bytes::Bytes;
+use std::fmt;
+
+/// Request opcodes (the byte after the request id).
+pub mod opcode {
+    pub const PING: u8 = 1;
+    pub const GET: u8 = 2;
+    pub const SET: u8 = 3;
+    pub const DELETE: u8 = 4;
+    pub const EXISTS: u8 = 5;
+    pub const CAS: u8 = 6;
+    pub const INCR: u8 = 7;
+    pub const EXPIRE: u8 = 8;
+    pub const TTL: u8 = 9;
+    pub const PERSIST: u8 = 10;
+    pub const MGET: u8 = 11;
+    pub const MSET: u8 = 12;
+    pub const SCAN: u8 = 13;
+    pub const SUBSCRIBE: u8 = 14;
+    pub const UNSUBSCRIBE: u8 = 15;
+    pub const PUBLISH: u8 = 16;
+    pub const FETCH: u8 = 17;
+    pub const INFO: u8 = 18;
+    pub const SNAPSHOT: u8 = 19;
+}
+
+/// Response kinds (the byte after the request id).
+pub mod kind {
+    pub const PONG: u8 = 1;
+    pub const VALUE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const STORED: u8 = 4;
+    pub const NOT_STORED: u8 = 5;
+    pub const VERSION_MISMATCH: u8 = 6;
+    pub const INTEGER: u8 = 7;
+    pub const BOOL: u8 = 8;
+    pub const TTL: u8 = 9;
+    pub const VALUES: u8 = 10;
+    pub const OK: u8 = 11;
+    pub const KEYS: u8 = 12;
+    pub const SUBSCRIBED: u8 = 13;
+    pub const PUBLISHED: u8 = 14;
+    pub const MESSAGES: u8 = 15;
+    pub const INFO: u8 = 16;
+    pub const ERROR: u8 = 17;
+}
+
+/// [`Error`] variant tags (the byte after [`kind::ERROR`]).
+pub mod error_tag {
+    pub const OUT_OF_MEMORY: u8 = 1;
+    pub const KEY_TOO_LARGE: u8 = 2;
+    pub const VALUE_TOO_LARGE: u8 = 3;
+    pub const NOT_AN_INTEGER: u8 = 4;
+    pub const OVERFLOW: u8 = 5;
+    pub const INVALID_ARGUMENT: u8 = 6;
+    pub const UNKNOWN_SUBSCRIBER: u8 = 7;
+    pub const TOO_MANY_SUBSCRIBERS: u8 = 8;
+    pub const SHUTTING_DOWN: u8 = 9;
+    pub const PERSISTENCE_OFF: u8 = 10;
+    pub const STORAGE: u8 = 11;
+    pub const BUSY: u8 = 12;
+}
+
+/// Forms of a value slot (the byte before a value in VALUE and VALUES).
+pub mod value_form {
+    /// No value (a missing key in VALUES; invalid in VALUE).
+    pub const MISSING: u8 = 0;
+    /// u64 version, u32 length, the bytes.
+    pub const INLINE: u8 = 1;
+    /// u64 version, u32 core, u64 offset, u32 length, u64 generation.
+    pub const SHARED: u8 = 2;
+}
+
+/// [`SetCondition`] bytes.
+pub mod condition {
+    pub const ALWAYS: u8 = 0;
+    pub const IF_ABSENT: u8 = 1;
+    pub const IF_PRESENT: u8 = 2;
+}
+
+/// [`Ttl`] tags.
+pub mod ttl_tag {
+    pub const MISSING: u8 = 0;
+    pub const PERSISTENT: u8 = 1;
+    pub const REMAINING: u8 = 2;
+}
+
+/// SET and CAS flags bit: a TTL is given (the u64 TTL field is zero otherwise).
+pub const FLAG_TTL: u8 = 0x01;
+/// SET flags bit: KEEPTTL.
+pub const FLAG_KEEP_TTL: u8 = 0x02;
+
+/// Bytes before the fields of every payload: request id and opcode (or kind).
+pub const PAYLOAD_HEADER_BYTES: usize = 5;
+/// Bytes of one [`ShardStats`] record in an INFO response.
+pub const SHARD_STATS_BYTES: usize = 4 + 15 * 8;
+/// Bytes of a shared value slot after its form byte.
+pub const SHARED_VALUE_BYTES: usize = 8 + 4 + 8 + 4 + 8;
+
+// -----------------------------------------------------------------------------------------
+// Errors
+
+/// Why a payload could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    /// Byte offset in the payload where the problem starts.
+    pub offset: usize,
+    /// The request id, when the payload was long enough to hold one (the server may
+    /// answer a [`DecodeErrorKind::TooMany`] with an error to it instead of disconnecting).
+    pub request_id: Option<u32>,
+    pub kind: DecodeErrorKind,
+}
+
+/// What was wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// The payload ends inside a fixed-width field.
+    Truncated {
+        what: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    /// A byte-string length runs past the end of the payload.
+    LengthPastEnd {
+        what: &'static str,
+        length: u64,
+        remaining: usize,
+    },
+    /// A count whose items cannot fit in the rest of the payload.
+    CountPastEnd {
+        what: &'static str,
+        count: u64,
+        min_bytes: u64,
+        remaining: usize,
+    },
+    /// A count over its protocol limit.
+    TooMany {
+        what: &'static str,
+        count: u64,
+        limit: u64,
+    },
+    UnknownOpcode(u8),
+    UnknownKind(u8),
+    UnknownErrorTag(u8),
+    /// A tag, flag or boolean byte with a value the format does not allow.
+    BadByte {
+        what: &'static str,
+        value: u8,
+    },
+    /// A field that must be zero is not.
+    NonZero {
+        what: &'static str,
+        value: u64,
+    },
+    /// A string that is not UTF-8.
+    InvalidUtf8 {
+        what: &'static str,
+    },
+    /// A number too large for this platform's `usize`.
+    Unrepresentable {
+        what: &'static str,
+        value: u64,
+    },
+    /// Bytes after the last field.
+    TrailingBytes {
+        count: usize,
+    },
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeErrorKind::Truncated {
+                what,
+                needed,
+                available,
+            } => write!(
+                f,
+                "payload ends inside {what}: {needed} bytes needed, {available} left"
+            ),
+            DecodeErrorKind::LengthPastEnd {
+                what,
+                length,
+                remaining,
+            } => write!(
+                f,
+                "{what} of {length} bytes runs past the end of the payload ({remaining} bytes left)"
+            ),
+            DecodeErrorKind::CountPastEnd {
+                what,
+                count,
+                min_bytes,
+                remaining,
+            } => write!(
+                f,
+                "{count} {what} need at least {min_bytes} bytes, only {remaining} left in the payload"
+            ),
+            DecodeErrorKind::TooMany { what, count, limit } => {
+                write!(f, "{count} {what}: the maximum is {limit}")
+            }
+            DecodeErrorKind::UnknownOpcode(op) => write!(f, "unknown request opcode {op}"),
+            DecodeErrorKind::UnknownKind(k) => write!(f, "unknown response kind {k}"),
+            DecodeErrorKind::UnknownErrorTag(t) => write!(f, "unknown error tag {t}"),
+            DecodeErrorKind::BadByte { what, value } => {
+                write!(f, "invalid {what} byte {value:#04x}")
+            }
+            DecodeErrorKind::NonZero { what, value } => {
+                write!(f, "{what} must be zero, found {value}")
+            }
+            DecodeErrorKind::InvalidUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
+            DecodeErrorKind::Unrepresentable { what, value } => {
+                write!(f, "{what} {value} does not fit this platform's usize")
+            }
+            DecodeErrorKind::TrailingBytes { count } => {
+                write!(f, "{count} unexpected bytes after the last field")
+            }
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad shm payload at byte {}: {}", self.offset, self.kind)?;
+        if let Some(id) = self.request_id {
+            write!(f, " (request id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+// -----------------------------------------------------------------------------------------
+// Writer and reader
+
+/// Writes into a slice; panics when it is too short (the documented contract of the
+/// `encode_*` functions).
+struct Writer<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        assert!(
+            end <= self.out.len(),
+            "shm codec: output buffer of {} bytes is too short (encode into at least the *_len bytes)",
+            self.out.len()
+        );
+        self.out[self.pos..end].copy_from_slice(bytes);
+        self.pos = end;
+    }
+    fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    fn u32(&mut self, v: u32) {
+        self.put(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.put(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.put(&v.to_le_bytes());
+    }
+    fn len32(&mut self, len: usize) {
+        let len = u32::try_from(len)
+            .unwrap_or_else(|_| panic!("shm codec: length {len} does not fit in a u32"));
+        self.u32(len);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.len32(b.len());
+        self.put(b);
+    }
+}
+
+/// Reads from a payload; every read is bounds-checked and reports its offset.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// When decoding from a `Bytes`, byte strings are slices of it instead of copies.
+    owner: Option<&'a Bytes>,
+    request_id: Option<u32>,
+}
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], owner: Option<&'a Bytes>) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            owner,
+            request_id: None,
+        }
+    }
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn error(&self, offset: usize, kind: DecodeErrorKind) -> DecodeError {
+        DecodeError {
+            offset,
+            request_id: self.request_id,
+            kind,
+        }
+    }
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(self.error(
+                self.pos,
+                DecodeErrorKind::Truncated {
+                    what,
+                    needed: n,
+                    available: self.remaining(),
+                },
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8> {
+        Ok(self.array::<1>(what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    fn i64(&mut self, what: &'static str) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+    fn bool(&mut self, what: &'static str) -> Result<bool> {
+        let at = self.pos;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(self.error(at, DecodeErrorKind::BadByte { what, value })),
+        }
+    }
+    fn usize(&mut self, what: &'static str) -> Result<usize> {
+        let at = self.pos;
+        let value = self.u64(what)?;
+        usize::try_from(value)
+            .map_err(|_| self.error(at, DecodeErrorKind::Unrepresentable { what, value }))
+    }
+    /// A u64 field that must be zero.
+    fn zero_u64(&mut self, what: &'static str) -> Result<()> {
+        let at = self.pos;
+        match self.u64(what)? {
+            0 => Ok(()),
+            value => Err(self.error(at, DecodeErrorKind::NonZero { what, value })),
+        }
+    }
+    /// A u32 length and that many bytes, borrowed.
+    fn slice(&mut self, what: &'static str) -> Result<(usize, &'a [u8])> {
+        let at = self.pos;
+        let length = self.u32(what)?;
+        if length as usize > self.remaining() {
+            return Err(self.error(
+                at,
+                DecodeErrorKind::LengthPastEnd {
+                    what,
+                    length: length.into(),
+                    remaining: self.remaining(),
+                },
+            ));
+        }
+        let start = self.pos;
+        Ok((start, self.take(length as usize, what)?))
+    }
+    /// A u32 length and that many bytes, as `Bytes` (a slice of the owner, or a copy).
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes> {
+        let (start, s) = self.slice(what)?;
+        Ok(match self.owner {
+            Some(owner) => owner.slice(start..start + s.len()),
+            None => Bytes::copy_from_slice(s),
+        })
+    }
+    fn string(&mut self, what: &'static str) -> Result<String> {
+        let (start, s) = self.slice(what)?;
+        match std::str::from_utf8(s) {
+            Ok(text) => Ok(text.to_owned()),
+            Err(_) => Err(self.error(start, DecodeErrorKind::InvalidUtf8 { what })),
+        }
+    }
+    /// A u32 count of items of at least `min_item_bytes` each, checked against `limit`
+    /// and against the bytes left, so that a capacity of `count` is safe to reserve.
+    fn count(
+        &mut self,
+        what: &'static str,
+        min_item_bytes: usize,
+        limit: Option<usize>,
+    ) -> Result<usize> {
+        let at = self.pos;
+        let count = self.u32(what)? as usize;
+        if let Some(limit) = limit {
+            if count > limit {
+                return Err(self.error(
+                    at,
+                    DecodeErrorKind::TooMany {
+                        what,
+                        count: count as u64,
+                        limit: limit as u64,
+                    },
+                ));
+            }
+        }
+        let min_bytes = (count as u64).saturating_mul(min_item_bytes as u64);
+        if min_bytes > self.remaining() as u64 {
+            return Err(self.error(
+                at,
+                DecodeErrorKind::CountPastEnd {
+                    what,
+                    count: count as u64,
+                    min_bytes,
+                    remaining: self.remaining(),
+                },
+            ));
+        }
+        Ok(count)
+    }
+    fn finish(&self) -> Result<()> {
+        if self.remaining() != 0 {
+            return Err(self.error(
+                self.pos,
+                DecodeErrorKind::TrailingBytes {
+                    count: self.remaining(),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a length-prefixed byte string.
+const fn lp(len: usize) -> usize {
+    4 + len
+}
+
+// -----------------------------------------------------------------------------------------
+// Requests
+
+/// Bytes [`encode_request`] writes for `request`.
+pub fn request_len(request: &Request) -> usize {
+    PAYLOAD_HEADER_BYTES
+        + match request {
+            Request::Ping | Request::Info | Request::Snapshot => 0,
+            Request::Get { key }
+            | Request::Delete { key }
+            | Request::Exists { key }
+            | Request::Ttl { key }
+            | Request::Persist { key } => lp(key.len()),
+            Request::Set { key, value, .. } => 1 + 1 + 8 + lp(key.len()) + lp(value.len()),
+            Request::Cas { key, value, .. } => 8 + 1 + 8 + lp(key.len()) + lp(value.len()),
+            Request::Incr { key, .. } | Request::Expire { key, .. } => 8 + lp(key.len()),
+            Request::MGet { keys } => 4 + keys.iter().map(|k| lp(k.len())).sum::<usize>(),
+            Request::MSet { pairs } => {
+                4 + pairs
+                    .iter()
+                    .map(|(k, v)| lp(k.len()) + lp(v.len()))
+                    .sum::<usize>()
+            }
+            Request::Scan { cursor, prefix, .. } => 4 + lp(cursor.len()) + lp(prefix.len()),
+            Request::Subscribe { topic } => lp(topic.len()),
+            Request::Unsubscribe { .. } => 8,
+            Request::Publish { topic, message } => lp(topic.len()) + lp(message.len()),
+            Request::Fetch { .. } => 8 + 4 + 8,
+        }
+}
+
+/// The opcode of a request.
+pub fn request_opcode(request: &Request) -> u8 {
+    match request {
+        Request::Ping => opcode::PING,
+        Request::Get { .. } => opcode::GET,
+        Request::Set { .. } => opcode::SET,
+        Request::Delete { .. } => opcode::DELETE,
+        Request::Exists { .. } => opcode::EXISTS,
+        Request::Cas { .. } => opcode::CAS,
+        Request::Incr { .. } => opcode::INCR,
+        Request::Expire { .. } => opcode::EXPIRE,
+        Request::Ttl { .. } => opcode::TTL,
+        Request::Persist { .. } => opcode::PERSIST,
+        Request::MGet { .. } => opcode::MGET,
+        Request::MSet { .. } => opcode::MSET,
+        Request::Scan { .. } => opcode::SCAN,
+        Request::Subscribe { .. } => opcode::SUBSCRIBE,
+        Request::Unsubscribe { .. } => opcode::UNSUBSCRIBE,
+        Request::Publish { .. } => opcode::PUBLISH,
+        Request::Fetch { .. } => opcode::FETCH,
+        Request::Info => opcode::INFO,
+        Request::Snapshot => opcode::SNAPSHOT,
+    }
+}
+
+/// Encodes `request` with `id` into the start of `out` and returns the bytes written,
+/// always exactly [`request_len`].
+///
+/// # Panics
+///
+/// If `out` is shorter than [`request_len`], or if a key, value or count does not fit in
+/// a u32 (impossible for a request whose [`request_len`] is at most
+/// [`MAX_FRAME_PAYLOAD`](super::layout::ring::MAX_FRAME_PAYLOAD), which the caller must
+/// check anyway before writing it into a ring).
+pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
+    let mut w = Writer { out, pos: 0 };
+    w.u32(id);
+    w.u8(request_opcode(request));
+    match request {
+        Request::Ping | Request::Info | Request::Snapshot => {}
+        Request::Get { key }
+        | Request::Delete { key }
+        | Request::Exists { key }
+        | Request::Ttl { key }
+        | Request::Persist { key } => w.bytes(key),
+        Request::Set {
+            key,
+            value,
+            options:
+                SetOptions {
+                    ttl_ms,
+                    condition: cond,
+                    keep_ttl,
+                },
+        } => {
+            w.u8(match cond {
+                SetCondition::Always => condition::ALWAYS,
+                SetCondition::IfAbsent => condition::IF_ABSENT,
+                SetCondition::IfPresent => condition::IF_PRESENT,
+            });
+            let mut flags = 0;
+            if ttl_ms.is_some() {
+                flags |= FLAG_TTL;
+            }
+            if *keep_ttl {
+                flags |= FLAG_KEEP_TTL;
+            }
+            w.u8(flags);
+            w.u64(ttl_ms.unwrap_or(0));
+            w.bytes(key);
+            w.bytes(value);
+        }
+        Request::Cas {
+            key,
+            expected_version,
+            value,
+            ttl_ms,
+        } => {
+            w.u64(*expected_version);
+            w.u8(if ttl_ms.is_some() { FLAG_TTL } else { 0 });
+            w.u64(ttl_ms.unwrap_or(0));
+            w.bytes(key);
+            w.bytes(value);
+        }
+        Request::Incr { key, delta } => {
+            w.i64(*delta);
+            w.bytes(key);
+        }
+        Request::Expire { key, ttl_ms } => {
+            w.u64(*ttl_ms);
+            w.bytes(key);
+        }
+        Request::MGet { keys } => {
+            w.len32(keys.len());
+            for key in keys {
+                w.bytes(key);
+            }
+        }
+        Request::MSet { pairs } => {
+            w.len32(pairs.len());
+            for (key, value) in pairs {
+                w.bytes(key);
+                w.bytes(value);
+            }
+        }
+        Request::Scan {
+            cursor,
+            prefix,
+            count,
+        } => {
+            w.u32(*count);
+            w.bytes(cursor);
+            w.bytes(prefix);
+        }
+        Request::Subscribe { topic } => w.bytes(topic),
+        Request::Unsubscribe { subscriber } => w.u64(subscriber.0),
+        Request::Publish { topic, message } => {
+            w.bytes(topic);
+            w.bytes(message);
+        }
+        Request::Fetch {
+            subscriber,
+            max,
+            wait_ms,
+        } => {
+            w.u64(subscriber.0);
+            w.u32(*max);
+            w.u64(*wait_ms);
+        }
+    }
+    w.pos
+}
+
+/// [`encode_request`] into a new vector of exactly [`request_len`] bytes.
+pub fn encode_request_vec(id: u32, request: &Request) -> Vec<u8> {
+    let mut out = vec![0; request_len(request)];
+    let n = encode_request(id, request, &mut out);
+    debug_assert_eq!(n, out.len());
+    out
+}
+
+/// Decodes a request payload (copied out of the ring first: never decode from the shared
+/// mapping, whose bytes the client may change underneath). Keys and values are copied
+/// into new `Bytes`; see [`decode_request_bytes`] to slice them instead.
+///
+/// Never panics. Refuses truncated payloads, lengths and counts beyond the payload,
+/// unknown opcodes and tags, non-canonical bytes, trailing bytes, and MGET/MSET with more
+/// than [`BATCH_KEYS_MAX`](limits::BATCH_KEYS_MAX) keys. Key and value sizes, TTLs, SCAN
+/// counts and FETCH limits are left to the shard, which answers them with the same
+/// errors as on every other transport.
+pub fn decode_request(payload: &[u8]) -> std::result::Result<(u32, Request), DecodeError> {
+    decode_request_from(Reader::new(payload, None))
+}
+
+/// [`decode_request`] from a `Bytes` holding the payload: keys and values are slices of
+/// it (no copy).
+pub fn decode_request_bytes(payload: &Bytes) -> std::result::Result<(u32, Request), DecodeError> {
+    decode_request_from(Reader::new(payload, Some(payload)))
+}
+
+/// The request id of a payload, if it is long enough to hold one.
+pub fn payload_id(payload: &[u8]) -> Option<u32> {
+    payload
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn decode_request_from(mut r: Reader<'_>) -> Result<(u32, Request)> {
+    let id = r.u32("request id")?;
+    r.request_id = Some(id);
+    let op_at = r.pos;
+    let op = r.u8("opcode")?;
+    let request = match op {
+        opcode::PING => Request::Ping,
+        opcode::INFO => Request::Info,
+        opcode::SNAPSHOT => Request::Snapshot,
+        opcode::GET => Request::Get {
+            key: r.bytes("key")?,
+        },
+        opcode::DELETE => Request::Delete {
+            key: r.bytes("key")?,
+        },
+        opcode::EXISTS => Request::Exists {
+            key: r.bytes("key")?,
+        },
+        opcode::TTL => Request::Ttl {
+            key: r.bytes("key")?,
+        },
+        opcode::PERSIST => Request::Persist {
+            key: r.bytes("key")?,
+        },
+        opcode::SET => {
+            let at = r.pos;
+            let cond = match r.u8("SET condition")? {
+                condition::ALWAYS => SetCondition::Always,
+                condition::IF_ABSENT => SetCondition::IfAbsent,
+                condition::IF_PRESENT => SetCondition::IfPresent,
+                value => {
+                    return Err(r.error(
+                        at,
+                        DecodeErrorKind::BadByte {
+                            what: "SET condition",
+                            value,
+                        },
+                    ))
+                }
+            };
+            let at = r.pos;
+            let flags = r.u8("SET flags")?;
+            if flags & !(FLAG_TTL | FLAG_KEEP_TTL) != 0 {
+                return Err(r.error(
+                    at,
+                    DecodeErrorKind::BadByte {
+                        what: "SET flags",
+                        value: flags,
+                    },
+                ));
+            }
+            let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0)?;
+            let key = r.bytes("key")?;
+            let value = r.bytes("value")?;
+            Request::Set {
+                key,
+                value,
+                options: SetOptions {
+                    ttl_ms,
+                    condition: cond,
+                    keep_ttl: flags & FLAG_KEEP_TTL != 0,
+                },
+            }
+        }
+        opcode::CAS => {
+            let expected_version = r.u64("expected version")?;
+            let at = r.pos;
+            let flags = r.u8("CAS flags")?;
+            if flags & !FLAG_TTL != 0 {
+                return Err(r.error(
+                    at,
+                    DecodeErrorKind::BadByte {
+                        what: "CAS flags",
+                        value: flags,
+                    },
+                ));
+            }
+            let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0)?;
+            let key = r.bytes("key")?;
+            let value = r.bytes("value")?;
+            Request::Cas {
+                key,
+                expected_version,
+                value,
+                ttl_ms,
+            }
+        }
+        opcode::INCR => {
+            let delta = r.i64("delta")?;
+            Request::Incr {
+                key: r.bytes("key")?,
+                delta,
+            }
+        }
+        opcode::EXPIRE => {
+            let ttl_ms = r.u64("TTL")?;
+            Request::Expire {
+                key: r.bytes("key")?,
+                ttl_ms,
+            }
+        }
+        opcode::MGET => {
+            let n = r.count("MGET keys", 4, Some(limits::BATCH_KEYS_MAX))?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(r.bytes("key")?);
+            }
+            Request::MGet { keys }
+        }
+        opcode::MSET => {
+            let n = r.count("MSET pairs", 8, Some(limits::BATCH_KEYS_MAX))?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let key = r.bytes("key")?;
+                let value = r.bytes("value")?;
+                pairs.push((key, value));
+            }
+            Request::MSet { pairs }
+        }
+        opcode::SCAN => {
+            let count = r.u32("SCAN count")?;
+            let cursor = r.bytes("cursor")?;
+            let prefix = r.bytes("prefix")?;
+            Request::Scan {
+                cursor,
+                prefix,
+                count,
+            }
+        }
+        opcode::SUBSCRIBE => Request::Subscribe {
+            topic: r.bytes("topic")?,
+        },
+        opcode::UNSUBSCRIBE => Request::Unsubscribe {
+            subscriber: SubscriberId(r.u64("subscriber id")?),
+        },
+        opcode::PUBLISH => {
+            let topic = r.bytes("topic")?;
+            let message = r.bytes("message")?;
+            Request::Publish { topic, message }
+        }
+        opcode::FETCH => {
+            let subscriber = SubscriberId(r.u64("subscriber id")?);
+            let max = r.u32("FETCH max")?;
+            let wait_ms = r.u64("FETCH wait")?;
+            Request::Fetch {
+                subscriber,
+                max,
+                wait_ms,
+            }
+        }
+        other => return Err(r.error(op_at, DecodeErrorKind::UnknownOpcode(other))),
+    };
+    r.finish()?;
+    Ok((id, request))
+}
+
+fn optional_ttl(r: &mut Reader<'_>, present: bool) -> Result<Option<u64>> {
+    if present {
+        Ok(Some(r.u64("TTL")?))
+    } else {
+        r.zero_u64("TTL (no TTL flag)")?;
+        Ok(None)
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// Responses
+
+/// Where the server placed a value: `(core, offset of the value bytes in that core's data
+/// segment, block generation)`, or `None` to send it inline.
+pub type SharedPlacement = Option<(u32, u64, u64)>;
+
+/// The placement callback that sends every value inline.
+pub fn all_inline(_: &Bytes) -> SharedPlacement {
+    None
+}
+
+/// A value in a decoded response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueRef<'a> {
+    /// The value bytes, borrowed from the payload.
+    Inline(&'a [u8]),
+    /// The value lives in the data segment of `core`, `len` bytes at `offset` (from the
+    /// start of the segment), in a block of generation `generation`.
+    Shared {
+        core: u32,
+        offset: u64,
+        len: u32,
+        generation: u64,
+    },
+}
+
+/// The fields of [`ValueRef::Shared`], as one value (what the resolver receives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SharedValue {
+    pub core: u32,
+    pub offset: u64,
+    pub len: u32,
+    pub generation: u64,
+}
+
+impl ValueRef<'_> {
+    /// Length of the value in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            ValueRef::Inline(bytes) => bytes.len(),
+            ValueRef::Shared { len, .. } => *len as usize,
+        }
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shared reference, if the value is shared.
+    pub fn shared(&self) -> Option<SharedValue> {
+        match *self {
+            ValueRef::Inline(_) => None,
+            ValueRef::Shared {
+                core,
+                offset,
+                len,
+                generation,
+            } => Some(SharedValue {
+                core,
+                offset,
+                len,
+                generation,
+            }),
+        }
+    }
+
+    /// The value as `Bytes`: inline bytes are copied, shared ones asked of `resolve`;
+    /// the error is the shared value it could not resolve.
+    pub fn resolve(
+        &self,
+        resolve: &mut impl FnMut(SharedValue) -> Option<Bytes>,
+    ) -> std::result::Result<Bytes, SharedValue> {
+        match *self {
+            ValueRef::Inline(bytes) => Ok(Bytes::copy_from_slice(bytes)),
+            ValueRef::Shared {
+                core,
+                offset,
+                len,
+                generation,
+            } => {
+                let shared = SharedValue {
+                    core,
+                    offset,
+                    len,
+                    generation,
+                };
+                resolve(shared).ok_or(shared)
+            }
+        }
+    }
+}
+
+/// A decoded response: like [`Response`], but the values of VALUE and VALUES may be
+/// references into a data segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseFrame<'a> {
+    /// [`Response::Value`].
+    Value { value: ValueRef<'a>, version: u64 },
+    /// [`Response::Values`].
+    Values(Vec<Option<(ValueRef<'a>, u64)>>),
+    /// Every other response (never `Value` or `Values`), decoded in full.
+    Other(Response),
+}
+
+impl ResponseFrame<'_> {
+    /// Every shared value the frame refers to, in order.
+    pub fn shared_values(&self) -> Vec<SharedValue> {
+        match self {
+            ResponseFrame::Value { value, .. } => value.shared().into_iter().collect(),
+            ResponseFrame::Values(values) => values
+                .iter()
+                .flatten()
+                .filter_map(|(value, _)| value.shared())
+                .collect(),
+            ResponseFrame::Other(_) => Vec::new(),
+        }
+    }
+
+    /// Builds the owned [`Response`]: inline values are copied, shared ones are asked of
+    /// `resolve` (which copies them out of the data segment, or builds a zero-copy
+    /// `Bytes` over a guard). Fails with the first shared value `resolve` could not give.
+    pub fn into_response(
+        self,
+        mut resolve: impl FnMut(SharedValue) -> Option<Bytes>,
+    ) -> std::result::Result<Response, SharedValue> {
+        match self {
+            ResponseFrame::Value { value, version } => Ok(Response::Value {
+                value: value.resolve(&mut resolve)?,
+                version,
+            }),
+            ResponseFrame::Values(values) => {
+                let mut out = Vec::with_capacity(values.len());
+                for slot in values {
+                    out.push(match slot {
+                        None => None,
+                        Some((value, version)) => Some((value.resolve(&mut resolve)?, version)),
+                    });
+                }
+                Ok(Response::Values(out))
+            }
+            ResponseFrame::Other(response) => Ok(response),
+        }
+    }
+}
+
+fn value_slot_len(value: &Bytes, shared: &impl Fn(&Bytes) -> SharedPlacement) -> usize {
+    1 + match shared(value) {
+        Some(_) => SHARED_VALUE_BYTES,
+        None => 8 + lp(value.len()),
+    }
+}
+
+/// Bytes [`encode_response`] writes for `response` with the same `shared` decisions.
+pub fn response_len(response: &Response, shared: impl Fn(&Bytes) -> SharedPlacement) -> usize {
+    PAYLOAD_HEADER_BYTES
+        + match response {
+            Response::Pong | Response::NotFound | Response::NotStored | Response::Ok => 0,
+            Response::Value { value, .. } => value_slot_len(value, &shared),
+            Response::Stored { .. } | Response::VersionMismatch { .. } => 8,
+            Response::Integer { .. } => 16,
+            Response::Bool(_) => 1,
+            Response::Ttl(_) => 9,
+            Response::Values(values) => {
+                4 + values
+                    .iter()
+                    .map(|slot| match slot {
+                        None => 1,
+                        Some((value, _)) => value_slot_len(value, &shared),
+                    })
+                    .sum::<usize>()
+            }
+            Response::Keys { keys, cursor } => {
+                4 + keys.iter().map(|k| lp(k.len())).sum::<usize>() + lp(cursor.len())
+            }
+            Response::Subscribed { .. } => 8,
+            Response::Published { .. } => 4,
+            Response::Messages { messages, .. } => {
+                8 + 4 + messages.iter().map(|m| lp(m.len())).sum::<usize>()
+            }
+            Response::Info(info) => 4 + info.shards.len() * SHARD_STATS_BYTES,
+            Response::Error(error) => 1 + error_len(error),
+        }
+}
+
+fn error_len(error: &Error) -> usize {
+    match error {
+        Error::OutOfMemory { .. } | Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 16,
+        Error::NotAnInteger | Error::Overflow | Error::ShuttingDown | Error::PersistenceOff => 0,
+        Error::InvalidArgument(text) | Error::Storage(text) | Error::Busy(text) => lp(text.len()),
+        Error::UnknownSubscriber(_) | Error::TooManySubscribers { .. } => 8,
+    }
+}
+
+/// The kind byte of a response.
+pub fn response_kind(response: &Response) -> u8 {
+    match response {
+        Response::Pong => kind::PONG,
+        Response::Value { .. } => kind::VALUE,
+        Response::NotFound => kind::NOT_FOUND,
+        Response::Stored { .. } => kind::STORED,
+        Response::NotStored => kind::NOT_STORED,
+        Response::VersionMismatch { .. } => kind::VERSION_MISMATCH,
+        Response::Integer { .. } => kind::INTEGER,
+        Response::Bool(_) => kind::BOOL,
+        Response::Ttl(_) => kind::TTL,
+        Response::Values(_) => kind::VALUES,
+        Response::Ok => kind::OK,
+        Response::Keys { .. } => kind::KEYS,
+        Response::Subscribed { .. } => kind::SUBSCRIBED,
+        Response::Published { .. } => kind::PUBLISHED,
+        Response::Messages { .. } => kind::MESSAGES,
+        Response::Info(_) => kind::INFO,
+        Response::Error(_) => kind::ERROR,
+    }
+}
+
+fn put_value(
+    w: &mut Writer<'_>,
+    value: &Bytes,
+    version: u64,
+    shared: &impl Fn(&Bytes) -> SharedPlacement,
+) {
+    match shared(value) {
+        Some((core, offset, generation)) => {
+            w.u8(value_form::SHARED);
+            w.u64(version);
+            w.u32(core);
+            w.u64(offset);
+            w.len32(value.len());
+            w.u64(generation);
+        }
+        None => {
+            w.u8(value_form::INLINE);
+            w.u64(version);
+            w.bytes(value);
+        }
+    }
+}
+
+/// Encodes `response` to request `id` into the start of `out` and returns the bytes
+/// written, exactly [`response_len`] with the same `shared`. `shared` decides per value
+/// of VALUE and VALUES whether it goes inline (`None`) or as a reference to where the
+/// server holds it; it must answer the same for the same value in both calls.
+///
+/// # Panics
+///
+/// If `out` is shorter than the encoding, or a length or count does not fit in a u32
+/// (impossible for a response whose [`response_len`] is at most
+/// [`MAX_FRAME_PAYLOAD`](super::layout::ring::MAX_FRAME_PAYLOAD)).
+pub fn encode_response(
+    id: u32,
+    response: &Response,
+    shared: impl Fn(&Bytes) -> SharedPlacement,
+    out: &mut [u8],
+) -> usize {
+    let mut w = Writer { out, pos: 0 };
+    w.u32(id);
+    w.u8(response_kind(response));
+    match response {
+        Response::Pong | Response::NotFound | Response::NotStored | Response::Ok => {}
+        Response::Value { value, version } => put_value(&mut w, value, *version, &shared),
+        Response::Stored { version } => w.u64(*version),
+        Response::VersionMismatch { current } => w.u64(*current),
+        Response::Integer { value, version } => {
+            w.i64(*value);
+            w.u64(*version);
+        }
+        Response::Bool(b) => w.u8(u8::from(*b)),
+        Response::Ttl(ttl) => {
+            let (tag, ms) = match ttl {
+                Ttl::Missing => (ttl_tag::MISSING, 0),
+                Ttl::Persistent => (ttl_tag::PERSISTENT, 0),
+                Ttl::Remaining(ms) => (ttl_tag::REMAINING, *ms),
+            };
+            w.u8(tag);
+            w.u64(ms);
+        }
+        Response::Values(values) => {
+            w.len32(values.len());
+            for slot in values {
+                match slot {
+                    None => w.u8(value_form::MISSING),
+                    Some((value, version)) => put_value(&mut w, value, *version, &shared),
+                }
+            }
+        }
+        Response::Keys { keys, cursor } => {
+            w.len32(keys.len());
+            for key in keys {
+                w.bytes(key);
+            }
+            w.bytes(cursor);
+        }
+        Response::Subscribed { subscriber } => w.u64(subscriber.0),
+        Response::Published { receivers } => w.u32(*receivers),
+        Response::Messages { messages, dropped } => {
+            w.u64(*dropped);
+            w.len32(messages.len());
+            for message in messages {
+                w.bytes(message);
+            }
+        }
+        Response::Info(Info { shards }) => {
+            w.len32(shards.len());
+            for s in shards {
+                put_shard_stats(&mut w, s);
+            }
+        }
+        Response::Error(error) => put_error(&mut w, error),
+    }
+    w.pos
+}
+
+/// [`encode_response`] into a new vector of exactly [`response_len`] bytes.
+pub fn encode_response_vec(
+    id: u32,
+    response: &Response,
+    shared: impl Fn(&Bytes) -> SharedPlacement,
+) -> Vec<u8> {
+    let mut out = vec![0; response_len(response, &shared)];
+    let n = encode_response(id, response, &shared, &mut out);
+    assert_eq!(
+        n,
+        out.len(),
+        "shm codec: the shared callback answered differently in response_len and encode_response"
+    );
+    out
+}
+
+fn put_shard_stats(w: &mut Writer<'_>, s: &ShardStats) {
+    // Destructured so that a new field fails to compile until it has a place here.
+    let ShardStats {
+        shard,
+        ops,
+        hits,
+        misses,
+        keys,
+        memory_bytes_used,
+        memory_bytes_limit,
+        expired_keys,
+        evicted_keys,
+        out_of_memory_errors,
+        topics,
+        subscribers,
+        messages_published,
+        messages_delivered,
+        messages_dropped,
+        forwarded_in,
+    } = s;
+    w.u32(*shard);
+    for v in [
+        ops,
+        hits,
+        misses,
+        keys,
+        memory_bytes_used,
+        memory_bytes_limit,
+        expired_keys,
+        evicted_keys,
+        out_of_memory_errors,
+        topics,
+        subscribers,
+        messages_published,
+        messages_delivered,
+        messages_dropped,
+        forwarded_in,
+    ] {
+        w.u64(*v);
+    }
+}
+
+fn put_error(w: &mut Writer<'_>, error: &Error) {
+    match error {
+        Error::OutOfMemory {
+            needed_bytes,
+            limit_bytes,
+        } => {
+            w.u8(error_tag::OUT_OF_MEMORY);
+            w.u64(*needed_bytes);
+            w.u64(*limit_bytes);
+        }
+        Error::KeyTooLarge { length, limit } => {
+            w.u8(error_tag::KEY_TOO_LARGE);
+            w.u64(*length as u64);
+            w.u64(*limit as u64);
+        }
+        Error::ValueTooLarge { length, limit } => {
+            w.u8(error_tag::VALUE_TOO_LARGE);
+            w.u64(*length as u64);
+            w.u64(*limit as u64);
+        }
+        Error::NotAnInteger => w.u8(error_tag::NOT_AN_INTEGER),
+        Error::Overflow => w.u8(error_tag::OVERFLOW),
+        Error::InvalidArgument(text) => {
+            w.u8(error_tag::INVALID_ARGUMENT);
+            w.bytes(text.as_bytes());
+        }
+        Error::UnknownSubscriber(id) => {
+            w.u8(error_tag::UNKNOWN_SUBSCRIBER);
+            w.u64(id.0);
+        }
+        Error::TooManySubscribers { limit } => {
+            w.u8(error_tag::TOO_MANY_SUBSCRIBERS);
+            w.u64(*limit as u64);
+        }
+        Error::ShuttingDown => w.u8(error_tag::SHUTTING_DOWN),
+        Error::PersistenceOff => w.u8(error_tag::PERSISTENCE_OFF),
+        Error::Storage(text) => {
+            w.u8(error_tag::STORAGE);
+            w.bytes(text.as_bytes());
+        }
+        Error::Busy(text) => {
+            w.u8(error_tag::BUSY);
+            w.bytes(text.as_bytes());
+        }
+    }
+}
+
+/// Decodes a response payload. Inline values borrow from `payload`; the byte strings of
+/// every other response are copied. Never panics; refuses truncated payloads, lengths and
+/// counts beyond the payload, unknown kinds and tags, non-canonical bytes and trailing
+/// bytes. Shared references are not checked here: the client checks them against the
+/// data segment ([`check_block`](super::layout::arena::check_block)).
+pub fn decode_response(
+    payload: &[u8],
+) -> std::result::Result<(u32, ResponseFrame<'_>), DecodeError> {
+    let mut r = Reader::new(payload, None);
+    let id = r.u32("request id")?;
+    r.request_id = Some(id);
+    let kind_at = r.pos;
+    let k = r.u8("kind")?;
+    let frame = match k {
+        kind::VALUE => {
+            let at = r.pos;
+            match value_slot(&mut r)? {
+                Some((value, version)) => ResponseFrame::Value { value, version },
+                None => {
+                    return Err(r.error(
+                        at,
+                        DecodeErrorKind::BadByte {
+                            what: "VALUE form",
+                            value: value_form::MISSING,
+                        },
+                    ))
+                }
+            }
+        }
+        kind::VALUES => {
+            let n = r.count("VALUES entries", 1, None)?;
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                values.push(value_slot(&mut r)?);
+            }
+            ResponseFrame::Values(values)
+        }
+        kind::PONG => ResponseFrame::Other(Response::Pong),
+        kind::NOT_FOUND => ResponseFrame::Other(Response::NotFound),
+        kind::NOT_STORED => ResponseFrame::Other(Response::NotStored),
+        kind::OK => ResponseFrame::Other(Response::Ok),
+        kind::STORED => ResponseFrame::Other(Response::Stored {
+            version: r.u64("version")?,
+        }),
+        kind::VERSION_MISMATCH => ResponseFrame::Other(Response::VersionMismatch {
+            current: r.u64("current version")?,
+        }),
+        kind::INTEGER => {
+            let value = r.i64("integer")?;
+            let version = r.u64("version")?;
+            ResponseFrame::Other(Response::Integer { value, version })
+        }
+        kind::BOOL => ResponseFrame::Other(Response::Bool(r.bool("BOOL")?)),
+        kind::TTL => {
+            let at = r.pos;
+            let tag = r.u8("TTL tag")?;
+            let ttl = match tag {
+                ttl_tag::MISSING => Ttl::Missing,
+                ttl_tag::PERSISTENT => Ttl::Persistent,
+                ttl_tag::REMAINING => Ttl::Remaining(r.u64("TTL")?),
+                value => {
+                    return Err(r.error(
+                        at,
+                        DecodeErrorKind::BadByte {
+                            what: "TTL tag",
+                            value,
+                        },
+                    ))
+                }
+            };
+            if tag != ttl_tag::REMAINING {
+                r.zero_u64("TTL (not remaining)")?;
+            }
+            ResponseFrame::Other(Response::Ttl(ttl))
+        }
+        kind::KEYS => {
+            let n = r.count("SCAN keys", 4, None)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(r.bytes("key")?);
+            }
+            let cursor = r.bytes("cursor")?;
+            ResponseFrame::Other(Response::Keys { keys, cursor })
+        }
+        kind::SUBSCRIBED => ResponseFrame::Other(Response::Subscribed {
+            subscriber: SubscriberId(r.u64("subscriber id")?),
+        }),
+        kind::PUBLISHED => ResponseFrame::Other(Response::Published {
+            receivers: r.u32("receivers")?,
+        }),
+        kind::MESSAGES => {
+            let dropped = r.u64("dropped")?;
+            let n = r.count("messages", 4, None)?;
+            let mut messages = Vec::with_capacity(n);
+            for _ in 0..n {
+                messages.push(r.bytes("message")?);
+            }
+            ResponseFrame::Other(Response::Messages { messages, dropped })
+        }
+        kind::INFO => {
+            let n = r.count(
+                "INFO shards",
+                SHARD_STATS_BYTES,
+                Some(limits::SHARDS_MAX as usize),
+            )?;
+            let mut shards = Vec::with_capacity(n);
+            for _ in 0..n {
+                shards.push(shard_stats(&mut r)?);
+            }
+            ResponseFrame::Other(Response::Info(Info { shards }))
+        }
+        kind::ERROR => ResponseFrame::Other(Response::Error(error(&mut r)?)),
+        other => return Err(r.error(kind_at, DecodeErrorKind::UnknownKind(other))),
+    };
+    r.finish()?;
+    Ok((id, frame))
+}
+
+fn value_slot<'a>(r: &mut Reader<'a>) -> Result<Option<(ValueRef<'a>, u64)>> {
+    let at = r.pos;
+    match r.u8("value form")? {
+        value_form::MISSING => Ok(None),
+        value_form::INLINE => {
+            let version = r.u64("version")?;
+            let (_, bytes) = r.slice("value")?;
+            Ok(Some((ValueRef::Inline(bytes), version)))
+        }
+        value_form::SHARED => {
+            let version = r.u64("version")?;
+            let core = r.u32("core")?;
+            let offset = r.u64("offset")?;
+            let len = r.u32("length")?;
+            let generation = r.u64("generation")?;
+            Ok(Some((
+                ValueRef::Shared {
+                    core,
+                    offset,
+                    len,
+                    generation,
+                },
+                version,
+            )))
+        }
+        value => Err(r.error(
+            at,
+            DecodeErrorKind::BadByte {
+                what: "value form",
+                value,
+            },
+        )),
+    }
+}
+
+fn shard_stats(r: &mut Reader<'_>) -> Result<ShardStats> {
+    Ok(ShardStats {
+        shard: r.u32("shard")?,
+        ops: r.u64("ops")?,
+        hits: r.u64("hits")?,
+        misses: r.u64("misses")?,
+        keys: r.u64("keys")?,
+        memory_bytes_used: r.u64("memory bytes used")?,
+        memory_bytes_limit: r.u64("memory bytes limit")?,
+        expired_keys: r.u64("expired keys")?,
+        evicted_keys: r.u64("evicted keys")?,
+        out_of_memory_errors: r.u64("out of memory errors")?,
+        topics: r.u64("topics")?,
+        subscribers: r.u64("subscribers")?,
+        messages_published: r.u64("messages published")?,
+        messages_delivered: r.u64("messages delivered")?,
+        messages_dropped: r.u64("messages dropped")?,
+        forwarded_in: r.u64("forwarded in")?,
+    })
+}
+
+fn error(r: &mut Reader<'_>) -> Result<Error> {
+    let at = r.pos;
+    Ok(match r.u8("error tag")? {
+        error_tag::OUT_OF_MEMORY => Error::OutOfMemory {
+            needed_bytes: r.u64("needed bytes")?,
+            limit_bytes: r.u64("limit bytes")?,
+        },
+        error_tag::KEY_TOO_LARGE => Error::KeyTooLarge {
+            length: r.usize("length")?,
+            limit: r.usize("limit")?,
+        },
+        error_tag::VALUE_TOO_LARGE => Error::ValueTooLarge {
+            length: r.usize("length")?,
+            limit: r.usize("limit")?,
+        },
+        error_tag::NOT_AN_INTEGER => Error::NotAnInteger,
+        error_tag::OVERFLOW => Error::Overflow,
+        error_tag::INVALID_ARGUMENT => Error::InvalidArgument(r.string("error text")?),
+        error_tag::UNKNOWN_SUBSCRIBER => {
+            Error::UnknownSubscriber(SubscriberId(r.u64("subscriber id")?))
+        }
+        error_tag::TOO_MANY_SUBSCRIBERS => Error::TooManySubscribers {
+            limit: r.usize("limit")?,
+        },
+        error_tag::SHUTTING_DOWN => Error::ShuttingDown,
+        error_tag::PERSISTENCE_OFF => Error::PersistenceOff,
+        error_tag::STORAGE => Error::Storage(r.string("error text")?),
+        error_tag::BUSY => Error::Busy(r.string("error text")?),
+        other => return Err(r.error(at, DecodeErrorKind::UnknownErrorTag(other))),
+    })
+}
