@@ -39,6 +39,15 @@ enum Op {
     },
 }
 
+/// Cases per property: `default`, or `VEDDB_SIMULATION_CASES` for a long search (the README's
+/// test command keeps the default; a search for rare failures sets thousands).
+fn cases(default: u32) -> u32 {
+    std::env::var("VEDDB_SIMULATION_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         20 => (any::<u8>(), any::<u8>(), proptest::option::of(any::<i8>())).prop_map(|(key, value_length, expires)| Op::Put { key: key % 24, value_length, expires }),
@@ -75,7 +84,7 @@ fn policy_strategy() -> impl Strategy<Value = FsyncPolicy> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn every_crash_recovers_a_prefix_that_keeps_every_promise(
@@ -184,7 +193,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     /// The engine drives the writer asynchronously: a write may be in flight while an fsync is,
     /// and completions come in any order. Operations take effect when they complete. Whatever

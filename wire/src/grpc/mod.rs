@@ -1,0 +1,319 @@
+//! The gRPC face of the model: status codes, method paths, the mapping between the protobuf
+//! messages of [`crate::proto`] and [`Request`] / [`Response`], the length-prefixed message
+//! framing, `grpc-message` percent-encoding and `grpc-timeout` parsing.
+//!
+//! Everything here is a pure function of its arguments: no I/O, no clock, no runtime. The
+//! HTTP/2 server (in `veddb-transport`) calls these on each stream.
+
+use crate::proto::health::{
+    health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
+};
+use crate::proto::v1::{self as pb, batch_request, batch_response};
+use crate::{Error, Info, Request, Response, SetCondition, SetOptions, ShardStats, Ttl};
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+/// The fully qualified name of the VedDb service.
+pub const SERVICE_NAME: &str = "veddb.v1.VedDb";
+/// The fully qualified name of the standard health service.
+pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+/// Largest message accepted by default (the usual gRPC default, 4 MiB).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Length of the prefix before every message: compressed flag (1 byte), length (4 bytes, big-endian).
+pub const FRAME_PREFIX_BYTES: usize = 5;
+/// Most bytes a [`Deframer`] reserves for a message before its bytes arrive.
+pub const DEFRAMER_FIRST_CAPACITY_BYTES: usize = 64 * 1024;
+/// Longest key text quoted in a NOT_FOUND message, in characters.
+const KEY_QUOTE_CHARS_MAX: usize = 200;
+
+// ---------------------------------------------------------------------------------------------
+// Status codes
+
+/// The gRPC status codes (grpc/grpc doc/statuscodes.md); the numbers are the wire values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// Every code, in numeric order.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The wire number (the `grpc-status` value).
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// The code with this wire number, if any.
+    pub fn from_i32(value: i32) -> Option<Code> {
+        usize::try_from(value)
+            .ok()
+            .and_then(|index| Code::ALL.get(index).copied())
+    }
+
+    /// The canonical upper-case name, e.g. `NOT_FOUND`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A gRPC status: the code and the (not yet percent-encoded) message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+        }
+    }
+    /// Code OK, empty message.
+    pub fn ok() -> Status {
+        Status::new(Code::Ok, String::new())
+    }
+    pub fn cancelled(message: impl Into<String>) -> Status {
+        Status::new(Code::Cancelled, message)
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Status {
+        Status::new(Code::InvalidArgument, message)
+    }
+    pub fn deadline_exceeded(message: impl Into<String>) -> Status {
+        Status::new(Code::DeadlineExceeded, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Status {
+        Status::new(Code::NotFound, message)
+    }
+    pub fn resource_exhausted(message: impl Into<String>) -> Status {
+        Status::new(Code::ResourceExhausted, message)
+    }
+    pub fn failed_precondition(message: impl Into<String>) -> Status {
+        Status::new(Code::FailedPrecondition, message)
+    }
+    pub fn unimplemented(message: impl Into<String>) -> Status {
+        Status::new(Code::Unimplemented, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Status {
+        Status::new(Code::Internal, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Status {
+        Status::new(Code::Unavailable, message)
+    }
+    /// The `grpc-message` header value: the message percent-encoded.
+    pub fn encoded_message(&self) -> String {
+        percent_encode_message(&self.message)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// The gRPC status for an engine error; the message is the error's `Display` text.
+pub fn status_of_error(error: &Error) -> Status {
+    let code = match error {
+        // An empty key is a malformed argument, not a size limit.
+        Error::KeyTooLarge { length: 0, .. } => Code::InvalidArgument,
+        Error::OutOfMemory { .. }
+        | Error::KeyTooLarge { .. }
+        | Error::ValueTooLarge { .. }
+        | Error::TooManySubscribers { .. } => Code::ResourceExhausted,
+        Error::InvalidArgument(_) | Error::NotAnInteger | Error::Overflow => Code::InvalidArgument,
+        Error::UnknownSubscriber(_) => Code::NotFound,
+        Error::ShuttingDown | Error::Busy(_) => Code::Unavailable,
+        Error::PersistenceOff => Code::FailedPrecondition,
+        Error::Storage(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods
+
+/// Every RPC the server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Ping,
+    Get,
+    Set,
+    Delete,
+    Cas,
+    Incr,
+    Expire,
+    Ttl,
+    MGet,
+    MSet,
+    Scan,
+    Publish,
+    Info,
+    Snapshot,
+    Batch,
+    Subscribe,
+    HealthCheck,
+    HealthWatch,
+}
+
+impl Method {
+    /// Every method.
+    pub const ALL: [Method; 18] = [
+        Method::Ping,
+        Method::Get,
+        Method::Set,
+        Method::Delete,
+        Method::Cas,
+        Method::Incr,
+        Method::Expire,
+        Method::Ttl,
+        Method::MGet,
+        Method::MSet,
+        Method::Scan,
+        Method::Publish,
+        Method::Info,
+        Method::Snapshot,
+        Method::Batch,
+        Method::Subscribe,
+        Method::HealthCheck,
+        Method::HealthWatch,
+    ];
+
+    /// The method named by an HTTP/2 `:path`, e.g. `/veddb.v1.VedDb/Get` or
+    /// `/grpc.health.v1.Health/Check`.
+    pub fn from_path(path: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|method| method.path() == path)
+    }
+
+    /// The HTTP/2 `:path` of the method.
+    pub fn path(self) -> &'static str {
+        match self {
+            Method::Ping => "/veddb.v1.VedDb/Ping",
+            Method::Get => "/veddb.v1.VedDb/Get",
+            Method::Set => "/veddb.v1.VedDb/Set",
+            Method::Delete => "/veddb.v1.VedDb/Delete",
+            Method::Cas => "/veddb.v1.VedDb/Cas",
+            Method::Incr => "/veddb.v1.VedDb/Incr",
+            Method::Expire => "/veddb.v1.VedDb/Expire",
+            Method::Ttl => "/veddb.v1.VedDb/Ttl",
+            Method::MGet => "/veddb.v1.VedDb/MGet",
+            Method::MSet => "/veddb.v1.VedDb/MSet",
+            Method::Scan => "/veddb.v1.VedDb/Scan",
+            Method::Publish => "/veddb.v1.VedDb/Publish",
+            Method::Info => "/veddb.v1.VedDb/Info",
+            Method::Snapshot => "/veddb.v1.VedDb/Snapshot",
+            Method::Batch => "/veddb.v1.VedDb/Batch",
+            Method::Subscribe => "/veddb.v1.VedDb/Subscribe",
+            Method::HealthCheck => "/grpc.health.v1.Health/Check",
+            Method::HealthWatch => "/grpc.health.v1.Health/Watch",
+        }
+    }
+
+    /// The method's name within its service, e.g. `Get` or `Check`.
+    pub fn name(self) -> &'static str {
+        let path = self.path();
+        path.rsplit('/').next().unwrap_or(path)
+    }
+
+    /// One request message, one response message (the 14 unary VedDb methods and Health/Check).
+    pub fn is_unary(self) -> bool {
+        !self.is_server_streaming() && !self.is_bidi()
+    }
+
+    /// One request message, a stream of responses (Subscribe, Health/Watch).
+    pub fn is_server_streaming(self) -> bool {
+        matches!(self, Method::Subscribe | Method::HealthWatch)
+    }
+
+    /// Streams both ways (Batch).
+    pub fn is_bidi(self) -> bool {
+        matches!(self, Method::Batch)
+    }
+
+    /// Whether the method belongs to the health service.
+    pub fn is_health(self) -> bool {
+        matches!(self, Method::HealthCheck | Method::HealthWatch)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+mod framing;
+mod messages;
+#[cfg(test)]
+mod tests;
+mod text;
+
+pub use framing::*;
+pub use messages::*;
+pub use text::*;
