@@ -258,3 +258,30 @@ pub fn shm_response(data: &[u8]) {
         let _ = frame.shared_values();
     }
 }
+
+/// One fuzz target's check: panics when the input breaks a rule.
+pub type FuzzCheck = fn(&[u8]);
+
+/// Replays every kept input of one fuzz target through its check: the seed corpus
+/// (`<fuzz_dir>/corpus/<target>/`) and every input that once failed
+/// (`<fuzz_dir>/regressions/<target>/`). Panics naming the first input whose check fails; the
+/// number of inputs replayed. For the `fuzz_regressions` tests of every crate with fuzz targets.
+pub fn replay_kept_inputs(fuzz_dir: &std::path::Path, target: &str, check: FuzzCheck) -> usize {
+    let mut inputs = 0;
+    for folder in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir.join(folder).join(target)) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries
+            .map(|entry| entry.expect("a corpus folder entry").path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let data = std::fs::read(&path).expect("a kept fuzz input");
+            let outcome = std::panic::catch_unwind(|| check(&data));
+            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
+            inputs += 1;
+        }
+    }
+    inputs
+}

@@ -5,33 +5,12 @@
 
 use std::path::Path;
 
-use veddb_wire::fuzzing;
-
-/// One fuzz target's check.
-type Check = fn(&[u8]);
-
-fn replay(target: &str, check: Check) -> usize {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let mut inputs = 0;
-    for folder in ["corpus", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(folder).join(target)) else {
-            continue;
-        };
-        let mut paths: Vec<_> = entries.map(|entry| entry.unwrap().path()).collect();
-        paths.sort();
-        for path in paths {
-            let data = std::fs::read(&path).unwrap();
-            let outcome = std::panic::catch_unwind(|| check(&data));
-            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
-            inputs += 1;
-        }
-    }
-    inputs
-}
+use veddb_wire::fuzzing::{self, replay_kept_inputs, FuzzCheck};
 
 #[test]
 fn every_kept_input_of_every_target_passes() {
-    let targets: [(&str, Check); 6] = [
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let targets: [(&str, FuzzCheck); 6] = [
         ("shm_request", fuzzing::shm_request),
         ("shm_response", fuzzing::shm_response),
         ("shm_headers", fuzzing::shm_headers),
@@ -40,7 +19,7 @@ fn every_kept_input_of_every_target_passes() {
         ("grpc_client_messages", fuzzing::grpc_client_messages),
     ];
     for (target, check) in targets {
-        let inputs = replay(target, check);
+        let inputs = replay_kept_inputs(&fuzz_dir, target, check);
         assert!(inputs > 0, "{target}: no seed corpus");
     }
 }

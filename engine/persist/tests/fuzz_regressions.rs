@@ -6,39 +6,19 @@
 use std::path::Path;
 
 use veddb_persist::fuzzing;
-
-/// One fuzz target's check.
-type Check = fn(&[u8]);
-
-fn replay(target: &str, check: Check) -> usize {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let mut inputs = 0;
-    for folder in ["corpus", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(folder).join(target)) else {
-            continue;
-        };
-        let mut paths: Vec<_> = entries.map(|entry| entry.unwrap().path()).collect();
-        paths.sort();
-        for path in paths {
-            let data = std::fs::read(&path).unwrap();
-            let outcome = std::panic::catch_unwind(|| check(&data));
-            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
-            inputs += 1;
-        }
-    }
-    inputs
-}
+use veddb_wire::fuzzing::{replay_kept_inputs, FuzzCheck};
 
 #[test]
 fn every_kept_input_of_every_target_passes() {
-    let targets: [(&str, Check); 4] = [
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let targets: [(&str, FuzzCheck); 4] = [
         ("wal_segment", fuzzing::wal_segment),
         ("snapshot", fuzzing::snapshot),
         ("headers_and_names", fuzzing::headers_and_names),
         ("recovery", fuzzing::recovery),
     ];
     for (target, check) in targets {
-        let inputs = replay(target, check);
+        let inputs = replay_kept_inputs(&fuzz_dir, target, check);
         assert!(inputs > 0, "{target}: no seed corpus");
     }
 }

@@ -440,40 +440,24 @@ impl<M: RingMemory> RingConsumer<M> {
         }
         let size = self.ring.size_u32();
         let mut at = self.head;
-        let (payload_pos, payload_len, next_head) =
+        // At most one wrap marker before a frame: check_frame refuses a marker at position 0,
+        // where the step after a marker lands.
+        let (payload_pos, payload_len, next_head) = loop {
             match check_frame(at, self.tail_cache, size, self.read_header(at))? {
                 FrameStep::Frame {
                     payload_pos,
                     payload_len,
                     next_head,
-                } => (payload_pos, payload_len, next_head),
+                } => break (payload_pos, payload_len, next_head),
                 FrameStep::Wrap { next_head } if next_head == self.tail_cache => {
                     // A marker published alone: step over it locally (the head is published
                     // with the next frame); its frame comes with a later tail.
                     self.head = next_head;
                     return Ok(None);
                 }
-                FrameStep::Wrap { next_head } => {
-                    at = next_head;
-                    // check_frame refuses a second marker (at position 0).
-                    match check_frame(at, self.tail_cache, size, self.read_header(at))? {
-                        FrameStep::Frame {
-                            payload_pos,
-                            payload_len,
-                            next_head,
-                        } => (payload_pos, payload_len, next_head),
-                        // check_frame already refuses a marker at position 0; kept an error
-                        // (not a panic) should that rule ever change.
-                        FrameStep::Wrap { .. } => {
-                            return Err(RingError::BadFrame {
-                                position: 0,
-                                length: WRAP_MARKER,
-                                why: "a wrap marker right after a wrap marker",
-                            })
-                        }
-                    }
-                }
-            };
+                FrameStep::Wrap { next_head } => at = next_head,
+            }
+        };
         Ok(Some(FrameRef {
             head: self.head,
             payload_pos,
