@@ -170,6 +170,7 @@ impl fmt::Display for RingError {
 impl std::error::Error for RingError {}
 
 /// Checks a ring size: a power of two from [`MIN_RING_BYTES`] to [`MAX_RING_BYTES`].
+#[inline]
 pub fn check_ring_bytes(size: u32) -> Result<(), RingError> {
     if size.is_power_of_two() && (MIN_RING_BYTES..=MAX_RING_BYTES).contains(&size) {
         Ok(())
@@ -181,6 +182,7 @@ pub fn check_ring_bytes(size: u32) -> Result<(), RingError> {
 /// Checks a (head, tail) pair read from shared memory, either of which the other side
 /// may have written: the size is valid, both are multiples of [`FRAME_ALIGN`], the
 /// head is not past the tail, and at most `size` bytes lie between them.
+#[inline]
 pub fn validate_indices(head: u64, tail: u64, size: u32) -> Result<(), RingError> {
     check_ring_bytes(size)?;
     let align = FRAME_ALIGN as u64;
@@ -217,6 +219,7 @@ pub fn validate_indices(head: u64, tail: u64, size: u32) -> Result<(), RingError
 
 /// Checks that a peer's counter (`index`: "head" or "tail"), loaded again from shared
 /// memory, has not moved back from the value last accepted.
+#[inline]
 pub fn check_advance(index: &'static str, previous: u64, now: u64) -> Result<(), RingError> {
     if now < previous {
         return Err(RingError::WentBack {
@@ -249,6 +252,7 @@ pub enum FrameStep {
 /// position 0, leaves less than half the ring to the end and does not run past the
 /// tail. [`RingError::reason`] gives the
 /// disconnect code.
+#[inline]
 pub fn check_frame(
     head: u64,
     tail: u64,
@@ -327,6 +331,7 @@ pub struct WritePlan {
 /// consumer's head `head` (read from shared memory, so validated here). `Ok(None)`:
 /// not enough free space now, retry once the consumer moves. Errors: bad indices, or
 /// a payload over [`max_frame_payload`] (that can never be written).
+#[inline]
 pub fn plan_write(
     head: u64,
     tail: u64,
