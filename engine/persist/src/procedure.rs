@@ -193,23 +193,18 @@ fn recover_with<S: Storage>(
         .iter()
         .map(|file| Warning::UnknownFile { file: file.clone() })
         .collect();
-    // A published snapshot of the generation in force that is too short to be complete: the
-    // disk lost part of it. The plan drops it; the operator hears of it.
-    if let Some((layout, _)) = &plan.layout {
-        for file in &files {
-            if let DataFile::Snapshot(name) = DataFile::classify(&file.name) {
-                if name.generation == layout.generation && plan.obsolete.contains(&file.name) {
-                    warnings.push(Warning::SnapshotRefused {
-                        file: file.name.clone(),
-                        reason: format!(
-                            "{} bytes, shorter than any complete snapshot ({SNAPSHOT_BYTES_MIN})",
-                            file.size
-                        ),
-                    });
-                }
-            }
-        }
-    }
+    // Published snapshots too short to be complete: the disk lost part of them. The plan drops
+    // them; the operator hears of it.
+    warnings.extend(
+        plan.short_snapshots
+            .iter()
+            .map(|(file, size)| Warning::SnapshotRefused {
+                file: file.clone(),
+                reason: format!(
+                    "{size} bytes, shorter than any complete snapshot ({SNAPSHOT_BYTES_MIN})"
+                ),
+            }),
+    );
     let mut recovered = match &plan.layout {
         None => Recovered {
             layout: Layout {

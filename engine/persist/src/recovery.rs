@@ -65,6 +65,9 @@ pub struct Plan {
     pub obsolete: Vec<String>,
     /// Files this crate did not write (left alone; worth a warning).
     pub unknown: Vec<String>,
+    /// Published snapshots of the loaded generation too short to be complete (the disk lost
+    /// part of them), with their sizes: also in `obsolete`; worth a warning.
+    pub short_snapshots: Vec<(String, u64)>,
 }
 
 /// What a file name says it is.
@@ -295,6 +298,7 @@ pub fn plan(files: &[FileInfo]) -> Result<Plan, RecoveryError> {
             // disk lost part of it): recovery falls back to an older snapshot.
             DataFile::Snapshot(_) if file.size < SNAPSHOT_BYTES_MIN as u64 => {
                 plan.obsolete.push(file.name.clone());
+                plan.short_snapshots.push((file.name.clone(), file.size));
             }
             DataFile::Snapshot(name) => shard_plan.snapshots.push(SnapshotFile {
                 name: *name,
