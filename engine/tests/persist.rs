@@ -1,7 +1,7 @@
 //! Persistence through the engine with real files: restarts under every fsync policy, versions
 //! after a restart, SNAPSHOT and trimming, concurrent writes during snapshots, a changed core
 //! count, the directory lock, a budget too small for the data. (Crashes with SIGKILL are tested
-//! against the server binary in engine/server/tests.)
+//! against the server binary in transport/server/tests.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
