@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::CoreSource;
+
 /// Requests one core may have in flight to another (the depth of each mesh ring).
 pub const INBOX_DEPTH_DEFAULT: usize = 256;
 /// How long an idle core keeps polling before it parks.
@@ -33,21 +35,28 @@ pub struct EngineConfig {
     pub spin: Duration,
     /// Persistence (`--data-dir`); `None`: a pure in-memory store.
     pub persistence: Option<crate::persist::PersistConfig>,
-    /// Runs on each core's thread with its new shard, before recovered data is loaded (a
-    /// frontend installs its value store here).
-    pub shard_setup: Option<ShardSetup>,
+    /// One per frontend that brings work into the cores' loops: runs on each core's thread
+    /// with its new shard, before recovered data is loaded (a frontend installs its value store
+    /// here) and returns the core's [`CoreSource`], if any.
+    pub core_setup: Vec<CoreSetup>,
+    /// Where the cores and their frontends read time ([`SystemClock`](crate::SystemClock)
+    /// unless a test passes its own).
+    pub clock: std::sync::Arc<dyn crate::Clock>,
 }
 
-/// What [`ShardSetup`] runs: the core's index and its new shard.
-pub type ShardSetupFn = dyn Fn(u32, &mut veddb_shard::Shard) + Send + Sync;
+/// What [`CoreSetup`] runs: the core's index and its new shard; returns the work the
+/// frontend brings into that core's loop.
+pub type CoreSetupFn =
+    dyn Fn(u32, &mut veddb_shard::Shard) -> Option<Box<dyn CoreSource>> + Send + Sync;
 
-/// A function run on each core's thread with the core's index and its new shard.
+/// A function run on each core's thread with the core's index and its new shard, before the
+/// core starts: a frontend's way into the core (its value store, its [`CoreSource`]).
 #[derive(Clone)]
-pub struct ShardSetup(pub std::sync::Arc<ShardSetupFn>);
+pub struct CoreSetup(pub std::sync::Arc<CoreSetupFn>);
 
-impl std::fmt::Debug for ShardSetup {
+impl std::fmt::Debug for CoreSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ShardSetup(..)")
+        f.write_str("CoreSetup(..)")
     }
 }
 
@@ -61,7 +70,8 @@ impl Default for EngineConfig {
             inbox_depth: INBOX_DEPTH_DEFAULT,
             spin: SPIN_DEFAULT,
             persistence: None,
-            shard_setup: None,
+            core_setup: Vec::new(),
+            clock: crate::clock::system_clock(),
         }
     }
 }

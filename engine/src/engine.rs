@@ -4,12 +4,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veddb_shard::Shard;
 use veddb_wire::{limits, Error, Request, Response, Route};
 
-use crate::config::{EngineConfig, ShardSetup, EXTERNAL_QUEUE_CAPACITY};
+use crate::config::{CoreSetup, EngineConfig, EXTERNAL_QUEUE_CAPACITY};
 use crate::core::{
     restore_shard, CoreContext, CoreLog, CoreLogConfig, CoreShared, CoreWiring, External,
 };
@@ -110,7 +110,7 @@ impl Engine {
         );
         let (data_dir, mut starts) = match &config.persistence {
             Some(persistence) => {
-                let opened = persist::open(persistence, core_count as u32, limits)
+                let opened = persist::open(persistence, core_count as u32, limits, &*config.clock)
                     .map_err(StartError::Persistence)?;
                 let starts: Vec<_> = opened
                     .shards
@@ -146,6 +146,7 @@ impl Engine {
                 index: index as u32,
                 shard_count: core_count as u32,
                 spin: config.spin,
+                clock: config.clock.clone(),
                 outbound,
                 inbound,
                 external: external_receiver,
@@ -161,7 +162,7 @@ impl Engine {
             let pin = config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
             let start = starts[index].take();
-            let setup = config.shard_setup.clone();
+            let setup = config.core_setup.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("veddb-core-{index}"))
                 .spawn(move || core_thread(index, pin, wiring, shard_config, setup, start, ready));
@@ -281,7 +282,7 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Duration {
-        let started = Instant::now();
+        let started = self.config.clock.monotonic();
         for core in self.shared.iter() {
             core.stop.store(true, Ordering::Release);
             core.doorbell.ring();
@@ -291,7 +292,7 @@ impl Engine {
                 let _ = thread.join();
             }
         }
-        started.elapsed()
+        self.config.clock.monotonic().duration_since(started)
     }
 }
 
@@ -306,7 +307,7 @@ fn core_thread(
     pin: Option<usize>,
     wiring: CoreWiring,
     shard_config: veddb_shard::Config,
-    setup: Option<ShardSetup>,
+    setup: Vec<CoreSetup>,
     start: Option<(veddb_persist::recovery::ShardImage, CoreLogConfig)>,
     ready: SyncSender<(usize, Result<String, String>)>,
 ) {
@@ -326,12 +327,13 @@ fn core_thread(
     };
     let kind = format!("{:?}", runtime.driver_type());
     let mut shard = Shard::new(index as u32, shard_config);
-    if let Some(setup) = setup {
-        (setup.0)(index as u32, &mut shard);
-    }
+    let sources: Vec<_> = setup
+        .iter()
+        .filter_map(|setup| (setup.0)(index as u32, &mut shard))
+        .collect();
     let log = match start {
         Some((image, log_config)) => {
-            let (started, keys) = (Instant::now(), image.entries.len());
+            let (started, keys) = (wiring.clock.monotonic(), image.entries.len());
             if let Err(error) = restore_shard(&mut shard, image) {
                 let _ = ready.send((index, Err(error)));
                 return;
@@ -339,14 +341,14 @@ fn core_thread(
             tracing::info!(
                 core = index,
                 keys,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = wiring.clock.monotonic().duration_since(started).as_millis() as u64,
                 "loaded the recovered keys into the shard"
             );
             Some(CoreLog::new(index as u32, log_config))
         }
         None => None,
     };
-    let context = CoreContext::new(wiring, shard, log);
+    let context = CoreContext::new(wiring, shard, log, sources);
     tracing::debug!(core = index, cpu = ?pin, driver = %kind, "core started");
     let _ = ready.send((index, Ok(kind)));
     drop(ready);

@@ -10,12 +10,16 @@
 //! Cores spin for a short window when idle, then park in the runtime (serving sockets and
 //! timers) until a [`doorbell`] rings.
 //!
-//! Frontends (shared memory, gRPC, QUIC) run as tasks on a core and call
-//! [`CoreContext::execute`]. Threads outside the engine use [`Engine::call`] and
-//! [`Engine::run_on`].
+//! Frontends call [`CoreContext::execute`] on the core that received a request. Socket
+//! frontends (gRPC, QUIC) run as tasks on a core, woken by its runtime; a frontend whose
+//! clients write into shared memory, which no runtime can wait on, gives each core a
+//! [`CoreSource`] that the core's one loop polls, spins on and parks with. Threads outside the
+//! engine use [`Engine::call`] and [`Engine::run_on`]. Time comes from the engine's [`Clock`].
 //!
 //! This crate must not know any wire format or transport.
 
+#[cfg(not(veddb_loom))]
+mod clock;
 pub mod doorbell;
 pub mod ring;
 mod sync;
@@ -30,9 +34,11 @@ mod engine;
 pub mod persist;
 
 #[cfg(not(veddb_loom))]
-pub use crate::config::{EngineConfig, ShardSetup, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
+pub use crate::clock::{Clock, SystemClock};
 #[cfg(not(veddb_loom))]
-pub use crate::core::{yield_now, CoreContext};
+pub use crate::config::{CoreSetup, EngineConfig, INBOX_DEPTH_DEFAULT, SPIN_DEFAULT};
+#[cfg(not(veddb_loom))]
+pub use crate::core::{yield_now, CoreContext, CoreSource};
 #[cfg(not(veddb_loom))]
 pub use crate::engine::{available_cpus, Engine, StartError};
 #[cfg(not(veddb_loom))]

@@ -252,12 +252,6 @@ pub(crate) struct Opened {
     pub shards: Vec<ShardStart>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Locks and recovers the data directory for `shard_count` shards: newest snapshots, then the
 /// logs, re-hashed if the shard count changed (then the new layout is committed before any
 /// write). Warnings are logged; corruption stops the start with a message that names the file
@@ -266,15 +260,16 @@ pub(crate) fn open(
     config: &PersistConfig,
     shard_count: u32,
     limits: EntryLimits,
+    clock: &dyn crate::Clock,
 ) -> Result<Opened, String> {
     let mut storage = FsStorage::lock(&config.dir)?;
-    let now = now_ms();
+    let now = clock.unix_ms();
     let options = RecoverOptions {
         shard_count,
         now_ms: now,
         limits,
     };
-    let started = std::time::Instant::now();
+    let started = clock.monotonic();
     // Shards load in parallel, each thread through its own handles on the directory (which
     // `storage` keeps locked).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -318,7 +313,7 @@ pub(crate) fn open(
         dir = %config.dir.display(),
         keys,
         generation = recovered.layout.generation,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = clock.monotonic().duration_since(started).as_millis() as u64,
         "recovered the data directory"
     );
     let generation = recovered.layout.generation;
@@ -341,11 +336,12 @@ pub fn repair(
     dir: &Path,
     shard_count: u32,
     limits: EntryLimits,
+    clock: &dyn crate::Clock,
 ) -> Result<Vec<RepairAction>, String> {
     let mut storage = FsStorage::lock(dir)?;
     let options = RecoverOptions {
         shard_count,
-        now_ms: now_ms(),
+        now_ms: clock.unix_ms(),
         limits,
     };
     procedure::repair(&mut storage, &options)

@@ -142,6 +142,7 @@ impl<T> Consumer<T> {
 }
 
 #[cfg(all(test, not(veddb_loom)))]
+#[allow(clippy::disallowed_methods)] // a test of the ring alone: a producer thread of its own
 mod tests {
     use super::*;
 

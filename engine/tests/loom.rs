@@ -1,6 +1,8 @@
 //! Model checks of the inbox ring and the doorbell under every interleaving loom explores.
 //! Run with: `RUSTFLAGS="--cfg veddb_loom" cargo test -p veddb-engine --test loom --release`
 #![cfg(veddb_loom)]
+// Tests drive the engine from outside it: on the OS clocks and threads of their own.
+#![allow(clippy::disallowed_methods)]
 
 use std::future::poll_fn;
 use std::task::Poll;

@@ -3,6 +3,9 @@
 //! count, the directory lock, a budget too small for the data. (Crashes with SIGKILL are tested
 //! against the server binary in transport/server/tests.)
 
+// Tests drive the engine from outside it: on the OS clocks and threads of their own.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

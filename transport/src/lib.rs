@@ -5,9 +5,12 @@
 //! - [`local`]: shared memory for clients on the same machine (Linux): per-core rings per
 //!   session, values read in place from each core's sealed data segment.
 //!
-//! A frontend runs as tasks on a core and calls [`veddb_engine::CoreContext::execute`]; it owns
-//! the protocol, never the data. Message mapping lives in `veddb_wire::grpc` (pure functions).
+//! A frontend frames bytes into requests and answers, and calls the [`seam`] for everything
+//! between: dispatch into the engine, the subscription lifecycle and the client-visible
+//! status of an error. It owns the protocol, never the data. Message mapping lives in
+//! `veddb_wire` (pure functions).
 #![forbid(unsafe_code)]
 
 pub mod grpc;
 pub mod local;
+pub mod seam;

@@ -7,8 +7,12 @@
 //! checks its credentials, creates one **ring segment** per core for the session (read-write
 //! for both, size sealed) and hands over the data segments, the ring segments and one eventfd
 //! per core. The client then talks to each key's owning core directly through that core's
-//! rings; the core's task here polls its sessions' request rings, runs each request through
-//! [`CoreContext::execute`] and writes the answer to the session's response ring.
+//! rings. Each core's part of this frontend is a [`CoreSource`] that the core's one loop polls:
+//! it reads its sessions' request rings, runs each request through the frontend seam
+//! ([`crate::seam`]) and writes the answer to the session's response ring. It has no loop, no
+//! spin window and no park of its own: it spins and parks with the core. The core's value arena
+//! belongs to that source alone (no lock); other cores find values in it through its
+//! [`ArenaLocator`](veddb_shm::ArenaLocator).
 //!
 //! Everything a client can write is hostile: ring indices and frames are validated (see
 //! `veddb_shm::RingConsumer`), a frame is copied out before it is decoded, and a violation
@@ -38,8 +42,6 @@ pub struct LocalConfig {
     /// The largest value the arena stores (larger ones stay in process memory and are copied
     /// into responses).
     pub value_bytes_max: usize,
-    /// How long an idle core's local task polls before it sleeps.
-    pub spin: Duration,
 }
 
 /// Default of [`LocalConfig::ring_bytes`]: 1 MiB each way per core per session.
@@ -61,7 +63,6 @@ impl LocalConfig {
             ring_bytes: RING_BYTES_DEFAULT,
             arena_bytes_per_core: arena,
             value_bytes_max: veddb_wire::limits::VALUE_BYTES_MAX_DEFAULT,
-            spin: Duration::from_micros(50),
         }
     }
 }
@@ -81,13 +82,17 @@ mod other {
     pub struct Prepared;
     pub struct LocalFrontend;
 
-    pub fn prepare(_config: &LocalConfig, _cores: usize) -> Result<Prepared, String> {
+    pub fn prepare(
+        _config: &LocalConfig,
+        _cores: usize,
+        _clock: std::sync::Arc<dyn veddb_engine::Clock>,
+    ) -> Result<Prepared, String> {
         Err("local clients through shared memory are supported on Linux only".into())
     }
 
     impl Prepared {
-        pub fn shard_setup(&self) -> veddb_engine::ShardSetup {
-            veddb_engine::ShardSetup(std::sync::Arc::new(|_, _| {}))
+        pub fn core_setup(&self) -> veddb_engine::CoreSetup {
+            veddb_engine::CoreSetup(std::sync::Arc::new(|_, _| None))
         }
 
         pub fn start(self, _engine: &veddb_engine::Engine) -> Result<LocalFrontend, String> {
@@ -116,18 +121,20 @@ mod linux {
     use std::path::PathBuf;
     use std::pin::Pin;
     use std::rc::Rc;
-    use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::task::{Context, Poll, Waker};
+    use std::task::{Context, Poll};
     use std::thread::JoinHandle;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::Duration;
 
     use bytes::Bytes;
-    use futures_util::future::select;
-    use veddb_engine::{yield_now, CoreContext, Engine, ShardSetup};
+    use compio::runtime::fd::PollFd;
+    use veddb_engine::{Clock, CoreContext, CoreSetup, CoreSource, Engine};
+
+    use crate::seam::{self, Started, Subscriptions};
     use veddb_shm::{
         create_data_segment, futex_wake, peer_credentials, process_alive, send_with_fds, Arena,
-        ByteRing, EventFd, RingConsumer, RingError, RingProducer, Segment,
+        ArenaLocator, ByteRing, EventFd, RingConsumer, RingError, RingProducer, Segment,
     };
     use veddb_wire::shm::codec;
     use veddb_wire::shm::layout::{
@@ -141,40 +148,50 @@ mod linux {
     const FRAMES_PER_ROUND: usize = 64;
     /// Answers waiting for room in a response ring before the session is disconnected.
     const BACKLOG_BYTES_MAX: usize = 64 << 20;
-    /// How often a core advances its epoch and reclaims retired blocks.
-    const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(1);
-    /// Longest a parked core task sleeps without looking at its sessions.
-    const PARK_TIMEOUT: Duration = Duration::from_millis(50);
+    /// How often (in ms of the core's coarse clock) a core advances its epoch and reclaims
+    /// retired blocks, while it runs.
+    const MAINTENANCE_INTERVAL_MS: u64 = 1;
 
-    fn unix_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
-    fn random_u64() -> u64 {
+    fn random_u64(clock: &dyn Clock) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(unix_ms());
+        hasher.write_u64(clock.unix_ms());
         hasher.write_u32(std::process::id());
         hasher.finish() | 1
     }
 
-    /// One core's part, shared between its task and the attach thread.
+    /// One core's part, shared between the core and the attach thread.
     struct CoreShared {
         index: u32,
         data: Arc<Segment>,
-        arena: Mutex<Arena>,
-        /// Clients write it to wake the core's task when it said it parked.
+        /// Finds values in this core's arena from any core (lock-free).
+        locator: ArenaLocator,
+        /// The arena, until the core takes it when it starts; from then on only that core's
+        /// source touches it.
+        arena: Mutex<Option<Arena>>,
+        /// Clients write it to wake the core when it said it parked.
         wake: EventFd,
+        /// Set (after pushing) when `incoming` or `departed` has entries: the core looks at
+        /// this flag every round and takes the locks only when it is set.
+        control: AtomicBool,
         /// Sessions to start serving: (id, ring segment).
         incoming: Mutex<Vec<(u64, Arc<Segment>)>>,
         /// Sessions to stop serving.
         departed: Mutex<Vec<u64>>,
     }
 
+    impl CoreShared {
+        /// Hands the core a session to start or stop serving (from the attach thread).
+        fn send_control(&self, push: impl FnOnce(&CoreShared)) {
+            push(self);
+            self.control.store(true, Ordering::SeqCst);
+            let _ = self.wake.write(1);
+        }
+    }
+
     struct Shared {
         config: LocalConfig,
+        clock: Arc<dyn Clock>,
         cores: Vec<CoreShared>,
         /// Sessions a core disconnected (bad input): the attach thread closes them.
         kicked: Mutex<Vec<u64>>,
@@ -187,19 +204,16 @@ mod linux {
             let _ = self.cores[core].wake.write(1);
         }
 
-        /// Where a value lives, if in one of the arenas: (core, offset, generation).
+        /// Where a value lives, if in one of the arenas: (core, offset, generation). Takes no
+        /// lock, whichever core's arena holds it.
         fn locate(&self, value: &Bytes) -> codec::SharedPlacement {
-            let address = value.as_ptr() as usize;
-            for core in &self.cores {
-                let base = core.data.as_ptr() as usize;
-                if address >= base && address < base + core.data.len() {
-                    let arena = core.arena.lock().unwrap_or_else(|e| e.into_inner());
-                    return arena
-                        .locate(value)
-                        .map(|(offset, generation)| (core.index, offset, generation));
-                }
-            }
-            None
+            let core = self
+                .cores
+                .iter()
+                .find(|core| core.locator.contains(value))?;
+            core.locator
+                .locate(value)
+                .map(|(offset, generation)| (core.index, offset, generation))
         }
     }
 
@@ -227,7 +241,11 @@ mod linux {
     }
 
     /// Creates the instance: refuses a live one, replaces a stale one (a crashed server's).
-    pub fn prepare(config: &LocalConfig, cores: usize) -> Result<Prepared, String> {
+    pub fn prepare(
+        config: &LocalConfig,
+        cores: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Prepared, String> {
         instance::check_name(&config.name)?;
         if !config.ring_bytes.is_power_of_two()
             || ring_format::check_ring_bytes(config.ring_bytes).is_err()
@@ -274,12 +292,12 @@ mod linux {
                 ),
                 _ => format!("cannot create {}: {error}", path.display()),
             })?;
-        let instance_id = random_u64();
+        let instance_id = random_u64(&*clock);
         let data_bytes = data_segment::HEADER_BYTES as u64 + config.arena_bytes_per_core;
         let header = instance::InstanceHeader {
             core_count: cores as u32,
             server_pid: u64::from(std::process::id()),
-            start_time_ms: unix_ms(),
+            start_time_ms: clock.unix_ms(),
             instance_id,
             state: instance::InstanceState::Starting,
             request_ring_bytes: config.ring_bytes,
@@ -313,8 +331,10 @@ mod linux {
             shared_cores.push(CoreShared {
                 index: core as u32,
                 data,
-                arena: Mutex::new(arena),
+                locator: arena.locator(),
+                arena: Mutex::new(Some(arena)),
                 wake,
+                control: AtomicBool::new(false),
                 incoming: Mutex::new(Vec::new()),
                 departed: Mutex::new(Vec::new()),
             });
@@ -322,6 +342,7 @@ mod linux {
         Ok(Prepared {
             shared: Arc::new(Shared {
                 config: config.clone(),
+                clock,
                 cores: shared_cores,
                 kicked: Mutex::new(Vec::new()),
                 stop: AtomicBool::new(false),
@@ -334,20 +355,36 @@ mod linux {
     }
 
     impl Prepared {
-        /// Installs each core's arena as its shard's value store (every stored value lives in
-        /// shared memory, so local reads need no copy).
-        pub fn shard_setup(&self) -> ShardSetup {
+        /// What each core gets, on its own thread before it starts: its arena, installed as
+        /// its shard's value store (every stored value lives in shared memory, so local reads
+        /// need no copy), and the source its loop polls for this frontend's sessions.
+        pub fn core_setup(&self) -> CoreSetup {
             let shared = self.shared.clone();
-            ShardSetup(Arc::new(move |core, shard| {
-                let shared = shared.clone();
+            CoreSetup(Arc::new(move |core, shard| {
+                let taken = shared.cores[core as usize]
+                    .arena
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let Some(arena) = taken else {
+                    tracing::error!(core, "the local frontend's arena was taken twice");
+                    return None;
+                };
+                let arena = Rc::new(RefCell::new(arena));
+                let store = arena.clone();
                 shard.set_value_store(Some(Box::new(move |value: Bytes| {
-                    store_value(&shared.cores[core as usize], value)
+                    store_value(&store, value)
                 })));
+                Some(
+                    Box::new(LocalCore::new(shared.clone(), core as usize, arena))
+                        as Box<dyn CoreSource>,
+                )
             }))
         }
 
-        /// Starts every core's task and the attach thread; the instance is then ready.
-        pub fn start(self, engine: &Engine) -> Result<LocalFrontend, String> {
+        /// Starts the attach thread; the instance is then ready. The engine must run with
+        /// [`core_setup`](Self::core_setup) installed.
+        pub fn start(self, _engine: &Engine) -> Result<LocalFrontend, String> {
             let Prepared {
                 shared,
                 instance: instance_segment,
@@ -364,15 +401,6 @@ mod linux {
             listener
                 .set_nonblocking(true)
                 .map_err(|error| format!("cannot configure {}: {error}", socket_path.display()))?;
-            for core in 0..shared.cores.len() {
-                let shared = shared.clone();
-                let submitted = engine.run_on(core, move |context| {
-                    compio::runtime::spawn(core_task(context, shared, core)).detach();
-                });
-                if !submitted {
-                    return Err("the engine is stopping".into());
-                }
-            }
             let attach_shared = shared.clone();
             let owner_uid = std::fs::metadata(&instance_path)
                 .map(|m| m.uid())
@@ -435,8 +463,8 @@ mod linux {
 
     /// The value store of a core's shard: the value moves into the core's arena (one copy, on
     /// write); if the arena has no room it stays where it is (and local reads copy it).
-    fn store_value(core: &CoreShared, value: Bytes) -> Bytes {
-        let mut arena = core.arena.lock().unwrap_or_else(|e| e.into_inner());
+    fn store_value(arena: &RefCell<Arena>, value: Bytes) -> Bytes {
+        let mut arena = arena.borrow_mut();
         if arena.locate(&value).is_some() {
             return value;
         }
@@ -452,7 +480,7 @@ mod linux {
         stream: UnixStream,
         pid: i32,
         rings: Vec<Arc<Segment>>,
-        attached_at: Instant,
+        attached_at: std::time::Instant,
     }
 
     fn attach_loop(
@@ -478,7 +506,7 @@ mod linux {
                                         stream,
                                         pid,
                                         rings,
-                                        attached_at: Instant::now(),
+                                        attached_at: shared.clock.monotonic(),
                                     },
                                 );
                                 shared.sessions.store(sessions.len(), Ordering::Relaxed);
@@ -502,7 +530,7 @@ mod linux {
             // process is gone, the heartbeat stopped, or a core disconnected it.
             let kicked: Vec<u64> =
                 std::mem::take(&mut *shared.kicked.lock().unwrap_or_else(|e| e.into_inner()));
-            let now = unix_ms();
+            let now = shared.clock.unix_ms();
             let mut ended = Vec::new();
             for (&id, session) in &sessions {
                 let mut byte = [0u8; 1];
@@ -513,7 +541,8 @@ mod linux {
                 };
                 let heartbeat = session.rings[0]
                     .load_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET, Ordering::Acquire);
-                let silent = session.attached_at.elapsed() > shared.config.session_timeout
+                let silent = shared.clock.monotonic().duration_since(session.attached_at)
+                    > shared.config.session_timeout
                     && now.saturating_sub(heartbeat) > timeout_ms;
                 if closed || !process_alive(session.pid) {
                     ended.push((id, "the client closed its socket or exited", None));
@@ -539,13 +568,13 @@ mod linux {
                         }
                     }
                     let _ = session.stream.shutdown(std::net::Shutdown::Both);
-                    for (core, shared_core) in shared.cores.iter().enumerate() {
-                        shared_core
-                            .departed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(id);
-                        shared.wake_core(core);
+                    for core in &shared.cores {
+                        core.send_control(|core| {
+                            core.departed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(id)
+                        });
                     }
                     tracing::info!(
                         session = id,
@@ -622,7 +651,7 @@ mod linux {
             segment.write_bytes(0, &page);
             segment
                 .atomic_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET)
-                .store(unix_ms(), Ordering::Release);
+                .store(shared.clock.unix_ms(), Ordering::Release);
             segment
                 .seal_size()
                 .map_err(|error| format!("cannot seal a ring segment: {error}"))?;
@@ -664,13 +693,13 @@ mod linux {
         stream
             .set_nonblocking(true)
             .map_err(|error| error.to_string())?;
-        for (core, ring) in rings.iter().enumerate() {
-            shared.cores[core]
-                .incoming
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((id, ring.clone()));
-            shared.wake_core(core);
+        for (core, ring) in shared.cores.iter().zip(&rings) {
+            core.send_control(|core| {
+                core.incoming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, ring.clone()))
+            });
         }
         Ok((credentials.pid, rings))
     }
@@ -685,13 +714,19 @@ mod linux {
         backlog: VecDeque<Vec<u8>>,
         backlog_bytes: usize,
         dead: bool,
-        /// Subscriptions this session made: removed when it ends, however it ends.
-        subscriptions: Vec<veddb_wire::SubscriberId>,
+        /// Subscriptions this session made: removed when it ends, however it ends (closed
+        /// when the core buries the session, and by drop for an answer that arrives later).
+        subscriptions: Subscriptions,
     }
 
     type SessionRef = Rc<RefCell<Session>>;
 
-    fn open_session(id: u64, ring: Arc<Segment>, ring_bytes: u32) -> Option<Session> {
+    fn open_session(
+        context: &CoreContext,
+        id: u64,
+        ring: Arc<Segment>,
+        ring_bytes: u32,
+    ) -> Option<Session> {
         let request_ring = ByteRing {
             head_offset: ring_segment::REQUEST_HEAD_OFFSET,
             tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
@@ -714,7 +749,7 @@ mod linux {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             dead: false,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::new(context),
         })
     }
 
@@ -767,10 +802,8 @@ mod linux {
     /// Writes one answer to the session's response ring (or its backlog while the ring is full).
     fn respond(shared: &Shared, session: &SessionRef, id: u32, response: Response) {
         let mut session = session.borrow_mut();
-        if let Response::Subscribed { subscriber } = &response {
-            // Even for a session that died meanwhile: it is unsubscribed below or at cleanup.
-            session.subscriptions.push(*subscriber);
-        }
+        // Even for a session that died meanwhile: its subscriptions end with it.
+        session.subscriptions.note(&response);
         if session.dead {
             return;
         }
@@ -836,8 +869,8 @@ mod linux {
         flushed
     }
 
-    /// Runs one request: inline when it completes at once (the usual case: the key is this
-    /// core's), else as a task of its own.
+    /// Runs one request through the seam: answered in place when it completes at once (the
+    /// usual case: the key is this core's), else from a task of its own.
     fn dispatch(
         context: &CoreContext,
         shared: &Arc<Shared>,
@@ -845,31 +878,18 @@ mod linux {
         id: u32,
         request: veddb_wire::Request,
     ) {
-        let runner = context.clone();
-        let mut future: Pin<Box<dyn Future<Output = Response>>> =
-            Box::pin(async move { runner.execute(request).await });
-        match future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(response) => respond(shared, session, id, response),
-            Poll::Pending => {
-                // Every future of the engine re-checks its state when polled, so a wake-up
-                // that went to the no-op waker is not lost.
+        // The client ends this subscription itself: nothing to clean up for it later.
+        session.borrow_mut().subscriptions.forget(&request);
+        // Every future of the engine re-checks its state when polled, so a wake-up that goes
+        // to the no-op waker before the task is spawned is not lost.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match seam::start(context, request, &mut cx) {
+            Started::Answered(response) => respond(shared, session, id, response),
+            Started::Waiting(future) => {
                 let shared = shared.clone();
                 let session = session.clone();
-                let context = context.clone();
                 compio::runtime::spawn(async move {
-                    let response = future.await;
-                    if session.borrow().dead {
-                        // The session ended while this ran; a subscription made for it is
-                        // nobody's.
-                        if let Response::Subscribed { subscriber } = response {
-                            unsubscribe_all(&context, vec![subscriber]);
-                        }
-                        return;
-                    }
-                    respond(&shared, &session, id, response);
+                    respond(&shared, &session, id, future.await);
                 })
                 .detach();
             }
@@ -973,123 +993,181 @@ mod linux {
         })
     }
 
-    async fn core_task(context: CoreContext, shared: Arc<Shared>, index: usize) {
-        let me = &shared.cores[index];
-        let wake = match me
-            .wake
-            .try_clone()
-            .map(OwnedFd::from)
-            .and_then(compio::runtime::fd::PollFd::new)
-        {
-            Ok(wake) => wake,
-            Err(error) => {
-                tracing::error!(core = index, %error, "the local frontend cannot wait on its eventfd");
+    /// One core's part of the frontend: its sessions, its arena, its wake-up descriptor. The
+    /// core's loop polls it (see [`CoreSource`]).
+    struct LocalCore {
+        shared: Arc<Shared>,
+        index: usize,
+        arena: Rc<RefCell<Arena>>,
+        sessions: Vec<SessionRef>,
+        /// The core's eventfd as the runtime sees it (made on the first park: the runtime
+        /// is not running yet when the source is made).
+        wake: Option<Rc<PollFd<OwnedFd>>>,
+        /// The wait for the eventfd to become readable, kept across parks (no resubmission
+        /// for every park).
+        wake_wait: Option<Pin<Box<dyn Future<Output = std::io::Result<()>>>>>,
+        last_maintenance_ms: u64,
+        /// The frontend stopped and this core's sessions are closed.
+        ended: bool,
+    }
+
+    impl LocalCore {
+        fn new(shared: Arc<Shared>, index: usize, arena: Rc<RefCell<Arena>>) -> LocalCore {
+            LocalCore {
+                shared,
+                index,
+                arena,
+                sessions: Vec::new(),
+                wake: None,
+                wake_wait: None,
+                last_maintenance_ms: 0,
+                ended: false,
+            }
+        }
+
+        fn me(&self) -> &CoreShared {
+            &self.shared.cores[self.index]
+        }
+
+        /// Sessions the attach thread started or ended for this core.
+        fn take_control(&mut self, context: &CoreContext) {
+            let me = &self.shared.cores[self.index];
+            if !me.control.swap(false, Ordering::SeqCst) {
                 return;
             }
-        };
-        let parked = me.data.atomic_u32(data_segment::CORE_PARKED_OFFSET);
-        let epoch_word: &AtomicU64 = me.data.atomic_u64(data_segment::GLOBAL_EPOCH_OFFSET);
-        let lease_epochs = (shared.config.view_lease.as_millis() as u64).max(1);
-        let ring_bytes = shared.config.ring_bytes;
-        let mut sessions: Vec<SessionRef> = Vec::new();
-        let mut idle_since: Option<Instant> = None;
-        let mut last_maintenance = Instant::now();
-        loop {
-            if shared.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let incoming: Vec<(u64, Arc<Segment>)> =
+            let incoming =
                 std::mem::take(&mut *me.incoming.lock().unwrap_or_else(|e| e.into_inner()));
+            let departed =
+                std::mem::take(&mut *me.departed.lock().unwrap_or_else(|e| e.into_inner()));
             for (id, ring) in incoming {
-                match open_session(id, ring, ring_bytes) {
-                    Some(session) => sessions.push(Rc::new(RefCell::new(session))),
+                match open_session(context, id, ring, self.shared.config.ring_bytes) {
+                    Some(session) => self.sessions.push(Rc::new(RefCell::new(session))),
                     None => tracing::warn!(session = id, "a ring segment with a bad layout"),
                 }
             }
-            let departed: Vec<u64> =
-                std::mem::take(&mut *me.departed.lock().unwrap_or_else(|e| e.into_inner()));
-            if !departed.is_empty() {
-                for session in &sessions {
-                    let mut session = session.borrow_mut();
-                    if departed.contains(&session.id) {
-                        session.dead = true;
-                    }
+            for session in &self.sessions {
+                let mut session = session.borrow_mut();
+                if departed.contains(&session.id) {
+                    session.dead = true;
                 }
             }
-            let mut work = 0;
-            for session in &sessions {
-                work += serve_session(&context, &shared, session);
-            }
-            for session in &sessions {
+        }
+
+        /// Ends the sessions that died: their subscriptions go with them.
+        fn bury(&mut self) {
+            self.sessions.retain(|session| {
                 let mut session = session.borrow_mut();
                 if session.dead {
-                    unsubscribe_all(&context, std::mem::take(&mut session.subscriptions));
+                    session.subscriptions.close();
                 }
-            }
-            sessions.retain(|session| !session.borrow().dead);
-            if last_maintenance.elapsed() >= MAINTENANCE_INTERVAL {
-                last_maintenance = Instant::now();
-                let mut arena = me.arena.lock().unwrap_or_else(|e| e.into_inner());
-                let epoch = arena.advance_epoch();
-                let pin = oldest_pin(&sessions, epoch, lease_epochs);
-                arena.reclaim(Some(pin.unwrap_or(0)));
-            }
-            if work > 0 {
-                idle_since = None;
-                yield_now().await;
-                continue;
-            }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < shared.config.spin {
-                yield_now().await;
-                continue;
-            }
-            // Park: say so, re-check (a client that published before seeing the flag is seen
-            // here), then sleep until a client writes the eventfd or the timeout passes.
-            parked.store(data_segment::CORE_PARKED, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let stopping = shared.stop.load(Ordering::SeqCst);
-            let pending = !me
-                .incoming
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-                || !me
-                    .departed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
-            if !has_requests(&sessions) && !stopping && !pending {
-                let timeout = if sessions.is_empty() {
-                    PARK_TIMEOUT * 4
-                } else {
-                    PARK_TIMEOUT
-                };
-                let sleep = std::pin::pin!(compio::time::sleep(timeout));
-                let readable = std::pin::pin!(wake.read_ready());
-                let _ = select(readable, sleep).await;
-                let _ = me.wake.read();
-            }
-            parked.store(data_segment::CORE_RUNNING, Ordering::SeqCst);
-            idle_since = None;
-            let _ = epoch_word;
+                !session.dead
+            });
         }
-        for session in &sessions {
-            let mut session = session.borrow_mut();
-            session.dead = true;
+
+        /// About once a millisecond while the core runs: advance the epoch, reuse blocks that
+        /// every reader moved past.
+        fn maintain(&mut self, now_ms: u64) {
+            if now_ms.saturating_sub(self.last_maintenance_ms) < MAINTENANCE_INTERVAL_MS {
+                return;
+            }
+            self.last_maintenance_ms = now_ms;
+            let lease_epochs = (self.shared.config.view_lease.as_millis() as u64).max(1);
+            let mut arena = self.arena.borrow_mut();
+            let epoch = arena.advance_epoch();
+            let pin = oldest_pin(&self.sessions, epoch, lease_epochs);
+            arena.reclaim(Some(pin.unwrap_or(0)));
+        }
+
+        fn parked_word(&self) -> &std::sync::atomic::AtomicU32 {
+            self.me().data.atomic_u32(data_segment::CORE_PARKED_OFFSET)
+        }
+
+        fn end(&mut self) {
+            for session in self.sessions.drain(..) {
+                session.borrow_mut().dead = true;
+            }
+            self.ended = true;
         }
     }
 
-    /// Removes the subscriptions of a session that ended (no client will fetch them again).
-    fn unsubscribe_all(context: &CoreContext, subscriptions: Vec<veddb_wire::SubscriberId>) {
-        for subscriber in subscriptions {
-            let context = context.clone();
-            compio::runtime::spawn(async move {
-                let _ = context
-                    .execute(veddb_wire::Request::Unsubscribe { subscriber })
-                    .await;
-            })
-            .detach();
+    impl CoreSource for LocalCore {
+        fn poll(&mut self, context: &CoreContext) -> usize {
+            if self.ended {
+                return 0;
+            }
+            if self.shared.stop.load(Ordering::SeqCst) {
+                self.end();
+                return 0;
+            }
+            self.take_control(context);
+            let mut work = 0;
+            for session in &self.sessions {
+                work += serve_session(context, &self.shared, session);
+            }
+            self.bury();
+            self.maintain(context.now_ms());
+            work
+        }
+
+        fn has_work(&self) -> bool {
+            if self.ended {
+                return false;
+            }
+            self.shared.stop.load(Ordering::SeqCst)
+                || self.me().control.load(Ordering::SeqCst)
+                || has_requests(&self.sessions)
+        }
+
+        fn prepare_park(&mut self) {
+            // The core's caller fences after this: a client that published a request before
+            // it saw the flag is seen by the caller's re-check of `has_work`.
+            self.parked_word()
+                .store(data_segment::CORE_PARKED, Ordering::SeqCst);
+        }
+
+        fn cancel_park(&mut self) {
+            self.parked_word()
+                .store(data_segment::CORE_RUNNING, Ordering::SeqCst);
+        }
+
+        fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.ended {
+                return Poll::Pending;
+            }
+            if self.wake.is_none() {
+                let made = self
+                    .me()
+                    .wake
+                    .try_clone()
+                    .map(OwnedFd::from)
+                    .and_then(PollFd::new);
+                match made {
+                    Ok(fd) => self.wake = Some(Rc::new(fd)),
+                    Err(error) => {
+                        // The core still wakes for its own timers: clients are served, late.
+                        tracing::error!(core = self.index, %error, "the local frontend cannot wait on its eventfd");
+                        self.ended = true;
+                        return Poll::Pending;
+                    }
+                }
+            }
+            let wait = self.wake_wait.get_or_insert_with(|| {
+                let fd = self.wake.clone().expect("made above");
+                Box::pin(async move { fd.read_ready().await })
+            });
+            match wait.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => {
+                    self.wake_wait = None;
+                    // Readable: the read finds a count (the core is its only reader).
+                    let _ = self.me().wake.read();
+                    Poll::Ready(())
+                }
+            }
+        }
+
+        fn stop(&mut self, _context: &CoreContext) {
+            self.end();
         }
     }
 }

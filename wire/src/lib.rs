@@ -15,6 +15,8 @@ pub mod limits;
 mod model;
 pub mod proto;
 pub mod shm;
+mod status;
 
 pub use hash::{key_hash, shard_for_key};
 pub use model::*;
+pub use status::{Code, Status};

@@ -279,37 +279,6 @@ pub enum Response {
     Error(Error),
 }
 
-impl Response {
-    /// The status code of this answer.
-    pub fn status(&self) -> Status {
-        match self {
-            Response::NotFound => Status::NotFound,
-            Response::NotStored => Status::NotStored,
-            Response::VersionMismatch { .. } => Status::VersionMismatch,
-            Response::Error(error) => error.status(),
-            _ => Status::Ok,
-        }
-    }
-}
-
-/// Status codes, stable across every transport (numbers are part of the protocol).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Status {
-    Ok = 0,
-    NotFound = 1,
-    /// A queue or table limit was hit; retry later.
-    Full = 2,
-    Timeout = 3,
-    VersionMismatch = 4,
-    /// Any other failure; the message says which.
-    Error = 5,
-    OutOfMemory = 6,
-    InvalidArgument = 7,
-    NotStored = 8,
-    ShuttingDown = 9,
-}
-
 /// Why an operation failed. Every variant's message says what to change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -340,24 +309,6 @@ pub enum Error {
     /// A queue is momentarily full (for example the write-ahead log's buffer while the disk
     /// catches up); nothing was changed, retry later.
     Busy(String),
-}
-
-impl Error {
-    pub fn status(&self) -> Status {
-        match self {
-            Error::OutOfMemory { .. } => Status::OutOfMemory,
-            Error::KeyTooLarge { .. }
-            | Error::ValueTooLarge { .. }
-            | Error::NotAnInteger
-            | Error::Overflow
-            | Error::InvalidArgument(_) => Status::InvalidArgument,
-            Error::UnknownSubscriber(_) => Status::NotFound,
-            Error::TooManySubscribers { .. } => Status::Full,
-            Error::ShuttingDown => Status::ShuttingDown,
-            Error::PersistenceOff | Error::Storage(_) => Status::Error,
-            Error::Busy(_) => Status::Full,
-        }
-    }
 }
 
 impl fmt::Display for Error {

@@ -17,7 +17,7 @@ use std::future::poll_fn;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use compio::buf::BufResult;
 use compio::io::{AsyncWriteAt, AsyncWriteAtExt};
@@ -30,7 +30,7 @@ use veddb_persist::EntryLimits;
 use veddb_shard::{Change, Shard, StoredEntry};
 use veddb_wire::{Error, Request, Response};
 
-use super::{unix_ms, yield_now, CoreContext, ReplyTo};
+use super::{yield_now, CoreContext, ReplyTo};
 use crate::persist::{sync_dir, Faults, FsStorage};
 
 /// Entries a snapshot takes from the shard per step (between steps the core serves requests).
@@ -296,7 +296,7 @@ impl CoreContext {
                 self.settle(settled);
                 progressed = true;
             }
-            let request = log.writer.borrow_mut().poll_fsync(unix_ms());
+            let request = log.writer.borrow_mut().poll_fsync(self.0.clock.unix_ms());
             if let Some(request) = request {
                 log.fsyncs.set(log.fsyncs.get() + 1);
                 let injected = match log.faults.fail_fsync {
@@ -345,7 +345,8 @@ impl CoreContext {
             }
             match deadline {
                 Some(at) => {
-                    let timeout = Duration::from_millis(at.saturating_sub(unix_ms()).max(1));
+                    let timeout =
+                        Duration::from_millis(at.saturating_sub(self.0.clock.unix_ms()).max(1));
                     let sleep = std::pin::pin!(compio::time::sleep(timeout));
                     let kicked = std::pin::pin!(log.log_task.wait());
                     let _ = select(kicked, sleep).await;
@@ -414,8 +415,8 @@ impl CoreContext {
         log.writer.borrow_mut().close();
         log.log_task.kick();
         log.snapshot_task.kick();
-        let started = Instant::now();
-        while !log.log_task_done.get() && started.elapsed() < CLOSE_TIMEOUT {
+        let started = self.monotonic();
+        while !log.log_task_done.get() && self.monotonic().duration_since(started) < CLOSE_TIMEOUT {
             compio::time::sleep(Duration::from_millis(1)).await;
         }
         if !log.log_task_done.get() {
@@ -438,15 +439,15 @@ impl CoreContext {
     /// `--snapshot-interval` when the log grew since the last one.
     pub(super) async fn run_snapshots(self) {
         let log = self.log();
-        let mut last = Instant::now();
+        let mut last = self.monotonic();
         loop {
             match log.snapshot_interval {
                 Some(interval) => {
-                    let due = interval.saturating_sub(last.elapsed());
+                    let due = interval.saturating_sub(self.monotonic().duration_since(last));
                     let sleep = std::pin::pin!(compio::time::sleep(due));
                     let kicked = std::pin::pin!(log.snapshot_task.wait());
                     if let Either::Right(_) = select(kicked, sleep).await {
-                        last = Instant::now();
+                        last = self.monotonic();
                         let grew =
                             log.writer.borrow().last_sequence() > log.snapshot_sequence.get();
                         if !grew || log.closing.get() {
@@ -460,9 +461,9 @@ impl CoreContext {
                 return;
             }
             let waiters: Vec<ReplyTo> = log.snapshot_waiters.borrow_mut().drain(..).collect();
-            let started = Instant::now();
+            let started = self.monotonic();
             let result = self.write_snapshot().await;
-            last = Instant::now();
+            last = self.monotonic();
             let response = match result {
                 Ok((sequence, entries, bytes)) => {
                     tracing::info!(
@@ -470,7 +471,7 @@ impl CoreContext {
                         sequence,
                         entries,
                         bytes,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        elapsed_ms = self.monotonic().duration_since(started).as_millis() as u64,
                         "snapshot written"
                     );
                     log.snapshot_sequence.set(sequence);
@@ -528,7 +529,7 @@ impl CoreContext {
             shard_count: log.shard_count,
             sequence,
             version_clock,
-            created_at_ms: unix_ms(),
+            created_at_ms: self.0.clock.unix_ms(),
         };
         let name = header.name();
         let temporary = log.dir.join(name.temporary());

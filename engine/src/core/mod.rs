@@ -7,18 +7,22 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, select};
 use veddb_shard::{merge_scan_pages, ScanPage, Shard};
 use veddb_wire::{limits, Error, Info, Request, Response, Route, SubscriberId};
 
+use crate::clock::Clock;
 use crate::config::{EXPIRY_BATCH_MAX, PARK_TIMEOUT_MAX};
 use crate::doorbell::Doorbell;
 use crate::ring::{Consumer, Producer};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 
 mod log;
+mod source;
+
+pub use source::CoreSource;
 
 pub(crate) use log::{restore_shard, CoreLog, CoreLogConfig};
 
@@ -71,6 +75,7 @@ pub(crate) struct CoreWiring {
     pub inbound: Vec<Option<(Consumer<RequestMessage>, Producer<ResponseMessage>)>>,
     pub external: Receiver<External>,
     pub cores: Arc<[CoreShared]>,
+    pub clock: std::sync::Arc<dyn Clock>,
 }
 
 enum Slot {
@@ -232,6 +237,10 @@ struct State {
     stopped: Cell<bool>,
     /// Persistence (`--data-dir`): this shard's write-ahead log and snapshots.
     log: Option<CoreLog>,
+    /// Where time comes from.
+    clock: std::sync::Arc<dyn Clock>,
+    /// What frontends bring into this core's loop (taken out while they are polled).
+    sources: RefCell<Vec<Box<dyn CoreSource>>>,
 }
 
 /// A handle to the core the current task runs on. Cheap to clone; not `Send` (it lives on its
@@ -239,14 +248,13 @@ struct State {
 #[derive(Clone)]
 pub struct CoreContext(Rc<State>);
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl CoreContext {
-    pub(crate) fn new(wiring: CoreWiring, shard: Shard, log: Option<CoreLog>) -> Self {
+    pub(crate) fn new(
+        wiring: CoreWiring,
+        shard: Shard,
+        log: Option<CoreLog>,
+        sources: Vec<Box<dyn CoreSource>>,
+    ) -> Self {
         let CoreWiring {
             index,
             shard_count,
@@ -255,6 +263,7 @@ impl CoreContext {
             inbound,
             external,
             cores,
+            clock,
         } = wiring;
         let outbound = outbound
             .into_iter()
@@ -296,13 +305,15 @@ impl CoreContext {
             inbound,
             external,
             cores,
-            now_ms: Cell::new(unix_ms()),
+            now_ms: Cell::new(clock.unix_ms()),
             dirty: RefCell::new(Vec::new()),
             fetch_waiters: RefCell::new(HashMap::new()),
             fetch_deadlines: RefCell::new(BTreeSet::new()),
             polling: Cell::new(false),
             stopped: Cell::new(false),
             log,
+            clock,
+            sources: RefCell::new(sources),
         }))
     }
 
@@ -311,14 +322,31 @@ impl CoreContext {
         self.0.index
     }
 
+    /// Whether this core's loop has ended (the engine is stopping and its runtime is dropping
+    /// the remaining tasks): nothing spawned now would run.
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.get()
+    }
+
     /// Number of cores (and shards) in the engine.
     pub fn shard_count(&self) -> u32 {
         self.0.shard_count
     }
 
-    /// The coarse clock (ms since the Unix epoch) the shards see.
+    /// The coarse clock (ms since the Unix epoch) the shards see: read once per round of the
+    /// core's loop (and by [`refresh_clock`](Self::refresh_clock)).
     pub fn now_ms(&self) -> u64 {
         self.0.now_ms.get()
+    }
+
+    /// The engine's monotonic clock, read now (for intervals and deadlines).
+    pub fn monotonic(&self) -> Instant {
+        self.0.clock.monotonic()
+    }
+
+    /// The engine's clock (for a frontend's threads off the core, such as an accept loop).
+    pub fn clock(&self) -> &std::sync::Arc<dyn Clock> {
+        &self.0.clock
     }
 
     /// Runs `f` on this core's own shard (for diagnostics and in-process benchmarks).
@@ -380,7 +408,7 @@ impl CoreContext {
     /// is parked (the loop refreshes it every round): `execute` calls this itself; callers of
     /// [`try_execute_local`](Self::try_execute_local) call it first.
     pub fn refresh_clock(&self) {
-        self.0.now_ms.set(unix_ms());
+        self.0.now_ms.set(self.0.clock.unix_ms());
     }
 
     /// Runs `request` at once, without a future, when this core owns it and can answer it
@@ -783,10 +811,10 @@ impl CoreContext {
     /// to our forwarded requests, timers. Returns how many items it handled.
     fn poll_inbound(&self) -> usize {
         let state = &self.0;
-        let now = unix_ms();
+        let now = state.clock.unix_ms();
         state.now_ms.set(now);
         state.polling.set(true);
-        let mut work = 0;
+        let mut work = self.poll_sources();
 
         // Requests from threads outside the engine.
         if state.cores[state.index as usize]
@@ -890,9 +918,50 @@ impl CoreContext {
         work
     }
 
+    /// Polls the frontends' sources, one round each. They are taken out while they run, so a
+    /// request they run may do anything with the core (but add a source).
+    fn poll_sources(&self) -> usize {
+        let mut sources = std::mem::take(&mut *self.0.sources.borrow_mut());
+        if sources.is_empty() {
+            return 0;
+        }
+        let work = sources.iter_mut().map(|source| source.poll(self)).sum();
+        let mut slot = self.0.sources.borrow_mut();
+        debug_assert!(slot.is_empty(), "a source was added while sources ran");
+        *slot = sources;
+        work
+    }
+
+    /// Tells every source the core is about to park (`true`) or is awake (`false`).
+    fn park_sources(&self, parking: bool) {
+        for source in self.0.sources.borrow_mut().iter_mut() {
+            if parking {
+                source.prepare_park();
+            } else {
+                source.cancel_park();
+            }
+        }
+    }
+
+    /// Whether a source's producer woke the parked core (and registers `cx` with every source).
+    fn poll_source_wakes(&self, cx: &mut Context<'_>) -> bool {
+        let mut woken = false;
+        for source in self.0.sources.borrow_mut().iter_mut() {
+            woken |= source.poll_wake(cx).is_ready();
+        }
+        woken
+    }
+
     /// Whether anything is waiting for `poll_inbound` (read without taking it).
     fn has_inbound(&self) -> bool {
         let state = &self.0;
+        if state
+            .sources
+            .try_borrow()
+            .is_ok_and(|sources| sources.iter().any(|source| source.has_work()))
+        {
+            return true;
+        }
         if state.cores[state.index as usize]
             .external_pending
             .load(Ordering::SeqCst)
@@ -950,11 +1019,12 @@ impl CoreContext {
                 yield_now().await;
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.0.spin {
+            let now = self.monotonic();
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) < self.0.spin {
                 // A short busy-wait without a syscall, then let the runtime poll its I/O.
-                let until = Instant::now() + Duration::from_micros(2);
-                while !self.has_inbound() && Instant::now() < until {
+                let until = now + Duration::from_micros(2);
+                while !self.has_inbound() && self.monotonic() < until {
                     std::hint::spin_loop();
                 }
                 yield_now().await;
@@ -968,8 +1038,16 @@ impl CoreContext {
             let sleep = std::pin::pin!(compio::time::sleep(timeout));
             let _ = select(park, sleep).await;
             self.0.cores[self.0.index as usize].doorbell.cancel_park();
+            self.park_sources(false);
             idle_since = None;
         }
+        // Stopping: the sources end their sessions first (they may still ask the core to run
+        // clean-up requests, answered below like every other waiting call).
+        let mut sources = std::mem::take(&mut *self.0.sources.borrow_mut());
+        for source in sources.iter_mut() {
+            source.stop(&self);
+        }
+        drop(sources);
         // Stopping: drain the log (held answers are released as it settles), then answer
         // what still waits so no caller hangs.
         if self.0.log.is_some() {
@@ -1077,14 +1155,24 @@ impl Future for Park {
         let doorbell = &state.cores[state.index as usize].doorbell;
         if self.armed {
             // Woken (or polled again by `select`): re-arm unless there is work.
-            if !doorbell.is_parked() || context.has_inbound() || context.stop_requested() {
+            if !doorbell.is_parked()
+                || context.poll_source_wakes(cx)
+                || context.has_inbound()
+                || context.stop_requested()
+            {
                 doorbell.cancel_park();
                 return Poll::Ready(());
             }
         }
         doorbell.prepare_park(cx.waker());
+        if !self.armed {
+            // `prepare_park` fenced after the doorbell's flag; the sources' flags get their
+            // own fence before the re-check below.
+            context.park_sources(true);
+            crate::sync::fence(Ordering::SeqCst);
+        }
         self.armed = true;
-        if context.has_inbound() || context.stop_requested() {
+        if context.has_inbound() || context.stop_requested() || context.poll_source_wakes(cx) {
             doorbell.cancel_park();
             return Poll::Ready(());
         }

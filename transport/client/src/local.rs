@@ -681,9 +681,7 @@ impl LocalConnection {
             }
             Ok(Answer::Response(Response::Error(error))) => {
                 self.pins.unpin(core);
-                Err(ClientError::Status(veddb_wire::grpc::status_of_error(
-                    &error,
-                )))
+                Err(ClientError::Status(error.status()))
             }
             Ok(Answer::Response(other)) => {
                 self.pins.unpin(core);

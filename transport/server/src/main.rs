@@ -326,8 +326,7 @@ fn main() -> ExitCode {
         local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
         local_config.session_timeout = Duration::from_secs(args.session_timeout);
         local_config.value_bytes_max = config.shard.value_bytes_max;
-        local_config.spin = Duration::from_micros(args.spin_us);
-        match veddb_transport::local::prepare(&local_config, config.cores) {
+        match veddb_transport::local::prepare(&local_config, config.cores, config.clock.clone()) {
             Ok(prepared) => Some(prepared),
             Err(error) => {
                 tracing::error!(%error, "cannot create the shared-memory instance");
@@ -339,7 +338,7 @@ fn main() -> ExitCode {
     };
     let mut config = config;
     if let Some(prepared) = &local {
-        config.shard_setup = Some(prepared.shard_setup());
+        config.core_setup.push(prepared.core_setup());
     }
     let engine = match Engine::start(config.clone()) {
         Ok(engine) => engine,
@@ -505,7 +504,12 @@ fn repair(config: &EngineConfig) -> ExitCode {
     };
     let limits =
         veddb_persist::EntryLimits::new(config.shard.key_bytes_max, config.shard.value_bytes_max);
-    match veddb_engine::persist::repair(&persistence.dir, config.cores as u32, limits) {
+    match veddb_engine::persist::repair(
+        &persistence.dir,
+        config.cores as u32,
+        limits,
+        &*config.clock,
+    ) {
         Ok(actions) if actions.is_empty() => {
             println!(
                 "{}: nothing to repair (every log reads cleanly)",

@@ -49,7 +49,7 @@
 //! the segment, whose last drop (on any thread) retires the block through a mutex-protected pending
 //! queue that the core drains in `reclaim`.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -130,16 +130,49 @@ impl ArenaBlock {
     }
 }
 
-/// What other threads need: the segment and the pending-retire queue.
+/// What other threads need: the segment, where blocks may be, and the pending-retire queue.
 #[derive(Debug)]
 struct Shared {
     seg: Arc<Segment>,
     layout: ArenaLayout,
-    /// Blocks retired (with their retire epoch) and not yet seen by `reclaim`.
+    max_log2: u32,
+    /// The bump pointer as last published by the arena's core (Release after a carve): every
+    /// block below it was carved, so its header is the arena's.
+    carved: AtomicUsize,
+    /// Blocks retired (with their retire epoch) and not yet seen by `reclaim`. Locked when a
+    /// value's last `Bytes` drops (on whichever thread drops it) and when the core reclaims:
+    /// never on the read path.
     pending: Mutex<Vec<(u64, ArenaBlock)>>,
 }
 
 impl Shared {
+    /// See [`ArenaLocator::locate`].
+    fn locate(&self, bytes: &Bytes) -> Option<(u64, u64)> {
+        let seg = &self.seg;
+        let l = &self.layout;
+        let base = seg.as_ptr() as usize;
+        let value_off = (bytes.as_ptr() as usize).checked_sub(base)?;
+        let block_off = value_off.checked_sub(BLOCK_HEADER_BYTES)?;
+        let rel = block_off.checked_sub(l.offset)?;
+        let carved = self.carved.load(Ordering::Acquire);
+        if rel >= carved || !rel.is_multiple_of(MIN_BLOCK_BYTES) {
+            return None;
+        }
+        let class = seg.load_u32(block_off + SIZE_CLASS_OFFSET, Ordering::Acquire);
+        if !(MIN_LOG2..=self.max_log2).contains(&class) || !rel.is_multiple_of(1usize << class) {
+            return None;
+        }
+        let len = seg.load_u32(block_off + VALUE_LEN_OFFSET, Ordering::Acquire) as usize;
+        if len != bytes.len() || BLOCK_HEADER_BYTES + len > 1usize << class {
+            return None;
+        }
+        if rel + (1usize << class) > carved {
+            return None;
+        }
+        let generation = seg.load_u64(block_off + GENERATION_OFFSET, Ordering::Acquire);
+        Some((value_off as u64, generation))
+    }
+
     fn epoch(&self) -> u64 {
         self.seg
             .load_u64(self.layout.epoch_offset, Ordering::Acquire)
@@ -174,6 +207,29 @@ impl ArenaRetirer {
     /// As [`Arena::retire`].
     pub fn retire(&self, block: ArenaBlock) {
         self.shared.retire(block);
+    }
+}
+
+/// Finds values in an arena from any thread, without touching the arena itself (which stays
+/// on its core): a core answering with another core's value (a gathered MGET) asks that core's
+/// locator. Lock-free: it reads the block headers, which the arena wrote before the value's
+/// `Bytes` was handed out.
+#[derive(Clone, Debug)]
+pub struct ArenaLocator {
+    shared: Arc<Shared>,
+}
+
+impl ArenaLocator {
+    /// As [`Arena::locate`].
+    pub fn locate(&self, bytes: &Bytes) -> Option<(u64, u64)> {
+        self.shared.locate(bytes)
+    }
+
+    /// Whether `bytes` points into this arena's segment at all (cheap: two comparisons).
+    pub fn contains(&self, bytes: &Bytes) -> bool {
+        let base = self.shared.seg.as_ptr() as usize;
+        let address = bytes.as_ptr() as usize;
+        address >= base && address < base + self.shared.seg.len()
     }
 }
 
@@ -266,6 +322,8 @@ impl Arena {
             shared: Arc::new(Shared {
                 seg,
                 layout,
+                max_log2,
+                carved: AtomicUsize::new(0),
                 pending: Mutex::new(Vec::new()),
             }),
             base: layout.offset,
@@ -324,6 +382,10 @@ impl Arena {
             p += b;
         }
         self.bump = start + size;
+        // The new block's header is written after this store, before its value is handed
+        // out; a locator reads it only through a `Bytes` of that value (which carries the
+        // happens-before), so Relaxed would do; Release keeps the bound monotonic to readers.
+        self.shared.carved.store(self.bump, Ordering::Release);
         Some((self.base + start) as u64)
     }
 
@@ -438,28 +500,14 @@ impl Arena {
     /// start of a block in the region and its length the block's value length): then the value's
     /// segment offset and the block's generation, for a reader in another process.
     pub fn locate(&self, bytes: &Bytes) -> Option<(u64, u64)> {
-        let seg = &self.shared.seg;
-        let l = &self.shared.layout;
-        let base = seg.as_ptr() as usize;
-        let value_off = (bytes.as_ptr() as usize).checked_sub(base)?;
-        let block_off = value_off.checked_sub(BLOCK_HEADER_BYTES)?;
-        let rel = block_off.checked_sub(l.offset)?;
-        if rel >= self.bump || !rel.is_multiple_of(MIN_BLOCK_BYTES) {
-            return None;
+        self.shared.locate(bytes)
+    }
+
+    /// A handle that finds this arena's values from any thread (see [`ArenaLocator`]).
+    pub fn locator(&self) -> ArenaLocator {
+        ArenaLocator {
+            shared: Arc::clone(&self.shared),
         }
-        let class = seg.load_u32(block_off + SIZE_CLASS_OFFSET, Ordering::Acquire);
-        if !(MIN_LOG2..=self.max_log2).contains(&class) || !rel.is_multiple_of(1usize << class) {
-            return None;
-        }
-        let len = seg.load_u32(block_off + VALUE_LEN_OFFSET, Ordering::Acquire) as usize;
-        if len != bytes.len() || BLOCK_HEADER_BYTES + len > 1usize << class {
-            return None;
-        }
-        if rel + (1usize << class) > self.bump {
-            return None;
-        }
-        let generation = seg.load_u64(block_off + GENERATION_OFFSET, Ordering::Acquire);
-        Some((value_off as u64, generation))
     }
 
     /// Counters: see [`ArenaStats`].

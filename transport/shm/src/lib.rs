@@ -41,8 +41,8 @@ mod fdpass;
 mod process;
 
 pub use arena::{
-    Arena, ArenaBlock, ArenaLayout, ArenaRetirer, ArenaStats, ArenaValue, BLOCK_HEADER_BYTES,
-    MIN_BLOCK_BYTES,
+    Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaValue,
+    BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
 };
 pub use ring::{
     ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingMemory, RingProducer,

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::seam::{self, Started, Subscriptions};
+
 use bytes::{Bytes, BytesMut};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use futures_util::future::{select, Either};
@@ -22,7 +24,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method as HttpMethod, StatusCode}
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use veddb_engine::CoreContext;
 use veddb_h2io::TcpIo;
-use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
+use veddb_wire::grpc::{self as map, Deframer, Method};
+use veddb_wire::{Code, Status};
 use veddb_wire::{Request, Response};
 
 use super::GrpcConfig;
@@ -303,35 +306,6 @@ fn finish(stream: &mut SendStream<Bytes>, status: &Status) {
     let _ = stream.send_trailers(trailers);
 }
 
-fn ok() -> Status {
-    Status {
-        code: Code::Ok,
-        message: String::new(),
-    }
-}
-
-fn status(code: Code, message: impl Into<String>) -> Status {
-    Status {
-        code,
-        message: message.into(),
-    }
-}
-
-fn frame_error_status(error: FrameError) -> Status {
-    match error {
-        FrameError::TooLarge { length, limit } => status(
-            Code::ResourceExhausted,
-            format!("message of {length} bytes is over the limit of {limit} bytes"),
-        ),
-        FrameError::Compressed => status(
-            Code::Unimplemented,
-            "compressed messages are not supported (grpc-accept-encoding: identity)",
-        ),
-        FrameError::BadFlag(flag) => status(Code::Internal, format!("bad message flag {flag}")),
-        FrameError::Truncated => status(Code::Internal, "the request ended inside a message"),
-    }
-}
-
 /// Sends `data`, waiting for HTTP/2 send window as needed (a client that does not read stalls
 /// only its own stream).
 async fn send_all(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
@@ -369,7 +343,7 @@ fn until<F: Future>(
 }
 
 fn deadline_status() -> Status {
-    status(
+    Status::new(
         Code::DeadlineExceeded,
         "the deadline (grpc-timeout) expired",
     )
@@ -389,9 +363,9 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
             }
         }
         deframer.push_bytes(&chunk);
-        while let Some(next) = deframer.next().map_err(|e| Some(frame_error_status(e)))? {
+        while let Some(next) = deframer.next().map_err(|e| Some(Status::from(e)))? {
             if message.is_some() {
-                return Err(Some(status(
+                return Err(Some(Status::new(
                     Code::Internal,
                     "more than one request message for a unary call",
                 )));
@@ -399,8 +373,8 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
             message = Some(next);
         }
     }
-    deframer.finish().map_err(|e| Some(frame_error_status(e)))?;
-    message.ok_or_else(|| Some(status(Code::Internal, "no request message")))
+    deframer.finish().map_err(|e| Some(Status::from(e)))?;
+    message.ok_or_else(|| Some(Status::new(Code::Internal, "no request message")))
 }
 
 async fn handle_stream(
@@ -436,7 +410,7 @@ async fn handle_stream(
         *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
         status_headers(
             response.headers_mut(),
-            &status(
+            &Status::new(
                 Code::Internal,
                 format!("content-type {content_type:?} is not application/grpc"),
             ),
@@ -447,7 +421,7 @@ async fn handle_stream(
     let Some(method) = Method::from_path(parts.uri.path()) else {
         trailers_only(
             &mut respond,
-            &status(
+            &Status::new(
                 Code::Unimplemented,
                 format!("unknown method {}", parts.uri.path()),
             ),
@@ -458,7 +432,7 @@ async fn handle_stream(
         if encoding != "identity" {
             trailers_only(
                 &mut respond,
-                &status(
+                &Status::new(
                     Code::Unimplemented,
                     format!("message encoding {encoding:?} is not supported; use identity"),
                 ),
@@ -469,14 +443,14 @@ async fn handle_stream(
     if shared.shutting_down.load(Ordering::Relaxed) && method != Method::HealthCheck {
         trailers_only(
             &mut respond,
-            &status(Code::Unavailable, "the server is shutting down"),
+            &Status::new(Code::Unavailable, "the server is shutting down"),
         );
         return;
     }
     let deadline = timeout
         .and_then(|v| v.to_str().ok())
         .and_then(map::grpc_timeout)
-        .map(|timeout| Instant::now() + timeout);
+        .map(|timeout| context.monotonic() + timeout);
     let limit = shared.config.message_bytes_max;
     match method {
         // Boxed: the streaming calls' futures are large, and inline they would make every
@@ -495,7 +469,7 @@ async fn handle_stream(
                 Err(error) => trailers_only(&mut respond, &error),
                 Ok(service) if !map::health_service_known(&service) => trailers_only(
                     &mut respond,
-                    &status(Code::NotFound, format!("unknown service {service:?}")),
+                    &Status::new(Code::NotFound, format!("unknown service {service:?}")),
                 ),
                 Ok(_) => {
                     let serving = !shared.shutting_down.load(Ordering::Relaxed);
@@ -524,7 +498,7 @@ async fn respond_message(respond: &mut SendResponse<Bytes>, message: Vec<u8>, li
     if message.len() > limit {
         return trailers_only(
             respond,
-            &status(
+            &Status::new(
                 Code::ResourceExhausted,
                 format!(
                     "response of {} bytes is over the limit of {limit} bytes",
@@ -547,10 +521,10 @@ async fn respond_framed(respond: &mut SendResponse<Bytes>, framed: Vec<u8>) {
         // A small answer is handed to h2 whole, without reserving send window first: h2 keeps
         // it until the client's window allows, and a stream holds at most this much.
         if stream.send_data(Bytes::from(framed), false).is_ok() {
-            finish(&mut stream, &ok());
+            finish(&mut stream, &Status::ok());
         }
     } else if send_all(&mut stream, Bytes::from(framed)).await.is_ok() {
-        finish(&mut stream, &ok());
+        finish(&mut stream, &Status::ok());
     }
 }
 
@@ -587,9 +561,15 @@ async fn unary(
     if !clock_fresh.get() {
         context.refresh_clock();
     }
-    let response = match context.try_execute_local(request) {
-        Ok(response) => response,
-        Err(request) => match until(deadline, Box::pin(context.execute(request))).await {
+    let mut request = Some(request);
+    let started = poll_fn(|cx| {
+        let request = request.take().expect("polled once: Ready at once");
+        Poll::Ready(seam::start(context, request, cx))
+    })
+    .await;
+    let response = match started {
+        Started::Answered(response) => response,
+        Started::Waiting(future) => match until(deadline, future).await {
             Ok(response) => response,
             Err(()) => return trailers_only(&mut respond, &deadline_status()),
         },
@@ -694,12 +674,12 @@ async fn batch(
             return;
         }
         if let Some(error) = failed {
-            return finish(&mut stream, &frame_error_status(error));
+            return finish(&mut stream, &Status::from(error));
         }
     }
     match deframer.finish() {
-        Ok(()) => finish(&mut stream, &ok()),
-        Err(error) => finish(&mut stream, &frame_error_status(error)),
+        Ok(()) => finish(&mut stream, &Status::ok()),
+        Err(error) => finish(&mut stream, &Status::from(error)),
     }
 }
 
@@ -746,22 +726,15 @@ fn start_batch_op<'a>(
         }
     };
     let key = map::request_key(&request);
-    let response = match context.try_execute_local(request) {
-        Ok(response) => response,
-        Err(request) => {
-            let mut future: Pin<Box<dyn Future<Output = Response> + 'a>> =
-                Box::pin(context.execute(request));
-            match future.as_mut().poll(cx) {
-                Poll::Ready(response) => response,
-                Poll::Pending => {
-                    waiting.push(Answer::Waiting {
-                        method,
-                        key,
-                        future,
-                    });
-                    return;
-                }
-            }
+    let response = match seam::start(context, request, cx) {
+        Started::Answered(response) => response,
+        Started::Waiting(future) => {
+            waiting.push(Answer::Waiting {
+                method,
+                key,
+                future,
+            });
+            return;
         }
     };
     if waiting.is_empty() {
@@ -796,21 +769,23 @@ async fn subscribe(
     };
     let mut subscribe = Request::Subscribe { topic };
     subscribe.detach_kept();
-    let subscriber = match context.execute(subscribe).await {
+    // Whatever ends the stream (the client, the deadline, a dropped connection, which drops
+    // this task), the subscription goes with it.
+    let mut held = Subscriptions::new(context);
+    let answer = context.execute(subscribe).await;
+    held.note(&answer);
+    let subscriber = match answer {
         Response::Subscribed { subscriber } => subscriber,
-        Response::Error(error) => {
-            return trailers_only(&mut respond, &map::status_of_error(&error))
-        }
+        Response::Error(error) => return trailers_only(&mut respond, &seam::error_status(&error)),
         other => {
             return trailers_only(
                 &mut respond,
-                &status(Code::Internal, format!("unexpected answer {other:?}")),
+                &Status::new(Code::Internal, format!("unexpected answer {other:?}")),
             )
         }
     };
     let end = deliver(context, subscriber, respond, deadline, limit).await;
-    // Whatever ended the stream, the subscription goes with it.
-    let _ = context.execute(Request::Unsubscribe { subscriber }).await;
+    held.close();
     if let Some((mut stream, status)) = end {
         finish(&mut stream, &status);
     }
@@ -834,7 +809,7 @@ async fn deliver(
         if !backoff.is_zero() {
             compio::time::sleep(backoff).await;
         }
-        let asked = Instant::now();
+        let asked = context.monotonic();
         let fetch = context.execute(Request::Fetch {
             subscriber,
             max: SUBSCRIBE_FETCH_MESSAGES_MAX,
@@ -851,12 +826,13 @@ async fn deliver(
                 if messages.is_empty() && dropped == 0 {
                     // Answered at once with nothing (the long-poll cap was reached): back off a
                     // little instead of spinning; a real wait resets the back-off.
-                    backoff =
-                        if asked.elapsed() < Duration::from_millis(SUBSCRIBE_FETCH_WAIT_MS / 2) {
-                            (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(50))
-                        } else {
-                            Duration::ZERO
-                        };
+                    backoff = if context.monotonic().duration_since(asked)
+                        < Duration::from_millis(SUBSCRIBE_FETCH_WAIT_MS / 2)
+                    {
+                        (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(50))
+                    } else {
+                        Duration::ZERO
+                    };
                     continue;
                 }
                 backoff = Duration::ZERO;
@@ -876,11 +852,11 @@ async fn deliver(
                     return None;
                 }
             }
-            Response::Error(error) => return Some((stream, map::status_of_error(&error))),
+            Response::Error(error) => return Some((stream, seam::error_status(&error))),
             other => {
                 return Some((
                     stream,
-                    status(Code::Internal, format!("unexpected answer {other:?}")),
+                    Status::new(Code::Internal, format!("unexpected answer {other:?}")),
                 ))
             }
         }

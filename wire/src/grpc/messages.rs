@@ -311,7 +311,7 @@ fn info_response(info: Info) -> pb::InfoResponse {
 
 fn reply(method: Method, request_key: &[u8], response: Response) -> Result<Reply, Status> {
     Ok(match (method, response) {
-        (_, Response::Error(error)) => return Err(status_of_error(&error)),
+        (_, Response::Error(error)) => return Err(error.status()),
         (_, Response::NotFound) => return Err(key_not_found(request_key)),
         (_, Response::VersionMismatch { current }) => {
             return Err(Status::failed_precondition(format!(

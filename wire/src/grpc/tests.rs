@@ -1,4 +1,5 @@
 use super::*;
+use crate::Error;
 use crate::SubscriberId;
 use proptest::prelude::*;
 
@@ -594,7 +595,7 @@ fn failures_map_to_statuses() {
     ];
     for (error, code) in cases {
         let expected = Status::new(code, error.to_string());
-        assert_eq!(status_of_error(&error), expected);
+        assert_eq!(error.status(), expected);
         assert_eq!(
             encode_unary(Method::Incr, b"k", Response::Error(error.clone())),
             Err(expected.clone())
