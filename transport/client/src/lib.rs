@@ -76,7 +76,7 @@ enum Backend {
 /// An engine error as the status a gRPC server would have sent: one error type for both
 /// transports.
 fn refused(error: &veddb_wire::Error) -> ClientError {
-    ClientError::Status(veddb_wire::grpc::status_of_error(error))
+    ClientError::Status(error.status())
 }
 
 impl Client {
