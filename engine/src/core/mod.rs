@@ -9,6 +9,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use futures_util::future::{join_all, select};
 use veddb_shard::{merge_scan_pages, ScanPage, Shard};
 use veddb_wire::{limits, Error, Info, Request, Response, Route, SubscriberId};
@@ -527,125 +529,127 @@ impl CoreContext {
         guard.await
     }
 
+    /// Runs a request that names keys (or shards) of several cores: split by owner, run on
+    /// each, gather the answers into one.
     async fn scatter(&self, request: Request) -> Response {
-        let shard_count = self.0.shard_count;
         match request {
-            Request::MGet { keys } => {
-                if keys.len() > limits::BATCH_KEYS_MAX {
-                    return too_many_keys(keys.len());
-                }
-                let mut groups: Vec<(Vec<usize>, Vec<bytes::Bytes>)> =
-                    (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
-                let total = keys.len();
-                for (position, key) in keys.into_iter().enumerate() {
-                    let group = &mut groups[veddb_wire::shard_for_key(&key, shard_count) as usize];
-                    group.0.push(position);
-                    group.1.push(key);
-                }
-                let mut parts = Vec::new();
-                let mut positions = Vec::new();
-                for (shard, (group_positions, group_keys)) in groups.into_iter().enumerate() {
-                    if !group_keys.is_empty() {
-                        positions.push(group_positions);
-                        parts.push(self.execute_on(shard, Request::MGet { keys: group_keys }));
-                    }
-                }
-                let mut values = vec![None; total];
-                for (response, group_positions) in join_all(parts).await.into_iter().zip(positions)
-                {
-                    match response {
-                        Response::Values(found) => {
-                            for (position, value) in group_positions.into_iter().zip(found) {
-                                values[position] = value;
-                            }
-                        }
-                        other => return other,
-                    }
-                }
-                Response::Values(values)
-            }
-            Request::MSet { pairs } => {
-                if pairs.len() > limits::BATCH_KEYS_MAX {
-                    return too_many_keys(pairs.len());
-                }
-                let mut groups: Vec<Vec<(bytes::Bytes, bytes::Bytes)>> =
-                    (0..shard_count).map(|_| Vec::new()).collect();
-                for (key, value) in pairs {
-                    groups[veddb_wire::shard_for_key(&key, shard_count) as usize]
-                        .push((key, value));
-                }
-                let parts = groups
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, pairs)| !pairs.is_empty())
-                    .map(|(shard, pairs)| self.execute_on(shard, Request::MSet { pairs }));
-                for response in join_all(parts).await {
-                    if response != Response::Ok {
-                        return response;
-                    }
-                }
-                Response::Ok
-            }
+            Request::MGet { keys } => self.scatter_mget(keys).await,
+            Request::MSet { pairs } => self.scatter_mset(pairs).await,
             Request::Scan {
                 cursor,
                 prefix,
                 count,
-            } => {
-                let parts = (0..shard_count as usize).map(|shard| {
-                    self.execute_on(
-                        shard,
-                        Request::Scan {
-                            cursor: cursor.clone(),
-                            prefix: prefix.clone(),
-                            count,
-                        },
-                    )
-                });
-                let mut pages = Vec::with_capacity(shard_count as usize);
-                for response in join_all(parts).await {
-                    match response {
-                        Response::Keys { keys, cursor } => pages.push(ScanPage {
-                            keys,
-                            resume: (!cursor.is_empty()).then_some(cursor),
-                        }),
-                        other => return other,
-                    }
-                }
-                let page = merge_scan_pages(pages, count);
-                Response::Keys {
-                    keys: page.keys,
-                    cursor: page.resume.unwrap_or_default(),
-                }
-            }
-            Request::Info => {
-                let parts =
-                    (0..shard_count as usize).map(|shard| self.execute_on(shard, Request::Info));
-                let mut shards = Vec::with_capacity(shard_count as usize);
-                for response in join_all(parts).await {
-                    match response {
-                        Response::Info(info) => shards.extend(info.shards),
-                        other => return other,
-                    }
-                }
-                shards.sort_by_key(|s| s.shard);
-                Response::Info(Info { shards })
-            }
-            Request::Snapshot => {
-                let parts = (0..shard_count as usize)
-                    .map(|shard| self.execute_on(shard, Request::Snapshot));
-                for response in join_all(parts).await {
-                    if response != Response::Ok {
-                        return response;
-                    }
-                }
-                Response::Ok
-            }
+            } => self.scatter_scan(cursor, prefix, count).await,
+            Request::Info => self.scatter_info().await,
+            Request::Snapshot => self.scatter_all_ok(Request::Snapshot).await,
             other => {
                 debug_assert!(false, "{} does not scatter", other.name());
                 let now = self.now_ms();
                 self.0.shard.borrow_mut().handle(other, now)
             }
         }
+    }
+
+    /// MGET: the keys grouped by owner (remembering their positions), one MGET per owner,
+    /// the values put back in the order asked.
+    async fn scatter_mget(&self, keys: Vec<Bytes>) -> Response {
+        if keys.len() > limits::BATCH_KEYS_MAX {
+            return too_many_keys(keys.len());
+        }
+        let shard_count = self.0.shard_count;
+        let total = keys.len();
+        let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> =
+            (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+        for (position, key) in keys.into_iter().enumerate() {
+            let group = &mut groups[veddb_wire::shard_for_key(&key, shard_count) as usize];
+            group.0.push(position);
+            group.1.push(key);
+        }
+        let mut parts = Vec::new();
+        let mut positions = Vec::new();
+        for (shard, (group_positions, group_keys)) in groups.into_iter().enumerate() {
+            if !group_keys.is_empty() {
+                positions.push(group_positions);
+                parts.push(self.execute_on(shard, Request::MGet { keys: group_keys }));
+            }
+        }
+        let mut values = vec![None; total];
+        for (response, group_positions) in join_all(parts).await.into_iter().zip(positions) {
+            let Response::Values(found) = response else {
+                return response;
+            };
+            for (position, value) in group_positions.into_iter().zip(found) {
+                values[position] = value;
+            }
+        }
+        Response::Values(values)
+    }
+
+    /// MSET: the pairs grouped by owner, one MSET per owner; OK when every owner said OK.
+    async fn scatter_mset(&self, pairs: Vec<(Bytes, Bytes)>) -> Response {
+        if pairs.len() > limits::BATCH_KEYS_MAX {
+            return too_many_keys(pairs.len());
+        }
+        let shard_count = self.0.shard_count;
+        let mut groups: Vec<Vec<(Bytes, Bytes)>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for (key, value) in pairs {
+            groups[veddb_wire::shard_for_key(&key, shard_count) as usize].push((key, value));
+        }
+        let parts = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, pairs)| !pairs.is_empty())
+            .map(|(shard, pairs)| self.execute_on(shard, Request::MSet { pairs }));
+        first_failure(join_all(parts).await)
+    }
+
+    /// SCAN: the same page asked of every shard, the pages merged in key order.
+    async fn scatter_scan(&self, cursor: Bytes, prefix: Bytes, count: u32) -> Response {
+        let parts = (0..self.0.shard_count as usize).map(|shard| {
+            let request = Request::Scan {
+                cursor: cursor.clone(),
+                prefix: prefix.clone(),
+                count,
+            };
+            self.execute_on(shard, request)
+        });
+        let mut pages = Vec::with_capacity(self.0.shard_count as usize);
+        for response in join_all(parts).await {
+            let Response::Keys { keys, cursor } = response else {
+                return response;
+            };
+            pages.push(ScanPage {
+                keys,
+                resume: (!cursor.is_empty()).then_some(cursor),
+            });
+        }
+        let page = merge_scan_pages(pages, count);
+        Response::Keys {
+            keys: page.keys,
+            cursor: page.resume.unwrap_or_default(),
+        }
+    }
+
+    /// INFO: every shard's figures, in shard order.
+    async fn scatter_info(&self) -> Response {
+        let parts =
+            (0..self.0.shard_count as usize).map(|shard| self.execute_on(shard, Request::Info));
+        let mut shards = Vec::with_capacity(self.0.shard_count as usize);
+        for response in join_all(parts).await {
+            let Response::Info(info) = response else {
+                return response;
+            };
+            shards.extend(info.shards);
+        }
+        shards.sort_by_key(|s| s.shard);
+        Response::Info(Info { shards })
+    }
+
+    /// A request every shard runs (SNAPSHOT): OK when every shard said OK.
+    async fn scatter_all_ok(&self, request: Request) -> Response {
+        let parts =
+            (0..self.0.shard_count as usize).map(|shard| self.execute_on(shard, request.clone()));
+        first_failure(join_all(parts).await)
     }
 
     /// Applies a request that routes to this core's shard, answering now or later (a FETCH
@@ -807,104 +811,131 @@ impl CoreContext {
         }
     }
 
-    /// Does one round of the core's own work: external requests, peers' requests, answers
-    /// to our forwarded requests, timers. Returns how many items it handled.
+    /// Does one round of the core's work: the frontends' sources, external requests, peers'
+    /// requests, answers to our forwarded requests, timers. Returns how many items it handled.
     fn poll_inbound(&self) -> usize {
         let state = &self.0;
         let now = state.clock.unix_ms();
         state.now_ms.set(now);
         state.polling.set(true);
         let mut work = self.poll_sources();
-
-        // Requests from threads outside the engine.
-        if state.cores[state.index as usize]
-            .external_pending
-            .load(Ordering::Acquire)
-            != 0
-        {
-            while let Ok(job) = state.external.try_recv() {
-                state.cores[state.index as usize]
-                    .external_pending
-                    .fetch_sub(1, Ordering::AcqRel);
-                work += 1;
-                match job {
-                    External::Call { request, reply } => {
-                        let context = self.clone();
-                        compio::runtime::spawn(async move {
-                            let response = context.execute(request).await;
-                            let _ = reply.send(response);
-                        })
-                        .detach();
-                    }
-                    External::Run(function) => function(self.clone()),
-                }
-            }
-        }
-
-        // Requests from peers, and answers to ours.
+        work += self.take_external();
         for peer in 0..state.shard_count as usize {
-            if let Some(link) = state.inbound[peer].as_ref() {
-                let depth = {
-                    let mut link = link.borrow_mut();
-                    while let Some(message) = link.stalled.pop_front() {
-                        if let Err(message) = link.responses.push(message) {
-                            link.stalled.push_front(message);
-                            break;
-                        }
-                        self.0.dirty.borrow_mut().push(peer);
-                    }
-                    link.responses.capacity()
-                };
-                // At most one ring's worth per peer per round, for fairness between peers.
-                for _ in 0..depth {
-                    let Some(message) = link.borrow_mut().requests.pop() else {
-                        break;
-                    };
-                    work += 1;
-                    state.shard.borrow_mut().note_forwarded();
-                    self.serve(
-                        message.request,
-                        ReplyTo::Peer {
-                            peer,
-                            id: message.id,
-                        },
-                    );
+            work += self.serve_peer(peer);
+            work += self.collect_answers(peer);
+        }
+        self.ring_answered_peers();
+        work += self.fire_timers(now);
+        state.polling.set(false);
+        work
+    }
+
+    /// Requests from threads outside the engine ([`Engine::call`](crate::Engine::call),
+    /// [`Engine::run_on`](crate::Engine::run_on)).
+    fn take_external(&self) -> usize {
+        let state = &self.0;
+        let me = &state.cores[state.index as usize];
+        if me.external_pending.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let mut work = 0;
+        while let Ok(job) = state.external.try_recv() {
+            me.external_pending.fetch_sub(1, Ordering::AcqRel);
+            work += 1;
+            match job {
+                External::Call { request, reply } => {
+                    let context = self.clone();
+                    compio::runtime::spawn(async move {
+                        let response = context.execute(request).await;
+                        let _ = reply.send(response);
+                    })
+                    .detach();
                 }
+                External::Run(function) => function(self.clone()),
             }
-            if let Some(link) = state.outbound[peer].as_ref() {
-                let mut link = link.borrow_mut();
-                while let Some(ResponseMessage { id, response }) = link.responses.pop() {
-                    work += 1;
-                    match std::mem::replace(&mut link.slots[id as usize], Slot::Free) {
-                        Slot::Waiting(waker) => {
-                            link.slots[id as usize] = Slot::Done(response);
-                            if let Some(waker) = waker {
-                                waker.wake();
-                            }
-                        }
-                        Slot::Abandoned => link.release(id),
-                        Slot::Free | Slot::Done(_) => {
-                            debug_assert!(false, "response for slot {id} nobody waits for");
-                            link.release(id);
-                        }
+        }
+        work
+    }
+
+    /// Requests `peer` forwarded to us: answers that found the ring full go first, then at
+    /// most one ring's worth of new requests (fairness between peers).
+    fn serve_peer(&self, peer: usize) -> usize {
+        let state = &self.0;
+        let Some(link) = state.inbound[peer].as_ref() else {
+            return 0;
+        };
+        let depth = {
+            let mut link = link.borrow_mut();
+            while let Some(message) = link.stalled.pop_front() {
+                if let Err(message) = link.responses.push(message) {
+                    link.stalled.push_front(message);
+                    break;
+                }
+                state.dirty.borrow_mut().push(peer);
+            }
+            link.responses.capacity()
+        };
+        let mut work = 0;
+        for _ in 0..depth {
+            let Some(message) = link.borrow_mut().requests.pop() else {
+                break;
+            };
+            work += 1;
+            state.shard.borrow_mut().note_forwarded();
+            let reply = ReplyTo::Peer {
+                peer,
+                id: message.id,
+            };
+            self.serve(message.request, reply);
+        }
+        work
+    }
+
+    /// Answers `peer` sent to our forwarded requests: each into its slot, its task woken.
+    fn collect_answers(&self, peer: usize) -> usize {
+        let Some(link) = self.0.outbound[peer].as_ref() else {
+            return 0;
+        };
+        let mut link = link.borrow_mut();
+        let mut work = 0;
+        while let Some(ResponseMessage { id, response }) = link.responses.pop() {
+            work += 1;
+            match std::mem::replace(&mut link.slots[id as usize], Slot::Free) {
+                Slot::Waiting(waker) => {
+                    link.slots[id as usize] = Slot::Done(response);
+                    if let Some(waker) = waker {
+                        waker.wake();
                     }
+                }
+                Slot::Abandoned => link.release(id),
+                Slot::Free | Slot::Done(_) => {
+                    debug_assert!(false, "response for slot {id} nobody waits for");
+                    link.release(id);
                 }
             }
         }
+        work
+    }
 
-        // Wake the peers we answered (one doorbell per peer per round).
+    /// Wakes the peers we answered this round (one doorbell per peer per round).
+    fn ring_answered_peers(&self) {
+        let state = &self.0;
         let mut dirty = state.dirty.borrow_mut();
-        if !dirty.is_empty() {
-            dirty.sort_unstable();
-            dirty.dedup();
-            for &peer in dirty.iter() {
-                state.cores[peer].doorbell.ring();
-            }
-            dirty.clear();
+        if dirty.is_empty() {
+            return;
         }
-        drop(dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &peer in dirty.iter() {
+            state.cores[peer].doorbell.ring();
+        }
+        dirty.clear();
+    }
 
-        // Timers: active expiry and FETCH deadlines.
+    /// Timers that are due: active expiry (bounded per round) and FETCH deadlines.
+    fn fire_timers(&self, now: u64) -> usize {
+        let state = &self.0;
+        let mut work = 0;
         let due = state
             .shard
             .borrow()
@@ -913,9 +944,7 @@ impl CoreContext {
         if due {
             work += state.shard.borrow_mut().expire_due(now, EXPIRY_BATCH_MAX);
         }
-        work += self.expire_fetch_waiters(now);
-        state.polling.set(false);
-        work
+        work + self.expire_fetch_waiters(now)
     }
 
     /// Polls the frontends' sources, one round each. They are taken out while they run, so a
@@ -1078,6 +1107,14 @@ enum After {
     Nothing,
     Publish,
     Unsubscribe(SubscriberId),
+}
+
+/// OK, or the first answer of `responses` that is not.
+fn first_failure(responses: Vec<Response>) -> Response {
+    responses
+        .into_iter()
+        .find(|response| *response != Response::Ok)
+        .unwrap_or(Response::Ok)
 }
 
 fn too_many_keys(count: usize) -> Response {

@@ -377,6 +377,7 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
     message.ok_or_else(|| Some(Status::new(Code::Internal, "no request message")))
 }
 
+/// One stream: its headers checked, then the call run by its method.
 async fn handle_stream(
     context: CoreContext,
     request: http::Request<RecvStream>,
@@ -384,12 +385,75 @@ async fn handle_stream(
     shared: Rc<Shared>,
 ) {
     let shared = &*shared;
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    let call = match check_call(&context, &parts, shared) {
+        Ok(call) => call,
+        Err(refusal) => return refusal.send(&mut respond),
+    };
+    let Call { method, deadline } = call;
+    let limit = shared.config.message_bytes_max;
+    match method {
+        // Boxed: the streaming calls' futures are large, and inline they would make every
+        // unary call's task as large as the largest of them.
+        Method::Batch => Box::pin(batch(&context, body, respond, deadline, limit)).await,
+        Method::Subscribe => Box::pin(subscribe(&context, body, respond, deadline, limit)).await,
+        Method::HealthWatch => Box::pin(health_watch(body, respond, deadline, limit, shared)).await,
+        Method::HealthCheck => health_check(body, respond, deadline, limit, shared).await,
+        _ => {
+            let clock_fresh = &shared.clock_fresh;
+            unary(
+                &context,
+                method,
+                body,
+                respond,
+                deadline,
+                limit,
+                clock_fresh,
+            )
+            .await
+        }
+    }
+}
+
+/// A call whose headers passed: what to run, and until when.
+struct Call {
+    method: Method,
+    deadline: Option<Instant>,
+}
+
+/// Why a stream is refused before its call runs.
+enum Refusal {
+    /// An HTTP status (not a gRPC request at all), with a gRPC status when one helps.
+    Http(StatusCode, Option<Status>),
+    /// A trailers-only gRPC answer.
+    Grpc(Status),
+}
+
+impl Refusal {
+    fn send(self, respond: &mut SendResponse<Bytes>) {
+        match self {
+            Refusal::Http(code, status) => {
+                let mut response = http::Response::new(());
+                *response.status_mut() = code;
+                if let Some(status) = status {
+                    status_headers(response.headers_mut(), &status);
+                }
+                let _ = respond.send_response(response, true);
+            }
+            Refusal::Grpc(status) => trailers_only(respond, &status),
+        }
+    }
+}
+
+/// Checks a stream's request headers: POST, a gRPC content type, a known method, no
+/// compression, a server not shutting down (health checks excepted); reads `grpc-timeout`.
+fn check_call(
+    context: &CoreContext,
+    parts: &http::request::Parts,
+    shared: &Shared,
+) -> Result<Call, Refusal> {
     if parts.method != HttpMethod::POST {
-        let mut response = http::Response::new(());
-        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        let _ = respond.send_response(response, true);
-        return;
+        return Err(Refusal::Http(StatusCode::METHOD_NOT_ALLOWED, None));
     }
     // The three request headers a call looks at, in one pass (no hashing of names).
     let (mut content_type, mut encoding, mut timeout) = (None, None, None);
@@ -406,89 +470,59 @@ async fn handle_stream(
         || content_type.starts_with("application/grpc+")
         || content_type.starts_with("application/grpc;"))
     {
-        let mut response = http::Response::new(());
-        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        status_headers(
-            response.headers_mut(),
-            &Status::new(
-                Code::Internal,
-                format!("content-type {content_type:?} is not application/grpc"),
-            ),
+        let status = Status::new(
+            Code::Internal,
+            format!("content-type {content_type:?} is not application/grpc"),
         );
-        let _ = respond.send_response(response, true);
-        return;
+        return Err(Refusal::Http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some(status),
+        ));
     }
     let Some(method) = Method::from_path(parts.uri.path()) else {
-        trailers_only(
-            &mut respond,
-            &Status::new(
-                Code::Unimplemented,
-                format!("unknown method {}", parts.uri.path()),
-            ),
-        );
-        return;
+        let message = format!("unknown method {}", parts.uri.path());
+        return Err(Refusal::Grpc(Status::new(Code::Unimplemented, message)));
     };
     if let Some(encoding) = encoding.and_then(|v| v.to_str().ok()) {
         if encoding != "identity" {
-            trailers_only(
-                &mut respond,
-                &Status::new(
-                    Code::Unimplemented,
-                    format!("message encoding {encoding:?} is not supported; use identity"),
-                ),
-            );
-            return;
+            let message = format!("message encoding {encoding:?} is not supported; use identity");
+            return Err(Refusal::Grpc(Status::new(Code::Unimplemented, message)));
         }
     }
     if shared.shutting_down.load(Ordering::Relaxed) && method != Method::HealthCheck {
-        trailers_only(
-            &mut respond,
-            &Status::new(Code::Unavailable, "the server is shutting down"),
-        );
-        return;
+        let status = Status::new(Code::Unavailable, "the server is shutting down");
+        return Err(Refusal::Grpc(status));
     }
     let deadline = timeout
         .and_then(|v| v.to_str().ok())
         .and_then(map::grpc_timeout)
         .map(|timeout| context.monotonic() + timeout);
-    let limit = shared.config.message_bytes_max;
-    match method {
-        // Boxed: the streaming calls' futures are large, and inline they would make every
-        // unary call's task as large as the largest of them.
-        Method::Batch => Box::pin(batch(&context, body, respond, deadline, limit)).await,
-        Method::Subscribe => Box::pin(subscribe(&context, body, respond, deadline, limit)).await,
-        Method::HealthWatch => Box::pin(health_watch(body, respond, deadline, limit, shared)).await,
-        Method::HealthCheck => {
-            let message = match until(deadline, read_one(&mut body, limit)).await {
-                Err(()) => return trailers_only(&mut respond, &deadline_status()),
-                Ok(Err(None)) => return,
-                Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
-                Ok(Ok(message)) => message,
-            };
-            match map::decode_health(message) {
-                Err(error) => trailers_only(&mut respond, &error),
-                Ok(service) if !map::health_service_known(&service) => trailers_only(
-                    &mut respond,
-                    &Status::new(Code::NotFound, format!("unknown service {service:?}")),
-                ),
-                Ok(_) => {
-                    let serving = !shared.shutting_down.load(Ordering::Relaxed);
-                    respond_message(&mut respond, map::encode_health(serving), limit).await;
-                }
-            }
-        }
-        _ => {
-            let clock_fresh = &shared.clock_fresh;
-            unary(
-                &context,
-                method,
-                body,
-                respond,
-                deadline,
-                limit,
-                clock_fresh,
-            )
-            .await
+    Ok(Call { method, deadline })
+}
+
+/// `Health/Check`: SERVING unless the server is shutting down; unknown services NOT_FOUND.
+async fn health_check(
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    limit: usize,
+    shared: &Shared,
+) {
+    let message = match until(deadline, read_one(&mut body, limit)).await {
+        Err(()) => return trailers_only(&mut respond, &deadline_status()),
+        Ok(Err(None)) => return,
+        Ok(Err(Some(error))) => return trailers_only(&mut respond, &error),
+        Ok(Ok(message)) => message,
+    };
+    match map::decode_health(message) {
+        Err(error) => trailers_only(&mut respond, &error),
+        Ok(service) if !map::health_service_known(&service) => trailers_only(
+            &mut respond,
+            &Status::new(Code::NotFound, format!("unknown service {service:?}")),
+        ),
+        Ok(_) => {
+            let serving = !shared.shutting_down.load(Ordering::Relaxed);
+            respond_message(&mut respond, map::encode_health(serving), limit).await;
         }
     }
 }
