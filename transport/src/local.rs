@@ -67,6 +67,64 @@ impl LocalConfig {
     }
 }
 
+/// The shared-memory frontend as the server binary drives it (see [`crate::Frontend`]): the
+/// instance is created by [`prepare`] (before the engine starts, since every core's shard
+/// keeps its values in it), started with the engine.
+pub struct LocalFrontendHandle {
+    name: String,
+    prepared: Option<Prepared>,
+    running: Option<LocalFrontend>,
+}
+
+impl LocalFrontendHandle {
+    /// Creates the instance (see [`prepare`]).
+    pub fn prepare(
+        config: &LocalConfig,
+        cores: usize,
+        clock: std::sync::Arc<dyn veddb_engine::Clock>,
+    ) -> Result<LocalFrontendHandle, String> {
+        Ok(LocalFrontendHandle {
+            name: config.name.clone(),
+            prepared: Some(prepare(config, cores, clock)?),
+            running: None,
+        })
+    }
+
+    /// Sessions attached now.
+    pub fn sessions(&self) -> usize {
+        self.running.as_ref().map_or(0, LocalFrontend::sessions)
+    }
+}
+
+impl crate::Frontend for LocalFrontendHandle {
+    fn name(&self) -> &'static str {
+        "shared memory"
+    }
+
+    fn core_setup(&self) -> Option<veddb_engine::CoreSetup> {
+        self.prepared.as_ref().map(Prepared::core_setup)
+    }
+
+    fn start(&mut self, engine: &veddb_engine::Engine) -> Result<String, String> {
+        let prepared = self
+            .prepared
+            .take()
+            .ok_or("the shared-memory frontend was started twice")?;
+        self.running = Some(prepared.start(engine)?);
+        Ok(format!(
+            "instance {} ready (veddb-cli --local {})",
+            veddb_wire::shm::layout::instance::path(&self.name),
+            self.name
+        ))
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub use linux::{prepare, LocalFrontend, Prepared};
 

@@ -160,3 +160,46 @@ pub fn start(engine: &Engine, config: GrpcConfig) -> io::Result<GrpcServer> {
         shutting_down,
     })
 }
+
+/// The gRPC frontend as the server binary drives it (see [`crate::Frontend`]).
+pub struct GrpcFrontend {
+    config: GrpcConfig,
+    server: Option<GrpcServer>,
+}
+
+impl GrpcFrontend {
+    pub fn new(config: GrpcConfig) -> GrpcFrontend {
+        GrpcFrontend {
+            config,
+            server: None,
+        }
+    }
+
+    /// The address every core listens on, once started.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(GrpcServer::local_addr)
+    }
+}
+
+impl crate::Frontend for GrpcFrontend {
+    fn name(&self) -> &'static str {
+        "gRPC"
+    }
+
+    fn start(&mut self, engine: &Engine) -> Result<String, String> {
+        let tls = self.config.tls.is_some();
+        let server = start(engine, self.config.clone()).map_err(|error| error.to_string())?;
+        let address = server.local_addr();
+        self.server = Some(server);
+        Ok(format!(
+            "listening on {address} on every core{}",
+            if tls { " (TLS)" } else { "" }
+        ))
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(server) = &self.server {
+            server.begin_shutdown();
+        }
+    }
+}
