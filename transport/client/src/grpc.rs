@@ -158,7 +158,22 @@ impl GrpcConnection {
     /// Runs one call whose whole request stream is `framed` (messages with their prefixes).
     async fn call_framed(&self, path: &str, framed: Vec<u8>) -> Result<Vec<Bytes>, ClientError> {
         let (response, mut stream) = self.start(path).await?;
-        Self::send_framed(&mut stream, framed, true).await?;
+        let sent = Self::send_framed(&mut stream, framed, true).await;
+        let received = self.receive_response(response).await;
+        match (sent, received) {
+            // The server may end the call before reading the whole request (a message over its
+            // limit): its status says why, better than the failed send.
+            (_, Err(ClientError::Status(status))) => Err(ClientError::Status(status)),
+            (Err(error), _) => Err(error),
+            (Ok(()), received) => received,
+        }
+    }
+
+    /// The response messages of a call, or its status.
+    async fn receive_response(
+        &self,
+        response: h2::client::ResponseFuture,
+    ) -> Result<Vec<Bytes>, ClientError> {
         let response = response.await.map_err(ClientError::from_h2)?;
         let (parts, mut body) = response.into_parts();
         check_http(&parts)?;
