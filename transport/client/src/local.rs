@@ -19,7 +19,7 @@ use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
 #[cfg(target_os = "linux")]
 use veddb_wire::shm::layout::{attach, instance};
 use veddb_wire::shm::layout::{data_segment, reason, ring_segment};
-use veddb_wire::{Request, Response, Route};
+use veddb_wire::{limits, Request, Response, Route};
 
 use crate::ClientError;
 
@@ -360,10 +360,20 @@ impl LocalConnection {
         let target = &self.cores[core];
         let max = target.requests.borrow().ring().max_payload();
         if payload.len() > max {
+            // A batch over the protocol's key limit is refused as the engine refuses it on
+            // every transport, whatever its size.
+            if let Some(keys) = batch_keys(request).filter(|&keys| keys > limits::BATCH_KEYS_MAX) {
+                return Err(ClientError::Status(veddb_wire::grpc::status_of_error(
+                    &veddb_wire::Error::InvalidArgument(format!(
+                        "{keys} keys in one request; the maximum is {}",
+                        limits::BATCH_KEYS_MAX
+                    )),
+                )));
+            }
             return Err(ClientError::Status(veddb_wire::grpc::Status::new(
                 veddb_wire::grpc::Code::ResourceExhausted,
                 format!(
-                    "INVALID_ARGUMENT: a request of {} bytes is larger than this session's \
+                    "RESOURCE_EXHAUSTED: a request of {} bytes is larger than this session's \
                      {max}-byte frames; send it over gRPC or in smaller parts",
                     payload.len()
                 ),
@@ -694,6 +704,15 @@ impl LocalConnection {
                 Err(error)
             }
         }
+    }
+}
+
+/// The keys of a multi-key request (MGET, MSET).
+fn batch_keys(request: &Request) -> Option<usize> {
+    match request {
+        Request::MGet { keys } => Some(keys.len()),
+        Request::MSet { pairs } => Some(pairs.len()),
+        _ => None,
     }
 }
 
