@@ -738,8 +738,7 @@ fn run_veddb(config: &FanOut, target: VeddbTarget, topic: String) -> Result<Vec<
             let mut subscription = client
                 .subscribe(topic.clone())
                 .map_err(|error| format!("subscribe: {error}"))?;
-            // The subscription is in place once `subscribe` returns (gRPC consumes the
-            // confirmation itself; local hands it out as the first event).
+            // The subscription is in place once `subscribe` returns, whatever the transport.
             recorder.ready();
             loop {
                 match subscription.next() {

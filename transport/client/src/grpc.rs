@@ -1,7 +1,11 @@
-//! An async gRPC connection to a VedDB server, on h2 over compio.
+//! gRPC to a VedDB server, on h2 over compio: [`GrpcConnection`] (async, for programs that
+//! run on compio) and [`GrpcTransport`] (the same connection on a private runtime: the blocking
+//! [`Transport`] behind [`crate::Client::connect_grpc`]).
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::pin;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use compio::net::TcpStream;
@@ -13,7 +17,7 @@ use veddb_wire::grpc::{self as map, Code, Deframer, Method, Status};
 use veddb_wire::grpc_client::{self as client_map, SubscribeEvent};
 use veddb_wire::{Info, Request, Response};
 
-use crate::ClientError;
+use crate::{ClientError, Received, Transport, TransportSubscription};
 
 /// `messages` one after another, each with its gRPC prefix.
 fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
@@ -158,7 +162,22 @@ impl GrpcConnection {
     /// Runs one call whose whole request stream is `framed` (messages with their prefixes).
     async fn call_framed(&self, path: &str, framed: Vec<u8>) -> Result<Vec<Bytes>, ClientError> {
         let (response, mut stream) = self.start(path).await?;
-        Self::send_framed(&mut stream, framed, true).await?;
+        let sent = Self::send_framed(&mut stream, framed, true).await;
+        let received = self.receive_response(response).await;
+        match (sent, received) {
+            // The server may end the call before reading the whole request (a message over its
+            // limit): its status says why, better than the failed send.
+            (_, Err(ClientError::Status(status))) => Err(ClientError::Status(status)),
+            (Err(error), _) => Err(error),
+            (Ok(()), received) => received,
+        }
+    }
+
+    /// The response messages of a call, or its status.
+    async fn receive_response(
+        &self,
+        response: h2::client::ResponseFuture,
+    ) -> Result<Vec<Bytes>, ClientError> {
         let response = response.await.map_err(ClientError::from_h2)?;
         let (parts, mut body) = response.into_parts();
         check_http(&parts)?;
@@ -366,4 +385,117 @@ fn status_of(headers: &HeaderMap<HeaderValue>) -> Option<Status> {
         Code::from_i32(code).unwrap_or(Code::Unknown),
         message,
     ))
+}
+
+/// A [`GrpcConnection`] with a compio runtime of its own, which runs each call to completion:
+/// the blocking gRPC [`Transport`]. The connection makes progress only inside a call.
+pub struct GrpcTransport {
+    runtime: compio::runtime::Runtime,
+    connection: GrpcConnection,
+}
+
+impl GrpcTransport {
+    /// Connects to a server's gRPC port (`host:port`).
+    pub fn connect(address: &str) -> Result<GrpcTransport, ClientError> {
+        let address: SocketAddr = address
+            .to_socket_addrs()
+            .map_err(ClientError::Io)?
+            .next()
+            .ok_or_else(|| ClientError::Protocol(format!("{address} resolves to no address")))?;
+        let runtime = compio::runtime::Runtime::new().map_err(ClientError::Io)?;
+        let connection = runtime.block_on(GrpcConnection::connect(address))?;
+        Ok(GrpcTransport {
+            runtime,
+            connection,
+        })
+    }
+
+    /// The async connection underneath (its calls run only inside [`GrpcTransport::block_on`]).
+    pub fn connection(&self) -> &GrpcConnection {
+        &self.connection
+    }
+
+    /// Runs `future` on this transport's runtime, which also drives the connection meanwhile.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        self.block_on(self.connection.execute(request))
+    }
+
+    fn execute_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
+        self.block_on(self.connection.execute_many(requests))
+    }
+
+    fn subscribe(&self, topic: Bytes) -> Result<Box<dyn TransportSubscription + '_>, ClientError> {
+        let subscription = self.block_on(self.connection.subscribe(topic))?;
+        Ok(Box::new(BlockingSubscription {
+            transport: self,
+            subscription: Some(subscription),
+        }))
+    }
+}
+
+/// A [`Subscription`] read by blocking calls on its [`GrpcTransport`]'s runtime.
+struct BlockingSubscription<'a> {
+    transport: &'a GrpcTransport,
+    /// `None` once the server ended the stream.
+    subscription: Option<Subscription>,
+}
+
+impl TransportSubscription for BlockingSubscription<'_> {
+    fn receive(&mut self, timeout: Duration) -> Result<Received, ClientError> {
+        let Some(subscription) = self.subscription.as_mut() else {
+            return Ok(Received::Ended);
+        };
+        // `Subscription::next` may be abandoned at its awaits (h2 keeps what was not read; the
+        // deframer holds only whole chunks), so a timeout loses nothing.
+        let event = match Instant::now().checked_add(timeout) {
+            // Too far away to be a deadline: no timeout.
+            None => Some(self.transport.block_on(subscription.next())),
+            Some(_) => self.transport.block_on(async {
+                let next = pin!(subscription.next());
+                let sleep = pin!(compio::time::sleep(timeout));
+                // `select` polls `next` first: a message already here wins over a zero timeout.
+                match futures_util::future::select(next, sleep).await {
+                    futures_util::future::Either::Left((event, _)) => Some(event),
+                    futures_util::future::Either::Right(_) => None,
+                }
+            }),
+        };
+        match event {
+            None => Ok(Received::Timeout),
+            Some(None) => {
+                self.subscription = None;
+                Ok(Received::Ended)
+            }
+            Some(Some(Ok(SubscribeEvent::Message { message, dropped }))) => {
+                Ok(Received::Message { message, dropped })
+            }
+            Some(Some(Ok(SubscribeEvent::Subscribed))) => Err(ClientError::Protocol(
+                "a second subscription confirmation on one stream".into(),
+            )),
+            Some(Some(Err(error))) => Err(error),
+        }
+    }
+}
+
+impl Drop for BlockingSubscription<'_> {
+    /// Cancels the stream (the server unsubscribes). The connection only runs inside a call, so
+    /// make one (a ping, whose frames follow the cancellation) to get the cancellation to the
+    /// server now.
+    fn drop(&mut self) {
+        if let Some(subscription) = self.subscription.take() {
+            drop(subscription);
+            let _ = self
+                .transport
+                .block_on(self.transport.connection.execute(Request::Ping));
+        }
+    }
 }

@@ -1,21 +1,21 @@
 //! `veddb-client`: the Rust client library of VedDB.
 //!
-//! [`Client`] is the blocking API (one per thread): each call runs on a private compio
-//! runtime, so nothing else is needed. [`grpc::GrpcConnection`] is the async API underneath,
-//! for programs that already run on compio and want many calls in flight. Requests and answers
-//! are the engine's own [`veddb_wire::Request`] and [`veddb_wire::Response`]; the typed helpers
-//! (`get`, `set`, ...) wrap them.
-//!
-//! Transports: shared memory for clients on the server's machine ([`Client::connect_local`],
+//! [`Client`] is the blocking API (one per thread). It reaches the server through a
+//! [`Transport`]: shared memory for clients on the server's machine ([`Client::connect_local`],
 //! [`local::LocalConnection`], with zero-copy reads through [`local::LocalConnection::get_view`])
-//! and gRPC for remote ones ([`Client::connect_grpc`]). Both run the same calls.
+//! or gRPC for remote ones ([`Client::connect_grpc`], [`grpc::GrpcTransport`]: a
+//! [`grpc::GrpcConnection`] driven by a private compio runtime). [`grpc::GrpcConnection`] is also
+//! the async API, for programs that already run on compio and want many calls in flight.
+//! Requests and answers are the engine's own [`veddb_wire::Request`] and
+//! [`veddb_wire::Response`]; the typed helpers (`get`, `set`, ...) wrap them, written once on top
+//! of [`Transport`], so every transport runs the same calls with the same errors.
 #![forbid(unsafe_code)]
 
 pub mod grpc;
 pub mod local;
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use bytes::Bytes;
 use veddb_wire::grpc::Status;
@@ -31,7 +31,9 @@ pub enum ClientError {
     Io(std::io::Error),
     /// The server answered something this client does not understand, or the connection broke.
     Protocol(String),
-    /// The server answered with a gRPC status (its code and message say why).
+    /// The server refused the request with a gRPC status (its code and message say why). Engine
+    /// errors come as the status [`veddb_wire::Error::status`] gives them, whatever the
+    /// transport; a transport's own limit (a frame or message too large) is a status too.
     Status(Status),
 }
 
@@ -41,6 +43,26 @@ impl ClientError {
             return ClientError::Io(std::io::Error::new(io.kind(), io.to_string()));
         }
         ClientError::Protocol(error.to_string())
+    }
+
+    /// An answer that does not fit the request (a server or client defect).
+    fn unexpected(response: Response) -> ClientError {
+        ClientError::Protocol(format!("unexpected answer {response:?}"))
+    }
+
+    /// The status code, when the server (or a transport limit) refused the request.
+    pub fn code(&self) -> Option<veddb_wire::grpc::Code> {
+        match self {
+            ClientError::Status(status) => Some(status.code),
+            ClientError::Io(_) | ClientError::Protocol(_) => None,
+        }
+    }
+}
+
+/// An engine error as the status a gRPC server sends for it: one error for every transport.
+impl From<veddb_wire::Error> for ClientError {
+    fn from(error: veddb_wire::Error) -> ClientError {
+        ClientError::Status(error.status())
     }
 }
 
@@ -60,72 +82,126 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// One way of reaching a VedDB server: the seam between [`Client`] and the wire.
+///
+/// A transport carries requests and subscriptions, nothing else: every typed call of
+/// [`Client`] (`get`, `set`, `incr`, `mget`, `publish`, `info`, `snapshot`, ...) is written once,
+/// on top of these methods. **A new transport (QUIC, say) is added by implementing this one
+/// trait** — [`execute`](Transport::execute), [`execute_many`](Transport::execute_many) and
+/// [`subscribe`](Transport::subscribe) — and handing it to [`Client::from_transport`]; the
+/// conformance suite (`transport/server/tests/conformance.rs`) then runs every client-visible
+/// behaviour through it after one more line in its list of transports.
+///
+/// The contract every implementation keeps:
+/// - an engine error ([`Response::Error`]) is never an `Ok` answer: it is
+///   `Err(ClientError::Status)` with the status of [`veddb_wire::Error::status`]
+///   (`ClientError::from(error)`), so callers see the same code whatever the transport;
+/// - a request over one of the transport's own limits (its largest frame or message) is
+///   `Err(ClientError::Status)` with RESOURCE_EXHAUSTED, and the connection stays usable;
+/// - [`Request::Info`] and [`Request::Snapshot`] run through [`execute`](Transport::execute)
+///   like any other request (a transport with dedicated calls for them routes them there).
+///
+/// Implementations are used from one thread (`Client` is not `Send`), so they may hold
+/// `!Send` state such as a runtime.
+pub trait Transport {
+    /// Runs one request and waits for its answer.
+    fn execute(&self, request: Request) -> Result<Response, ClientError>;
+
+    /// Runs several requests pipelined (all sent before any answer is awaited); one result per
+    /// request, in order. The outer error is a failure of the whole exchange (the connection
+    /// broke, or the transport refused the batch as such); each inner one is that request's.
+    fn execute_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError>;
+
+    /// Subscribes to `topic`; returns once the subscription is in place on the server, so a
+    /// message published after this returns is delivered. Dropping the returned subscription
+    /// unsubscribes; so does closing the connection.
+    fn subscribe(&self, topic: Bytes) -> Result<Box<dyn TransportSubscription + '_>, ClientError>;
+
+    /// The shared-memory connection underneath, for zero-copy reads. `None` (the default) for
+    /// every transport that has none.
+    fn local(&self) -> Option<&local::LocalConnection> {
+        None
+    }
+}
+
+/// A subscription made through a [`Transport`]. Dropping it unsubscribes.
+pub trait TransportSubscription {
+    /// Waits up to `timeout` for the next message (`Duration::ZERO` only takes one already
+    /// there). Once [`Received::Ended`] is returned, every later call returns it too.
+    fn receive(&mut self, timeout: Duration) -> Result<Received, ClientError>;
+}
+
+/// What waiting on a subscription gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A published message, oldest first. `dropped`: messages of this subscription that were
+    /// lost just before this one to the slow-subscriber policy (its queue on the server is
+    /// bounded and drops its oldest messages when full), so the receiver knows the size of the
+    /// gap.
+    Message { message: Bytes, dropped: u64 },
+    /// Nothing arrived within the timeout; the subscription is still in place.
+    Timeout,
+    /// The server ended the subscription; nothing more will arrive.
+    Ended,
+}
+
 /// A blocking client. Not `Send`: keep one per thread.
 pub struct Client {
-    backend: Backend,
+    transport: Box<dyn Transport>,
 }
 
-enum Backend {
-    Grpc {
-        runtime: compio::runtime::Runtime,
-        connection: grpc::GrpcConnection,
-    },
-    Local(local::LocalConnection),
-}
-
-/// An engine error as the status a gRPC server would have sent: one error type for both
-/// transports.
-fn refused(error: &veddb_wire::Error) -> ClientError {
-    ClientError::Status(error.status())
+/// What a CAS did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Written; the key's new version.
+    Stored { version: u64 },
+    /// The key's version was not the expected one (or, for expected version 0, the key exists);
+    /// its current version.
+    VersionMismatch { current: u64 },
+    /// The key does not exist (and the expected version was not 0).
+    NotFound,
 }
 
 impl Client {
     /// Connects to a server's gRPC port (`host:port`).
     pub fn connect_grpc(address: &str) -> Result<Client, ClientError> {
-        let address: SocketAddr = address
-            .to_socket_addrs()
-            .map_err(ClientError::Io)?
-            .next()
-            .ok_or_else(|| ClientError::Protocol(format!("{address} resolves to no address")))?;
-        let runtime = compio::runtime::Runtime::new().map_err(ClientError::Io)?;
-        let connection = runtime.block_on(grpc::GrpcConnection::connect(address))?;
-        Ok(Client {
-            backend: Backend::Grpc {
-                runtime,
-                connection,
-            },
-        })
+        Ok(Client::from_transport(grpc::GrpcTransport::connect(
+            address,
+        )?))
     }
 
     /// Attaches to a local instance by name (`veddb-server --create --name NAME`) through
     /// shared memory.
     pub fn connect_local(name: &str) -> Result<Client, ClientError> {
-        Ok(Client {
-            backend: Backend::Local(local::LocalConnection::connect(name)?),
-        })
+        Ok(Client::from_transport(local::LocalConnection::connect(
+            name,
+        )?))
+    }
+
+    /// A client over any [`Transport`].
+    pub fn from_transport(transport: impl Transport + 'static) -> Client {
+        Client {
+            transport: Box::new(transport),
+        }
+    }
+
+    /// The transport this client talks through.
+    pub fn transport(&self) -> &dyn Transport {
+        &*self.transport
     }
 
     /// The shared-memory connection, when this client is local (for zero-copy reads).
     pub fn local(&self) -> Option<&local::LocalConnection> {
-        match &self.backend {
-            Backend::Local(connection) => Some(connection),
-            Backend::Grpc { .. } => None,
-        }
+        self.transport.local()
     }
 
     /// Runs any request. An engine error comes back as `Err(ClientError::Status)`, whatever
     /// the transport.
     pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
-        match &self.backend {
-            Backend::Grpc {
-                runtime,
-                connection,
-            } => runtime.block_on(connection.execute(request)),
-            Backend::Local(connection) => match connection.execute(request)? {
-                Response::Error(error) => Err(refused(&error)),
-                response => Ok(response),
-            },
-        }
+        self.transport.execute(request)
     }
 
     /// Runs several requests pipelined; one result per request, in order.
@@ -133,30 +209,13 @@ impl Client {
         &self,
         requests: Vec<Request>,
     ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
-        match &self.backend {
-            Backend::Grpc {
-                runtime,
-                connection,
-            } => runtime.block_on(connection.execute_many(requests)),
-            Backend::Local(connection) => Ok(connection
-                .execute_many(&requests)?
-                .into_iter()
-                .map(|response| match response {
-                    Response::Error(error) => Err(refused(&error)),
-                    response => Ok(response),
-                })
-                .collect()),
-        }
-    }
-
-    fn unexpected(response: Response) -> ClientError {
-        ClientError::Protocol(format!("unexpected answer {response:?}"))
+        self.transport.execute_many(requests)
     }
 
     pub fn ping(&self) -> Result<(), ClientError> {
         match self.execute(Request::Ping)? {
             Response::Pong => Ok(()),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -165,7 +224,7 @@ impl Client {
         match self.execute(Request::Get { key: key.into() })? {
             Response::Value { value, version } => Ok(Some((value, version))),
             Response::NotFound => Ok(None),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -183,7 +242,7 @@ impl Client {
         })? {
             Response::Stored { version } => Ok(Some(version)),
             Response::NotStored => Ok(None),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -191,7 +250,29 @@ impl Client {
     pub fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
         match self.execute(Request::Delete { key: key.into() })? {
             Response::Bool(existed) => Ok(existed),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// Writes `value` only if the key's version is `expected_version` (0: only if the key is
+    /// absent). The key's expiry is kept unless `ttl_ms` is given.
+    pub fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected_version: u64,
+        value: impl Into<Bytes>,
+        ttl_ms: Option<u64>,
+    ) -> Result<CasOutcome, ClientError> {
+        match self.execute(Request::Cas {
+            key: key.into(),
+            expected_version,
+            value: value.into(),
+            ttl_ms,
+        })? {
+            Response::Stored { version } => Ok(CasOutcome::Stored { version }),
+            Response::VersionMismatch { current } => Ok(CasOutcome::VersionMismatch { current }),
+            Response::NotFound => Ok(CasOutcome::NotFound),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -202,14 +283,70 @@ impl Client {
             delta,
         })? {
             Response::Integer { value, .. } => Ok(value),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// Sets the key's time to live (0 expires it at once); whether the key existed.
+    pub fn expire(&self, key: impl Into<Bytes>, ttl_ms: u64) -> Result<bool, ClientError> {
+        match self.execute(Request::Expire {
+            key: key.into(),
+            ttl_ms,
+        })? {
+            Response::Bool(existed) => Ok(existed),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// Removes the key's expiry; whether there was one.
+    pub fn persist(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        match self.execute(Request::Persist { key: key.into() })? {
+            Response::Bool(removed) => Ok(removed),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
     pub fn ttl(&self, key: impl Into<Bytes>) -> Result<Ttl, ClientError> {
         match self.execute(Request::Ttl { key: key.into() })? {
             Response::Ttl(ttl) => Ok(ttl),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// The value and version of each key, in order (`None` where missing).
+    pub fn mget(&self, keys: Vec<Bytes>) -> Result<Vec<Option<(Bytes, u64)>>, ClientError> {
+        let count = keys.len();
+        match self.execute(Request::MGet { keys })? {
+            Response::Values(values) if values.len() == count => Ok(values),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// Writes every pair; atomic per shard, not across shards (see the MSET rationale in
+    /// docs/ARCHITECTURE.md).
+    pub fn mset(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), ClientError> {
+        match self.execute(Request::MSet { pairs })? {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    /// One page of the keys after `cursor` (empty: from the start) that start with `prefix`, at
+    /// most `count` (0: the server's default), in byte order; and the cursor of the next page,
+    /// empty when the scan is complete.
+    pub fn scan(
+        &self,
+        cursor: impl Into<Bytes>,
+        prefix: impl Into<Bytes>,
+        count: u32,
+    ) -> Result<(Vec<Bytes>, Bytes), ClientError> {
+        match self.execute(Request::Scan {
+            cursor: cursor.into(),
+            prefix: prefix.into(),
+            count,
+        })? {
+            Response::Keys { keys, cursor } => Ok((keys, cursor)),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -224,20 +361,15 @@ impl Client {
             message: message.into(),
         })? {
             Response::Published { receivers } => Ok(receivers),
-            other => Err(Self::unexpected(other)),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
+    /// Statistics of every shard.
     pub fn info(&self) -> Result<Info, ClientError> {
-        match &self.backend {
-            Backend::Grpc {
-                runtime,
-                connection,
-            } => runtime.block_on(connection.info()),
-            Backend::Local(_) => match self.execute(Request::Info)? {
-                Response::Info(info) => Ok(info),
-                other => Err(Self::unexpected(other)),
-            },
+        match self.execute(Request::Info)? {
+            Response::Info(info) => Ok(info),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
@@ -246,135 +378,64 @@ impl Client {
     /// FAILED_PRECONDITION when the server runs without `--data-dir`, INTERNAL for a disk
     /// error (the message names the file), UNAVAILABLE when busy or stopping (retry later).
     pub fn snapshot(&self) -> Result<(), ClientError> {
-        match &self.backend {
-            Backend::Grpc {
-                runtime,
-                connection,
-            } => runtime.block_on(connection.snapshot()),
-            Backend::Local(_) => match self.execute(Request::Snapshot)? {
-                Response::Ok => Ok(()),
-                other => Err(Self::unexpected(other)),
-            },
+        match self.execute(Request::Snapshot)? {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::unexpected(other)),
         }
     }
 
-    /// Subscribes to `topic`; iterate the result for messages.
+    /// Subscribes to `topic`; returns once the subscription is in place. Iterate the result
+    /// for messages, or wait with a timeout through [`BlockingSubscription::receive`].
     pub fn subscribe(
         &self,
         topic: impl Into<Bytes>,
     ) -> Result<BlockingSubscription<'_>, ClientError> {
-        let inner = match &self.backend {
-            Backend::Grpc {
-                runtime,
-                connection,
-            } => Subscription::Grpc(Some(runtime.block_on(connection.subscribe(topic.into()))?)),
-            Backend::Local(_) => match self.execute(Request::Subscribe {
-                topic: topic.into(),
-            })? {
-                Response::Subscribed { subscriber } => Subscription::Local {
-                    subscriber,
-                    pending: std::collections::VecDeque::from([SubscribeEvent::Subscribed]),
-                },
-                other => return Err(Self::unexpected(other)),
-            },
-        };
         Ok(BlockingSubscription {
-            client: self,
-            inner,
+            inner: self.transport.subscribe(topic.into())?,
         })
     }
 }
 
-/// How long one FETCH of a local subscription waits on the server.
-const LOCAL_FETCH_WAIT_MS: u64 = 1000;
-/// Messages one FETCH of a local subscription takes.
-const LOCAL_FETCH_MAX: u32 = 256;
+/// How long one wait of [`BlockingSubscription`]'s iterator lasts before it waits again.
+const ITERATOR_WAIT: Duration = Duration::from_secs(60);
 
-/// A subscription read by blocking calls.
+/// A subscription read by blocking calls; dropping it unsubscribes.
+///
+/// As an iterator it yields [`SubscribeEvent::Message`] for every message and ends when the
+/// server ends the subscription. (`SubscribeEvent::Subscribed` is never yielded: the
+/// subscription is in place once [`Client::subscribe`] returns.)
 pub struct BlockingSubscription<'a> {
-    client: &'a Client,
-    inner: Subscription,
+    inner: Box<dyn TransportSubscription + 'a>,
 }
 
-enum Subscription {
-    Grpc(Option<grpc::Subscription>),
-    /// Long polls (FETCH with a wait) on the topic's core, through the rings.
-    Local {
-        subscriber: veddb_wire::SubscriberId,
-        pending: std::collections::VecDeque<SubscribeEvent>,
-    },
+impl BlockingSubscription<'_> {
+    /// Waits up to `timeout` for the next message.
+    pub fn receive(&mut self, timeout: Duration) -> Result<Received, ClientError> {
+        self.inner.receive(timeout)
+    }
 }
 
-impl Drop for BlockingSubscription<'_> {
-    /// Cancels the subscription. gRPC: the connection only runs inside a call, so make one (a
-    /// ping, whose frames follow the cancellation) to get the cancellation to the server now.
-    fn drop(&mut self) {
-        match (&mut self.inner, &self.client.backend) {
-            (
-                Subscription::Grpc(subscription),
-                Backend::Grpc {
-                    runtime,
-                    connection,
-                },
-            ) => {
-                drop(subscription.take());
-                let _ = runtime.block_on(connection.execute(Request::Ping));
-            }
-            (Subscription::Local { subscriber, .. }, _) => {
-                let _ = self.client.execute(Request::Unsubscribe {
-                    subscriber: *subscriber,
-                });
-            }
-            _ => {}
-        }
+impl fmt::Debug for BlockingSubscription<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingSubscription")
+            .finish_non_exhaustive()
     }
 }
 
 impl Iterator for BlockingSubscription<'_> {
     type Item = Result<SubscribeEvent, ClientError>;
 
-    /// The next message, blocking; `None` when the server ended the stream.
+    /// The next message, blocking; `None` when the server ended the subscription.
     fn next(&mut self) -> Option<Self::Item> {
-        match (&mut self.inner, &self.client.backend) {
-            (Subscription::Grpc(subscription), Backend::Grpc { runtime, .. }) => {
-                let subscription = subscription.as_mut()?;
-                runtime.block_on(subscription.next())
+        loop {
+            match self.inner.receive(ITERATOR_WAIT) {
+                Ok(Received::Message { message, dropped }) => {
+                    return Some(Ok(SubscribeEvent::Message { message, dropped }))
+                }
+                Ok(Received::Timeout) => {}
+                Ok(Received::Ended) => return None,
+                Err(error) => return Some(Err(error)),
             }
-            (
-                Subscription::Local {
-                    subscriber,
-                    pending,
-                },
-                _,
-            ) => loop {
-                if let Some(event) = pending.pop_front() {
-                    return Some(Ok(event));
-                }
-                match self.client.execute(Request::Fetch {
-                    subscriber: *subscriber,
-                    max: LOCAL_FETCH_MAX,
-                    wait_ms: LOCAL_FETCH_WAIT_MS,
-                }) {
-                    Ok(Response::Messages { messages, dropped }) => {
-                        let mut dropped = dropped;
-                        for message in messages {
-                            pending.push_back(SubscribeEvent::Message {
-                                message,
-                                dropped: std::mem::take(&mut dropped),
-                            });
-                        }
-                    }
-                    Ok(other) => return Some(Err(Self::unexpected(other))),
-                    Err(error) => return Some(Err(error)),
-                }
-            },
-            _ => None,
         }
-    }
-}
-
-impl BlockingSubscription<'_> {
-    fn unexpected(response: Response) -> ClientError {
-        ClientError::Protocol(format!("unexpected answer {response:?}"))
     }
 }

@@ -8,7 +8,7 @@
 //! a [`ValueView`] or a request needs it, and the server honours it for its view lease.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,9 +19,9 @@ use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
 #[cfg(target_os = "linux")]
 use veddb_wire::shm::layout::{attach, instance};
 use veddb_wire::shm::layout::{data_segment, reason, ring_segment};
-use veddb_wire::{Request, Response, Route};
+use veddb_wire::{limits, Request, Response, Route, SubscriberId};
 
-use crate::ClientError;
+use crate::{ClientError, Received, Transport, TransportSubscription};
 
 #[cfg(target_os = "linux")]
 use veddb_shm::{futex_wait, recv_with_fds, ByteRing, EventFd};
@@ -360,10 +360,19 @@ impl LocalConnection {
         let target = &self.cores[core];
         let max = target.requests.borrow().ring().max_payload();
         if payload.len() > max {
+            // A batch over the protocol's key limit is refused as the engine refuses it on
+            // every transport, whatever its size.
+            if let Some(keys) = batch_keys(request).filter(|&keys| keys > limits::BATCH_KEYS_MAX) {
+                return Err(veddb_wire::Error::InvalidArgument(format!(
+                    "{keys} keys in one request; the maximum is {}",
+                    limits::BATCH_KEYS_MAX
+                ))
+                .into());
+            }
             return Err(ClientError::Status(veddb_wire::grpc::Status::new(
                 veddb_wire::grpc::Code::ResourceExhausted,
                 format!(
-                    "INVALID_ARGUMENT: a request of {} bytes is larger than this session's \
+                    "RESOURCE_EXHAUSTED: a request of {} bytes is larger than this session's \
                      {max}-byte frames; send it over gRPC or in smaller parts",
                     payload.len()
                 ),
@@ -681,7 +690,7 @@ impl LocalConnection {
             }
             Ok(Answer::Response(Response::Error(error))) => {
                 self.pins.unpin(core);
-                Err(ClientError::Status(error.status()))
+                Err(error.into())
             }
             Ok(Answer::Response(other)) => {
                 self.pins.unpin(core);
@@ -691,6 +700,131 @@ impl LocalConnection {
                 self.pins.unpin(core);
                 Err(error)
             }
+        }
+    }
+}
+
+/// The keys of a multi-key request (MGET, MSET).
+fn batch_keys(request: &Request) -> Option<usize> {
+    match request {
+        Request::MGet { keys } => Some(keys.len()),
+        Request::MSet { pairs } => Some(pairs.len()),
+        _ => None,
+    }
+}
+
+/// An engine error as `Err`, as [`Transport`] hands it back.
+fn refused(response: Response) -> Result<Response, ClientError> {
+    match response {
+        Response::Error(error) => Err(error.into()),
+        response => Ok(response),
+    }
+}
+
+/// The shared-memory [`Transport`]. (The inherent [`LocalConnection::execute`] and
+/// [`LocalConnection::execute_many`] hand engine errors back as [`Response::Error`], the ring
+/// protocol's own answer; through this trait they are [`ClientError::Status`].)
+impl Transport for LocalConnection {
+    fn execute(&self, request: Request) -> Result<Response, ClientError> {
+        refused(LocalConnection::execute(self, request)?)
+    }
+
+    fn execute_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
+        Ok(LocalConnection::execute_many(self, &requests)?
+            .into_iter()
+            .map(refused)
+            .collect())
+    }
+
+    fn subscribe(&self, topic: Bytes) -> Result<Box<dyn TransportSubscription + '_>, ClientError> {
+        match Transport::execute(self, Request::Subscribe { topic })? {
+            Response::Subscribed { subscriber } => Ok(Box::new(LocalSubscription {
+                connection: self,
+                subscriber,
+                pending: VecDeque::new(),
+                dropped: 0,
+                ended: false,
+            })),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
+    fn local(&self) -> Option<&LocalConnection> {
+        Some(self)
+    }
+}
+
+/// Longest wait of one FETCH of a subscription (well under the connection's answer timeout).
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Messages one FETCH of a subscription takes.
+const FETCH_MESSAGES: u32 = 256;
+
+/// A subscription through the rings: long polls (FETCH with a wait) on the topic's core.
+struct LocalSubscription<'a> {
+    connection: &'a LocalConnection,
+    subscriber: SubscriberId,
+    /// Fetched, not yet received.
+    pending: VecDeque<(Bytes, u64)>,
+    /// Reported dropped by a FETCH that brought no message: told with the next message.
+    dropped: u64,
+    /// The server no longer knows the subscription.
+    ended: bool,
+}
+
+impl TransportSubscription for LocalSubscription<'_> {
+    fn receive(&mut self, timeout: Duration) -> Result<Received, ClientError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some((message, dropped)) = self.pending.pop_front() {
+                return Ok(Received::Message { message, dropped });
+            }
+            if self.ended {
+                return Ok(Received::Ended);
+            }
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            let wait = left.map_or(FETCH_WAIT_MAX, |left| left.min(FETCH_WAIT_MAX));
+            let fetch = Request::Fetch {
+                subscriber: self.subscriber,
+                max: FETCH_MESSAGES,
+                // Rounded up: a wait cut to 0 ms would poll in a loop until the deadline.
+                wait_ms: wait.as_micros().div_ceil(1000) as u64,
+            };
+            match Transport::execute(self.connection, fetch) {
+                Ok(Response::Messages { messages, dropped }) => {
+                    self.dropped += dropped;
+                    for message in messages {
+                        self.pending
+                            .push_back((message, std::mem::take(&mut self.dropped)));
+                    }
+                }
+                Ok(other) => return Err(ClientError::unexpected(other)),
+                // The server dropped the subscription.
+                Err(ClientError::Status(status))
+                    if status.code == veddb_wire::grpc::Code::NotFound =>
+                {
+                    self.ended = true;
+                }
+                Err(error) => return Err(error),
+            }
+            if self.pending.is_empty() && !self.ended && left == Some(Duration::ZERO) {
+                return Ok(Received::Timeout);
+            }
+        }
+    }
+}
+
+impl Drop for LocalSubscription<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = Transport::execute(
+                self.connection,
+                Request::Unsubscribe {
+                    subscriber: self.subscriber,
+                },
+            );
         }
     }
 }

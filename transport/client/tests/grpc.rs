@@ -161,6 +161,25 @@ fn subscriptions_deliver_in_order_and_end_with_the_client() {
     engine.shutdown();
 }
 
+/// The server ends a call whose message is over its limit before reading the rest: the client
+/// reports the server's status, not the failed send, and the connection goes on.
+#[test]
+fn a_request_over_the_message_limit_is_resource_exhausted() {
+    let (engine, address) = server();
+    let client = Client::connect_grpc(&address).expect("connect");
+    let huge = Bytes::from(vec![1u8; 5 << 20]);
+    match client.set("huge", huge, SetOptions::default()) {
+        Err(ClientError::Status(status)) => {
+            assert_eq!(status.code, Code::ResourceExhausted, "{status}");
+        }
+        other => panic!("{other:?}"),
+    }
+    client.ping().unwrap();
+    assert_eq!(client.get("huge").unwrap(), None);
+    drop(client);
+    engine.shutdown();
+}
+
 /// The FAILED_PRECONDITION that SNAPSHOT gets from a server without persistence.
 fn assert_persistence_off(result: Result<impl std::fmt::Debug, ClientError>) {
     match result {

@@ -815,11 +815,8 @@ fn every_command_through_shared_memory() {
     ));
     // The typed subscription of the client library.
     {
+        // In place once `subscribe` returns: the first event is the first message.
         let mut subscription = client.subscribe("typed").unwrap();
-        assert!(matches!(
-            subscription.next(),
-            Some(Ok(SubscribeEvent::Subscribed))
-        ));
         assert_eq!(client.publish("typed", "hello").unwrap(), 1);
         match subscription.next() {
             Some(Ok(SubscribeEvent::Message { message, dropped })) => {
@@ -897,6 +894,32 @@ fn every_command_through_shared_memory() {
     );
     let error = client.incr("text", 1).unwrap_err();
     assert_eq!(status_code(&error), Some(Code::InvalidArgument), "{error}");
+    // Over the rings' frames: RESOURCE_EXHAUSTED, and the message says so. A batch over the
+    // key limit is INVALID_ARGUMENT whatever its size, as over gRPC.
+    let error = client
+        .set(
+            "huge",
+            Bytes::from(vec![0u8; 2 << 20]),
+            SetOptions::default(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        status_code(&error),
+        Some(Code::ResourceExhausted),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("RESOURCE_EXHAUSTED: a request of"),
+        "{error}"
+    );
+    let pairs = (0..=veddb_wire::limits::BATCH_KEYS_MAX as u32)
+        .map(|i| (Bytes::from(i.to_le_bytes().to_vec()), Bytes::new()))
+        .collect();
+    let error = client.execute(Request::MSet { pairs }).unwrap_err();
+    assert_eq!(status_code(&error), Some(Code::InvalidArgument), "{error}");
+    assert!(error.to_string().contains("65537 keys"), "{error}");
     client
         .set("max", i64::MAX.to_string(), SetOptions::default())
         .unwrap();
@@ -1266,10 +1289,6 @@ fn role_subscriber(args: &[&str]) {
     let count: usize = args[2].parse().unwrap();
     let client = Client::connect_local(name).unwrap();
     let mut subscription = client.subscribe(topic.to_string()).unwrap();
-    match subscription.next() {
-        Some(Ok(SubscribeEvent::Subscribed)) => {}
-        other => panic!("subscribe: {other:?}"),
-    }
     say("READY");
     let deadline = Instant::now() + LINE_TIMEOUT;
     let mut received = 0;
