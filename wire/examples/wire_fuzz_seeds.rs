@@ -1,5 +1,5 @@
 //! Writes the seed corpus of the fuzz targets in `wire/fuzz` (valid inputs of every decoder,
-//! so the fuzzer starts deep inside them): `cargo run -p veddb-wire --example fuzz_seeds --
+//! so the fuzzer starts deep inside them): `cargo run -p veddb-wire --example wire_fuzz_seeds --
 //! wire/fuzz/corpus`. The output is deterministic; the corpus is committed.
 
 use std::path::{Path, PathBuf};

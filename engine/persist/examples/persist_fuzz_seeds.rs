@@ -1,6 +1,6 @@
 //! Writes the seed corpus of the fuzz targets in `engine/persist/fuzz` (valid segments,
 //! snapshots, headers, names and whole data directories, so the fuzzer starts deep inside the
-//! decoders): `cargo run -p veddb-persist --example fuzz_seeds -- engine/persist/fuzz/corpus`.
+//! decoders): `cargo run -p veddb-persist --example persist_fuzz_seeds -- engine/persist/fuzz/corpus`.
 //! The output is deterministic; the corpus is committed.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Writes the seed corpus of the fuzz targets in `transport/shm/fuzz`: rings holding valid
 //! frames (and a wrap marker) for `ring_consumer`, pushes against an honest head for
-//! `ring_producer`. `cargo run -p veddb-shm --example fuzz_seeds -- transport/shm/fuzz/corpus`.
+//! `ring_producer`. `cargo run -p veddb-shm --example shm_fuzz_seeds -- transport/shm/fuzz/corpus`.
 //! The input format is the one `veddb_shm::fuzzing` reads.
 
 use std::path::PathBuf;
