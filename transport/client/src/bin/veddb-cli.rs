@@ -88,232 +88,285 @@ fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, (u8, String
         .map_err(|_| (2, format!("{what} must be a number, not {text:?}")))
 }
 
-fn run(client: &Client, words: &[String]) -> Result<Outcome, (u8, String)> {
-    let refused = |error: ClientError| (3u8, error.to_string());
-    let b = |text: &String| Bytes::copy_from_slice(text.as_bytes());
+/// What a command ends with: success, a negative answer (exit 1), or an error with its exit
+/// status and message.
+type CommandResult = Result<Outcome, (u8, String)>;
+
+/// The server refused (exit 3).
+fn refused(error: ClientError) -> (u8, String) {
+    (3, error.to_string())
+}
+
+fn b(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+/// Prints a negative answer (exit status 1).
+fn negative(text: &str) -> CommandResult {
+    println!("{text}");
+    Ok(Outcome::Negative)
+}
+
+fn unexpected(answer: Response) -> CommandResult {
+    Err((3, format!("unexpected answer {answer:?}")))
+}
+
+/// Runs one command line (already split into words).
+fn run(client: &Client, words: &[String]) -> CommandResult {
     let Some((command, rest)) = words.split_first() else {
         return usage("veddb-cli [--grpc HOST:PORT] <command> [args]; see --help");
     };
-    let simple = |request: Request| client.execute(request).map_err(refused);
     match (command.to_ascii_lowercase().as_str(), rest) {
-        ("ping", []) => {
-            client.ping().map_err(refused)?;
-            println!("PONG");
-        }
-        ("get", [key]) => match client.get(b(key)).map_err(refused)? {
-            Some((value, version)) => println!("{} (version {version})", show(&value)),
-            None => {
-                println!("(not found)");
-                return Ok(Outcome::Negative);
-            }
-        },
-        ("set", [key, value, flags @ ..]) => {
-            let mut options = SetOptions::default();
-            let mut flags = flags.iter();
-            while let Some(flag) = flags.next() {
-                match flag.as_str() {
-                    "--nx" => options.condition = SetCondition::IfAbsent,
-                    "--xx" => options.condition = SetCondition::IfPresent,
-                    "--keepttl" => options.keep_ttl = true,
-                    "--ttl" => {
-                        let Some(ms) = flags.next() else {
-                            return usage("set KEY VALUE --ttl MILLISECONDS");
-                        };
-                        options.ttl_ms = Some(number(ms, "--ttl")?);
-                    }
-                    other => {
-                        return usage(&format!(
-                            "unknown set flag {other}; use --ttl MS, --nx, --xx, --keepttl"
-                        ))
-                    }
-                }
-            }
-            match client.set(b(key), b(value), options).map_err(refused)? {
-                Some(version) => println!("OK (version {version})"),
-                None => {
-                    println!("(not stored: condition not met)");
-                    return Ok(Outcome::Negative);
-                }
-            }
-        }
-        ("del", [key]) => {
-            let existed = client.delete(b(key)).map_err(refused)?;
-            println!("{}", if existed { "1" } else { "0" });
-            if !existed {
-                return Ok(Outcome::Negative);
-            }
-        }
-        ("cas", [key, version, value]) => {
-            let expected_version = number(version, "VERSION")?;
-            match simple(Request::Cas {
+        ("ping", []) => ping(client),
+        ("get", [key]) => get(client, key),
+        ("set", [key, value, flags @ ..]) => set(client, key, value, flags),
+        ("del", [key]) => del(client, key),
+        ("cas", [key, version, value]) => cas(client, key, version, value),
+        (verb @ ("incr" | "decr"), [key, delta @ ..]) => incr(client, verb == "decr", key, delta),
+        ("expire", [key, ms]) => {
+            let request = Request::Expire {
                 key: b(key),
-                expected_version,
-                value: b(value),
-                ttl_ms: None,
-            })? {
-                Response::Stored { version } => println!("OK (version {version})"),
-                Response::VersionMismatch { current } => {
-                    println!("(version mismatch: current version {current})");
-                    return Ok(Outcome::Negative);
-                }
-                Response::NotFound => {
-                    println!("(not found)");
-                    return Ok(Outcome::Negative);
-                }
-                other => return Err((3, format!("unexpected answer {other:?}"))),
-            }
-        }
-        (verb @ ("incr" | "decr"), [key, delta @ ..]) => {
-            let delta: i64 = match delta {
-                [] => 1,
-                [delta] => number(delta, "DELTA")?,
-                _ => return usage("incr KEY [DELTA]"),
+                ttl_ms: number(ms, "MS")?,
             };
-            let delta = if verb == "decr" {
-                delta
-                    .checked_neg()
-                    .ok_or((2, "DELTA out of range".to_string()))?
-            } else {
-                delta
-            };
-            println!("{}", client.incr(b(key), delta).map_err(refused)?);
+            flag_answer(client, request)
         }
-        ("expire", [key, ms]) => match simple(Request::Expire {
-            key: b(key),
-            ttl_ms: number(ms, "MS")?,
-        })? {
-            Response::Bool(true) => println!("1"),
-            _ => {
-                println!("0");
-                return Ok(Outcome::Negative);
-            }
-        },
-        ("persist", [key]) => match simple(Request::Persist { key: b(key) })? {
-            Response::Bool(true) => println!("1"),
-            _ => {
-                println!("0");
-                return Ok(Outcome::Negative);
-            }
-        },
-        ("ttl", [key]) => match client.ttl(b(key)).map_err(refused)? {
-            Ttl::Missing => {
-                println!("(not found)");
-                return Ok(Outcome::Negative);
-            }
-            Ttl::Persistent => println!("(no expiry)"),
-            Ttl::Remaining(ms) => println!("{ms} ms"),
-        },
-        ("mget", keys) if !keys.is_empty() => match simple(Request::MGet {
-            keys: keys.iter().map(b).collect(),
-        })? {
-            Response::Values(values) => {
-                for (key, value) in keys.iter().zip(values) {
-                    match value {
-                        Some((value, version)) => println!(
-                            "{} = {} (version {version})",
-                            show(key.as_bytes()),
-                            show(&value)
-                        ),
-                        None => println!("{} = (not found)", show(key.as_bytes())),
-                    }
-                }
-            }
-            other => return Err((3, format!("unexpected answer {other:?}"))),
-        },
-        ("mset", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => {
-            let pairs = pairs
-                .chunks(2)
-                .map(|pair| (b(&pair[0]), b(&pair[1])))
-                .collect();
-            simple(Request::MSet { pairs })?;
-            println!("OK");
-        }
-        ("scan", args) => {
-            let mut prefix = Bytes::new();
-            let mut count = 0u32;
-            let mut args = args.iter();
-            while let Some(arg) = args.next() {
-                if arg == "--count" {
-                    let Some(n) = args.next() else {
-                        return usage("scan [PREFIX] [--count N]");
-                    };
-                    count = number(n, "--count")?;
-                } else {
-                    prefix = b(arg);
-                }
-            }
-            let mut cursor = Bytes::new();
-            loop {
-                match simple(Request::Scan {
-                    cursor: cursor.clone(),
-                    prefix: prefix.clone(),
-                    count,
-                })? {
-                    Response::Keys { keys, cursor: next } => {
-                        for key in keys {
-                            println!("{}", show(&key));
-                        }
-                        if next.is_empty() {
-                            break;
-                        }
-                        cursor = next;
-                    }
-                    other => return Err((3, format!("unexpected answer {other:?}"))),
-                }
-            }
-        }
+        ("persist", [key]) => flag_answer(client, Request::Persist { key: b(key) }),
+        ("ttl", [key]) => ttl(client, key),
+        ("mget", keys) if !keys.is_empty() => mget(client, keys),
+        ("mset", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => mset(client, pairs),
+        ("scan", args) => scan(client, args),
         ("publish", [topic, message]) => {
-            println!("{}", client.publish(b(topic), b(message)).map_err(refused)?)
+            println!("{}", client.publish(b(topic), b(message)).map_err(refused)?);
+            Ok(Outcome::Done)
         }
-        ("subscribe", [topic]) => {
-            let subscription = client.subscribe(b(topic)).map_err(refused)?;
-            eprintln!("subscribed to {}; Ctrl-C to stop", show(topic.as_bytes()));
-            for event in subscription {
-                match event.map_err(refused)? {
-                    SubscribeEvent::Message { message, dropped } => {
-                        if dropped > 0 {
-                            println!("(dropped {dropped} messages: this subscriber was too slow)");
-                        }
-                        println!("{}", show(&message));
-                    }
-                    SubscribeEvent::Subscribed => {}
-                }
-            }
-        }
-        ("info", []) => {
-            let info = client.info().map_err(refused)?;
-            let total = info.total();
-            println!("shards: {}", info.shards.len());
-            println!(
-                "ops: {}  hits: {}  misses: {}  keys: {}  memory: {} / {} bytes",
-                total.ops,
-                total.hits,
-                total.misses,
-                total.keys,
-                total.memory_bytes_used,
-                total.memory_bytes_limit
-            );
-            println!(
-                "expired: {}  evicted: {}  out-of-memory errors: {}  topics: {}  subscribers: {}  published: {}  delivered: {}  dropped: {}",
-                total.expired_keys, total.evicted_keys, total.out_of_memory_errors, total.topics, total.subscribers,
-                total.messages_published, total.messages_delivered, total.messages_dropped
-            );
-            for shard in &info.shards {
-                println!(
-                    "  shard {}: ops {} keys {} memory {} forwarded-in {}",
-                    shard.shard, shard.ops, shard.keys, shard.memory_bytes_used, shard.forwarded_in
-                );
-            }
-        }
+        ("subscribe", [topic]) => subscribe(client, topic),
+        ("info", []) => info(client),
         ("snapshot", []) => {
             client.snapshot().map_err(refused)?;
             println!("OK");
+            Ok(Outcome::Done)
         }
-        (other, _) => {
-            return usage(&format!(
-                "unknown command or wrong arguments: {other}; see veddb-cli --help"
-            ))
+        (other, _) => usage(&format!(
+            "unknown command or wrong arguments: {other}; see veddb-cli --help"
+        )),
+    }
+}
+
+fn ping(client: &Client) -> CommandResult {
+    client.ping().map_err(refused)?;
+    println!("PONG");
+    Ok(Outcome::Done)
+}
+
+fn get(client: &Client, key: &str) -> CommandResult {
+    match client.get(b(key)).map_err(refused)? {
+        Some((value, version)) => println!("{} (version {version})", show(&value)),
+        None => return negative("(not found)"),
+    }
+    Ok(Outcome::Done)
+}
+
+/// `set KEY VALUE [--ttl MS] [--nx|--xx] [--keepttl]`.
+fn set(client: &Client, key: &str, value: &str, flags: &[String]) -> CommandResult {
+    let mut options = SetOptions::default();
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        match flag.as_str() {
+            "--nx" => options.condition = SetCondition::IfAbsent,
+            "--xx" => options.condition = SetCondition::IfPresent,
+            "--keepttl" => options.keep_ttl = true,
+            "--ttl" => {
+                let Some(ms) = flags.next() else {
+                    return usage("set KEY VALUE --ttl MILLISECONDS");
+                };
+                options.ttl_ms = Some(number(ms, "--ttl")?);
+            }
+            other => {
+                return usage(&format!(
+                    "unknown set flag {other}; use --ttl MS, --nx, --xx, --keepttl"
+                ))
+            }
         }
+    }
+    match client.set(b(key), b(value), options).map_err(refused)? {
+        Some(version) => println!("OK (version {version})"),
+        None => return negative("(not stored: condition not met)"),
+    }
+    Ok(Outcome::Done)
+}
+
+fn del(client: &Client, key: &str) -> CommandResult {
+    if client.delete(b(key)).map_err(refused)? {
+        println!("1");
+        Ok(Outcome::Done)
+    } else {
+        negative("0")
+    }
+}
+
+fn cas(client: &Client, key: &str, version: &str, value: &str) -> CommandResult {
+    let request = Request::Cas {
+        key: b(key),
+        expected_version: number(version, "VERSION")?,
+        value: b(value),
+        ttl_ms: None,
+    };
+    match client.execute(request).map_err(refused)? {
+        Response::Stored { version } => println!("OK (version {version})"),
+        Response::VersionMismatch { current } => {
+            return negative(&format!("(version mismatch: current version {current})"))
+        }
+        Response::NotFound => return negative("(not found)"),
+        other => return unexpected(other),
+    }
+    Ok(Outcome::Done)
+}
+
+/// `incr KEY [DELTA]`, `decr KEY [DELTA]`.
+fn incr(client: &Client, decrement: bool, key: &str, delta: &[String]) -> CommandResult {
+    let delta: i64 = match delta {
+        [] => 1,
+        [delta] => number(delta, "DELTA")?,
+        _ => return usage("incr KEY [DELTA]"),
+    };
+    let delta = if decrement {
+        delta
+            .checked_neg()
+            .ok_or((2, "DELTA out of range".to_string()))?
+    } else {
+        delta
+    };
+    println!("{}", client.incr(b(key), delta).map_err(refused)?);
+    Ok(Outcome::Done)
+}
+
+/// EXPIRE and PERSIST: 1 when the key's TTL changed, else 0 (negative).
+fn flag_answer(client: &Client, request: Request) -> CommandResult {
+    match client.execute(request).map_err(refused)? {
+        Response::Bool(true) => {
+            println!("1");
+            Ok(Outcome::Done)
+        }
+        _ => negative("0"),
+    }
+}
+
+fn ttl(client: &Client, key: &str) -> CommandResult {
+    match client.ttl(b(key)).map_err(refused)? {
+        Ttl::Missing => return negative("(not found)"),
+        Ttl::Persistent => println!("(no expiry)"),
+        Ttl::Remaining(ms) => println!("{ms} ms"),
+    }
+    Ok(Outcome::Done)
+}
+
+fn mget(client: &Client, keys: &[String]) -> CommandResult {
+    let request = Request::MGet {
+        keys: keys.iter().map(|key| b(key)).collect(),
+    };
+    let values = match client.execute(request).map_err(refused)? {
+        Response::Values(values) => values,
+        other => return unexpected(other),
+    };
+    for (key, value) in keys.iter().zip(values) {
+        match value {
+            Some((value, version)) => println!(
+                "{} = {} (version {version})",
+                show(key.as_bytes()),
+                show(&value)
+            ),
+            None => println!("{} = (not found)", show(key.as_bytes())),
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn mset(client: &Client, pairs: &[String]) -> CommandResult {
+    let pairs = pairs
+        .chunks(2)
+        .map(|pair| (b(&pair[0]), b(&pair[1])))
+        .collect();
+    client.execute(Request::MSet { pairs }).map_err(refused)?;
+    println!("OK");
+    Ok(Outcome::Done)
+}
+
+/// `scan [PREFIX] [--count N]`: every page, to the end.
+fn scan(client: &Client, args: &[String]) -> CommandResult {
+    let mut prefix = Bytes::new();
+    let mut count = 0u32;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--count" {
+            let Some(n) = args.next() else {
+                return usage("scan [PREFIX] [--count N]");
+            };
+            count = number(n, "--count")?;
+        } else {
+            prefix = b(arg);
+        }
+    }
+    let mut cursor = Bytes::new();
+    loop {
+        let request = Request::Scan {
+            cursor: cursor.clone(),
+            prefix: prefix.clone(),
+            count,
+        };
+        let (keys, next) = match client.execute(request).map_err(refused)? {
+            Response::Keys { keys, cursor } => (keys, cursor),
+            other => return unexpected(other),
+        };
+        for key in keys {
+            println!("{}", show(&key));
+        }
+        if next.is_empty() {
+            return Ok(Outcome::Done);
+        }
+        cursor = next;
+    }
+}
+
+fn subscribe(client: &Client, topic: &str) -> CommandResult {
+    let subscription = client.subscribe(b(topic)).map_err(refused)?;
+    eprintln!("subscribed to {}; Ctrl-C to stop", show(topic.as_bytes()));
+    for event in subscription {
+        match event.map_err(refused)? {
+            SubscribeEvent::Message { message, dropped } => {
+                if dropped > 0 {
+                    println!("(dropped {dropped} messages: this subscriber was too slow)");
+                }
+                println!("{}", show(&message));
+            }
+            SubscribeEvent::Subscribed => {}
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn info(client: &Client) -> CommandResult {
+    let info = client.info().map_err(refused)?;
+    let total = info.total();
+    println!("shards: {}", info.shards.len());
+    println!(
+        "ops: {}  hits: {}  misses: {}  keys: {}  memory: {} / {} bytes",
+        total.ops,
+        total.hits,
+        total.misses,
+        total.keys,
+        total.memory_bytes_used,
+        total.memory_bytes_limit
+    );
+    println!(
+        "expired: {}  evicted: {}  out-of-memory errors: {}  topics: {}  subscribers: {}  published: {}  delivered: {}  dropped: {}",
+        total.expired_keys, total.evicted_keys, total.out_of_memory_errors, total.topics, total.subscribers,
+        total.messages_published, total.messages_delivered, total.messages_dropped
+    );
+    for shard in &info.shards {
+        println!(
+            "  shard {}: ops {} keys {} memory {} forwarded-in {}",
+            shard.shard, shard.ops, shard.keys, shard.memory_bytes_used, shard.forwarded_in
+        );
     }
     Ok(Outcome::Done)
 }
