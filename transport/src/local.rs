@@ -304,43 +304,9 @@ mod linux {
         cores: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Prepared, String> {
-        instance::check_name(&config.name)?;
-        if !config.ring_bytes.is_power_of_two()
-            || ring_format::check_ring_bytes(config.ring_bytes).is_err()
-        {
-            return Err(format!(
-                "ring size {} must be a power of two between {} and {}",
-                config.ring_bytes,
-                ring_format::MIN_RING_BYTES,
-                ring_format::MAX_RING_BYTES
-            ));
-        }
+        check_config(config)?;
         let path = PathBuf::from(instance::path(&config.name));
-        let socket = PathBuf::from(instance::socket_path(&config.name));
-        if path.exists() || socket.exists() {
-            let previous = Segment::open_named(&path, false).ok().and_then(|segment| {
-                let mut bytes = vec![0u8; instance::FILE_BYTES.min(segment.len())];
-                segment.read_bytes(0, &mut bytes);
-                instance::InstanceHeader::read(&bytes).ok()
-            });
-            if socket_live(&config.name) {
-                return Err(format!(
-                    "the instance {:?} is in use by a running server{} ({}); stop it or choose \
-                     another --name",
-                    config.name,
-                    previous.map_or(String::new(), |h| format!(" (pid {})", h.server_pid)),
-                    path.display()
-                ));
-            }
-            tracing::warn!(
-                instance = %config.name,
-                pid = previous.map(|h| h.server_pid),
-                alive = previous.is_some_and(|h| process_alive(h.server_pid as i32)),
-                "replacing a stale instance (its server is gone)"
-            );
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(&socket);
-        }
+        replace_stale_instance(&config.name, &path)?;
         let instance_segment = Segment::create_named(&path, instance::FILE_BYTES, config.mode)
             .map_err(|error| match error.kind() {
                 std::io::ErrorKind::AlreadyExists => format!(
@@ -350,53 +316,22 @@ mod linux {
                 ),
                 _ => format!("cannot create {}: {error}", path.display()),
             })?;
-        let instance_id = random_u64(&*clock);
-        let data_bytes = data_segment::HEADER_BYTES as u64 + config.arena_bytes_per_core;
         let header = instance::InstanceHeader {
             core_count: cores as u32,
             server_pid: u64::from(std::process::id()),
             start_time_ms: clock.unix_ms(),
-            instance_id,
+            instance_id: random_u64(&*clock),
             state: instance::InstanceState::Starting,
             request_ring_bytes: config.ring_bytes,
             response_ring_bytes: config.ring_bytes,
-            data_segment_bytes: data_bytes,
+            data_segment_bytes: data_segment::HEADER_BYTES as u64 + config.arena_bytes_per_core,
         };
         let mut page = vec![0u8; instance::FILE_BYTES];
         header.write_to(&mut page);
         instance_segment.write_bytes(0, &page);
-        let max_block = (config.value_bytes_max + veddb_shm::BLOCK_HEADER_BYTES)
-            .next_power_of_two()
-            .clamp(veddb_shm::MIN_BLOCK_BYTES, 1 << 33);
-        let mut shared_cores = Vec::with_capacity(cores);
-        for core in 0..cores {
-            let (data, arena) = create_data_segment(
-                &format!("veddb-data-{core}"),
-                data_segment::HEADER_BYTES,
-                config.arena_bytes_per_core as usize,
-                data_segment::GLOBAL_EPOCH_OFFSET,
-                max_block,
-                |segment| {
-                    let mut page = vec![0u8; data_segment::HEADER_BYTES];
-                    data_segment::DataHeader::new(core as u32, instance_id, data_bytes)
-                        .write_to(&mut page);
-                    segment.write_bytes(0, &page);
-                },
-            )
-            .map_err(|error| format!("cannot create the data segment of core {core}: {error}"))?;
-            let wake = EventFd::new_nonblocking()
-                .map_err(|error| format!("cannot create an eventfd: {error}"))?;
-            shared_cores.push(CoreShared {
-                index: core as u32,
-                data,
-                locator: arena.locator(),
-                arena: Mutex::new(Some(arena)),
-                wake,
-                control: AtomicBool::new(false),
-                incoming: Mutex::new(Vec::new()),
-                departed: Mutex::new(Vec::new()),
-            });
-        }
+        let shared_cores = (0..cores)
+            .map(|core| create_core(config, &header, core))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Prepared {
             shared: Arc::new(Shared {
                 config: config.clone(),
@@ -409,6 +344,94 @@ mod linux {
             instance: instance_segment,
             instance_path: path,
             header,
+        })
+    }
+
+    /// The name is valid and the ring size a power of two in range.
+    fn check_config(config: &LocalConfig) -> Result<(), String> {
+        instance::check_name(&config.name)?;
+        if !config.ring_bytes.is_power_of_two()
+            || ring_format::check_ring_bytes(config.ring_bytes).is_err()
+        {
+            return Err(format!(
+                "ring size {} must be a power of two between {} and {}",
+                config.ring_bytes,
+                ring_format::MIN_RING_BYTES,
+                ring_format::MAX_RING_BYTES
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses an instance of this name that a live server answers for; removes a stale one
+    /// (a crashed server's files).
+    fn replace_stale_instance(name: &str, path: &std::path::Path) -> Result<(), String> {
+        let socket = PathBuf::from(instance::socket_path(name));
+        if !path.exists() && !socket.exists() {
+            return Ok(());
+        }
+        let previous = Segment::open_named(path, false).ok().and_then(|segment| {
+            let mut bytes = vec![0u8; instance::FILE_BYTES.min(segment.len())];
+            segment.read_bytes(0, &mut bytes);
+            instance::InstanceHeader::read(&bytes).ok()
+        });
+        if socket_live(name) {
+            return Err(format!(
+                "the instance {name:?} is in use by a running server{} ({}); stop it or choose \
+                 another --name",
+                previous.map_or(String::new(), |h| format!(" (pid {})", h.server_pid)),
+                path.display()
+            ));
+        }
+        tracing::warn!(
+            instance = %name,
+            pid = previous.map(|h| h.server_pid),
+            alive = previous.is_some_and(|h| process_alive(h.server_pid as i32)),
+            "replacing a stale instance (its server is gone)"
+        );
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&socket);
+        Ok(())
+    }
+
+    /// One core's data segment (sealed, with its header and its arena) and eventfd.
+    fn create_core(
+        config: &LocalConfig,
+        header: &instance::InstanceHeader,
+        core: usize,
+    ) -> Result<CoreShared, String> {
+        let max_block = (config.value_bytes_max + veddb_shm::BLOCK_HEADER_BYTES)
+            .next_power_of_two()
+            .clamp(veddb_shm::MIN_BLOCK_BYTES, 1 << 33);
+        let (data, arena) = create_data_segment(
+            &format!("veddb-data-{core}"),
+            data_segment::HEADER_BYTES,
+            config.arena_bytes_per_core as usize,
+            data_segment::GLOBAL_EPOCH_OFFSET,
+            max_block,
+            |segment| {
+                let mut page = vec![0u8; data_segment::HEADER_BYTES];
+                data_segment::DataHeader::new(
+                    core as u32,
+                    header.instance_id,
+                    header.data_segment_bytes,
+                )
+                .write_to(&mut page);
+                segment.write_bytes(0, &page);
+            },
+        )
+        .map_err(|error| format!("cannot create the data segment of core {core}: {error}"))?;
+        let wake = EventFd::new_nonblocking()
+            .map_err(|error| format!("cannot create an eventfd: {error}"))?;
+        Ok(CoreShared {
+            index: core as u32,
+            data,
+            locator: arena.locator(),
+            arena: Mutex::new(Some(arena)),
+            wake,
+            control: AtomicBool::new(false),
+            incoming: Mutex::new(Vec::new()),
+            departed: Mutex::new(Vec::new()),
         })
     }
 
@@ -541,6 +564,9 @@ mod linux {
         attached_at: std::time::Instant,
     }
 
+    /// The attach thread: accepts clients, watches attached sessions end (socket closed,
+    /// process gone, heartbeat silent, disconnected by a core), and tells every client when the
+    /// server stops.
     fn attach_loop(
         listener: UnixListener,
         shared: Arc<Shared>,
@@ -549,146 +575,155 @@ mod linux {
     ) {
         let mut sessions: HashMap<u64, AttachedSession> = HashMap::new();
         let mut next_id: u64 = 1;
-        let timeout_ms = shared.config.session_timeout.as_millis() as u64;
         while !shared.stop.load(Ordering::SeqCst) {
-            loop {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let id = next_id;
-                        next_id += 1;
-                        match attach(&shared, &header, owner_uid, &stream, id) {
-                            Ok((pid, rings)) => {
-                                sessions.insert(
-                                    id,
-                                    AttachedSession {
-                                        stream,
-                                        pid,
-                                        rings,
-                                        attached_at: shared.clock.monotonic(),
-                                    },
-                                );
-                                shared.sessions.store(sessions.len(), Ordering::Relaxed);
-                            }
-                            Err(reason_text) => {
-                                tracing::warn!(session = id, "attach refused: {reason_text}");
-                                let mut reply = attach::REFUSED_MAGIC.to_vec();
-                                reply.extend_from_slice(reason_text.as_bytes());
-                                let _ = (&stream).write_all(&reply);
-                            }
-                        }
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept on the local socket failed");
-                        break;
-                    }
-                }
-            }
-            // Sessions that ended: the socket closed (the process exited or was killed), the
-            // process is gone, the heartbeat stopped, or a core disconnected it.
-            let kicked: Vec<u64> =
-                std::mem::take(&mut *shared.kicked.lock().unwrap_or_else(|e| e.into_inner()));
-            let now = shared.clock.unix_ms();
-            let mut ended = Vec::new();
-            for (&id, session) in &sessions {
-                let mut byte = [0u8; 1];
-                let closed = match (&session.stream).read(&mut byte) {
-                    Ok(0) => true,
-                    Ok(_) => false,
-                    Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
-                };
-                let heartbeat = session.rings[0]
-                    .load_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET, Ordering::Acquire);
-                let silent = shared.clock.monotonic().duration_since(session.attached_at)
-                    > shared.config.session_timeout
-                    && now.saturating_sub(heartbeat) > timeout_ms;
-                if closed || !process_alive(session.pid) {
-                    ended.push((id, "the client closed its socket or exited", None));
-                } else if silent {
-                    ended.push((
-                        id,
-                        "no heartbeat within --session-timeout",
-                        Some(reason::HEARTBEAT_TIMEOUT),
-                    ));
-                } else if kicked.contains(&id) {
-                    ended.push((id, "disconnected by a core (bad input)", None));
-                }
-            }
-            for (id, why, code) in ended {
+            accept_clients(
+                &listener,
+                &shared,
+                &header,
+                owner_uid,
+                &mut sessions,
+                &mut next_id,
+            );
+            for (id, why, code) in ended_sessions(&shared, &sessions) {
                 if let Some(session) = sessions.remove(&id) {
-                    if let Some(code) = code {
-                        for ring in &session.rings {
-                            ring.atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
-                                .store(code, Ordering::Release);
-                            ring.atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
-                                .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-                            wake_word(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
-                        }
-                    }
-                    let _ = session.stream.shutdown(std::net::Shutdown::Both);
-                    for core in &shared.cores {
-                        core.send_control(|core| {
-                            core.departed
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(id)
-                        });
-                    }
-                    tracing::info!(
-                        session = id,
-                        pid = session.pid,
-                        "local client detached: {why}"
-                    );
+                    detach(&shared, id, session, why, code);
                 }
             }
             shared.sessions.store(sessions.len(), Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Stopping: tell every client.
         for session in sessions.values() {
             for ring in &session.rings {
-                ring.atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
-                    .store(reason::SERVER_STOPPING, Ordering::Release);
-                ring.atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
-                    .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-                wake_word(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
+                mark_disconnected(ring, reason::SERVER_STOPPING);
             }
             let _ = session.stream.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    /// The handshake of one client: credentials, hello, then the segments and eventfds.
-    fn attach(
+    /// Accepts every client waiting on the socket: attached, or told why not.
+    fn accept_clients(
+        listener: &UnixListener,
         shared: &Shared,
         header: &instance::InstanceHeader,
         owner_uid: u32,
-        stream: &UnixStream,
+        sessions: &mut HashMap<u64, AttachedSession>,
+        next_id: &mut u64,
+    ) {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tracing::warn!(%error, "accept on the local socket failed");
+                    return;
+                }
+            };
+            let id = *next_id;
+            *next_id += 1;
+            match attach(shared, header, owner_uid, &stream, id) {
+                Ok((pid, rings)) => {
+                    let attached_at = shared.clock.monotonic();
+                    sessions.insert(
+                        id,
+                        AttachedSession {
+                            stream,
+                            pid,
+                            rings,
+                            attached_at,
+                        },
+                    );
+                    shared.sessions.store(sessions.len(), Ordering::Relaxed);
+                }
+                Err(reason_text) => {
+                    tracing::warn!(session = id, "attach refused: {reason_text}");
+                    let mut reply = attach::REFUSED_MAGIC.to_vec();
+                    reply.extend_from_slice(reason_text.as_bytes());
+                    let _ = (&stream).write_all(&reply);
+                }
+            }
+        }
+    }
+
+    /// Sessions that ended: the socket closed (the process exited or was killed), the process
+    /// is gone, the heartbeat stopped, or a core disconnected it. (id, why, the reason code to
+    /// write into its rings when the client does not know yet.)
+    fn ended_sessions(
+        shared: &Shared,
+        sessions: &HashMap<u64, AttachedSession>,
+    ) -> Vec<(u64, &'static str, Option<u32>)> {
+        let kicked: Vec<u64> =
+            std::mem::take(&mut *shared.kicked.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = shared.clock.unix_ms();
+        let timeout_ms = shared.config.session_timeout.as_millis() as u64;
+        let mut ended = Vec::new();
+        for (&id, session) in sessions {
+            let mut byte = [0u8; 1];
+            let closed = match (&session.stream).read(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            let heartbeat =
+                session.rings[0].load_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET, Ordering::Acquire);
+            let silent = shared.clock.monotonic().duration_since(session.attached_at)
+                > shared.config.session_timeout
+                && now.saturating_sub(heartbeat) > timeout_ms;
+            if closed || !process_alive(session.pid) {
+                ended.push((id, "the client closed its socket or exited", None));
+            } else if silent {
+                ended.push((
+                    id,
+                    "no heartbeat within --session-timeout",
+                    Some(reason::HEARTBEAT_TIMEOUT),
+                ));
+            } else if kicked.contains(&id) {
+                ended.push((id, "disconnected by a core (bad input)", None));
+            }
+        }
+        ended
+    }
+
+    /// Ends a session everywhere: its rings marked (when the client must be told why), its
+    /// socket shut, every core told to stop serving it.
+    fn detach(shared: &Shared, id: u64, session: AttachedSession, why: &str, code: Option<u32>) {
+        if let Some(code) = code {
+            for ring in &session.rings {
+                mark_disconnected(ring, code);
+            }
+        }
+        let _ = session.stream.shutdown(std::net::Shutdown::Both);
+        for core in &shared.cores {
+            core.send_control(|core| {
+                core.departed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id)
+            });
+        }
+        tracing::info!(
+            session = id,
+            pid = session.pid,
+            "local client detached: {why}"
+        );
+    }
+
+    /// Writes the disconnect reason and state into a ring segment's header and wakes its
+    /// client.
+    fn mark_disconnected(ring: &Segment, code: u32) {
+        ring.atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
+            .store(code, Ordering::Release);
+        ring.atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
+            .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
+        wake_word(ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
+    }
+
+    /// The session's ring segments, one per core: header written, heartbeat started, size
+    /// sealed.
+    fn create_session_rings(
+        shared: &Shared,
+        header: &instance::InstanceHeader,
         id: u64,
-    ) -> Result<(i32, Vec<Arc<Segment>>), String> {
-        let credentials =
-            peer_credentials(stream).map_err(|error| format!("no peer credentials: {error}"))?;
-        let group_ok = shared.config.mode & 0o060 != 0;
-        let same_group = std::fs::metadata(instance::path(&shared.config.name))
-            .map(|m| m.gid() == credentials.gid)
-            .unwrap_or(false);
-        if credentials.uid != owner_uid && credentials.uid != 0 && !(group_ok && same_group) {
-            return Err(format!(
-                "uid {} may not attach (the instance belongs to uid {owner_uid}; --shm-mode \
-                 widens it to the group)",
-                credentials.uid
-            ));
-        }
-        stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(2))))
-            .map_err(|error| error.to_string())?;
-        let mut hello = [0u8; attach::HELLO.len()];
-        (&*stream)
-            .read_exact(&mut hello)
-            .map_err(|error| format!("no hello: {error}"))?;
-        if &hello != attach::HELLO {
-            return Err("bad hello (not a VedDB client of this version?)".into());
-        }
+    ) -> Result<Vec<Arc<Segment>>, String> {
         let ring_bytes = shared.config.ring_bytes;
         let mut rings = Vec::with_capacity(shared.cores.len());
         for core in 0..shared.cores.len() {
@@ -715,6 +750,54 @@ mod linux {
                 .map_err(|error| format!("cannot seal a ring segment: {error}"))?;
             rings.push(Arc::new(segment));
         }
+        Ok(rings)
+    }
+
+    /// The client's credentials, if it may attach: the instance's owner, root, or (with a
+    /// group mode) a member of the instance file's group.
+    fn check_peer(
+        shared: &Shared,
+        owner_uid: u32,
+        stream: &UnixStream,
+    ) -> Result<veddb_shm::PeerCredentials, String> {
+        let credentials =
+            peer_credentials(stream).map_err(|error| format!("no peer credentials: {error}"))?;
+        let group_ok = shared.config.mode & 0o060 != 0;
+        let same_group = std::fs::metadata(instance::path(&shared.config.name))
+            .map(|m| m.gid() == credentials.gid)
+            .unwrap_or(false);
+        if credentials.uid != owner_uid && credentials.uid != 0 && !(group_ok && same_group) {
+            return Err(format!(
+                "uid {} may not attach (the instance belongs to uid {owner_uid}; --shm-mode \
+                 widens it to the group)",
+                credentials.uid
+            ));
+        }
+        Ok(credentials)
+    }
+
+    /// The handshake of one client: credentials, hello, then the segments and eventfds.
+    fn attach(
+        shared: &Shared,
+        header: &instance::InstanceHeader,
+        owner_uid: u32,
+        stream: &UnixStream,
+        id: u64,
+    ) -> Result<(i32, Vec<Arc<Segment>>), String> {
+        let credentials = check_peer(shared, owner_uid, stream)?;
+        stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(2))))
+            .map_err(|error| error.to_string())?;
+        let mut hello = [0u8; attach::HELLO.len()];
+        (&*stream)
+            .read_exact(&mut hello)
+            .map_err(|error| format!("no hello: {error}"))?;
+        if &hello != attach::HELLO {
+            return Err("bad hello (not a VedDB client of this version?)".into());
+        }
+        let rings = create_session_rings(shared, header, id)?;
+        let ring_bytes = shared.config.ring_bytes;
         let reply = attach::AttachReply {
             core_count: shared.cores.len() as u32,
             session_id: id,
@@ -823,15 +906,7 @@ mod linux {
             reason = reason::describe(code),
             "disconnecting a local client: {detail}"
         );
-        session
-            .ring
-            .atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
-            .store(code, Ordering::Release);
-        session
-            .ring
-            .atomic_u32(ring_segment::SERVER_STATUS_OFFSET)
-            .store(ring_segment::SERVER_DISCONNECTED, Ordering::Release);
-        wake_word(session.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET));
+        mark_disconnected(&session.ring, code);
         shared
             .kicked
             .lock()
