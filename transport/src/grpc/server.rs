@@ -144,16 +144,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let config = &shared.config;
-    let mut builder = h2::server::Builder::new();
-    builder
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20)
-        .max_frame_size(1 << 16)
-        .max_concurrent_streams(config.streams_per_connection_max)
-        .max_header_list_size(16 << 10)
-        .max_send_buffer_size(1 << 20)
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(Some(256));
+    let builder = h2_builder(config);
     let handshake =
         compio::time::timeout(config.handshake_timeout, builder.handshake::<_, Bytes>(io)).await;
     let mut connection = match handshake {
@@ -218,6 +209,21 @@ where
         Either::Left((result, _)) => result,
         Either::Right(((), _)) => Ok(()),
     }
+}
+
+/// HTTP/2 settings: windows sized for pipelined calls, bounded headers, streams and resets.
+fn h2_builder(config: &GrpcConfig) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(1 << 16)
+        .max_concurrent_streams(config.streams_per_connection_max)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256));
+    builder
 }
 
 /// Marks the core's clock as just refreshed while it lives (see `Shared::clock_fresh`).
@@ -662,47 +668,11 @@ async fn batch(
         })
         .await;
         if !waiting.is_empty() {
-            let all = poll_fn(|cx| {
-                let mut done = true;
-                for answer in waiting.iter_mut() {
-                    if let Answer::Waiting {
-                        future,
-                        method,
-                        key,
-                    } = answer
-                    {
-                        match future.as_mut().poll(cx) {
-                            Poll::Ready(response) => {
-                                *answer = Answer::Ready {
-                                    method: *method,
-                                    key: std::mem::take(key),
-                                    response,
-                                }
-                            }
-                            Poll::Pending => done = false,
-                        }
-                    }
-                }
-                if done {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
+            let all = poll_fn(|cx| poll_answers(&mut waiting, cx));
             if until(deadline, all).await.is_err() {
                 return finish(&mut stream, &deadline_status());
             }
-            for answer in waiting.drain(..) {
-                match answer {
-                    Answer::Ready {
-                        method,
-                        key,
-                        response,
-                    } => map::encode_batch_framed(method, &key, response, &mut out),
-                    Answer::Error(error) => map::encode_batch_error_framed(&error, &mut out),
-                    Answer::Waiting { .. } => unreachable!("every waiting answer completed"),
-                }
-            }
+            encode_answers(&mut waiting, &mut out);
         }
         if !out.is_empty() && send_all(&mut stream, out.split().freeze()).await.is_err() {
             return;
@@ -714,6 +684,50 @@ async fn batch(
     match deframer.finish() {
         Ok(()) => finish(&mut stream, &Status::ok()),
         Err(error) => finish(&mut stream, &Status::from(error)),
+    }
+}
+
+/// Polls every answer still waiting; Ready once none is.
+fn poll_answers(waiting: &mut [Answer<'_>], cx: &mut Context<'_>) -> Poll<()> {
+    let mut done = true;
+    for answer in waiting.iter_mut() {
+        if let Answer::Waiting {
+            future,
+            method,
+            key,
+        } = answer
+        {
+            match future.as_mut().poll(cx) {
+                Poll::Ready(response) => {
+                    *answer = Answer::Ready {
+                        method: *method,
+                        key: std::mem::take(key),
+                        response,
+                    }
+                }
+                Poll::Pending => done = false,
+            }
+        }
+    }
+    if done {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// Encodes the completed answers, in order, into `out`.
+fn encode_answers(waiting: &mut Vec<Answer<'_>>, out: &mut BytesMut) {
+    for answer in waiting.drain(..) {
+        match answer {
+            Answer::Ready {
+                method,
+                key,
+                response,
+            } => map::encode_batch_framed(method, &key, response, out),
+            Answer::Error(error) => map::encode_batch_error_framed(&error, out),
+            Answer::Waiting { .. } => unreachable!("every waiting answer completed"),
+        }
     }
 }
 
