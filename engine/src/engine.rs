@@ -2,19 +2,21 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use veddb_persist::recovery::ShardImage;
 use veddb_shard::Shard;
 use veddb_wire::{limits, Error, Request, Response, Route};
 
 use crate::config::{CoreSetup, EngineConfig, EXTERNAL_QUEUE_CAPACITY};
 use crate::core::{
     restore_shard, CoreContext, CoreLog, CoreLogConfig, CoreShared, CoreWiring, External,
+    RequestMessage, ResponseMessage,
 };
 use crate::persist::{self, FsStorage};
-use crate::ring::ring;
+use crate::ring::{ring, Consumer, Producer};
 use crate::sync::{Arc, Ordering};
 
 /// Why the engine did not start.
@@ -65,104 +67,40 @@ pub struct Engine {
 impl Engine {
     /// Starts `config.cores` threads and waits until every core's runtime is up.
     pub fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        let shard_budget = check_config(&config)?;
+        let (outbound, inbound) = build_mesh(config.cores, config.inbox_depth);
+        let (data_dir, starts) = recover(&config)?;
         let core_count = config.cores;
-        if core_count == 0 || core_count as u64 > u64::from(limits::SHARDS_MAX) {
-            return Err(StartError::InvalidConfig(format!(
-                "cores must be between 1 and {}, not {core_count}",
-                limits::SHARDS_MAX
-            )));
-        }
-        if !config.inbox_depth.is_power_of_two()
-            || config.inbox_depth < 2
-            || config.inbox_depth > 1 << 20
-        {
-            return Err(StartError::InvalidConfig(format!(
-                "inbox depth must be a power of two between 2 and 1048576, not {}",
-                config.inbox_depth
-            )));
-        }
-        let shard_budget = config.memory_bytes_limit / core_count as u64;
-        if shard_budget == 0 {
-            return Err(StartError::InvalidConfig("memory budget is zero".into()));
-        }
-
-        // The mesh: for each ordered pair (from, to), a request ring and its response ring.
-        let mut outbound: Vec<Vec<Option<_>>> = (0..core_count)
-            .map(|_| (0..core_count).map(|_| None).collect())
-            .collect();
-        let mut inbound: Vec<Vec<Option<_>>> = (0..core_count)
-            .map(|_| (0..core_count).map(|_| None).collect())
-            .collect();
-        for from in 0..core_count {
-            for to in 0..core_count {
-                if from == to {
-                    continue;
-                }
-                let (request_producer, request_consumer) = ring(config.inbox_depth);
-                let (response_producer, response_consumer) = ring(config.inbox_depth);
-                outbound[from][to] = Some((request_producer, response_consumer));
-                inbound[to][from] = Some((request_consumer, response_producer));
-            }
-        }
-        let limits = veddb_persist::EntryLimits::new(
-            config.shard.key_bytes_max,
-            config.shard.value_bytes_max,
-        );
-        let (data_dir, mut starts) = match &config.persistence {
-            Some(persistence) => {
-                let opened = persist::open(persistence, core_count as u32, limits, &*config.clock)
-                    .map_err(StartError::Persistence)?;
-                let starts: Vec<_> = opened
-                    .shards
-                    .into_iter()
-                    .map(|start| {
-                        Some((
-                            start.image,
-                            CoreLogConfig {
-                                dir: persistence.dir.clone(),
-                                generation: start.generation,
-                                shard_count: core_count as u32,
-                                next_sequence: start.next_sequence,
-                                policy: persistence.fsync,
-                                limits,
-                                snapshot_interval: persistence.snapshot_interval,
-                                faults: persistence.faults.clone(),
-                            },
-                        ))
-                    })
-                    .collect();
-                (Some(opened.storage), starts)
-            }
-            None => (None, (0..core_count).map(|_| None).collect()),
+        let (ready_sender, ready_receiver) = sync_channel::<ReadyReport>(core_count);
+        let mut engine = Engine {
+            cores: Vec::with_capacity(core_count),
+            shared: (0..core_count).map(|_| CoreShared::new()).collect(),
+            config,
+            runtime_kind: String::new(),
+            _data_dir: data_dir,
         };
-        let shared: Arc<[CoreShared]> = (0..core_count).map(|_| CoreShared::new()).collect();
+        engine.spawn_cores(outbound, inbound, starts, shard_budget, ready_sender)?;
+        engine.wait_until_ready(ready_receiver)?;
+        Ok(engine)
+    }
+
+    /// Spawns one thread per core; if one cannot be spawned, stops those already running.
+    fn spawn_cores(
+        &mut self,
+        outbound: Vec<OutboundLinks>,
+        inbound: Vec<InboundLinks>,
+        mut starts: Vec<CoreStart>,
+        shard_budget: u64,
+        ready_sender: SyncSender<ReadyReport>,
+    ) -> Result<(), StartError> {
         let cpus = available_cpus();
-        let (ready_sender, ready_receiver) =
-            sync_channel::<(usize, Result<String, String>)>(core_count);
-        let mut cores = Vec::with_capacity(core_count);
         for (index, (outbound, inbound)) in outbound.into_iter().zip(inbound).enumerate() {
-            let (external_sender, external_receiver) = sync_channel(EXTERNAL_QUEUE_CAPACITY);
-            let wiring = CoreWiring {
-                index: index as u32,
-                shard_count: core_count as u32,
-                spin: config.spin,
-                clock: config.clock.clone(),
-                outbound,
-                inbound,
-                external: external_receiver,
-                cores: shared.clone(),
-            };
-            let mut shard_config = config.shard.clone();
-            shard_config.memory_bytes_limit = shard_budget;
-            // A per-process random seed: the table's hash depends on it, so clients cannot
-            // predict bucket positions and flood one bucket with crafted keys.
-            shard_config.seed = config.shard.seed
-                ^ process_seed()
-                ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let pin = config.pin_threads.then_some(index % cpus);
+            let (external_sender, wiring) = self.core_wiring(index, outbound, inbound);
+            let shard_config = shard_config(&self.config, index, shard_budget);
+            let pin = self.config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
             let start = starts[index].take();
-            let setup = config.core_setup.clone();
+            let setup = self.config.core_setup.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("veddb-core-{index}"))
                 .spawn(move || core_thread(index, pin, wiring, shard_config, setup, start, ready));
@@ -171,42 +109,53 @@ impl Engine {
                 Err(error) => {
                     // Stop the cores already running before giving up.
                     drop(ready_sender);
-                    let mut partial = Engine {
-                        cores,
-                        shared,
-                        config,
-                        runtime_kind: String::new(),
-                        _data_dir: data_dir,
-                    };
-                    partial.stop();
+                    self.stop();
                     return Err(StartError::Core {
                         core: index,
                         error: error.to_string(),
                     });
                 }
             };
-            cores.push(CoreHandle {
+            self.cores.push(CoreHandle {
                 external: external_sender,
                 thread: Some(thread),
             });
         }
-        drop(ready_sender);
-        let mut engine = Engine {
-            cores,
-            shared,
-            config,
-            runtime_kind: String::new(),
-            _data_dir: data_dir,
+        Ok(())
+    }
+
+    /// Wires core `index` to its peers' rings, the other cores and its external queue.
+    fn core_wiring(
+        &self,
+        index: usize,
+        outbound: OutboundLinks,
+        inbound: InboundLinks,
+    ) -> (SyncSender<External>, CoreWiring) {
+        let (external_sender, external_receiver) = sync_channel(EXTERNAL_QUEUE_CAPACITY);
+        let wiring = CoreWiring {
+            index: index as u32,
+            shard_count: self.config.cores as u32,
+            spin: self.config.spin,
+            clock: self.config.clock.clone(),
+            outbound,
+            inbound,
+            external: external_receiver,
+            cores: self.shared.clone(),
         };
-        for _ in 0..core_count {
-            match ready_receiver.recv() {
-                Ok((_, Ok(kind))) => engine.runtime_kind = kind,
+        (external_sender, wiring)
+    }
+
+    /// Waits until every core reports its runtime up; on a failure, stops the engine.
+    fn wait_until_ready(&mut self, ready: Receiver<ReadyReport>) -> Result<(), StartError> {
+        for _ in 0..self.config.cores {
+            match ready.recv() {
+                Ok((_, Ok(kind))) => self.runtime_kind = kind,
                 Ok((core, Err(error))) => {
-                    engine.stop();
+                    self.stop();
                     return Err(StartError::Core { core, error });
                 }
                 Err(_) => {
-                    engine.stop();
+                    self.stop();
                     return Err(StartError::Core {
                         core: 0,
                         error: "core thread exited".into(),
@@ -214,7 +163,7 @@ impl Engine {
                 }
             }
         }
-        Ok(engine)
+        Ok(())
     }
 
     /// Number of cores (and shards).
@@ -302,14 +251,113 @@ impl Drop for Engine {
     }
 }
 
+/// One core's links to each peer (`[peer]`, `None` for itself): its requests and their responses.
+type OutboundLinks = Vec<Option<(Producer<RequestMessage>, Consumer<ResponseMessage>)>>;
+/// One core's links from each peer (`[peer]`, `None` for itself): their requests and its responses.
+type InboundLinks = Vec<Option<(Consumer<RequestMessage>, Producer<ResponseMessage>)>>;
+/// What a core restores and where it logs (persistence on).
+type CoreStart = Option<(ShardImage, CoreLogConfig)>;
+/// A core's start-up report: its index and its I/O driver's name, or why it failed.
+type ReadyReport = (usize, Result<String, String>);
+
+/// Checks the settings the engine relies on; returns each shard's share of the memory budget.
+fn check_config(config: &EngineConfig) -> Result<u64, StartError> {
+    let core_count = config.cores;
+    if core_count == 0 || core_count as u64 > u64::from(limits::SHARDS_MAX) {
+        return Err(StartError::InvalidConfig(format!(
+            "cores must be between 1 and {}, not {core_count}",
+            limits::SHARDS_MAX
+        )));
+    }
+    if !config.inbox_depth.is_power_of_two()
+        || config.inbox_depth < 2
+        || config.inbox_depth > 1 << 20
+    {
+        return Err(StartError::InvalidConfig(format!(
+            "inbox depth must be a power of two between 2 and 1048576, not {}",
+            config.inbox_depth
+        )));
+    }
+    let shard_budget = config.memory_bytes_limit / core_count as u64;
+    if shard_budget == 0 {
+        return Err(StartError::InvalidConfig("memory budget is zero".into()));
+    }
+    Ok(shard_budget)
+}
+
+/// Builds the mesh: for each ordered pair (from, to), a request ring and its response ring.
+fn build_mesh(core_count: usize, depth: usize) -> (Vec<OutboundLinks>, Vec<InboundLinks>) {
+    let mut outbound: Vec<OutboundLinks> = (0..core_count)
+        .map(|_| (0..core_count).map(|_| None).collect())
+        .collect();
+    let mut inbound: Vec<InboundLinks> = (0..core_count)
+        .map(|_| (0..core_count).map(|_| None).collect())
+        .collect();
+    for from in 0..core_count {
+        for to in 0..core_count {
+            if from == to {
+                continue;
+            }
+            let (request_producer, request_consumer) = ring(depth);
+            let (response_producer, response_consumer) = ring(depth);
+            outbound[from][to] = Some((request_producer, response_consumer));
+            inbound[to][from] = Some((request_consumer, response_producer));
+        }
+    }
+    (outbound, inbound)
+}
+
+/// Locks and recovers the data directory (persistence on); returns it and each core's start.
+fn recover(config: &EngineConfig) -> Result<(Option<FsStorage>, Vec<CoreStart>), StartError> {
+    let core_count = config.cores;
+    let limits =
+        veddb_persist::EntryLimits::new(config.shard.key_bytes_max, config.shard.value_bytes_max);
+    let Some(persistence) = &config.persistence else {
+        return Ok((None, (0..core_count).map(|_| None).collect()));
+    };
+    let opened = persist::open(persistence, core_count as u32, limits, &*config.clock)
+        .map_err(StartError::Persistence)?;
+    let starts = opened
+        .shards
+        .into_iter()
+        .map(|start| {
+            Some((
+                start.image,
+                CoreLogConfig {
+                    dir: persistence.dir.clone(),
+                    generation: start.generation,
+                    shard_count: core_count as u32,
+                    next_sequence: start.next_sequence,
+                    policy: persistence.fsync,
+                    limits,
+                    snapshot_interval: persistence.snapshot_interval,
+                    faults: persistence.faults.clone(),
+                },
+            ))
+        })
+        .collect();
+    Ok((Some(opened.storage), starts))
+}
+
+/// The settings of core `index`'s shard: its share of the memory and its own hash seed.
+fn shard_config(config: &EngineConfig, index: usize, shard_budget: u64) -> veddb_shard::Config {
+    let mut shard_config = config.shard.clone();
+    shard_config.memory_bytes_limit = shard_budget;
+    // A per-process random seed: the table's hash depends on it, so clients cannot
+    // predict bucket positions and flood one bucket with crafted keys.
+    shard_config.seed =
+        config.shard.seed ^ process_seed() ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    shard_config
+}
+
 fn core_thread(
     index: usize,
     pin: Option<usize>,
     wiring: CoreWiring,
     shard_config: veddb_shard::Config,
     setup: Vec<CoreSetup>,
-    start: Option<(veddb_persist::recovery::ShardImage, CoreLogConfig)>,
-    ready: SyncSender<(usize, Result<String, String>)>,
+    start: CoreStart,
+    ready: SyncSender<ReadyReport>,
 ) {
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(cpu) = pin {

@@ -2,12 +2,17 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use argh::FromArgs;
 use veddb_engine::persist::PersistConfig;
 use veddb_engine::{available_cpus, Engine, EngineConfig, FsyncPolicy};
 use veddb_shard::Eviction;
+use veddb_transport::grpc::GrpcServer;
+use veddb_transport::local::{LocalFrontend, Prepared};
 use veddb_wire::limits;
 
 /// VedDB server: a thread-per-core key-value store and pub/sub broker.
@@ -292,59 +297,105 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
-    let config = match engine_config(&args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("veddb-server: {message}");
-            eprintln!("Run veddb-server --help for usage information.");
-            return ExitCode::from(2);
-        }
+    let (args, config) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
     };
     init_logging(&args);
     if args.repair {
         return repair(&config);
     }
+    match serve(&args, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
 
+/// Reads the flags and checks them; a bad flag is reported on stderr with exit code 2.
+fn parse_args() -> Result<(Args, EngineConfig), ExitCode> {
+    let args: Args = argh::from_env();
+    match engine_config(&args) {
+        Ok(config) => Ok((args, config)),
+        Err(message) => {
+            eprintln!("veddb-server: {message}");
+            eprintln!("Run veddb-server --help for usage information.");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Starts the server, serves until SIGINT or SIGTERM and stops it; a failed step logs why.
+fn serve(args: &Args, mut config: EngineConfig) -> Result<(), ExitCode> {
     // Signals first, so a SIGTERM during start-up is not lost.
-    let stop_signals = match StopSignals::install() {
-        Ok(signals) => signals,
-        Err(error) => {
-            tracing::error!(%error, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-
+    let stop_signals = install_stop_signals()?;
     // The shared-memory instance comes first: each core's shard keeps its values there.
-    let local = if args.create {
-        let mut local_config = veddb_transport::local::LocalConfig::new(
-            &args.name,
-            config.memory_bytes_limit,
-            config.cores,
-        );
-        local_config.mode = args.shm_mode.0;
-        local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
-        local_config.session_timeout = Duration::from_secs(args.session_timeout);
-        local_config.value_bytes_max = config.shard.value_bytes_max;
-        match veddb_transport::local::prepare(&local_config, config.cores, config.clock.clone()) {
-            Ok(prepared) => Some(prepared),
-            Err(error) => {
-                tracing::error!(%error, "cannot create the shared-memory instance");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
-    let mut config = config;
+    let local = prepare_local(args, &config)?;
     if let Some(prepared) = &local {
         config.core_setup.push(prepared.core_setup());
     }
+    let engine = start_engine(args, &config)?;
+    let grpc = match start_grpc(args, &engine) {
+        Ok(grpc) => grpc,
+        Err(code) => {
+            engine.shutdown();
+            return Err(code);
+        }
+    };
+    let local = match start_local(args, &engine, local) {
+        Ok(local) => local,
+        Err(code) => {
+            grpc.begin_shutdown();
+            engine.shutdown();
+            return Err(code);
+        }
+    };
+    // With --debug, log the gathered INFO every 10 s.
+    let engine = Arc::new(engine);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let reporter = args.debug.then(|| spawn_stats_reporter(&engine, &stopping));
+    let signal = stop_signals.wait();
+    tracing::info!(?signal, "stopping");
+    shut_down(grpc, local, engine, &stopping, reporter)
+}
+
+/// Installs the SIGINT and SIGTERM handlers.
+fn install_stop_signals() -> Result<StopSignals, ExitCode> {
+    StopSignals::install().map_err(|error| {
+        tracing::error!(%error, "cannot install signal handlers");
+        ExitCode::FAILURE
+    })
+}
+
+/// With --create, creates the shared-memory instance that local clients attach to.
+fn prepare_local(args: &Args, config: &EngineConfig) -> Result<Option<Prepared>, ExitCode> {
+    if !args.create {
+        return Ok(None);
+    }
+    let mut local_config = veddb_transport::local::LocalConfig::new(
+        &args.name,
+        config.memory_bytes_limit,
+        config.cores,
+    );
+    local_config.mode = args.shm_mode.0;
+    local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
+    local_config.session_timeout = Duration::from_secs(args.session_timeout);
+    local_config.value_bytes_max = config.shard.value_bytes_max;
+    match veddb_transport::local::prepare(&local_config, config.cores, config.clock.clone()) {
+        Ok(prepared) => Ok(Some(prepared)),
+        Err(error) => {
+            tracing::error!(%error, "cannot create the shared-memory instance");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Starts the engine's cores and logs the settings it runs with ("veddb-server ready").
+fn start_engine(args: &Args, config: &EngineConfig) -> Result<Engine, ExitCode> {
     let engine = match Engine::start(config.clone()) {
         Ok(engine) => engine,
         Err(error) => {
             tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     tracing::info!(
@@ -360,33 +411,34 @@ fn main() -> ExitCode {
         fsync = ?config.persistence.as_ref().map(|p| p.fsync),
         "veddb-server ready"
     );
+    Ok(engine)
+}
+
+/// Loads the TLS certificate (with --tls-cert) and starts the gRPC frontend on every core.
+fn start_grpc(args: &Args, engine: &Engine) -> Result<GrpcServer, ExitCode> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(certificate), Some(key)) => match veddb_transport::grpc::tls_config(certificate, key)
         {
             Ok(tls) => Some(tls),
             Err(error) => {
                 tracing::error!(%error, "cannot load the TLS certificate");
-                engine.shutdown();
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         },
         _ => None,
     };
-    let grpc = match veddb_transport::grpc::start(
-        &engine,
-        veddb_transport::grpc::GrpcConfig {
-            bind: args.bind,
-            port: args.port,
-            message_bytes_max: args.grpc_message_bytes_max,
-            tls,
-            ..Default::default()
-        },
-    ) {
+    let config = veddb_transport::grpc::GrpcConfig {
+        bind: args.bind,
+        port: args.port,
+        message_bytes_max: args.grpc_message_bytes_max,
+        tls,
+        ..Default::default()
+    };
+    let grpc = match veddb_transport::grpc::start(engine, config) {
         Ok(grpc) => grpc,
         Err(error) => {
             tracing::error!(%error, "cannot start the gRPC frontend");
-            engine.shutdown();
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     tracing::info!(
@@ -394,7 +446,16 @@ fn main() -> ExitCode {
         tls = args.tls_cert.is_some(),
         "gRPC listening on every core"
     );
-    let local = match local.map(|prepared| prepared.start(&engine)) {
+    Ok(grpc)
+}
+
+/// Opens the prepared shared-memory instance to local clients and says how to reach it.
+fn start_local(
+    args: &Args,
+    engine: &Engine,
+    local: Option<Prepared>,
+) -> Result<Option<LocalFrontend>, ExitCode> {
+    match local.map(|prepared| prepared.start(engine)) {
         Some(Ok(frontend)) => {
             tracing::info!(
                 instance = %args.name,
@@ -402,36 +463,39 @@ fn main() -> ExitCode {
                 "local clients: shared memory ready (veddb-cli --local {})",
                 args.name
             );
-            Some(frontend)
+            Ok(Some(frontend))
         }
         Some(Err(error)) => {
             tracing::error!(%error, "cannot start the shared-memory frontend");
-            grpc.begin_shutdown();
-            engine.shutdown();
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
         None => {
             tracing::info!(
                 "local clients: off (start with --create to serve them through shared memory)"
             );
-            None
+            Ok(None)
         }
-    };
+    }
+}
 
-    // With --debug, log the gathered INFO every 10 s.
-    let engine = std::sync::Arc::new(engine);
-    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reporter = args.debug.then(|| {
-        let engine = engine.clone();
-        let stopping = stopping.clone();
-        std::thread::Builder::new()
-            .name("veddb-stats".into())
-            .spawn(move || report_stats(&engine, &stopping))
-            .expect("spawn the stats thread")
-    });
+/// Spawns the thread that logs the gathered INFO every 10 s until `stopping` is set.
+fn spawn_stats_reporter(engine: &Arc<Engine>, stopping: &Arc<AtomicBool>) -> JoinHandle<()> {
+    let engine = engine.clone();
+    let stopping = stopping.clone();
+    std::thread::Builder::new()
+        .name("veddb-stats".into())
+        .spawn(move || report_stats(&engine, &stopping))
+        .expect("spawn the stats thread")
+}
 
-    let signal = stop_signals.wait();
-    tracing::info!(?signal, "stopping");
+/// Stops in order: the frontends, a moment for calls in flight, the stats thread, the engine.
+fn shut_down(
+    grpc: GrpcServer,
+    local: Option<LocalFrontend>,
+    engine: Arc<Engine>,
+    stopping: &AtomicBool,
+    reporter: Option<JoinHandle<()>>,
+) -> Result<(), ExitCode> {
     // New calls get UNAVAILABLE and health says NOT_SERVING; give calls in flight a moment.
     grpc.begin_shutdown();
     if let Some(local) = local {
@@ -443,13 +507,13 @@ fn main() -> ExitCode {
         reporter.thread().unpark();
         let _ = reporter.join();
     }
-    let Ok(engine) = std::sync::Arc::try_unwrap(engine) else {
+    let Ok(engine) = Arc::try_unwrap(engine) else {
         tracing::error!("engine still in use at shutdown");
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     };
     let took = engine.shutdown();
     tracing::info!(took_ms = took.as_millis() as u64, "stopped");
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, caught from the start.

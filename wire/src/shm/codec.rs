@@ -658,162 +658,69 @@ pub fn payload_id(payload: &[u8]) -> Option<u32> {
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Decodes a request: the id and opcode, the opcode's fields, then nothing more.
 fn decode_request_from(mut r: Reader<'_>) -> Result<(u32, Request)> {
     let id = r.u32("request id")?;
     r.request_id = Some(id);
     let op_at = r.pos;
-    let op = r.u8("opcode")?;
-    let request = match op {
+    let request = match r.u8("opcode")? {
         opcode::PING => Request::Ping,
         opcode::INFO => Request::Info,
         opcode::SNAPSHOT => Request::Snapshot,
-        opcode::GET => Request::Get {
-            key: r.bytes("key")?,
-        },
-        opcode::DELETE => Request::Delete {
-            key: r.bytes("key")?,
-        },
-        opcode::EXISTS => Request::Exists {
-            key: r.bytes("key")?,
-        },
-        opcode::TTL => Request::Ttl {
-            key: r.bytes("key")?,
-        },
-        opcode::PERSIST => Request::Persist {
-            key: r.bytes("key")?,
-        },
-        opcode::SET => {
-            let at = r.pos;
-            let cond = match r.u8("SET condition")? {
-                condition::ALWAYS => SetCondition::Always,
-                condition::IF_ABSENT => SetCondition::IfAbsent,
-                condition::IF_PRESENT => SetCondition::IfPresent,
-                value => {
-                    return Err(r.error(
-                        at,
-                        DecodeErrorKind::BadByte {
-                            what: "SET condition",
-                            value,
-                        },
-                    ))
-                }
-            };
-            let at = r.pos;
-            let flags = r.u8("SET flags")?;
-            if flags & !(FLAG_TTL | FLAG_KEEP_TTL) != 0 {
-                return Err(r.error(
-                    at,
-                    DecodeErrorKind::BadByte {
-                        what: "SET flags",
-                        value: flags,
-                    },
-                ));
-            }
-            let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0)?;
-            let key = r.bytes("key")?;
-            let value = r.bytes("value")?;
-            Request::Set {
-                key,
-                value,
-                options: SetOptions {
-                    ttl_ms,
-                    condition: cond,
-                    keep_ttl: flags & FLAG_KEEP_TTL != 0,
-                },
-            }
-        }
-        opcode::CAS => {
-            let expected_version = r.u64("expected version")?;
-            let at = r.pos;
-            let flags = r.u8("CAS flags")?;
-            if flags & !FLAG_TTL != 0 {
-                return Err(r.error(
-                    at,
-                    DecodeErrorKind::BadByte {
-                        what: "CAS flags",
-                        value: flags,
-                    },
-                ));
-            }
-            let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0)?;
-            let key = r.bytes("key")?;
-            let value = r.bytes("value")?;
-            Request::Cas {
-                key,
-                expected_version,
-                value,
-                ttl_ms,
-            }
-        }
-        opcode::INCR => {
-            let delta = r.i64("delta")?;
-            Request::Incr {
-                key: r.bytes("key")?,
-                delta,
-            }
-        }
-        opcode::EXPIRE => {
-            let ttl_ms = r.u64("TTL")?;
-            Request::Expire {
-                key: r.bytes("key")?,
-                ttl_ms,
-            }
-        }
-        opcode::MGET => {
-            let n = r.count("MGET keys", 4, Some(limits::BATCH_KEYS_MAX))?;
-            let mut keys = Vec::with_capacity(n);
-            for _ in 0..n {
-                keys.push(r.bytes("key")?);
-            }
-            Request::MGet { keys }
-        }
-        opcode::MSET => {
-            let n = r.count("MSET pairs", 8, Some(limits::BATCH_KEYS_MAX))?;
-            let mut pairs = Vec::with_capacity(n);
-            for _ in 0..n {
-                let key = r.bytes("key")?;
-                let value = r.bytes("value")?;
-                pairs.push((key, value));
-            }
-            Request::MSet { pairs }
-        }
-        opcode::SCAN => {
-            let count = r.u32("SCAN count")?;
-            let cursor = r.bytes("cursor")?;
-            let prefix = r.bytes("prefix")?;
-            Request::Scan {
-                cursor,
-                prefix,
-                count,
-            }
-        }
+        opcode::GET => Request::Get { key: key(&mut r)? },
+        opcode::DELETE => Request::Delete { key: key(&mut r)? },
+        opcode::EXISTS => Request::Exists { key: key(&mut r)? },
+        opcode::TTL => Request::Ttl { key: key(&mut r)? },
+        opcode::PERSIST => Request::Persist { key: key(&mut r)? },
+        opcode::SET => set_request(&mut r)?,
+        opcode::CAS => cas_request(&mut r)?,
+        opcode::INCR => incr_request(&mut r)?,
+        opcode::EXPIRE => expire_request(&mut r)?,
+        opcode::MGET => mget_request(&mut r)?,
+        opcode::MSET => mset_request(&mut r)?,
+        opcode::SCAN => scan_request(&mut r)?,
         opcode::SUBSCRIBE => Request::Subscribe {
             topic: r.bytes("topic")?,
         },
         opcode::UNSUBSCRIBE => Request::Unsubscribe {
-            subscriber: SubscriberId(r.u64("subscriber id")?),
+            subscriber: subscriber_id(&mut r)?,
         },
-        opcode::PUBLISH => {
-            let topic = r.bytes("topic")?;
-            let message = r.bytes("message")?;
-            Request::Publish { topic, message }
-        }
-        opcode::FETCH => {
-            let subscriber = SubscriberId(r.u64("subscriber id")?);
-            let max = r.u32("FETCH max")?;
-            let wait_ms = r.u64("FETCH wait")?;
-            Request::Fetch {
-                subscriber,
-                max,
-                wait_ms,
-            }
-        }
+        opcode::PUBLISH => publish_request(&mut r)?,
+        opcode::FETCH => fetch_request(&mut r)?,
         other => return Err(r.error(op_at, DecodeErrorKind::UnknownOpcode(other))),
     };
     r.finish()?;
     Ok((id, request))
 }
 
+// Shared fields of requests.
+
+/// Reads a key (a byte string).
+#[inline]
+fn key(r: &mut Reader<'_>) -> Result<Bytes> {
+    r.bytes("key")
+}
+
+/// Reads a key then its value (the tail of SET and CAS, and each MSET pair).
+#[inline]
+fn key_value(r: &mut Reader<'_>) -> Result<(Bytes, Bytes)> {
+    let key = r.bytes("key")?;
+    let value = r.bytes("value")?;
+    Ok((key, value))
+}
+
+/// Reads a flags byte, refusing any bit outside `allowed`.
+#[inline]
+fn checked_flags(r: &mut Reader<'_>, what: &'static str, allowed: u8) -> Result<u8> {
+    let at = r.pos;
+    let flags = r.u8(what)?;
+    if flags & !allowed != 0 {
+        return Err(r.error(at, DecodeErrorKind::BadByte { what, value: flags }));
+    }
+    Ok(flags)
+}
+
+/// Reads the u64 TTL field: the TTL when `present`, else a zero.
 fn optional_ttl(r: &mut Reader<'_>, present: bool) -> Result<Option<u64>> {
     if present {
         Ok(Some(r.u64("TTL")?))
@@ -821,6 +728,141 @@ fn optional_ttl(r: &mut Reader<'_>, present: bool) -> Result<Option<u64>> {
         r.zero_u64("TTL (no TTL flag)")?;
         Ok(None)
     }
+}
+
+/// Reads a subscriber id (UNSUBSCRIBE, FETCH).
+#[inline]
+fn subscriber_id(r: &mut Reader<'_>) -> Result<SubscriberId> {
+    Ok(SubscriberId(r.u64("subscriber id")?))
+}
+
+// Writes: SET, CAS, INCR, EXPIRE.
+
+/// Reads the fields of SET: condition, flags, TTL, key, value.
+#[inline]
+fn set_request(r: &mut Reader<'_>) -> Result<Request> {
+    let condition = set_condition(r)?;
+    let flags = checked_flags(r, "SET flags", FLAG_TTL | FLAG_KEEP_TTL)?;
+    let ttl_ms = optional_ttl(r, flags & FLAG_TTL != 0)?;
+    let (key, value) = key_value(r)?;
+    Ok(Request::Set {
+        key,
+        value,
+        options: SetOptions {
+            ttl_ms,
+            condition,
+            keep_ttl: flags & FLAG_KEEP_TTL != 0,
+        },
+    })
+}
+
+/// Reads the condition byte of SET.
+#[inline]
+fn set_condition(r: &mut Reader<'_>) -> Result<SetCondition> {
+    let at = r.pos;
+    match r.u8("SET condition")? {
+        condition::ALWAYS => Ok(SetCondition::Always),
+        condition::IF_ABSENT => Ok(SetCondition::IfAbsent),
+        condition::IF_PRESENT => Ok(SetCondition::IfPresent),
+        value => Err(r.error(
+            at,
+            DecodeErrorKind::BadByte {
+                what: "SET condition",
+                value,
+            },
+        )),
+    }
+}
+
+/// Reads the fields of CAS: expected version, flags, TTL, key, value.
+#[inline]
+fn cas_request(r: &mut Reader<'_>) -> Result<Request> {
+    let expected_version = r.u64("expected version")?;
+    let flags = checked_flags(r, "CAS flags", FLAG_TTL)?;
+    let ttl_ms = optional_ttl(r, flags & FLAG_TTL != 0)?;
+    let (key, value) = key_value(r)?;
+    Ok(Request::Cas {
+        key,
+        expected_version,
+        value,
+        ttl_ms,
+    })
+}
+
+/// Reads the fields of INCR: delta, key.
+#[inline]
+fn incr_request(r: &mut Reader<'_>) -> Result<Request> {
+    let delta = r.i64("delta")?;
+    let key = key(r)?;
+    Ok(Request::Incr { key, delta })
+}
+
+/// Reads the fields of EXPIRE: TTL, key.
+#[inline]
+fn expire_request(r: &mut Reader<'_>) -> Result<Request> {
+    let ttl_ms = r.u64("TTL")?;
+    let key = key(r)?;
+    Ok(Request::Expire { key, ttl_ms })
+}
+
+// Batches and scans: MGET, MSET, SCAN.
+
+/// Reads the fields of MGET: a count (at most `BATCH_KEYS_MAX`), then the keys.
+#[inline]
+fn mget_request(r: &mut Reader<'_>) -> Result<Request> {
+    let n = r.count("MGET keys", 4, Some(limits::BATCH_KEYS_MAX))?;
+    let mut keys = Vec::with_capacity(n);
+    for _ in 0..n {
+        keys.push(key(r)?);
+    }
+    Ok(Request::MGet { keys })
+}
+
+/// Reads the fields of MSET: a count (at most `BATCH_KEYS_MAX`), then the key-value pairs.
+#[inline]
+fn mset_request(r: &mut Reader<'_>) -> Result<Request> {
+    let n = r.count("MSET pairs", 8, Some(limits::BATCH_KEYS_MAX))?;
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        pairs.push(key_value(r)?);
+    }
+    Ok(Request::MSet { pairs })
+}
+
+/// Reads the fields of SCAN: count, cursor, prefix.
+#[inline]
+fn scan_request(r: &mut Reader<'_>) -> Result<Request> {
+    let count = r.u32("SCAN count")?;
+    let cursor = r.bytes("cursor")?;
+    let prefix = r.bytes("prefix")?;
+    Ok(Request::Scan {
+        cursor,
+        prefix,
+        count,
+    })
+}
+
+// Pub/sub: PUBLISH, FETCH (SUBSCRIBE and UNSUBSCRIBE have one field each).
+
+/// Reads the fields of PUBLISH: topic, message.
+#[inline]
+fn publish_request(r: &mut Reader<'_>) -> Result<Request> {
+    let topic = r.bytes("topic")?;
+    let message = r.bytes("message")?;
+    Ok(Request::Publish { topic, message })
+}
+
+/// Reads the fields of FETCH: subscriber id, max, wait.
+#[inline]
+fn fetch_request(r: &mut Reader<'_>) -> Result<Request> {
+    let subscriber = subscriber_id(r)?;
+    let max = r.u32("FETCH max")?;
+    let wait_ms = r.u64("FETCH wait")?;
+    Ok(Request::Fetch {
+        subscriber,
+        max,
+        wait_ms,
+    })
 }
 
 // -----------------------------------------------------------------------------------------
