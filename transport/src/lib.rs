@@ -34,8 +34,8 @@ pub trait Frontend {
         None
     }
 
-    /// Starts serving on the running engine; on success, where it serves (for the log).
-    fn start(&mut self, engine: &Engine) -> Result<String, String>;
+    /// Starts serving on the running engine, and logs where clients reach it.
+    fn start(&mut self, engine: &Engine) -> Result<(), String>;
 
     /// Stops taking new work and tells its clients (calls in progress finish). Called before
     /// the engine stops; a frontend never started ignores it.

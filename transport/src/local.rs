@@ -105,22 +105,28 @@ impl crate::Frontend for LocalFrontendHandle {
         self.prepared.as_ref().map(Prepared::core_setup)
     }
 
-    fn start(&mut self, engine: &veddb_engine::Engine) -> Result<String, String> {
+    fn start(&mut self, engine: &veddb_engine::Engine) -> Result<(), String> {
         let prepared = self
             .prepared
             .take()
             .ok_or("the shared-memory frontend was started twice")?;
         self.running = Some(prepared.start(engine)?);
-        Ok(format!(
-            "instance {} ready (veddb-cli --local {})",
-            veddb_wire::shm::layout::instance::path(&self.name),
+        tracing::info!(
+            instance = %self.name,
+            path = %veddb_wire::shm::layout::instance::path(&self.name),
+            "local clients: shared memory ready (veddb-cli --local {})",
             self.name
-        ))
+        );
+        Ok(())
     }
 
     fn shutdown(&mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown();
+        }
+        if let Some(prepared) = self.prepared.take() {
+            // Never started (another frontend or the engine failed): no client ever saw it.
+            prepared.discard();
         }
     }
 }
@@ -156,6 +162,8 @@ mod other {
         pub fn start(self, _engine: &veddb_engine::Engine) -> Result<LocalFrontend, String> {
             Err("local clients through shared memory are supported on Linux only".into())
         }
+
+        pub fn discard(self) {}
     }
 
     impl LocalFrontend {
@@ -461,6 +469,11 @@ mod linux {
                         as Box<dyn CoreSource>,
                 )
             }))
+        }
+
+        /// Removes the instance of a frontend that never started (so no stale files remain).
+        pub fn discard(self) {
+            let _ = std::fs::remove_file(&self.instance_path);
         }
 
         /// Starts the attach thread; the instance is then ready. The engine must run with

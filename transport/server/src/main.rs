@@ -11,8 +11,9 @@ use argh::FromArgs;
 use veddb_engine::persist::PersistConfig;
 use veddb_engine::{available_cpus, Engine, EngineConfig, FsyncPolicy};
 use veddb_shard::Eviction;
-use veddb_transport::grpc::GrpcServer;
-use veddb_transport::local::{LocalFrontend, Prepared};
+use veddb_transport::grpc::GrpcFrontend;
+use veddb_transport::local::LocalFrontendHandle;
+use veddb_transport::Frontend;
 use veddb_wire::limits;
 
 /// VedDB server: a thread-per-core key-value store and pub/sub broker.
@@ -328,34 +329,30 @@ fn parse_args() -> Result<(Args, EngineConfig), ExitCode> {
 fn serve(args: &Args, mut config: EngineConfig) -> Result<(), ExitCode> {
     // Signals first, so a SIGTERM during start-up is not lost.
     let stop_signals = install_stop_signals()?;
-    // The shared-memory instance comes first: each core's shard keeps its values there.
-    let local = prepare_local(args, &config)?;
-    if let Some(prepared) = &local {
-        config.core_setup.push(prepared.core_setup());
+    // Every frontend is made before the engine: the shared-memory one creates the instance
+    // each core's shard keeps its values in, and brings its rings into each core's loop.
+    let mut frontends = make_frontends(args, &config)?;
+    config.core_setup.extend(
+        frontends
+            .iter()
+            .filter_map(|frontend| frontend.core_setup()),
+    );
+    let engine = start_engine(&config)?;
+    if let Err(code) = start_frontends(&mut frontends, &engine) {
+        for frontend in frontends.iter_mut() {
+            frontend.shutdown();
+        }
+        engine.shutdown();
+        return Err(code);
     }
-    let engine = start_engine(args, &config)?;
-    let grpc = match start_grpc(args, &engine) {
-        Ok(grpc) => grpc,
-        Err(code) => {
-            engine.shutdown();
-            return Err(code);
-        }
-    };
-    let local = match start_local(args, &engine, local) {
-        Ok(local) => local,
-        Err(code) => {
-            grpc.begin_shutdown();
-            engine.shutdown();
-            return Err(code);
-        }
-    };
+    log_ready(args, &config, &engine);
     // With --debug, log the gathered INFO every 10 s.
     let engine = Arc::new(engine);
     let stopping = Arc::new(AtomicBool::new(false));
     let reporter = args.debug.then(|| spawn_stats_reporter(&engine, &stopping));
     let signal = stop_signals.wait();
     tracing::info!(?signal, "stopping");
-    shut_down(grpc, local, engine, &stopping, reporter)
+    shut_down(frontends, engine, &stopping, reporter)
 }
 
 /// Installs the SIGINT and SIGTERM handlers.
@@ -366,11 +363,44 @@ fn install_stop_signals() -> Result<StopSignals, ExitCode> {
     })
 }
 
-/// With --create, creates the shared-memory instance that local clients attach to.
-fn prepare_local(args: &Args, config: &EngineConfig) -> Result<Option<Prepared>, ExitCode> {
-    if !args.create {
-        return Ok(None);
+/// The frontends this server runs: gRPC always (its TLS files loaded now, so a bad one fails
+/// the start before anything listens), shared memory with --create (its instance created).
+fn make_frontends(args: &Args, config: &EngineConfig) -> Result<Vec<Box<dyn Frontend>>, ExitCode> {
+    let mut frontends: Vec<Box<dyn Frontend>> = vec![Box::new(grpc_frontend(args)?)];
+    if args.create {
+        frontends.push(Box::new(local_frontend(args, config)?));
+    } else {
+        tracing::info!(
+            "local clients: off (start with --create to serve them through shared memory)"
+        );
     }
+    Ok(frontends)
+}
+
+/// The gRPC frontend, with its TLS certificate (with --tls-cert) loaded.
+fn grpc_frontend(args: &Args) -> Result<GrpcFrontend, ExitCode> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => match veddb_transport::grpc::tls_config(certificate, key)
+        {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                tracing::error!(%error, "cannot load the TLS certificate");
+                return Err(ExitCode::FAILURE);
+            }
+        },
+        _ => None,
+    };
+    Ok(GrpcFrontend::new(veddb_transport::grpc::GrpcConfig {
+        bind: args.bind,
+        port: args.port,
+        message_bytes_max: args.grpc_message_bytes_max,
+        tls,
+        ..Default::default()
+    }))
+}
+
+/// The shared-memory frontend: creates the instance that local clients attach to.
+fn local_frontend(args: &Args, config: &EngineConfig) -> Result<LocalFrontendHandle, ExitCode> {
     let mut local_config = veddb_transport::local::LocalConfig::new(
         &args.name,
         config.memory_bytes_limit,
@@ -380,24 +410,35 @@ fn prepare_local(args: &Args, config: &EngineConfig) -> Result<Option<Prepared>,
     local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
     local_config.session_timeout = Duration::from_secs(args.session_timeout);
     local_config.value_bytes_max = config.shard.value_bytes_max;
-    match veddb_transport::local::prepare(&local_config, config.cores, config.clock.clone()) {
-        Ok(prepared) => Ok(Some(prepared)),
-        Err(error) => {
+    LocalFrontendHandle::prepare(&local_config, config.cores, config.clock.clone()).map_err(
+        |error| {
             tracing::error!(%error, "cannot create the shared-memory instance");
-            Err(ExitCode::FAILURE)
-        }
-    }
+            ExitCode::FAILURE
+        },
+    )
 }
 
-/// Starts the engine's cores and logs the settings it runs with ("veddb-server ready").
-fn start_engine(args: &Args, config: &EngineConfig) -> Result<Engine, ExitCode> {
-    let engine = match Engine::start(config.clone()) {
-        Ok(engine) => engine,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
+/// Starts the engine's cores.
+fn start_engine(config: &EngineConfig) -> Result<Engine, ExitCode> {
+    Engine::start(config.clone()).map_err(|error| {
+        tracing::error!(%error, "cannot start");
+        ExitCode::FAILURE
+    })
+}
+
+/// Starts every frontend on the running engine, in order; each logs where it serves.
+fn start_frontends(frontends: &mut [Box<dyn Frontend>], engine: &Engine) -> Result<(), ExitCode> {
+    for frontend in frontends.iter_mut() {
+        if let Err(error) = frontend.start(engine) {
+            tracing::error!(%error, "cannot start the {} frontend", frontend.name());
             return Err(ExitCode::FAILURE);
         }
-    };
+    }
+    Ok(())
+}
+
+/// "veddb-server ready", with the settings it runs with: logged once every frontend serves.
+fn log_ready(args: &Args, config: &EngineConfig, engine: &Engine) {
     tracing::info!(
         name = %args.name,
         cores = engine.shard_count(),
@@ -411,71 +452,6 @@ fn start_engine(args: &Args, config: &EngineConfig) -> Result<Engine, ExitCode> 
         fsync = ?config.persistence.as_ref().map(|p| p.fsync),
         "veddb-server ready"
     );
-    Ok(engine)
-}
-
-/// Loads the TLS certificate (with --tls-cert) and starts the gRPC frontend on every core.
-fn start_grpc(args: &Args, engine: &Engine) -> Result<GrpcServer, ExitCode> {
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(certificate), Some(key)) => match veddb_transport::grpc::tls_config(certificate, key)
-        {
-            Ok(tls) => Some(tls),
-            Err(error) => {
-                tracing::error!(%error, "cannot load the TLS certificate");
-                return Err(ExitCode::FAILURE);
-            }
-        },
-        _ => None,
-    };
-    let config = veddb_transport::grpc::GrpcConfig {
-        bind: args.bind,
-        port: args.port,
-        message_bytes_max: args.grpc_message_bytes_max,
-        tls,
-        ..Default::default()
-    };
-    let grpc = match veddb_transport::grpc::start(engine, config) {
-        Ok(grpc) => grpc,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the gRPC frontend");
-            return Err(ExitCode::FAILURE);
-        }
-    };
-    tracing::info!(
-        address = %grpc.local_addr(),
-        tls = args.tls_cert.is_some(),
-        "gRPC listening on every core"
-    );
-    Ok(grpc)
-}
-
-/// Opens the prepared shared-memory instance to local clients and says how to reach it.
-fn start_local(
-    args: &Args,
-    engine: &Engine,
-    local: Option<Prepared>,
-) -> Result<Option<LocalFrontend>, ExitCode> {
-    match local.map(|prepared| prepared.start(engine)) {
-        Some(Ok(frontend)) => {
-            tracing::info!(
-                instance = %args.name,
-                path = %veddb_wire::shm::layout::instance::path(&args.name),
-                "local clients: shared memory ready (veddb-cli --local {})",
-                args.name
-            );
-            Ok(Some(frontend))
-        }
-        Some(Err(error)) => {
-            tracing::error!(%error, "cannot start the shared-memory frontend");
-            Err(ExitCode::FAILURE)
-        }
-        None => {
-            tracing::info!(
-                "local clients: off (start with --create to serve them through shared memory)"
-            );
-            Ok(None)
-        }
-    }
 }
 
 /// Spawns the thread that logs the gathered INFO every 10 s until `stopping` is set.
@@ -490,16 +466,15 @@ fn spawn_stats_reporter(engine: &Arc<Engine>, stopping: &Arc<AtomicBool>) -> Joi
 
 /// Stops in order: the frontends, a moment for calls in flight, the stats thread, the engine.
 fn shut_down(
-    grpc: GrpcServer,
-    local: Option<LocalFrontend>,
+    mut frontends: Vec<Box<dyn Frontend>>,
     engine: Arc<Engine>,
     stopping: &AtomicBool,
     reporter: Option<JoinHandle<()>>,
 ) -> Result<(), ExitCode> {
-    // New calls get UNAVAILABLE and health says NOT_SERVING; give calls in flight a moment.
-    grpc.begin_shutdown();
-    if let Some(local) = local {
-        local.shutdown();
+    // New calls get UNAVAILABLE, health says NOT_SERVING, local clients are told; give calls
+    // in flight a moment.
+    for frontend in frontends.iter_mut() {
+        frontend.shutdown();
     }
     std::thread::sleep(Duration::from_millis(100));
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -512,6 +487,7 @@ fn shut_down(
         return Err(ExitCode::FAILURE);
     };
     let took = engine.shutdown();
+    drop(frontends);
     tracing::info!(took_ms = took.as_millis() as u64, "stopped");
     Ok(())
 }

@@ -186,15 +186,15 @@ impl crate::Frontend for GrpcFrontend {
         "gRPC"
     }
 
-    fn start(&mut self, engine: &Engine) -> Result<String, String> {
-        let tls = self.config.tls.is_some();
+    fn start(&mut self, engine: &Engine) -> Result<(), String> {
         let server = start(engine, self.config.clone()).map_err(|error| error.to_string())?;
-        let address = server.local_addr();
+        tracing::info!(
+            address = %server.local_addr(),
+            tls = self.config.tls.is_some(),
+            "gRPC listening on every core"
+        );
         self.server = Some(server);
-        Ok(format!(
-            "listening on {address} on every core{}",
-            if tls { " (TLS)" } else { "" }
-        ))
+        Ok(())
     }
 
     fn shutdown(&mut self) {
