@@ -52,6 +52,7 @@ fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
             keep_ttl: options.keep_ttl,
         }),
         Request::Delete { key } => Op::Delete(pb::DeleteRequest { key }),
+        Request::Exists { key } => Op::Exists(pb::ExistsRequest { key }),
         Request::Cas {
             key,
             expected_version,
@@ -92,8 +93,7 @@ fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
             count,
         }),
         Request::Publish { topic, message } => Op::Publish(pb::PublishRequest { topic, message }),
-        other @ (Request::Exists { .. }
-        | Request::Info
+        other @ (Request::Info
         | Request::Snapshot
         | Request::Subscribe { .. }
         | Request::Unsubscribe { .. }
@@ -153,6 +153,7 @@ pub fn decode_batch_response(request: &Request, message: Bytes) -> Result<Respon
             }
         }
         (Request::Delete { .. }, Op::Delete(delete)) => Response::Bool(delete.existed),
+        (Request::Exists { .. }, Op::Exists(exists)) => Response::Bool(exists.exists),
         (Request::Cas { .. }, Op::Cas(cas)) => Response::Stored {
             version: cas.version,
         },
@@ -302,6 +303,8 @@ mod tests {
                 Response::NotStored,
             ),
             (Request::Delete { key: b("k") }, Response::Bool(true)),
+            (Request::Exists { key: b("k") }, Response::Bool(true)),
+            (Request::Exists { key: b("k") }, Response::Bool(false)),
             (
                 Request::Cas {
                     key: b("k"),

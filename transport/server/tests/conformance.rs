@@ -516,24 +516,48 @@ fn set_conditions_and_ttl(kind: Kind) {
     }
 }
 
-/// EXISTS.
+/// EXISTS: present, absent, expired, deleted; pipelined; an empty key is refused.
 fn exists_reports_presence(kind: Kind) {
     let server = Server::start(&[]);
     let client = server.connect(kind);
     client.set("here", "v", SetOptions::default()).unwrap();
-    let exists = |key: &str| client.execute(Request::Exists { key: b(key) });
-    match kind {
-        Kind::Local => {
-            assert_eq!(exists("here").unwrap(), Response::Bool(true));
-            assert_eq!(exists("absent").unwrap(), Response::Bool(false));
-        }
-        // KNOWN: the gRPC protocol has no EXISTS (no RPC and no Batch op in veddb.v1), so the
-        // request is refused with UNIMPLEMENTED instead of answering Bool(true)/Bool(false).
-        Kind::Grpc => {
-            assert_eq!(code(exists("here")), Code::Unimplemented);
-            assert_eq!(code(exists("absent")), Code::Unimplemented);
-        }
+    assert!(client.exists("here").unwrap());
+    assert!(!client.exists("absent").unwrap());
+    assert_eq!(
+        client.execute(Request::Exists { key: b("here") }).unwrap(),
+        Response::Bool(true)
+    );
+    client
+        .set("brief", "v", opts(Some(30), SetCondition::Always, false))
+        .unwrap()
+        .unwrap();
+    eventually("a key with a 30 ms TTL stops existing", || {
+        !client.exists("brief").unwrap()
+    });
+    assert!(client.delete("here").unwrap());
+    assert!(!client.exists("here").unwrap());
+    assert_eq!(
+        code(client.exists("")),
+        Code::InvalidArgument,
+        "an empty key"
+    );
+    // Across cores, pipelined, each answer in its place.
+    let keys = keys_across_cores(b"exists:", 8);
+    for key in keys.iter().step_by(2) {
+        client.set(key.clone(), "v", SetOptions::default()).unwrap();
     }
+    let answers = client
+        .execute_many(
+            keys.iter()
+                .map(|key| Request::Exists { key: key.clone() })
+                .collect(),
+        )
+        .unwrap();
+    let found: Vec<Response> = answers.into_iter().map(Result::unwrap).collect();
+    let expected: Vec<Response> = (0..keys.len())
+        .map(|i| Response::Bool(i % 2 == 0))
+        .collect();
+    assert_eq!(found, expected);
     client.ping().unwrap();
 }
 
