@@ -498,22 +498,60 @@ fn set_conditions_and_ttl(kind: Kind) {
         code(client.expire("nx", limits::TTL_MS_MAX + 1)),
         Code::InvalidArgument
     );
-    let zero = opts(Some(0), SetCondition::Always, false);
-    match kind {
-        Kind::Local => assert_eq!(
-            code(client.set("zero", "v", zero)),
-            Code::InvalidArgument,
-            "a TTL of 0 ms"
-        ),
-        // KNOWN: gRPC cannot carry a TTL of 0: veddb.v1.SetRequest.ttl_ms = 0 means "no TTL"
-        // (wire/src/grpc_client.rs sends Some(0) as 0, wire/src/grpc/messages.rs reads 0 as
-        // None), so SET with ttl_ms Some(0) is stored without expiry instead of being refused
-        // with INVALID_ARGUMENT ("TTL must be at least 1 ms") as on shared memory. CAS alike.
-        Kind::Grpc => {
-            assert!(client.set("zero", "v", zero).unwrap().is_some());
-            assert_eq!(client.ttl("zero").unwrap(), Ttl::Persistent);
+    // A TTL of 0 ms on SET or CAS is refused with the engine's own status, code and message,
+    // and writes nothing (EXPIRE 0, above, expires the key instead). Over gRPC, where ttl_ms = 0
+    // means "no TTL", the client refuses it before sending.
+    let zero_ttl = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Status(status)) => {
+            assert_eq!(status, veddb_wire::Error::ttl_zero().status())
         }
-    }
+        other => panic!("a TTL of 0 ms: {other:?}"),
+    };
+    let zero = opts(Some(0), SetCondition::Always, false);
+    zero_ttl(client.set("zero", "v", zero).map(|_| ()));
+    assert_eq!(
+        client.get("zero").unwrap(),
+        None,
+        "the refused SET wrote nothing"
+    );
+    let version = client
+        .set("zero", "v", SetOptions::default())
+        .unwrap()
+        .unwrap();
+    zero_ttl(client.cas("zero", version, "w", Some(0)).map(|_| ()));
+    assert_eq!(
+        client.get("zero").unwrap(),
+        Some((b("v"), version)),
+        "the refused CAS changed nothing"
+    );
+    assert_eq!(client.ttl("zero").unwrap(), Ttl::Persistent);
+    // Refused alone in a pipeline: the requests around it run.
+    let answers = client
+        .execute_many(vec![
+            Request::Set {
+                key: b("zero-before"),
+                value: b("v"),
+                options: SetOptions::default(),
+            },
+            Request::Set {
+                key: b("zero-pipelined"),
+                value: b("v"),
+                options: zero,
+            },
+            Request::Exists {
+                key: b("zero-before"),
+            },
+        ])
+        .unwrap();
+    assert_eq!(answers.len(), 3);
+    let mut answers = answers.into_iter();
+    assert!(matches!(
+        answers.next().unwrap(),
+        Ok(Response::Stored { .. })
+    ));
+    zero_ttl(answers.next().unwrap().map(|_| ()));
+    assert_eq!(answers.next().unwrap().unwrap(), Response::Bool(true));
+    assert_eq!(client.get("zero-pipelined").unwrap(), None);
 }
 
 /// EXISTS: present, absent, expired, deleted; pipelined; an empty key is refused.
