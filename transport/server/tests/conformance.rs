@@ -7,9 +7,9 @@
 //!
 //! Each test starts its own server (`--create --name <unique>`, so it serves shared memory, and
 //! `--port 0`, gRPC on a free port; two cores, so requests are forwarded between cores), so
-//! tests run in parallel and counters read through INFO are this test's alone. Behaviour a
-//! transport gets wrong on the server's side is asserted as it is today and marked `// KNOWN:`
-//! with what it should be, so the suite passes and the deviation stays visible.
+//! tests run in parallel and counters read through INFO are this test's alone. Where transports
+//! differ by design (a limit only one of them has), the case asserts each transport's behaviour
+//! and says why they differ.
 #![cfg(target_os = "linux")]
 
 use std::collections::HashSet;
@@ -1134,18 +1134,38 @@ fn oversize_message_is_delivered_or_counted(kind: Kind) {
     assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
     assert_eq!(publisher.publish("large", "after").unwrap(), 1);
     match kind {
+        // Shared memory has no per-message limit below --value-bytes-max: it is delivered.
         Kind::Local => {
-            assert_eq!(next_message(&mut subscription), (large, 0));
+            assert_eq!(next_message(&mut subscription), (large.clone(), 0));
             assert_eq!(next_message(&mut subscription), (b("after"), 0));
         }
-        // KNOWN: the gRPC Subscribe stream skips a message over --grpc-message-bytes-max
-        // without counting it (transport/src/grpc/server.rs, `deliver`: `if encoded.len() >
-        // limit { continue; }`, after taking the FETCH's dropped count, which is lost with it),
-        // so the next message comes with dropped 0. It should come with dropped 1 (or the
-        // message be delivered): the subscriber cannot tell it missed anything.
-        Kind::Grpc => assert_eq!(next_message(&mut subscription), (b("after"), 0)),
+        // --grpc-message-bytes-max is a limit of gRPC only: a Subscribe stream cannot carry the
+        // message, so it is dropped for this subscriber and counted in the next message's
+        // `dropped`, as the queue's own drops are.
+        Kind::Grpc => assert_eq!(next_message(&mut subscription), (b("after"), 1)),
     }
+    assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout);
+    // A skipped message with none after it: its count is not sent alone (a message with only a
+    // count would read as a published empty message) but waits for the next message, whichever
+    // FETCH brings it, as over shared memory.
+    assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
+    match kind {
+        Kind::Local => assert_eq!(next_message(&mut subscription), (large.clone(), 0)),
+        Kind::Grpc => assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout),
+    }
+    assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
+    assert_eq!(publisher.publish("large", "").unwrap(), 1);
+    match kind {
+        Kind::Local => {
+            assert_eq!(next_message(&mut subscription), (large, 0));
+            assert_eq!(next_message(&mut subscription), (Bytes::new(), 0));
+        }
+        Kind::Grpc => assert_eq!(next_message(&mut subscription), (Bytes::new(), 2)),
+    }
+    assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout);
     let info = publisher.info().unwrap().total();
+    // INFO counts what the topic's queues dropped (the slow-subscriber policy), not what a
+    // frontend could not send.
     assert_eq!(
         info.messages_dropped, 0,
         "the queue dropped nothing: {info:?}"
