@@ -524,7 +524,7 @@ fn check_value(value: &[u8], limit: usize) -> Result<(), Error> {
 
 fn check_ttl(ttl_ms: u64) -> Result<(), Error> {
     if ttl_ms == 0 {
-        return Err(Error::InvalidArgument("TTL must be at least 1 ms".into()));
+        return Err(Error::ttl_zero());
     }
     check_ttl_allow_zero(ttl_ms)
 }

@@ -7,10 +7,26 @@ use prost::Message;
 
 use crate::grpc::{Code, Status};
 use crate::proto::v1 as pb;
-use crate::{Info, Request, Response, SetCondition, ShardStats, Ttl};
+use crate::{Error, Info, Request, Response, SetCondition, ShardStats, Ttl};
+
+/// The engine's error for a request that `veddb.v1` cannot carry as it is, which a client
+/// answers itself instead of sending it: a SET or CAS with a TTL of 0 ms. The engine refuses
+/// that TTL ([`Error::ttl_zero`]), but on the wire `ttl_ms = 0` means "no TTL" (SET) or "keep
+/// the expiry" (CAS), so sent as it is the request would succeed. `None` for every other
+/// request (EXPIRE's `ttl_ms = 0` means "expire now" on the wire and in the engine alike).
+pub fn refusal_before_sending(request: &Request) -> Option<Error> {
+    match request {
+        Request::Set { options, .. } if options.ttl_ms == Some(0) => Some(Error::ttl_zero()),
+        Request::Cas {
+            ttl_ms: Some(0), ..
+        } => Some(Error::ttl_zero()),
+        _ => None,
+    }
+}
 
 /// Encodes `request` as a `BatchRequest`. INFO, SNAPSHOT, SUBSCRIBE, UNSUBSCRIBE and FETCH have
-/// their own RPCs and are refused here.
+/// their own RPCs and are refused here (UNIMPLEMENTED), and so is a request the engine would
+/// refuse that the wire cannot carry ([`refusal_before_sending`]: the engine's status).
 pub fn encode_batch_request(request: &Request) -> Result<Vec<u8>, Status> {
     batch_request(request).map(|message| message.encode_to_vec())
 }
@@ -33,6 +49,9 @@ pub fn encode_batch_request_framed(request: &Request, out: &mut Vec<u8>) -> Resu
 
 fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
     use pb::batch_request::Op;
+    if let Some(error) = refusal_before_sending(request) {
+        return Err(error.status());
+    }
     let op = match request.clone() {
         Request::Ping => Op::Ping(pb::PingRequest {}),
         Request::Get { key } => Op::Get(pb::GetRequest { key }),
@@ -52,6 +71,7 @@ fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
             keep_ttl: options.keep_ttl,
         }),
         Request::Delete { key } => Op::Delete(pb::DeleteRequest { key }),
+        Request::Exists { key } => Op::Exists(pb::ExistsRequest { key }),
         Request::Cas {
             key,
             expected_version,
@@ -92,8 +112,7 @@ fn batch_request(request: &Request) -> Result<pb::BatchRequest, Status> {
             count,
         }),
         Request::Publish { topic, message } => Op::Publish(pb::PublishRequest { topic, message }),
-        other @ (Request::Exists { .. }
-        | Request::Info
+        other @ (Request::Info
         | Request::Snapshot
         | Request::Subscribe { .. }
         | Request::Unsubscribe { .. }
@@ -153,6 +172,7 @@ pub fn decode_batch_response(request: &Request, message: Bytes) -> Result<Respon
             }
         }
         (Request::Delete { .. }, Op::Delete(delete)) => Response::Bool(delete.existed),
+        (Request::Exists { .. }, Op::Exists(exists)) => Response::Bool(exists.exists),
         (Request::Cas { .. }, Op::Cas(cas)) => Response::Stored {
             version: cas.version,
         },
@@ -302,6 +322,8 @@ mod tests {
                 Response::NotStored,
             ),
             (Request::Delete { key: b("k") }, Response::Bool(true)),
+            (Request::Exists { key: b("k") }, Response::Bool(true)),
+            (Request::Exists { key: b("k") }, Response::Bool(false)),
             (
                 Request::Cas {
                     key: b("k"),
@@ -421,6 +443,69 @@ mod tests {
         let status = encode_batch_request(&Request::Snapshot).unwrap_err();
         assert_eq!(status.code, Code::Unimplemented);
         assert_eq!(status.message, "SNAPSHOT is not a batch operation");
+    }
+
+    /// A TTL of 0 ms on SET or CAS cannot be sent (the wire reads 0 as "no TTL" or "keep the
+    /// expiry"): refused before sending with the status the engine gives it, nothing written.
+    /// EXPIRE 0 means "expire now" on the wire too, and is sent.
+    #[test]
+    fn a_ttl_of_zero_is_refused_with_the_engines_status() {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let engine = crate::Error::ttl_zero().status();
+        assert_eq!(engine.code, Code::InvalidArgument);
+        let refused = [
+            Request::Set {
+                key: b("k"),
+                value: b("v"),
+                options: SetOptions {
+                    ttl_ms: Some(0),
+                    ..SetOptions::default()
+                },
+            },
+            Request::Cas {
+                key: b("k"),
+                expected_version: 1,
+                value: b("v"),
+                ttl_ms: Some(0),
+            },
+        ];
+        for request in &refused {
+            assert_eq!(
+                refusal_before_sending(request).map(|error| error.status()),
+                Some(engine.clone()),
+                "{request:?}"
+            );
+            assert_eq!(encode_batch_request(request).unwrap_err(), engine);
+            let mut out = Vec::new();
+            assert_eq!(
+                encode_batch_request_framed(request, &mut out).unwrap_err(),
+                engine
+            );
+            assert!(out.is_empty(), "nothing written for {request:?}");
+        }
+        let sent = [
+            Request::Set {
+                key: b("k"),
+                value: b("v"),
+                options: SetOptions::default(),
+            },
+            Request::Cas {
+                key: b("k"),
+                expected_version: 1,
+                value: b("v"),
+                ttl_ms: None,
+            },
+            Request::Expire {
+                key: b("k"),
+                ttl_ms: 0,
+            },
+        ];
+        for request in &sent {
+            assert_eq!(refusal_before_sending(request), None, "{request:?}");
+            let encoded = encode_batch_request(request).unwrap();
+            let (_, decoded) = decode_batch(Bytes::from(encoded)).unwrap();
+            assert_eq!(&decoded, request);
+        }
     }
 
     /// The client's SNAPSHOT request is what the server decodes, and the server's answer

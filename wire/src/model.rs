@@ -311,6 +311,16 @@ pub enum Error {
     Busy(String),
 }
 
+impl Error {
+    /// A TTL of 0 ms on SET or CAS, which the engine refuses: a TTL there is at least 1 ms
+    /// (EXPIRE takes 0 and expires the key at once). The one copy of this error: the shard
+    /// answers it, and the gRPC client refuses such a request with it before sending, since
+    /// `veddb.v1` reads `ttl_ms = 0` as "no TTL" (SET) or "keep the expiry" (CAS).
+    pub fn ttl_zero() -> Error {
+        Error::InvalidArgument("TTL must be at least 1 ms".into())
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

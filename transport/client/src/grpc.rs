@@ -229,7 +229,10 @@ impl GrpcConnection {
 
     /// Runs several requests pipelined on one `Batch` stream; answers come back in order,
     /// each with its own result. INFO or SNAPSHOT alone runs through its own RPC; among other
-    /// requests they are refused (UNIMPLEMENTED: not a batch operation).
+    /// requests they are refused (UNIMPLEMENTED: not a batch operation), and the whole batch
+    /// with them. A request the engine would refuse that the wire cannot carry (a SET or CAS
+    /// with a TTL of 0 ms: [`client_map::refusal_before_sending`]) is not sent: its result is
+    /// the engine's error, as over shared memory, and the others run.
     pub async fn execute_many(
         &self,
         requests: Vec<Request>,
@@ -240,23 +243,39 @@ impl GrpcConnection {
             _ => {}
         }
         let mut framed = Vec::new();
+        let mut refusals = Vec::with_capacity(requests.len());
         for request in &requests {
-            client_map::encode_batch_request_framed(request, &mut framed)
-                .map_err(ClientError::Status)?;
+            let refusal = client_map::refusal_before_sending(request);
+            if refusal.is_none() {
+                client_map::encode_batch_request_framed(request, &mut framed)
+                    .map_err(ClientError::Status)?;
+            }
+            refusals.push(refusal);
         }
-        let answers = self.call_framed(Method::Batch.path(), framed).await?;
-        if answers.len() != requests.len() {
+        let sent = refusals.iter().filter(|refusal| refusal.is_none()).count();
+        let answers = if sent == 0 {
+            Vec::new()
+        } else {
+            self.call_framed(Method::Batch.path(), framed).await?
+        };
+        if answers.len() != sent {
             return Err(ClientError::Protocol(format!(
-                "{} answers to {} requests",
+                "{} answers to {sent} requests",
                 answers.len(),
-                requests.len()
             )));
         }
+        let mut answers = answers.into_iter();
         Ok(requests
             .iter()
-            .zip(answers)
-            .map(|(request, answer)| {
-                client_map::decode_batch_response(request, answer).map_err(ClientError::Status)
+            .zip(refusals)
+            .map(|(request, refusal)| match refusal {
+                Some(error) => Err(ClientError::from(error)),
+                // One answer per request sent (counted above), in order.
+                None => match answers.next() {
+                    Some(answer) => client_map::decode_batch_response(request, answer)
+                        .map_err(ClientError::Status),
+                    None => Err(ClientError::Protocol("no answer".into())),
+                },
             })
             .collect())
     }

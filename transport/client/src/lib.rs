@@ -254,6 +254,14 @@ impl Client {
         }
     }
 
+    /// Whether `key` exists (false when missing or expired).
+    pub fn exists(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        match self.execute(Request::Exists { key: key.into() })? {
+            Response::Bool(exists) => Ok(exists),
+            other => Err(ClientError::unexpected(other)),
+        }
+    }
+
     /// Writes `value` only if the key's version is `expected_version` (0: only if the key is
     /// absent). The key's expiry is kept unless `ttl_ms` is given.
     pub fn cas(

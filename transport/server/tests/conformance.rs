@@ -7,9 +7,9 @@
 //!
 //! Each test starts its own server (`--create --name <unique>`, so it serves shared memory, and
 //! `--port 0`, gRPC on a free port; two cores, so requests are forwarded between cores), so
-//! tests run in parallel and counters read through INFO are this test's alone. Behaviour a
-//! transport gets wrong on the server's side is asserted as it is today and marked `// KNOWN:`
-//! with what it should be, so the suite passes and the deviation stays visible.
+//! tests run in parallel and counters read through INFO are this test's alone. Where transports
+//! differ by design (a limit only one of them has), the case asserts each transport's behaviour
+//! and says why they differ.
 #![cfg(target_os = "linux")]
 
 use std::collections::HashSet;
@@ -498,42 +498,104 @@ fn set_conditions_and_ttl(kind: Kind) {
         code(client.expire("nx", limits::TTL_MS_MAX + 1)),
         Code::InvalidArgument
     );
-    let zero = opts(Some(0), SetCondition::Always, false);
-    match kind {
-        Kind::Local => assert_eq!(
-            code(client.set("zero", "v", zero)),
-            Code::InvalidArgument,
-            "a TTL of 0 ms"
-        ),
-        // KNOWN: gRPC cannot carry a TTL of 0: veddb.v1.SetRequest.ttl_ms = 0 means "no TTL"
-        // (wire/src/grpc_client.rs sends Some(0) as 0, wire/src/grpc/messages.rs reads 0 as
-        // None), so SET with ttl_ms Some(0) is stored without expiry instead of being refused
-        // with INVALID_ARGUMENT ("TTL must be at least 1 ms") as on shared memory. CAS alike.
-        Kind::Grpc => {
-            assert!(client.set("zero", "v", zero).unwrap().is_some());
-            assert_eq!(client.ttl("zero").unwrap(), Ttl::Persistent);
+    // A TTL of 0 ms on SET or CAS is refused with the engine's own status, code and message,
+    // and writes nothing (EXPIRE 0, above, expires the key instead). Over gRPC, where ttl_ms = 0
+    // means "no TTL", the client refuses it before sending.
+    let zero_ttl = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Status(status)) => {
+            assert_eq!(status, veddb_wire::Error::ttl_zero().status())
         }
-    }
+        other => panic!("a TTL of 0 ms: {other:?}"),
+    };
+    let zero = opts(Some(0), SetCondition::Always, false);
+    zero_ttl(client.set("zero", "v", zero).map(|_| ()));
+    assert_eq!(
+        client.get("zero").unwrap(),
+        None,
+        "the refused SET wrote nothing"
+    );
+    let version = client
+        .set("zero", "v", SetOptions::default())
+        .unwrap()
+        .unwrap();
+    zero_ttl(client.cas("zero", version, "w", Some(0)).map(|_| ()));
+    assert_eq!(
+        client.get("zero").unwrap(),
+        Some((b("v"), version)),
+        "the refused CAS changed nothing"
+    );
+    assert_eq!(client.ttl("zero").unwrap(), Ttl::Persistent);
+    // Refused alone in a pipeline: the requests around it run.
+    let answers = client
+        .execute_many(vec![
+            Request::Set {
+                key: b("zero-before"),
+                value: b("v"),
+                options: SetOptions::default(),
+            },
+            Request::Set {
+                key: b("zero-pipelined"),
+                value: b("v"),
+                options: zero,
+            },
+            Request::Exists {
+                key: b("zero-before"),
+            },
+        ])
+        .unwrap();
+    assert_eq!(answers.len(), 3);
+    let mut answers = answers.into_iter();
+    assert!(matches!(
+        answers.next().unwrap(),
+        Ok(Response::Stored { .. })
+    ));
+    zero_ttl(answers.next().unwrap().map(|_| ()));
+    assert_eq!(answers.next().unwrap().unwrap(), Response::Bool(true));
+    assert_eq!(client.get("zero-pipelined").unwrap(), None);
 }
 
-/// EXISTS.
+/// EXISTS: present, absent, expired, deleted; pipelined; an empty key is refused.
 fn exists_reports_presence(kind: Kind) {
     let server = Server::start(&[]);
     let client = server.connect(kind);
     client.set("here", "v", SetOptions::default()).unwrap();
-    let exists = |key: &str| client.execute(Request::Exists { key: b(key) });
-    match kind {
-        Kind::Local => {
-            assert_eq!(exists("here").unwrap(), Response::Bool(true));
-            assert_eq!(exists("absent").unwrap(), Response::Bool(false));
-        }
-        // KNOWN: the gRPC protocol has no EXISTS (no RPC and no Batch op in veddb.v1), so the
-        // request is refused with UNIMPLEMENTED instead of answering Bool(true)/Bool(false).
-        Kind::Grpc => {
-            assert_eq!(code(exists("here")), Code::Unimplemented);
-            assert_eq!(code(exists("absent")), Code::Unimplemented);
-        }
+    assert!(client.exists("here").unwrap());
+    assert!(!client.exists("absent").unwrap());
+    assert_eq!(
+        client.execute(Request::Exists { key: b("here") }).unwrap(),
+        Response::Bool(true)
+    );
+    client
+        .set("brief", "v", opts(Some(30), SetCondition::Always, false))
+        .unwrap()
+        .unwrap();
+    eventually("a key with a 30 ms TTL stops existing", || {
+        !client.exists("brief").unwrap()
+    });
+    assert!(client.delete("here").unwrap());
+    assert!(!client.exists("here").unwrap());
+    assert_eq!(
+        code(client.exists("")),
+        Code::InvalidArgument,
+        "an empty key"
+    );
+    // Across cores, pipelined, each answer in its place.
+    let keys = keys_across_cores(b"exists:", 8);
+    for key in keys.iter().step_by(2) {
+        client.set(key.clone(), "v", SetOptions::default()).unwrap();
     }
+    let answers = client
+        .execute_many(
+            keys.iter()
+                .map(|key| Request::Exists { key: key.clone() })
+                .collect(),
+        )
+        .unwrap();
+    let found: Vec<Response> = answers.into_iter().map(Result::unwrap).collect();
+    let expected: Vec<Response> = (0..keys.len())
+        .map(|i| Response::Bool(i % 2 == 0))
+        .collect();
+    assert_eq!(found, expected);
     client.ping().unwrap();
 }
 
@@ -1072,18 +1134,38 @@ fn oversize_message_is_delivered_or_counted(kind: Kind) {
     assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
     assert_eq!(publisher.publish("large", "after").unwrap(), 1);
     match kind {
+        // Shared memory has no per-message limit below --value-bytes-max: it is delivered.
         Kind::Local => {
-            assert_eq!(next_message(&mut subscription), (large, 0));
+            assert_eq!(next_message(&mut subscription), (large.clone(), 0));
             assert_eq!(next_message(&mut subscription), (b("after"), 0));
         }
-        // KNOWN: the gRPC Subscribe stream skips a message over --grpc-message-bytes-max
-        // without counting it (transport/src/grpc/server.rs, `deliver`: `if encoded.len() >
-        // limit { continue; }`, after taking the FETCH's dropped count, which is lost with it),
-        // so the next message comes with dropped 0. It should come with dropped 1 (or the
-        // message be delivered): the subscriber cannot tell it missed anything.
-        Kind::Grpc => assert_eq!(next_message(&mut subscription), (b("after"), 0)),
+        // --grpc-message-bytes-max is a limit of gRPC only: a Subscribe stream cannot carry the
+        // message, so it is dropped for this subscriber and counted in the next message's
+        // `dropped`, as the queue's own drops are.
+        Kind::Grpc => assert_eq!(next_message(&mut subscription), (b("after"), 1)),
     }
+    assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout);
+    // A skipped message with none after it: its count is not sent alone (a message with only a
+    // count would read as a published empty message) but waits for the next message, whichever
+    // FETCH brings it, as over shared memory.
+    assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
+    match kind {
+        Kind::Local => assert_eq!(next_message(&mut subscription), (large.clone(), 0)),
+        Kind::Grpc => assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout),
+    }
+    assert_eq!(publisher.publish("large", large.clone()).unwrap(), 1);
+    assert_eq!(publisher.publish("large", "").unwrap(), 1);
+    match kind {
+        Kind::Local => {
+            assert_eq!(next_message(&mut subscription), (large, 0));
+            assert_eq!(next_message(&mut subscription), (Bytes::new(), 0));
+        }
+        Kind::Grpc => assert_eq!(next_message(&mut subscription), (Bytes::new(), 2)),
+    }
+    assert_eq!(subscription.receive(SILENCE).unwrap(), Received::Timeout);
     let info = publisher.info().unwrap().total();
+    // INFO counts what the topic's queues dropped (the slow-subscriber policy), not what a
+    // frontend could not send.
     assert_eq!(
         info.messages_dropped, 0,
         "the queue dropped nothing: {info:?}"

@@ -841,6 +841,12 @@ async fn subscribe(
 
 /// Sends the subscription's messages until the client cancels (`None`) or the stream must end
 /// with a status.
+///
+/// Each message carries the count of messages dropped just before it: those the queue dropped
+/// (a FETCH's `dropped`) and those this stream could not send (over the gRPC message limit).
+/// A count with no message to go with it waits for the next message sent, across FETCHes, as a
+/// shared-memory subscriber is told it; it is never sent alone, since a message with only a
+/// count would read as a published empty message.
 async fn deliver(
     context: &CoreContext,
     subscriber: veddb_wire::SubscriberId,
@@ -853,6 +859,8 @@ async fn deliver(
     map::frame(&map::encode_subscribed(), &mut framed);
     send_all(&mut stream, Bytes::from(framed)).await.ok()?;
     let mut backoff = Duration::ZERO;
+    // Dropped and not yet told to the subscriber.
+    let mut unreported: u64 = 0;
     loop {
         if !backoff.is_zero() {
             compio::time::sleep(backoff).await;
@@ -884,17 +892,22 @@ async fn deliver(
                     continue;
                 }
                 backoff = Duration::ZERO;
+                unreported = unreported.saturating_add(dropped);
                 let mut out = Vec::new();
-                let mut dropped = dropped;
                 for message in messages {
-                    let encoded = map::encode_message(message, std::mem::take(&mut dropped));
+                    let encoded = map::encode_message(message, unreported);
                     if encoded.len() > limit {
+                        // Over --grpc-message-bytes-max, a limit of this transport only: the
+                        // message cannot be sent here, so it counts as dropped and the next
+                        // message sent says so.
+                        unreported = unreported.saturating_add(1);
                         continue;
                     }
+                    unreported = 0;
                     map::frame(&encoded, &mut out);
                 }
-                if dropped > 0 {
-                    map::frame(&map::encode_message(Bytes::new(), dropped), &mut out);
+                if out.is_empty() {
+                    continue;
                 }
                 if send_all(&mut stream, Bytes::from(out)).await.is_err() {
                     return None;

@@ -76,7 +76,7 @@ fn scan_request(m: pb::ScanRequest) -> Request {
     }
 }
 
-/// Decodes the request message of one of the 14 unary VedDb methods into a [`Request`].
+/// Decodes the request message of one of the 15 unary VedDb methods into a [`Request`].
 ///
 /// An undecodable message or an unknown enum value is INVALID_ARGUMENT; a method that is not
 /// a unary VedDb method (Batch, Subscribe, Health) is INTERNAL (the caller dispatched wrongly).
@@ -92,6 +92,9 @@ pub fn decode_unary(method: Method, message: Bytes) -> Result<Request, Status> {
         Method::Set => set_request(decode(message, "veddb.v1.SetRequest")?)?,
         Method::Delete => Request::Delete {
             key: decode::<pb::DeleteRequest>(message, "veddb.v1.DeleteRequest")?.key,
+        },
+        Method::Exists => Request::Exists {
+            key: decode::<pb::ExistsRequest>(message, "veddb.v1.ExistsRequest")?.key,
         },
         Method::Cas => cas_request(decode(message, "veddb.v1.CasRequest")?),
         Method::Incr => {
@@ -147,6 +150,7 @@ pub fn decode_batch(message: Bytes) -> Result<(Method, Request), Status> {
         Some(batch_request::Op::Get(m)) => (Method::Get, Request::Get { key: m.key }),
         Some(batch_request::Op::Set(m)) => (Method::Set, set_request(m)?),
         Some(batch_request::Op::Delete(m)) => (Method::Delete, Request::Delete { key: m.key }),
+        Some(batch_request::Op::Exists(m)) => (Method::Exists, Request::Exists { key: m.key }),
         Some(batch_request::Op::Cas(m)) => (Method::Cas, cas_request(m)),
         Some(batch_request::Op::Incr(m)) => (
             Method::Incr,
@@ -185,6 +189,7 @@ enum Reply {
     Get(pb::GetResponse),
     Set(pb::SetResponse),
     Delete(pb::DeleteResponse),
+    Exists(pb::ExistsResponse),
     Cas(pb::CasResponse),
     Incr(pb::IncrResponse),
     Expire(pb::ExpireResponse),
@@ -204,6 +209,7 @@ impl Reply {
             Reply::Get(m) => frame_message(m, out),
             Reply::Set(m) => frame_message(m, out),
             Reply::Delete(m) => frame_message(m, out),
+            Reply::Exists(m) => frame_message(m, out),
             Reply::Cas(m) => frame_message(m, out),
             Reply::Incr(m) => frame_message(m, out),
             Reply::Expire(m) => frame_message(m, out),
@@ -223,6 +229,7 @@ impl Reply {
             Reply::Get(m) => m.encoded_len(),
             Reply::Set(m) => m.encoded_len(),
             Reply::Delete(m) => m.encoded_len(),
+            Reply::Exists(m) => m.encoded_len(),
             Reply::Cas(m) => m.encoded_len(),
             Reply::Incr(m) => m.encoded_len(),
             Reply::Expire(m) => m.encoded_len(),
@@ -242,6 +249,7 @@ impl Reply {
             Reply::Get(m) => m.encode_to_vec(),
             Reply::Set(m) => m.encode_to_vec(),
             Reply::Delete(m) => m.encode_to_vec(),
+            Reply::Exists(m) => m.encode_to_vec(),
             Reply::Cas(m) => m.encode_to_vec(),
             Reply::Incr(m) => m.encode_to_vec(),
             Reply::Expire(m) => m.encode_to_vec(),
@@ -261,6 +269,7 @@ impl Reply {
             Reply::Get(m) => batch_response::Op::Get(m),
             Reply::Set(m) => batch_response::Op::Set(m),
             Reply::Delete(m) => batch_response::Op::Delete(m),
+            Reply::Exists(m) => batch_response::Op::Exists(m),
             Reply::Cas(m) => batch_response::Op::Cas(m),
             Reply::Incr(m) => batch_response::Op::Incr(m),
             Reply::Expire(m) => batch_response::Op::Expire(m),
@@ -331,6 +340,7 @@ fn reply(method: Method, request_key: &[u8], response: Response) -> Result<Reply
             version: 0,
         }),
         (Method::Delete, Response::Bool(existed)) => Reply::Delete(pb::DeleteResponse { existed }),
+        (Method::Exists, Response::Bool(exists)) => Reply::Exists(pb::ExistsResponse { exists }),
         (Method::Cas, Response::Stored { version }) => Reply::Cas(pb::CasResponse { version }),
         (Method::Incr, Response::Integer { value, version }) => {
             Reply::Incr(pb::IncrResponse { value, version })

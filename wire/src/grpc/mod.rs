@@ -41,6 +41,7 @@ pub enum Method {
     Get,
     Set,
     Delete,
+    Exists,
     Cas,
     Incr,
     Expire,
@@ -59,11 +60,12 @@ pub enum Method {
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 18] = [
+    pub const ALL: [Method; 19] = [
         Method::Ping,
         Method::Get,
         Method::Set,
         Method::Delete,
+        Method::Exists,
         Method::Cas,
         Method::Incr,
         Method::Expire,
@@ -93,6 +95,7 @@ impl Method {
             Method::Get => "/veddb.v1.VedDb/Get",
             Method::Set => "/veddb.v1.VedDb/Set",
             Method::Delete => "/veddb.v1.VedDb/Delete",
+            Method::Exists => "/veddb.v1.VedDb/Exists",
             Method::Cas => "/veddb.v1.VedDb/Cas",
             Method::Incr => "/veddb.v1.VedDb/Incr",
             Method::Expire => "/veddb.v1.VedDb/Expire",
@@ -116,7 +119,7 @@ impl Method {
         path.rsplit('/').next().unwrap_or(path)
     }
 
-    /// One request message, one response message (the 14 unary VedDb methods and Health/Check).
+    /// One request message, one response message (the 15 unary VedDb methods and Health/Check).
     pub fn is_unary(self) -> bool {
         !self.is_server_streaming() && !self.is_bidi()
     }

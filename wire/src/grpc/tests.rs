@@ -63,14 +63,18 @@ fn methods_come_from_their_paths() {
         "",
         "/",
         "/veddb.v1.VedDb/get",
-        "/veddb.v1.VedDb/Exists",
+        "/veddb.v1.VedDb/exists",
         "/veddb.v1.VedDb/snapshot",
         "veddb.v1.VedDb/Get",
         "/veddb.v1.VedDb/Get/",
     ] {
         assert_eq!(Method::from_path(unknown), None, "{unknown:?}");
     }
-    assert_eq!(Method::ALL.iter().filter(|m| m.is_unary()).count(), 15);
+    assert_eq!(
+        Method::from_path("/veddb.v1.VedDb/Exists"),
+        Some(Method::Exists)
+    );
+    assert_eq!(Method::ALL.iter().filter(|m| m.is_unary()).count(), 16);
     assert!(Method::Snapshot.is_unary() && !Method::Snapshot.is_health());
     assert!(Method::Subscribe.is_server_streaming() && Method::HealthWatch.is_server_streaming());
     assert!(Method::Batch.is_bidi());
@@ -146,6 +150,11 @@ fn every_unary_request_decodes() {
             Method::Delete,
             enc(&pb::DeleteRequest { key: b("d") }),
             Request::Delete { key: b("d") },
+        ),
+        (
+            Method::Exists,
+            enc(&pb::ExistsRequest { key: b("e") }),
+            Request::Exists { key: b("e") },
         ),
         (
             Method::Cas,
@@ -386,6 +395,12 @@ fn unary_responses_encode() {
         dec::<pb::DeleteResponse>(&ok(Method::Delete, Response::Bool(true))),
         pb::DeleteResponse { existed: true }
     );
+    for exists in [true, false] {
+        assert_eq!(
+            dec::<pb::ExistsResponse>(&ok(Method::Exists, Response::Bool(exists))),
+            pb::ExistsResponse { exists }
+        );
+    }
     assert_eq!(
         dec::<pb::CasResponse>(&ok(Method::Cas, Response::Stored { version: 9 })),
         pb::CasResponse { version: 9 }
@@ -776,6 +791,13 @@ fn batch_round_trips() {
             Request::Delete { key: b("k") },
             Response::Bool(true),
             batch_response::Op::Delete(pb::DeleteResponse { existed: true }),
+        ),
+        (
+            batch_request::Op::Exists(pb::ExistsRequest { key: b("k") }),
+            Method::Exists,
+            Request::Exists { key: b("k") },
+            Response::Bool(false),
+            batch_response::Op::Exists(pb::ExistsResponse { exists: false }),
         ),
         (
             batch_request::Op::Cas(pb::CasRequest {

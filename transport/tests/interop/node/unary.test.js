@@ -1,5 +1,5 @@
 'use strict';
-// The 14 unary VedDb RPCs, with their semantics, through @grpc/grpc-js.
+// The 15 unary VedDb RPCs, with their semantics, through @grpc/grpc-js.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -154,6 +154,19 @@ test('Delete reports whether the key existed', async () => {
   assert.equal((await call('Delete', { key })).existed, true);
   assert.equal((await call('Delete', { key })).existed, false);
   await expectStatus(call('Get', { key }), grpc.status.NOT_FOUND, 'Get after Delete');
+});
+
+test('Exists reports whether the key exists (missing, set, deleted, expired)', async () => {
+  const prefix = uniquePrefix('exists');
+  const key = b(`${prefix}k`);
+  assert.deepEqual(await call('Exists', { key }), { exists: false });
+  await call('Set', { key, value: b('v') });
+  assert.deepEqual(await call('Exists', { key }), { exists: true });
+  assert.equal((await call('Delete', { key })).existed, true);
+  assert.equal((await call('Exists', { key })).exists, false, 'deleted');
+  await call('Set', { key, value: b('v'), ttl_ms: 300 });
+  await eventually(async () => !(await call('Exists', { key })).exists, 'a 300 ms TTL expires');
+  await expectStatus(call('Exists', { key: b('') }), grpc.status.INVALID_ARGUMENT, 'Exists of an empty key');
 });
 
 test('Cas: success, FAILED_PRECONDITION with the current version, expected 0, NOT_FOUND', async () => {

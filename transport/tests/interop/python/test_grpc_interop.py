@@ -224,6 +224,24 @@ def test_delete(stub, pb, prefix):
     assert not stub.Delete(pb.veddb.DeleteRequest(key=key)).existed
 
 
+def test_exists(stub, pb, prefix):
+    key = prefix + b"x"
+    exists = stub.Exists
+    assert not exists(pb.veddb.ExistsRequest(key=key)).exists, "missing key"
+    set_(stub, pb, key, b"v")
+    assert exists(pb.veddb.ExistsRequest(key=key)).exists
+    # An empty value is a value.
+    set_(stub, pb, prefix + b"empty", b"")
+    assert exists(pb.veddb.ExistsRequest(key=prefix + b"empty")).exists
+    assert stub.Delete(pb.veddb.DeleteRequest(key=key)).existed
+    assert not exists(pb.veddb.ExistsRequest(key=key)).exists, "deleted"
+    # An expired key does not exist.
+    set_(stub, pb, key, b"v", ttl_ms=300)
+    eventually(lambda: not exists(pb.veddb.ExistsRequest(key=key)).exists,
+               "a key set with ttl_ms=300 stops existing")
+    expect_status(SC.INVALID_ARGUMENT, exists, pb.veddb.ExistsRequest(key=b""))
+
+
 def test_cas(stub, pb, prefix):
     key = prefix + b"cas"
 
@@ -739,7 +757,9 @@ def test_batch_ping_pong(stub, pb, prefix):
         values = roundtrip("mget", mget=v.MGetRequest(keys=[k3, missing, k4])).mget.values
         assert [(x.found, x.value) for x in values] == [(True, b"3"), (False, b""), (True, b"4")]
 
+        assert roundtrip("exists", exists=v.ExistsRequest(key=k3)).exists.exists
         assert roundtrip("delete", delete=v.DeleteRequest(key=k3)).delete.existed
+        assert not roundtrip("exists", exists=v.ExistsRequest(key=k3)).exists.exists
         assert roundtrip("ttl", ttl=v.TtlRequest(key=k4)).ttl.persistent
         assert roundtrip("expire", expire=v.ExpireRequest(key=k4, ttl_ms=60_000)).expire.applied
         remaining = roundtrip("ttl", ttl=v.TtlRequest(key=k4)).ttl
