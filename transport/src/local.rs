@@ -1151,7 +1151,7 @@ mod linux {
         wake: Option<Rc<PollFd<OwnedFd>>>,
         /// The wait for the eventfd to become readable, kept across parks (no resubmission
         /// for every park).
-        wake_wait: Option<Pin<Box<dyn Future<Output = std::io::Result<()>>>>>,
+        wake_wait: Option<EventWait>,
         last_maintenance_ms: u64,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
@@ -1236,6 +1236,39 @@ mod linux {
         }
     }
 
+    /// The wait for the core's eventfd to become readable, and whether its waker fired since
+    /// it was last polled.
+    struct EventWait {
+        future: Pin<Box<dyn Future<Output = std::io::Result<()>>>>,
+        fired: Arc<Fired>,
+    }
+
+    /// A waker that notes it fired, then wakes the core's task.
+    struct Fired {
+        flag: AtomicBool,
+        task: std::task::Waker,
+    }
+
+    impl Fired {
+        fn new(task: &std::task::Waker) -> Fired {
+            Fired {
+                flag: AtomicBool::new(false),
+                task: task.clone(),
+            }
+        }
+    }
+
+    impl std::task::Wake for Fired {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.flag.store(true, Ordering::Release);
+            self.task.wake_by_ref();
+        }
+    }
+
     impl CoreSource for LocalCore {
         fn poll(&mut self, context: &CoreContext) -> usize {
             if self.ended {
@@ -1297,11 +1330,24 @@ mod linux {
                     }
                 }
             }
-            let wait = self.wake_wait.get_or_insert_with(|| {
-                let fd = self.wake.clone().expect("made above");
-                Box::pin(async move { fd.read_ready().await })
+            if let Some(wait) = &self.wake_wait {
+                // Polling a pending io_uring poll costs hundreds of instructions, and the park
+                // is polled at every wake-up of the core's loop: poll it only when its own
+                // waker fired (or another task polls, which never happens).
+                if !wait.fired.flag.swap(false, Ordering::AcqRel)
+                    && wait.fired.task.will_wake(cx.waker())
+                {
+                    return Poll::Pending;
+                }
+            }
+            let fd = self.wake.clone().expect("made above");
+            let wait = self.wake_wait.get_or_insert_with(|| EventWait {
+                future: Box::pin(async move { fd.read_ready().await }),
+                fired: Arc::new(Fired::new(cx.waker())),
             });
-            match wait.as_mut().poll(cx) {
+            wait.fired = Arc::new(Fired::new(cx.waker()));
+            let waker = std::task::Waker::from(wait.fired.clone());
+            match wait.future.as_mut().poll(&mut Context::from_waker(&waker)) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => {
                     self.wake_wait = None;

@@ -1191,7 +1191,9 @@ impl Future for Park {
         let state = &context.0;
         let doorbell = &state.cores[state.index as usize].doorbell;
         if self.armed {
-            // Woken (or polled again by `select`): re-arm unless there is work.
+            // Woken (or polled again by `select`): done if there is work. Otherwise stay
+            // parked: the doorbell and the sources hold this task's waker already (the park
+            // never moves to another task), so there is nothing to register again.
             if !doorbell.is_parked()
                 || context.poll_source_wakes(cx)
                 || context.has_inbound()
@@ -1200,14 +1202,13 @@ impl Future for Park {
                 doorbell.cancel_park();
                 return Poll::Ready(());
             }
+            return Poll::Pending;
         }
         doorbell.prepare_park(cx.waker());
-        if !self.armed {
-            // `prepare_park` fenced after the doorbell's flag; the sources' flags get their
-            // own fence before the re-check below.
-            context.park_sources(true);
-            crate::sync::fence(Ordering::SeqCst);
-        }
+        // `prepare_park` fenced after the doorbell's flag; the sources' flags get their own
+        // fence before the re-check below.
+        context.park_sources(true);
+        crate::sync::fence(Ordering::SeqCst);
         self.armed = true;
         if context.has_inbound() || context.stop_requested() || context.poll_source_wakes(cx) {
             doorbell.cancel_park();
