@@ -42,7 +42,30 @@ pub struct LocalConfig {
     /// The largest value the arena stores (larger ones stay in process memory and are copied
     /// into responses).
     pub value_bytes_max: usize,
+    /// Work of one session that one core has started and not answered (waiting for another
+    /// core, the log, a long poll), in units of request cost (a GET 1, a batch or SCAN one per
+    /// key): past it, the core stops reading that session's ring until some finishes
+    /// (`--session-in-flight-max`). One request is always let through, whatever its cost.
+    pub session_in_flight_max: usize,
+    /// Bytes one session may have queued on one core: answers waiting for room in its
+    /// response ring plus requests in flight. Past it the core stops reading its ring; past
+    /// four times it (answers of work already started keep coming), or paused with answers
+    /// unread for [`STALL_CUT`], the session is cut off (`--session-queue-mb`).
+    pub session_queued_bytes_max: usize,
+    /// Bytes all sessions together may have queued (every core): past it, every session that
+    /// holds queued answers is paused until they drain; sessions that read their answers go
+    /// on (`--local-queue-mb`).
+    pub queued_bytes_max: usize,
 }
+
+/// Default of [`LocalConfig::session_in_flight_max`].
+pub const SESSION_IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+/// Default of [`LocalConfig::session_queued_bytes_max`]: 4 MiB.
+pub const SESSION_QUEUED_BYTES_MAX_DEFAULT: usize = 4 << 20;
+/// Default of [`LocalConfig::queued_bytes_max`]: 256 MiB.
+pub const QUEUED_BYTES_MAX_DEFAULT: usize = 256 << 20;
+/// A session paused with answers it does not read is cut off after this long.
+pub const STALL_CUT: Duration = Duration::from_secs(10);
 
 /// Default of [`LocalConfig::ring_bytes`]: 1 MiB each way per core per session.
 pub const RING_BYTES_DEFAULT: u32 = 1 << 20;
@@ -63,6 +86,9 @@ impl LocalConfig {
             ring_bytes: RING_BYTES_DEFAULT,
             arena_bytes_per_core: arena,
             value_bytes_max: veddb_wire::limits::VALUE_BYTES_MAX_DEFAULT,
+            session_in_flight_max: SESSION_IN_FLIGHT_MAX_DEFAULT,
+            session_queued_bytes_max: SESSION_QUEUED_BYTES_MAX_DEFAULT,
+            queued_bytes_max: QUEUED_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -194,7 +220,7 @@ mod linux {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use compio::runtime::fd::PollFd;
+    use compio::runtime::fd::AsyncFd;
     use veddb_engine::{Clock, CoreContext, CoreSetup, CoreSource, Engine};
 
     use crate::seam::{self, Started, Subscriptions};
@@ -208,12 +234,12 @@ mod linux {
     };
     use veddb_wire::{Error, Response};
 
-    use super::LocalConfig;
+    use super::{LocalConfig, STALL_CUT};
 
-    /// Most request frames one session gets served per round (fairness between sessions).
-    const FRAMES_PER_ROUND: usize = 64;
-    /// Answers waiting for room in a response ring before the session is disconnected.
-    const BACKLOG_BYTES_MAX: usize = 64 << 20;
+    /// Work one session gets per round of its core (fairness between sessions), in units of
+    /// [`request_cost`]: a plain GET or SET costs 1, a 1,000-key MGET 1,001. A round always
+    /// serves at least one request.
+    const WORK_PER_ROUND: usize = 256;
     /// How often (in ms of the core's coarse clock) a core advances its epoch and reclaims
     /// retired blocks, while it runs.
     const MAINTENANCE_INTERVAL_MS: u64 = 1;
@@ -261,6 +287,9 @@ mod linux {
         cores: Vec<CoreShared>,
         /// Sessions a core disconnected (bad input): the attach thread closes them.
         kicked: Mutex<Vec<u64>>,
+        /// Bytes every session on every core has queued (answers in backlogs, requests in
+        /// flight): the global budget [`LocalConfig::queued_bytes_max`].
+        queued_bytes: AtomicUsize,
         stop: AtomicBool,
         sessions: AtomicUsize,
     }
@@ -346,6 +375,7 @@ mod linux {
                 clock,
                 cores: shared_cores,
                 kicked: Mutex::new(Vec::new()),
+                queued_bytes: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
                 sessions: AtomicUsize::new(0),
             }),
@@ -867,6 +897,11 @@ mod linux {
         responses: RingProducer,
         backlog: VecDeque<Vec<u8>>,
         backlog_bytes: usize,
+        /// Work started and not answered yet (units of [`request_cost`]), and its request bytes.
+        in_flight: usize,
+        in_flight_bytes: usize,
+        /// Since when (core clock, ms) reading this session is paused by a limit.
+        paused_since_ms: Option<u64>,
         dead: bool,
         /// Subscriptions this session made: removed when it ends, however it ends (closed
         /// when the core buries the session, and by drop for an answer that arrives later).
@@ -902,6 +937,9 @@ mod linux {
             responses,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            in_flight: 0,
+            in_flight_bytes: 0,
+            paused_since_ms: None,
             dead: false,
             subscriptions: Subscriptions::new(context),
         })
@@ -979,15 +1017,26 @@ mod linux {
             }
         }
         session.backlog_bytes += frame.len();
+        shared
+            .queued_bytes
+            .fetch_add(frame.len(), Ordering::Relaxed);
         session.backlog.push_back(frame);
-        if session.backlog_bytes > BACKLOG_BYTES_MAX {
-            disconnect(
-                shared,
-                &mut session,
-                reason::RESPONSE_BACKLOG,
-                "it does not read its answers",
+        // Reading stops at the session's limit; answers of work already started keep coming.
+        // Four times the limit means it does not read them at all.
+        if session.backlog_bytes > shared.config.session_queued_bytes_max.saturating_mul(4) {
+            let detail = format!(
+                "it does not read its answers ({} bytes queued, limit {} per session)",
+                session.backlog_bytes, shared.config.session_queued_bytes_max
             );
+            disconnect(shared, &mut session, reason::RESPONSE_BACKLOG, &detail);
         }
+    }
+
+    /// Gives back to the global budget what a session that ended still held.
+    fn release_queued(shared: &Shared, session: &mut Session) {
+        let held = std::mem::take(&mut session.backlog_bytes);
+        session.backlog.clear();
+        shared.queued_bytes.fetch_sub(held, Ordering::Relaxed);
     }
 
     /// Moves backlogged answers into the ring as room appears.
@@ -999,6 +1048,7 @@ mod linux {
                     let length = frame.len();
                     session.backlog.pop_front();
                     session.backlog_bytes -= length;
+                    shared.queued_bytes.fetch_sub(length, Ordering::Relaxed);
                     flushed += 1;
                 }
                 Ok(false) => break,
@@ -1023,6 +1073,8 @@ mod linux {
         session: &SessionRef,
         id: u32,
         request: veddb_wire::Request,
+        bytes: usize,
+        cost: usize,
     ) {
         // The client ends this subscription itself: nothing to clean up for it later.
         session.borrow_mut().subscriptions.forget(&request);
@@ -1032,14 +1084,71 @@ mod linux {
         match seam::start(context, request, &mut cx) {
             Started::Answered(response) => respond(shared, session, id, response),
             Started::Waiting(future) => {
+                {
+                    let mut session = session.borrow_mut();
+                    session.in_flight += cost;
+                    session.in_flight_bytes += bytes;
+                }
+                shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
                 let shared = shared.clone();
                 let session = session.clone();
                 compio::runtime::spawn(async move {
-                    respond(&shared, &session, id, future.await);
+                    let response = future.await;
+                    {
+                        let mut session = session.borrow_mut();
+                        session.in_flight -= cost;
+                        session.in_flight_bytes -= bytes;
+                    }
+                    shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    respond(&shared, &session, id, response);
                 })
                 .detach();
             }
         }
+    }
+
+    /// What a request costs (a session's round, its work in flight): 1, plus one per key it
+    /// names or may return (a batch's keys, a SCAN's page, a FETCH's messages), plus one per
+    /// 4 KiB of request.
+    fn request_cost(request: &veddb_wire::Request, bytes: usize) -> usize {
+        use veddb_wire::Request;
+        let keys = match request {
+            Request::MGet { keys } => keys.len(),
+            Request::MSet { pairs } => pairs.len(),
+            Request::Scan { count: 0, .. } => veddb_wire::limits::SCAN_COUNT_DEFAULT as usize,
+            Request::Scan { count, .. } => *count as usize,
+            Request::Fetch { max, .. } => *max as usize,
+            _ => 0,
+        };
+        1 + keys + bytes / 4096
+    }
+
+    /// Whether the core reads no more of this session's requests for now: too much of its
+    /// work in flight, too many of its bytes queued, or the global budget spent while it holds
+    /// answers. A session paused with unread answers for [`STALL_CUT`] is cut off.
+    fn paused(shared: &Shared, session: &mut Session, now_ms: u64) -> bool {
+        let config = &shared.config;
+        let queued = session.backlog_bytes + session.in_flight_bytes;
+        let over_global = session.backlog_bytes > 0
+            && shared.queued_bytes.load(Ordering::Relaxed) >= config.queued_bytes_max;
+        let paused = session.in_flight >= config.session_in_flight_max
+            || queued >= config.session_queued_bytes_max
+            || over_global;
+        if !paused {
+            session.paused_since_ms = None;
+            return false;
+        }
+        let since = *session.paused_since_ms.get_or_insert(now_ms);
+        if session.backlog_bytes > 0 && now_ms.saturating_sub(since) >= STALL_CUT.as_millis() as u64
+        {
+            let detail = format!(
+                "cut off: {} bytes of answers unread for {} s while over its limits",
+                session.backlog_bytes,
+                STALL_CUT.as_secs()
+            );
+            disconnect(shared, session, reason::RESPONSE_BACKLOG, &detail);
+        }
+        true
     }
 
     /// Serves up to a round of one session's requests; how many.
@@ -1055,11 +1164,17 @@ mod linux {
                 return 0;
             }
             let mut work = flush_backlog(shared, &mut session);
-            if session.dead {
+            if session.dead || paused(shared, &mut session, context.now_ms()) {
                 return work;
             }
             let mut scratch = Vec::new();
-            while decoded.len() < FRAMES_PER_ROUND {
+            let mut budget = WORK_PER_ROUND;
+            let mut in_flight_room = shared
+                .config
+                .session_in_flight_max
+                .saturating_sub(session.in_flight)
+                .max(usize::from(session.in_flight == 0));
+            while budget > 0 && in_flight_room > 0 {
                 let frame = match session.requests.peek() {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
@@ -1073,8 +1188,16 @@ mod linux {
                 session.requests.copy_payload(&frame, &mut scratch);
                 session.requests.advance(frame);
                 let payload = Bytes::from(std::mem::take(&mut scratch));
+                let bytes = payload.len();
                 match codec::decode_request_bytes(&payload) {
-                    Ok((id, request)) => decoded.push(Ok((id, request))),
+                    Ok((id, request)) => {
+                        // Each may have to wait: never start more than the session may have in
+                        // flight (one request always goes, however large).
+                        let cost = request_cost(&request, bytes);
+                        budget = budget.saturating_sub(cost);
+                        in_flight_room = in_flight_room.saturating_sub(cost);
+                        decoded.push(Ok((id, request, bytes, cost)))
+                    }
                     Err(error) => match error.request_id {
                         // A well-formed request over a batch limit: an error for that request.
                         // Anything else malformed disconnects.
@@ -1099,7 +1222,9 @@ mod linux {
         let count = decoded.len();
         for item in decoded {
             match item {
-                Ok((id, request)) => dispatch(context, shared, session_ref, id, request),
+                Ok((id, request, bytes, cost)) => {
+                    dispatch(context, shared, session_ref, id, request, bytes, cost)
+                }
                 Err((id, message)) => respond(
                     shared,
                     session_ref,
@@ -1148,7 +1273,7 @@ mod linux {
         sessions: Vec<SessionRef>,
         /// The core's eventfd as the runtime sees it (made on the first park: the runtime
         /// is not running yet when the source is made).
-        wake: Option<Rc<PollFd<OwnedFd>>>,
+        wake: Option<Rc<AsyncFd<OwnedFd>>>,
         /// The wait for the eventfd to become readable, kept across parks (no resubmission
         /// for every park).
         wake_wait: Option<EventWait>,
@@ -1205,6 +1330,7 @@ mod linux {
                 let mut session = session.borrow_mut();
                 if session.dead {
                     session.subscriptions.close();
+                    release_queued(&self.shared, &mut session);
                 }
                 !session.dead
             });
@@ -1319,7 +1445,7 @@ mod linux {
                     .wake
                     .try_clone()
                     .map(OwnedFd::from)
-                    .and_then(PollFd::new);
+                    .and_then(AsyncFd::new);
                 match made {
                     Ok(fd) => self.wake = Some(Rc::new(fd)),
                     Err(error) => {
@@ -1342,7 +1468,16 @@ mod linux {
             }
             let fd = self.wake.clone().expect("made above");
             let wait = self.wake_wait.get_or_insert_with(|| EventWait {
-                future: Box::pin(async move { fd.read_ready().await }),
+                future: Box::pin(async move {
+                    // Read through io_uring: clients hold this eventfd and can clear its
+                    // O_NONBLOCK (the flag lives on the shared file description), so a plain
+                    // read(2) could block the core; an io_uring read never blocks the thread.
+                    use compio::io::AsyncRead;
+                    let mut reader = &*fd;
+                    let compio::buf::BufResult(result, _) =
+                        reader.read(Vec::with_capacity(8)).await;
+                    result.map(|_| ())
+                }),
                 fired: Arc::new(Fired::new(cx.waker())),
             });
             wait.fired = Arc::new(Fired::new(cx.waker()));
@@ -1350,9 +1485,8 @@ mod linux {
             match wait.future.as_mut().poll(&mut Context::from_waker(&waker)) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(_) => {
+                    // The read took the count: the next park waits for the next write.
                     self.wake_wait = None;
-                    // Readable: the read finds a count (the core is its only reader).
-                    let _ = self.me().wake.read();
                     Poll::Ready(())
                 }
             }

@@ -78,6 +78,26 @@ struct Args {
     #[argh(option, default = "10_000")]
     shm_view_lease_ms: u64,
 
+    /// work one local session may have started and not answered on one core, in request-cost
+    /// units (a GET 1, a batch or SCAN one per key; default 1024); past it the core stops
+    /// reading that session's ring until some finishes
+    #[argh(
+        option,
+        default = "veddb_transport::local::SESSION_IN_FLIGHT_MAX_DEFAULT"
+    )]
+    session_in_flight_max: usize,
+
+    /// mebibytes one local session may have queued on one core, answers it has not read plus
+    /// requests in flight (default 4); past it the core stops reading its ring, and a session
+    /// that leaves its answers unread is cut off
+    #[argh(option, default = "4")]
+    session_queue_mb: usize,
+
+    /// mebibytes all local sessions together may have queued (default 256); past it every session
+    /// holding unread answers is paused until they drain
+    #[argh(option, default = "256")]
+    local_queue_mb: usize,
+
     /// debug logging
     #[argh(switch)]
     debug: bool,
@@ -267,6 +287,21 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
     if args.session_timeout == 0 {
         return Err("--session-timeout must be at least 1 second".into());
     }
+    if args.session_in_flight_max == 0 {
+        return Err("--session-in-flight-max must be at least 1".into());
+    }
+    if !(1..=4096).contains(&args.session_queue_mb) {
+        return Err(format!(
+            "--session-queue-mb must be between 1 and 4096, not {}",
+            args.session_queue_mb
+        ));
+    }
+    if !(1..=1 << 20).contains(&args.local_queue_mb) {
+        return Err(format!(
+            "--local-queue-mb must be between 1 and 1048576, not {}",
+            args.local_queue_mb
+        ));
+    }
     if args.data_dir.is_none() && args.repair {
         return Err("--repair needs --data-dir".into());
     }
@@ -409,6 +444,9 @@ fn local_frontend(args: &Args, config: &EngineConfig) -> Result<LocalFrontendHan
     local_config.mode = args.shm_mode.0;
     local_config.view_lease = Duration::from_millis(args.shm_view_lease_ms.max(1));
     local_config.session_timeout = Duration::from_secs(args.session_timeout);
+    local_config.session_in_flight_max = args.session_in_flight_max;
+    local_config.session_queued_bytes_max = args.session_queue_mb << 20;
+    local_config.queued_bytes_max = args.local_queue_mb << 20;
     local_config.value_bytes_max = config.shard.value_bytes_max;
     LocalFrontendHandle::prepare(&local_config, config.cores, config.clock.clone()).map_err(
         |error| {

@@ -1,0 +1,430 @@
+//! Hostile local clients against a core: attackers written against the documented layout
+//! (`docs/shm-layout.md`: the attach handshake, the ring segment, the byte rings, the request
+//! codec), not through the client library, each beside a well-behaved client. Every test
+//! asserts that the server stays up and serves local and gRPC requests, that the good client's
+//! values are intact, that the server's memory stays bounded, and that the attacker gets the
+//! documented outcome. Generous timeouts, no timing asserts.
+#![cfg(target_os = "linux")]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use veddb_client::Client;
+use veddb_shm::{recv_with_fds, ByteRing, RingProducer, Segment};
+use veddb_wire::shm::codec;
+use veddb_wire::shm::layout::{attach, instance, reason, ring_segment};
+use veddb_wire::{Request, SetOptions};
+
+mod common;
+use common::capture_stderr;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
+/// Generous: debug builds on small, busy machines.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a round of the good client may take while an attack runs (debug builds on a
+/// small, busy machine: generous).
+const SERVED_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn unique_name() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "hc-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `veddb-server --create --name NAME --port 0 --cores 2`; killed and cleaned up when dropped.
+struct Server {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+    grpc: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let name = unique_name();
+        let mut child = Command::new(SERVER)
+            .args(["--create", "--name", &name, "--port", "0", "--cores", "2"])
+            .args(["--memory-mb", "64"])
+            .args(extra)
+            .env_remove("VEDDB_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start veddb-server");
+        let (log, reader) = capture_stderr(&mut child);
+        let mut server = Server {
+            name,
+            child,
+            log,
+            reader: Some(reader),
+            grpc: String::new(),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("the server exited with {status}:\n{}", server.log());
+            }
+            let log = server.log();
+            if log.contains("veddb-server ready") {
+                let line = log.lines().find(|l| l.contains("gRPC listening")).unwrap();
+                let address = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("address="))
+                    .unwrap();
+                server.grpc = address.to_string();
+                return server;
+            }
+            assert!(Instant::now() < deadline, "not ready:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn local(&self) -> Client {
+        Client::connect_local(&self.name).expect("attach")
+    }
+
+    fn grpc(&self) -> Client {
+        Client::connect_grpc(&self.grpc).expect("gRPC connect")
+    }
+
+    /// Resident memory of the server, in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server runs");
+        let kb: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the server died ({status}):\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self) {
+        // SAFETY: kill(2) with a pid this test started and still holds; no memory involved.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status}:\n{}", self.log());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        assert!(self.log().contains("stopped"), "{}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(instance::path(&self.name));
+        let _ = std::fs::remove_file(instance::socket_path(&self.name));
+    }
+}
+
+/// A session attached by hand, from the documented handshake: the rings of every core, the
+/// cores' eventfds. It writes requests and reads nothing unless told to.
+struct RawSession {
+    _socket: std::os::unix::net::UnixStream,
+    rings: Vec<Arc<Segment>>,
+    producers: Vec<RingProducer>,
+    wakes: Vec<OwnedFd>,
+    next_id: u32,
+}
+
+impl RawSession {
+    fn attach(name: &str) -> RawSession {
+        use std::io::Write;
+        let file = Segment::open_named(std::path::Path::new(&instance::path(name)), false)
+            .expect("the instance file");
+        let mut page = vec![0u8; instance::FILE_BYTES];
+        file.read_bytes(0, &mut page);
+        let header = instance::InstanceHeader::read(&page).expect("header");
+        let cores = header.core_count as usize;
+        let socket = std::os::unix::net::UnixStream::connect(instance::socket_path(name))
+            .expect("the instance socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        (&socket).write_all(attach::HELLO).unwrap();
+        let mut reply = vec![0u8; 4096];
+        let (length, fds) = recv_with_fds(&socket, &mut reply, cores * 3).expect("reply");
+        let reply = attach::AttachReply::decode(&reply[..length]).expect("attached");
+        assert_eq!(fds.len(), cores * 3);
+        let mut fds = fds.into_iter();
+        // Data segments: not needed to attack.
+        for _ in 0..cores {
+            fds.next();
+        }
+        let rings: Vec<Arc<Segment>> = (0..cores)
+            .map(|_| Arc::new(Segment::map_fd(fds.next().unwrap(), true).unwrap()))
+            .collect();
+        let wakes: Vec<OwnedFd> = fds.collect();
+        let producers = rings
+            .iter()
+            .map(|ring| {
+                ByteRing {
+                    head_offset: ring_segment::REQUEST_HEAD_OFFSET,
+                    tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
+                    data_offset: ring_segment::REQUEST_RING_OFFSET,
+                    size: reply.request_ring_bytes as usize,
+                }
+                .producer(ring.clone())
+                .unwrap()
+            })
+            .collect();
+        RawSession {
+            _socket: socket,
+            rings,
+            producers,
+            wakes,
+            next_id: 1,
+        }
+    }
+
+    /// Writes one request into `core`'s ring if there is room; whether it did.
+    fn push(&mut self, core: usize, request: &Request) -> bool {
+        let frame = codec::encode_request_vec(self.next_id, request);
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.producers[core]
+            .try_push(&frame)
+            .expect("a valid frame")
+    }
+
+    /// Rings `core`'s eventfd, whether or not the core said it parked.
+    fn wake(&self, core: usize) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local array to a descriptor this session owns.
+        unsafe {
+            libc::write(self.wakes[core].as_raw_fd(), one.as_ptr().cast(), 8);
+        }
+    }
+
+    /// The disconnect reason the server wrote into `core`'s ring header (0: none).
+    fn disconnect_reason(&self, core: usize) -> u32 {
+        self.rings[core]
+            .atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
+            .load(Ordering::Acquire)
+    }
+}
+
+/// A key owned by `core` of `cores`.
+fn key_on(core: u32, cores: u32, tag: &str) -> Bytes {
+    (0..)
+        .map(|i| Bytes::from(format!("{tag}-{i}")))
+        .find(|key| veddb_wire::shard_for_key(key, cores) == core)
+        .unwrap()
+}
+
+/// The good client: writes its keys on every core, then checks them, through shared memory
+/// and gRPC, each call bounded by `SERVED_TIMEOUT`.
+fn good_client_round(server: &Server, round: usize) {
+    let started = Instant::now();
+    let local = server.local();
+    let grpc = server.grpc();
+    for core in 0..2 {
+        let key = key_on(core, 2, &format!("good-{round}"));
+        let value = Bytes::from(format!("value-{round}-{core}"));
+        local
+            .set(key.clone(), value.clone(), SetOptions::default())
+            .unwrap();
+        assert_eq!(local.get(key.clone()).unwrap().unwrap().0, value);
+        assert_eq!(grpc.get(key).unwrap().unwrap().0, value);
+    }
+    assert!(
+        started.elapsed() < SERVED_TIMEOUT,
+        "the good client was not served within {SERVED_TIMEOUT:?}"
+    );
+}
+
+/// Defect 1: a client clears O_NONBLOCK on the cores' eventfds (the flag lives on the shared
+/// file description) and steals their wake-ups with blocking reads. The core never does a
+/// blocking read on them (it reads through io_uring), so it keeps serving everyone.
+#[test]
+fn a_blocking_eventfd_does_not_stop_a_core() {
+    let mut server = Server::start(&["--spin-us", "0"]);
+    let attacker = RawSession::attach(&server.name);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut thieves = Vec::new();
+    for wake in &attacker.wakes {
+        let fd = wake.as_raw_fd();
+        // SAFETY: fcntl on a descriptor the attacker owns (kept open until the end of the test).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            assert!(flags >= 0);
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK), 0);
+        }
+        let stop = stop.clone();
+        // Steals every wake-up: a blocking read that wins the race against the core.
+        thieves.push(std::thread::spawn(move || {
+            let mut count = [0u8; 8];
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: reads at most 8 bytes into a live local array; the descriptor stays
+                // open until this thread is joined.
+                unsafe {
+                    libc::read(fd, count.as_mut_ptr().cast(), 8);
+                }
+            }
+        }));
+    }
+    for round in 0..20 {
+        good_client_round(&server, round);
+        for core in 0..2 {
+            attacker.wake(core);
+        }
+        server.assert_running();
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Unblock the thieves (they read whatever we write) before the server goes.
+    for _ in 0..4 {
+        for core in 0..2 {
+            attacker.wake(core);
+        }
+    }
+    for thief in thieves {
+        let _ = thief.join();
+    }
+    drop(attacker);
+    server.stop();
+}
+
+/// Defects 2 and 3: sessions that flood requests whose answers queue (forwarded to the other
+/// core, scattered SCANs with large answers) and never read a single answer. Each session is
+/// paused at its limit, then cut off with RESPONSE_BACKLOG; the server's memory stays bounded
+/// and the good client is served throughout.
+#[test]
+fn sessions_that_never_read_are_bounded_and_cut_off() {
+    let mut server = Server::start(&["--spin-us", "0"]);
+    // Keys to make SCAN answers large: 4,000 keys of 100 bytes.
+    let loader = server.local();
+    let pairs: Vec<(Bytes, Bytes)> = (0..4000)
+        .map(|i| (Bytes::from(format!("{i:0>100}")), Bytes::from_static(b"v")))
+        .collect();
+    for chunk in pairs.chunks(500) {
+        loader
+            .execute(Request::MSet {
+                pairs: chunk.to_vec(),
+            })
+            .unwrap();
+    }
+    let baseline = server.rss();
+    let mut attackers: Vec<RawSession> = (0..6).map(|_| RawSession::attach(&server.name)).collect();
+    let scan = Request::Scan {
+        cursor: Bytes::new(),
+        prefix: Bytes::new(),
+        count: 4000,
+    };
+    let forwarded = Request::Get {
+        key: key_on(1, 2, "elsewhere"),
+    };
+    let started = Instant::now();
+    let mut peak = baseline;
+    let mut round = 0;
+    // Flood until every attacker is cut off (the documented outcome), at most 90 s.
+    loop {
+        for attacker in attackers.iter_mut() {
+            for _ in 0..64 {
+                attacker.push(0, &scan);
+                attacker.push(0, &forwarded);
+            }
+            attacker.wake(0);
+        }
+        peak = peak.max(server.rss());
+        if round % 10 == 0 {
+            good_client_round(&server, round);
+        }
+        round += 1;
+        server.assert_running();
+        let cut = attackers
+            .iter()
+            .filter(|a| a.disconnect_reason(0) == reason::RESPONSE_BACKLOG)
+            .count();
+        if cut == attackers.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{cut} of {} attackers cut off after 90 s; server log:\n{}",
+            attackers.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Bounded: six sessions may hold at most their per-session limit (4 MiB) four times over
+    // before the cut, plus what is being encoded; far below the gigabytes of the defect.
+    let grown = peak.saturating_sub(baseline);
+    assert!(
+        grown < 256 << 20,
+        "the server grew by {} MiB under the flood",
+        grown >> 20
+    );
+    assert!(
+        server.log().contains("RESPONSE_BACKLOG") || server.log().contains("response backlog"),
+        "the cut-off is logged with its reason:\n{}",
+        server.log()
+    );
+    good_client_round(&server, round);
+    drop(attackers);
+    server.stop();
+}
+
+/// Defect 7: a flood of huge MGETs (20,000 keys each) from several sessions. Rounds are
+/// budgeted by work, so each attacker gets one such request per round and the good client is
+/// served; memory stays bounded.
+#[test]
+fn a_flood_of_huge_batches_does_not_starve_others() {
+    let mut server = Server::start(&["--spin-us", "0"]);
+    let baseline = server.rss();
+    let mut attackers: Vec<RawSession> = (0..2).map(|_| RawSession::attach(&server.name)).collect();
+    let keys: Vec<Bytes> = (0..20_000).map(|i| Bytes::from(format!("k{i}"))).collect();
+    let mget = Request::MGet { keys };
+    let mut peak = baseline;
+    for round in 0..10 {
+        for attacker in attackers.iter_mut() {
+            for core in 0..2 {
+                while attacker.push(core, &mget) {}
+                attacker.wake(core);
+            }
+        }
+        good_client_round(&server, round);
+        peak = peak.max(server.rss());
+        server.assert_running();
+    }
+    let grown = peak.saturating_sub(baseline);
+    assert!(
+        grown < 512 << 20,
+        "the server grew by {} MiB under the flood",
+        grown >> 20
+    );
+    drop(attackers);
+    server.stop();
+}
