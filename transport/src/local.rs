@@ -18,10 +18,15 @@
 //! `veddb_shm::RingConsumer`), a frame is copied out before it is decoded, and a violation
 //! disconnects that session only, with the reason in its ring header and in the server log.
 //! Values are freed by epoch: a client pins the core's epoch before a request whose answer
-//! may point into the arena; a retired block is reused only once every live pin has moved
-//! past it, or once a pin is older than the view lease. Layout: `docs/shm-layout.md`.
+//! may point into the arena; a retired block is reused once no session's pins keep it, and
+//! pins older than the view lease (in real time: `local/lease.rs`) keep nothing. Layout and rules:
+//! `docs/shm-layout.md`.
 
 use std::time::Duration;
+
+// Used by the Linux frontend only (its tests run everywhere).
+#[cfg(any(target_os = "linux", test))]
+mod lease;
 
 /// Settings of the local frontend.
 #[derive(Clone, Debug)]
@@ -241,7 +246,7 @@ mod linux {
     /// serves at least one request.
     const WORK_PER_ROUND: usize = 256;
     /// How often (in ms of the core's coarse clock) a core advances its epoch and reclaims
-    /// retired blocks, while it runs.
+    /// retired blocks while it runs; it also does so each time it parks.
     const MAINTENANCE_INTERVAL_MS: u64 = 1;
 
     fn random_u64(clock: &dyn Clock) -> u64 {
@@ -1236,18 +1241,23 @@ mod linux {
         count
     }
 
-    /// The oldest epoch pin the arena must honour: pins older than the view lease (in epochs,
-    /// which advance about once a millisecond) are ignored.
-    fn oldest_pin(sessions: &[SessionRef], epoch: u64, lease_epochs: u64) -> Option<u64> {
+    /// The oldest retire epoch the arena must keep for the sessions' views (`None`: none): the
+    /// least of [`lease::pin_floor`](super::lease::pin_floor) over the sessions. Acquire pairs
+    /// with the client's Release stores of its pins: what a view read before its pin moved on
+    /// happens before the core reuses the block.
+    fn pinned_floor(sessions: &[SessionRef], epoch: u64, stale_below: u64) -> Option<u64> {
         sessions
             .iter()
             .filter_map(|session| {
                 let session = session.borrow();
-                let pin = session
+                let oldest = session
                     .ring
-                    .load_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET, Ordering::SeqCst);
-                (pin != ring_segment::EPOCH_PIN_NONE && pin <= epoch && epoch - pin <= lease_epochs)
-                    .then_some(pin)
+                    .load_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET, Ordering::Acquire);
+                let newest = session.ring.load_u64(
+                    ring_segment::CLIENT_EPOCH_PIN_NEWEST_OFFSET,
+                    Ordering::Acquire,
+                );
+                super::lease::pin_floor(oldest, newest, epoch, stale_below)
             })
             .min()
     }
@@ -1278,12 +1288,19 @@ mod linux {
         /// for every park).
         wake_wait: Option<EventWait>,
         last_maintenance_ms: u64,
+        /// When this core's epochs began (the view lease is judged by it).
+        epochs: super::lease::EpochStarts,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
     }
 
     impl LocalCore {
         fn new(shared: Arc<Shared>, index: usize, arena: Rc<RefCell<Arena>>) -> LocalCore {
+            let epochs = super::lease::EpochStarts::new(
+                shared.config.view_lease,
+                arena.borrow().epoch(),
+                shared.clock.monotonic(),
+            );
             LocalCore {
                 shared,
                 index,
@@ -1292,6 +1309,7 @@ mod linux {
                 wake: None,
                 wake_wait: None,
                 last_maintenance_ms: 0,
+                epochs,
                 ended: false,
             }
         }
@@ -1336,18 +1354,32 @@ mod linux {
             });
         }
 
-        /// About once a millisecond while the core runs: advance the epoch, reuse blocks that
-        /// every reader moved past.
+        /// Every [`MAINTENANCE_INTERVAL_MS`] of the coarse clock while the core runs (and
+        /// when that clock steps back): [`reclaim`](Self::reclaim).
         fn maintain(&mut self, now_ms: u64) {
-            if now_ms.saturating_sub(self.last_maintenance_ms) < MAINTENANCE_INTERVAL_MS {
-                return;
+            let due = now_ms < self.last_maintenance_ms
+                || now_ms - self.last_maintenance_ms >= MAINTENANCE_INTERVAL_MS;
+            if due {
+                self.last_maintenance_ms = now_ms;
+                self.reclaim();
             }
-            self.last_maintenance_ms = now_ms;
-            let lease_epochs = (self.shared.config.view_lease.as_millis() as u64).max(1);
-            let mut arena = self.arena.borrow_mut();
+        }
+
+        /// Ends the current epoch and reuses the retired blocks that no session's pins keep
+        /// (`docs/shm-layout.md`, "View leases and epoch pins").
+        fn reclaim(&mut self) {
+            // Never borrowed across a park or a poll; skipping a round would only be late.
+            let Ok(mut arena) = self.arena.try_borrow_mut() else {
+                return;
+            };
             let epoch = arena.advance_epoch();
-            let pin = oldest_pin(&self.sessions, epoch, lease_epochs);
-            arena.reclaim(Some(pin.unwrap_or(0)));
+            // The new epoch is visible to every client before the clock is read: no client
+            // read the previous epoch after `now`.
+            fence(Ordering::SeqCst);
+            let now = self.shared.clock.monotonic();
+            self.epochs.began(epoch, now);
+            let stale_below = self.epochs.stale_below(now);
+            arena.reclaim(pinned_floor(&self.sessions, epoch, stale_below));
         }
 
         fn parked_word(&self) -> &std::sync::atomic::AtomicU32 {
@@ -1424,6 +1456,12 @@ mod linux {
         }
 
         fn prepare_park(&mut self) {
+            // The core may sleep for long: end the epoch now, so that a pin read before the
+            // park counts from then (not from the wake-up), and reuse what no pin keeps. While
+            // it sleeps the core allocates nothing: its arena cannot grow.
+            if !self.ended {
+                self.reclaim();
+            }
             // The core's caller fences after this: a client that published a request before
             // it saw the flag is seen by the caller's re-check of `has_work`.
             self.parked_word()

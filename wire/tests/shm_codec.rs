@@ -908,6 +908,7 @@ fn ring_segment_layout() {
     assert_eq!(CLIENT_WAIT_OFFSET, 0x140);
     assert_eq!(CLIENT_EPOCH_PIN_OFFSET, 0x180);
     assert_eq!(CLIENT_HEARTBEAT_OFFSET, 0x188);
+    assert_eq!(CLIENT_EPOCH_PIN_NEWEST_OFFSET, 0x190);
     assert_eq!(SERVER_STATUS_OFFSET, 0x1C0);
     assert_eq!(DISCONNECT_REASON_OFFSET, 0x1C4);
     let lines = [
@@ -928,7 +929,12 @@ fn ring_segment_layout() {
     );
     assert_eq!(line(CLIENT_HEARTBEAT_OFFSET), line(CLIENT_EPOCH_PIN_OFFSET));
     assert_eq!(line(DISCONNECT_REASON_OFFSET), line(SERVER_STATUS_OFFSET));
+    assert_eq!(
+        line(CLIENT_EPOCH_PIN_NEWEST_OFFSET),
+        line(CLIENT_EPOCH_PIN_OFFSET)
+    );
     assert_eq!(CLIENT_HEARTBEAT_OFFSET % 8, 0);
+    assert_eq!(CLIENT_EPOCH_PIN_NEWEST_OFFSET % 8, 0);
     assert_eq!(DISCONNECT_REASON_OFFSET % 4, 0);
     const { assert!(DISCONNECT_REASON_OFFSET + 4 <= RESERVED_TAIL_OFFSET) };
     const { assert!(RESERVED_TAIL_OFFSET <= HEADER_BYTES) };

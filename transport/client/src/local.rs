@@ -5,7 +5,10 @@
 //! for several keys go to core 0, which scatters them. Before a request whose answer may point
 //! into a core's value arena (GET, MGET), the connection pins that core's epoch (all cores for
 //! MGET) so the server keeps the value's block until the pin is released: the pin lasts while
-//! a [`ValueView`] or a request needs it, and the server honours it for its view lease.
+//! a [`ValueView`] or a request needs it, and the server honours it for its view lease. Each
+//! core's ring header carries the oldest and the newest epoch pinned by this connection's live
+//! views, so every view is kept for its own whole lease, whatever older views are still held
+//! (`docs/shm-layout.md`, "View leases and epoch pins").
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -70,52 +73,181 @@ pub struct LocalConnection {
     #[cfg(target_os = "linux")]
     _socket: std::os::unix::net::UnixStream,
     heartbeat_stop: Arc<AtomicBool>,
-    /// Pin counts, shared with views, which unpin on drop.
+    /// Pins by core, shared with views, which unpin on drop.
     pins: Rc<LocalConnectionPins>,
 }
 
-/// Pin counts by core, shared between the connection and its views.
+/// The connection's pins on every core, shared between the connection and its views.
 struct LocalConnectionPins {
     rings: Vec<Arc<Segment>>,
     data: Vec<Arc<Segment>>,
-    counts: Vec<Cell<u32>>,
+    cores: Vec<RefCell<CorePins>>,
+}
+
+/// A pin held on a core, released exactly once (by [`LocalConnectionPins::unpin`]).
+#[derive(Debug)]
+struct HeldPin {
+    core: usize,
+    /// The group of [`CorePins`] it counts in.
+    group: u64,
 }
 
 impl LocalConnectionPins {
-    fn pin(&self, core: usize) {
-        let count = self.counts[core].get();
-        if count == 0 {
-            let epoch =
-                self.data[core].load_u64(data_segment::GLOBAL_EPOCH_OFFSET, Ordering::SeqCst);
-            self.rings[core]
-                .atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
-                .store(epoch.max(1), Ordering::SeqCst);
-        }
-        self.counts[core].set(count + 1);
+    /// Pins `core`'s epoch as it is now, for a request (and the view it may give) sent after
+    /// this call. No syscall, no allocation: a load, a few compares, and stores to this
+    /// session's ring header only when the oldest or newest pin changes.
+    fn pin(&self, core: usize) -> HeldPin {
+        // The epoch the core is in now (it only grows): the server keeps a view's block
+        // for a lease after this epoch ends, and it ends after this read.
+        let epoch = self.data[core]
+            .load_u64(data_segment::GLOBAL_EPOCH_OFFSET, Ordering::Acquire)
+            .max(data_segment::EPOCH_FIRST);
+        let mut pins = self.cores[core].borrow_mut();
+        let group = pins.add(epoch);
+        self.publish(core, &mut pins);
+        HeldPin { core, group }
     }
 
-    fn unpin(&self, core: usize) {
-        let count = self.counts[core].get().saturating_sub(1);
-        self.counts[core].set(count);
-        if count == 0 {
-            self.rings[core]
-                .atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
-                .store(ring_segment::EPOCH_PIN_NONE, Ordering::SeqCst);
+    fn unpin(&self, pin: HeldPin) {
+        let mut pins = self.cores[pin.core].borrow_mut();
+        pins.remove(pin.group);
+        self.publish(pin.core, &mut pins);
+    }
+
+    /// Stores the (oldest, newest) pins that changed since last published. Release: the
+    /// reads of a view happen before the store that lets the server reuse its block (the
+    /// server loads with Acquire); a new pin is published by the request sent after it (the
+    /// ring's tail is a Release store, and the core serves the request before it next reads
+    /// the pins).
+    fn publish(&self, core: usize, pins: &mut CorePins) {
+        let after = pins.ends();
+        let before = std::mem::replace(&mut pins.published, after);
+        if after == before {
+            return;
+        }
+        let ring = &self.rings[core];
+        if after.1 != before.1 {
+            ring.atomic_u64(ring_segment::CLIENT_EPOCH_PIN_NEWEST_OFFSET)
+                .store(after.1, Ordering::Release);
+        }
+        if after.0 != before.0 {
+            ring.atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
+                .store(after.0, Ordering::Release);
+        }
+    }
+}
+
+/// Most groups of pins per core. A connection whose live views pinned more distinct epochs
+/// merges the newest into one group, kept as long as any of them lives: safe (the oldest and
+/// newest pins stay below and above every view's), only less precise.
+const PIN_GROUPS_MAX: usize = 16;
+
+/// One epoch, or a run of epochs merged when [`PIN_GROUPS_MAX`] groups are in use, and how many
+/// pins of this connection (live views, requests in flight) it holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct PinGroup {
+    oldest: u64,
+    newest: u64,
+    holders: u32,
+}
+
+/// The pins a connection holds on one core, grouped by the epoch they pinned, oldest group
+/// first: a fixed ring of [`PIN_GROUPS_MAX`] groups. Group ids count up; group `id` sits in
+/// slot `id % PIN_GROUPS_MAX`. The first and last groups always have holders, so the oldest
+/// and newest pins are exact (but for merged groups).
+#[derive(Debug, Default)]
+struct CorePins {
+    groups: [PinGroup; PIN_GROUPS_MAX],
+    /// Id of the oldest group.
+    first: u64,
+    /// Groups in use.
+    len: usize,
+    /// The (oldest, newest) pins last stored in the ring header.
+    published: (u64, u64),
+}
+
+impl CorePins {
+    fn slot(id: u64) -> usize {
+        (id % PIN_GROUPS_MAX as u64) as usize
+    }
+
+    fn last(&self) -> u64 {
+        self.first + self.len as u64 - 1
+    }
+
+    /// (oldest, newest) pinned epoch of the live pins; both [`ring_segment::EPOCH_PIN_NONE`]
+    /// without any.
+    fn ends(&self) -> (u64, u64) {
+        if self.len == 0 {
+            return (ring_segment::EPOCH_PIN_NONE, ring_segment::EPOCH_PIN_NONE);
+        }
+        (
+            self.groups[Self::slot(self.first)].oldest,
+            self.groups[Self::slot(self.last())].newest,
+        )
+    }
+
+    /// Counts a pin of `epoch` (never older than the newest pin so far: the core's epoch only
+    /// grows); returns its group.
+    fn add(&mut self, epoch: u64) -> u64 {
+        if self.len > 0 {
+            let id = self.last();
+            let last = &mut self.groups[Self::slot(id)];
+            if epoch <= last.newest || self.len == PIN_GROUPS_MAX {
+                last.newest = last.newest.max(epoch);
+                last.holders += 1;
+                return id;
+            }
+        }
+        let id = self.first + self.len as u64;
+        self.groups[Self::slot(id)] = PinGroup {
+            oldest: epoch,
+            newest: epoch,
+            holders: 1,
+        };
+        self.len += 1;
+        id
+    }
+
+    /// Releases a pin of group `id`; drops the groups left empty at either end.
+    fn remove(&mut self, id: u64) {
+        let live = self.len > 0 && (self.first..=self.last()).contains(&id);
+        debug_assert!(live, "a pin of group {id}, not in use");
+        if !live {
+            return;
+        }
+        let group = &mut self.groups[Self::slot(id)];
+        debug_assert!(group.holders > 0, "group {id} has no pin left");
+        group.holders = group.holders.saturating_sub(1);
+        while self.len > 0 && self.groups[Self::slot(self.first)].holders == 0 {
+            self.first += 1;
+            self.len -= 1;
+        }
+        while self.len > 0 && self.groups[Self::slot(self.last())].holders == 0 {
+            self.len -= 1;
         }
     }
 }
 
 /// A value read in place from the server's shared memory: no byte of it was copied. It keeps
-/// its core's epoch pinned while it lives; past the server's view lease the block may be
-/// reused, which [`ValueView::is_current`] reports.
+/// its core's epoch pinned while it lives, and the server keeps the value's block unchanged
+/// for the view lease (`--shm-view-lease-ms`, counted in real time from the call to
+/// [`LocalConnection::get_view`]), whatever other views the connection holds. Past the lease
+/// the block may be reused: a view held longer reads the bytes, then asks
+/// [`ValueView::is_current`]; when that says true, what it read was the value. Dropping the
+/// connection ends the lease of its views at once (the server drops the session's pins).
 pub struct ValueView {
     view: SharedView,
     version: u64,
     core: usize,
+    /// Always `Some` until drop releases it.
+    pin: Option<HeldPin>,
     pins: Rc<LocalConnectionPins>,
 }
 
 impl ValueView {
+    /// The value's bytes, in the server's mapping: the value within the lease; past it, check
+    /// [`ValueView::is_current`] after reading them.
     pub fn bytes(&self) -> &[u8] {
         self.view.bytes()
     }
@@ -124,7 +256,9 @@ impl ValueView {
         self.version
     }
 
-    /// Whether the block still holds this value (always, within the lease).
+    /// Whether the block still holds this value (always, within the lease). Asked after
+    /// reading [`ValueView::bytes`], true means that what was read is the value; false means
+    /// the block was reused (the bytes read must be discarded), and stays false.
     pub fn is_current(&self) -> bool {
         self.view.is_current()
     }
@@ -149,7 +283,9 @@ impl ValueView {
 
 impl Drop for ValueView {
     fn drop(&mut self) {
-        self.pins.unpin(self.core);
+        if let Some(pin) = self.pin.take() {
+            self.pins.unpin(pin);
+        }
     }
 }
 
@@ -161,12 +297,6 @@ impl std::fmt::Debug for ValueView {
             .field("core", &self.core)
             .finish()
     }
-}
-
-/// An answer whose values may still point into shared memory.
-enum Answer {
-    Response(Response),
-    View(Option<ValueView>),
 }
 
 impl LocalConnection {
@@ -292,7 +422,9 @@ impl LocalConnection {
         let pins = Rc::new(LocalConnectionPins {
             rings: rings.clone(),
             data: data.clone(),
-            counts: (0..cores).map(|_| Cell::new(0)).collect(),
+            cores: (0..cores)
+                .map(|_| RefCell::new(CorePins::default()))
+                .collect(),
         });
         Ok(LocalConnection {
             cores: built,
@@ -546,10 +678,13 @@ impl LocalConnection {
         Ok((!torn).then_some(response))
     }
 
-    fn pin_for(&self, request: &Request, core: usize) -> Vec<usize> {
+    /// Pins what the answer to `request` (sent to `core`) may point into.
+    fn pin_for(&self, request: &Request, core: usize) -> Vec<HeldPin> {
         match request {
-            Request::Get { .. } => vec![core],
-            Request::MGet { .. } => (0..self.cores.len()).collect(),
+            Request::Get { .. } => vec![self.pins.pin(core)],
+            Request::MGet { .. } => (0..self.cores.len())
+                .map(|core| self.pins.pin(core))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -564,9 +699,6 @@ impl LocalConnection {
     pub fn execute(&self, request: Request) -> Result<Response, ClientError> {
         let core = self.core_of(&request)?;
         let pinned = self.pin_for(&request, core);
-        for &core in &pinned {
-            self.pins.pin(core);
-        }
         let result = (|| loop {
             let (_, payload) = self.round_trip(&request)?;
             // A block reused during the copy (only possible past the lease): ask again.
@@ -574,8 +706,8 @@ impl LocalConnection {
                 return Ok(response);
             }
         })();
-        for &core in &pinned {
-            self.pins.unpin(core);
+        for pin in pinned {
+            self.pins.unpin(pin);
         }
         result
     }
@@ -584,16 +716,29 @@ impl LocalConnection {
     pub fn execute_many(&self, requests: &[Request]) -> Result<Vec<Response>, ClientError> {
         let mut sent = Vec::with_capacity(requests.len());
         let mut pinned = Vec::new();
+        let mut result = Ok(());
         for request in requests {
-            let core = self.core_of(request)?;
-            for core in self.pin_for(request, core) {
-                self.pins.pin(core);
-                pinned.push(core);
+            let core = match self.core_of(request) {
+                Ok(core) => core,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            pinned.extend(self.pin_for(request, core));
+            match self.send(core, request) {
+                Ok(id) => sent.push((core, id)),
+                Err(error) => {
+                    // The pins are released below, whichever way this ends.
+                    result = Err(error);
+                    break;
+                }
             }
-            sent.push((core, self.send(core, request)?));
         }
         let mut answers = Vec::with_capacity(sent.len());
-        let mut result = Ok(());
+        if result.is_err() {
+            sent.clear();
+        }
         for (index, (core, id)) in sent.into_iter().enumerate() {
             match self
                 .wait(core, id)
@@ -613,8 +758,8 @@ impl LocalConnection {
                 }
             }
         }
-        for core in pinned {
-            self.pins.unpin(core);
+        for pin in pinned {
+            self.pins.unpin(pin);
         }
         result.map(|()| answers)
     }
@@ -625,12 +770,12 @@ impl LocalConnection {
     pub fn get_view(&self, key: impl Into<Bytes>) -> Result<GetResult, ClientError> {
         let request = Request::Get { key: key.into() };
         let core = self.core_of(&request)?;
-        self.pins.pin(core);
-        let answer = (|| {
+        let pin = self.pins.pin(core);
+        let result = (|| {
             let (_, payload) = self.round_trip(&request)?;
             let (_, frame) = codec::decode_response(&payload)
                 .map_err(|error| protocol(format!("bad answer: {error}")))?;
-            Ok::<_, ClientError>(match frame {
+            match frame {
                 ResponseFrame::Value {
                     value:
                         ValueRef::Shared {
@@ -652,53 +797,43 @@ impl LocalConnection {
                             "an answer points outside the shared memory: {shared:?}"
                         ))
                     })?;
-                    Answer::View(Some(ValueView {
+                    Ok(GetResult::View(ValueView {
                         view,
                         version,
                         core: owner as usize,
+                        pin: None,
                         pins: self.pins.clone(),
                     }))
                 }
                 ResponseFrame::Value {
                     value: ValueRef::Inline(bytes),
                     version,
-                } => Answer::Response(Response::Value {
-                    value: Bytes::copy_from_slice(bytes),
-                    version,
-                }),
-                ResponseFrame::Other(Response::NotFound) => Answer::View(None),
-                ResponseFrame::Other(other) => Answer::Response(other),
-                ResponseFrame::Values(_) => return Err(protocol("MGET answer to a GET")),
-            })
-        })();
-        match answer {
-            Ok(Answer::View(Some(view))) => {
-                // The view holds its own pin (taken above) and releases it on drop.
-                if view.core != core {
-                    self.pins.pin(view.core);
-                    self.pins.unpin(core);
+                } => Ok(GetResult::Copied(Bytes::copy_from_slice(bytes), version)),
+                ResponseFrame::Other(Response::NotFound) => Ok(GetResult::NotFound),
+                ResponseFrame::Other(Response::Error(error)) => Err(error.into()),
+                ResponseFrame::Other(other) => {
+                    Err(protocol(format!("unexpected answer {other:?}")))
                 }
+                ResponseFrame::Values(_) => Err(protocol("MGET answer to a GET")),
+            }
+        })();
+        match result {
+            Ok(GetResult::View(mut view)) => {
+                // The view holds the pin taken above and releases it on drop. (A GET is
+                // answered from its own core's arena; a value of another core's would only be
+                // pinned from now on.)
+                view.pin = Some(if view.core == core {
+                    pin
+                } else {
+                    let owner = self.pins.pin(view.core);
+                    self.pins.unpin(pin);
+                    owner
+                });
                 Ok(GetResult::View(view))
             }
-            Ok(Answer::View(None)) => {
-                self.pins.unpin(core);
-                Ok(GetResult::NotFound)
-            }
-            Ok(Answer::Response(Response::Value { value, version })) => {
-                self.pins.unpin(core);
-                Ok(GetResult::Copied(value, version))
-            }
-            Ok(Answer::Response(Response::Error(error))) => {
-                self.pins.unpin(core);
-                Err(error.into())
-            }
-            Ok(Answer::Response(other)) => {
-                self.pins.unpin(core);
-                Err(protocol(format!("unexpected answer {other:?}")))
-            }
-            Err(error) => {
-                self.pins.unpin(core);
-                Err(error)
+            other => {
+                self.pins.unpin(pin);
+                other
             }
         }
     }
@@ -857,5 +992,93 @@ pub enum GetResult {
 impl Drop for LocalConnection {
     fn drop(&mut self) {
         self.heartbeat_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CorePins, PIN_GROUPS_MAX};
+    use veddb_wire::shm::layout::ring_segment::EPOCH_PIN_NONE;
+
+    const NONE: (u64, u64) = (EPOCH_PIN_NONE, EPOCH_PIN_NONE);
+
+    #[test]
+    fn the_ends_follow_the_oldest_and_newest_live_pin() {
+        let mut pins = CorePins::default();
+        assert_eq!(pins.ends(), NONE);
+        let a = pins.add(5);
+        let a2 = pins.add(5);
+        assert_eq!(a, a2, "one group per epoch");
+        let b = pins.add(9);
+        let c = pins.add(12);
+        assert_eq!(pins.ends(), (5, 12));
+        // The newest goes: the newest pin falls back to the next live one.
+        pins.remove(c);
+        assert_eq!(pins.ends(), (5, 9));
+        // The oldest goes (one of its two holders, then the other).
+        pins.remove(a);
+        assert_eq!(pins.ends(), (5, 9));
+        pins.remove(a2);
+        assert_eq!(pins.ends(), (9, 9));
+        pins.remove(b);
+        assert_eq!(pins.ends(), NONE);
+        // Ids keep counting: a new pin after all were released is found again.
+        let d = pins.add(20);
+        assert_eq!(pins.ends(), (20, 20));
+        pins.remove(d);
+        assert_eq!(pins.ends(), NONE);
+    }
+
+    #[test]
+    fn a_middle_group_released_first_leaves_the_ends_alone() {
+        let mut pins = CorePins::default();
+        let a = pins.add(1);
+        let b = pins.add(2);
+        let c = pins.add(3);
+        pins.remove(b);
+        assert_eq!(pins.ends(), (1, 3));
+        pins.remove(a);
+        assert_eq!(
+            pins.ends(),
+            (3, 3),
+            "the empty middle group went with the oldest"
+        );
+        pins.remove(c);
+        assert_eq!(pins.ends(), NONE);
+    }
+
+    #[test]
+    fn more_epochs_than_groups_merge_into_the_newest_and_stay_covered() {
+        let mut pins = CorePins::default();
+        let mut held = Vec::new();
+        for epoch in 1..=(PIN_GROUPS_MAX as u64 * 3) {
+            held.push((epoch, pins.add(epoch)));
+            let (oldest, newest) = pins.ends();
+            assert_eq!(oldest, 1);
+            assert_eq!(newest, epoch, "the newest pin is always exact");
+        }
+        // Released in an arbitrary order, the ends always cover every live pin.
+        let mut order: Vec<usize> = (0..held.len()).collect();
+        order.sort_by_key(|&i| (i * 7919) % held.len());
+        let mut live: Vec<(u64, u64)> = held.clone();
+        for i in order {
+            let (epoch, group) = held[i];
+            pins.remove(group);
+            live.retain(|&(e, _)| e != epoch);
+            let (oldest, newest) = pins.ends();
+            match (
+                live.iter().map(|&(e, _)| e).min(),
+                live.iter().map(|&(e, _)| e).max(),
+            ) {
+                (Some(min), Some(max)) => {
+                    assert!(
+                        oldest != EPOCH_PIN_NONE && oldest <= min,
+                        "{oldest} > {min}"
+                    );
+                    assert!(newest >= max, "{newest} < {max}");
+                }
+                _ => assert_eq!((oldest, newest), NONE),
+            }
+        }
     }
 }

@@ -43,7 +43,9 @@
 //! block with the current epoch `e`; [`Arena::reclaim`] with the minimum of the active pins frees
 //! it once `e < min_pin` (every active reader pinned after the epoch moved past `e`, that is,
 //! after the block became unreachable), or at once if no reader is pinned. The core calls
-//! [`Arena::advance_epoch`] regularly (for instance whenever it has retired blocks).
+//! [`Arena::advance_epoch`] regularly (for instance whenever it has retired blocks). What floor to
+//! pass is the caller's policy: the local frontend derives it from its sessions' oldest and newest
+//! pins and the view lease (`docs/shm-layout.md`, "View leases and epoch pins").
 //!
 //! [`ArenaValue`] is the owner type for `bytes::Bytes::from_owner`: a `Bytes` whose bytes live in
 //! the segment, whose last drop (on any thread) retires the block through a mutex-protected pending

@@ -3,7 +3,7 @@
 //! value in it.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use veddb_wire::shm::layout::arena as arena_layout;
@@ -103,8 +103,12 @@ impl SharedView {
     }
 
     /// Whether the block still holds the value it held when the view was made (its generation
-    /// is unchanged). Check it after reading when a view is held longer than the server's lease.
+    /// is unchanged). Check it after reading when a view is held longer than the server's lease:
+    /// true means that what was read before this call was the value.
     pub fn is_current(&self) -> bool {
+        // The reads of the bytes before this call happen before the generation load (the
+        // read side of a seqlock; the arena bumps the generation, fences, then rewrites).
+        fence(Ordering::Acquire);
         self.segment.load_u64(
             self.offset - BLOCK_HEADER_BYTES + arena_layout::GENERATION_OFFSET,
             Ordering::Acquire,

@@ -57,6 +57,10 @@ mod tests {
             CLIENT_HEARTBEAT_OFFSET / CACHE_LINE_BYTES,
             CLIENT_EPOCH_PIN_OFFSET / CACHE_LINE_BYTES
         );
+        assert_eq!(
+            CLIENT_EPOCH_PIN_NEWEST_OFFSET / CACHE_LINE_BYTES,
+            CLIENT_EPOCH_PIN_OFFSET / CACHE_LINE_BYTES
+        );
     }
 
     #[test]

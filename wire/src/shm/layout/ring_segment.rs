@@ -41,12 +41,19 @@ pub const RESPONSE_HEAD_OFFSET: usize = 0x100;
 /// after publishing a response, swaps [`CLIENT_SLEEPING`] for [`CLIENT_AWAKE`] and wakes
 /// it (the only word both sides write).
 pub const CLIENT_WAIT_OFFSET: usize = 0x140;
-/// u64, the epoch the client reads in; [`EPOCH_PIN_NONE`] when it holds no view
-/// (client writes).
+/// u64, the oldest epoch pin: the core's epoch as the client read it before the request of
+/// its oldest live view (or request in flight) that may point into the arena;
+/// [`EPOCH_PIN_NONE`] when it holds none (client writes). See `docs/shm-layout.md`, "View
+/// leases and epoch pins".
 pub const CLIENT_EPOCH_PIN_OFFSET: usize = 0x180;
 /// u64, the client's last sign of life in milliseconds since the Unix epoch (client
 /// writes).
 pub const CLIENT_HEARTBEAT_OFFSET: usize = 0x188;
+/// u64, the newest epoch pin: the same for its newest live view; [`EPOCH_PIN_NONE`] when
+/// it holds none. The server reads a value below the oldest pin as the oldest pin (so a
+/// client that writes only the oldest pin is served as one whose views all pinned it).
+/// Shares the oldest pin's line (client writes).
+pub const CLIENT_EPOCH_PIN_NEWEST_OFFSET: usize = 0x190;
 /// u32, [`SERVER_ATTACHED`] or [`SERVER_DISCONNECTED`] (server writes).
 pub const SERVER_STATUS_OFFSET: usize = 0x1C0;
 /// u32, why the server disconnected the session: a [`reason`](super::reason) code
