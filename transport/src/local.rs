@@ -241,6 +241,9 @@ mod linux {
 
     use super::{LocalConfig, STALL_CUT};
 
+    /// How soon a parked core looks again at a session that is paused or holds answers its
+    /// client has no room for yet.
+    const BLOCKED_SESSION_RECHECK: Duration = Duration::from_millis(1);
     /// Work one session gets per round of its core (fairness between sessions), in units of
     /// [`request_cost`]: a plain GET or SET costs 1, a 1,000-key MGET 1,001. A round always
     /// serves at least one request.
@@ -907,6 +910,8 @@ mod linux {
         in_flight_bytes: usize,
         /// Since when (core clock, ms) reading this session is paused by a limit.
         paused_since_ms: Option<u64>,
+        /// Paused at the last round (its requests are no work until a limit frees).
+        paused: bool,
         dead: bool,
         /// Subscriptions this session made: removed when it ends, however it ends (closed
         /// when the core buries the session, and by drop for an answer that arrives later).
@@ -945,6 +950,7 @@ mod linux {
             in_flight: 0,
             in_flight_bytes: 0,
             paused_since_ms: None,
+            paused: false,
             dead: false,
             subscriptions: Subscriptions::new(context),
         })
@@ -1169,7 +1175,11 @@ mod linux {
                 return 0;
             }
             let mut work = flush_backlog(shared, &mut session);
-            if session.dead || paused(shared, &mut session, context.now_ms()) {
+            if session.dead {
+                return work;
+            }
+            session.paused = paused(shared, &mut session, context.now_ms());
+            if session.paused {
                 return work;
             }
             let mut scratch = Vec::new();
@@ -1262,12 +1272,24 @@ mod linux {
             .min()
     }
 
+    /// Whether a round would do something for one of these sessions: a backlogged answer that
+    /// now fits its response ring, or requests in the ring of a session that is not paused. (A
+    /// session paused by its limits, or whose client reads no answers, is no work: the core
+    /// parks, and looks again at the short park timeout the source asks for.)
     fn has_requests(sessions: &[SessionRef]) -> bool {
         sessions.iter().any(|session| {
             let session = session.borrow();
-            !session.dead
-                && (!session.backlog.is_empty()
-                    || session
+            if session.dead {
+                return false;
+            }
+            // Room for the frame wherever it lands: a wrap can waste up to one frame's size.
+            let flushable = session
+                .backlog
+                .front()
+                .is_some_and(|frame| session.responses.free() >= 2 * (frame.len() + 8));
+            flushable
+                || (!session.paused
+                    && session
                         .ring
                         .load_u64(ring_segment::REQUEST_TAIL_OFFSET, Ordering::SeqCst)
                         != session.requests.head())
@@ -1453,6 +1475,18 @@ mod linux {
             self.shared.stop.load(Ordering::SeqCst)
                 || self.me().control.load(Ordering::SeqCst)
                 || has_requests(&self.sessions)
+        }
+
+        fn park_timeout(&self) -> Option<Duration> {
+            // A paused session frees as its work completes, and a client that reads its answers
+            // does not wake the core: look again soon while any session waits on either.
+            self.sessions
+                .iter()
+                .any(|session| {
+                    let session = session.borrow();
+                    !session.dead && (session.paused || !session.backlog.is_empty())
+                })
+                .then_some(BLOCKED_SESSION_RECHECK)
         }
 
         fn prepare_park(&mut self) {

@@ -961,6 +961,17 @@ impl CoreContext {
         work
     }
 
+    /// The shortest park timeout any source asks for.
+    fn sources_park_timeout(&self) -> Duration {
+        self.0
+            .sources
+            .borrow()
+            .iter()
+            .filter_map(|source| source.park_timeout())
+            .min()
+            .unwrap_or(PARK_TIMEOUT_MAX)
+    }
+
     /// Tells every source the core is about to park (`true`) or is awake (`false`).
     fn park_sources(&self, parking: bool) {
         for source in self.0.sources.borrow_mut().iter_mut() {
@@ -1059,7 +1070,9 @@ impl CoreContext {
                 yield_now().await;
                 continue;
             }
-            let timeout = self.next_timer(self.now_ms());
+            let timeout = self
+                .next_timer(self.now_ms())
+                .min(self.sources_park_timeout());
             let park = Park {
                 context: self.clone(),
                 armed: false,
@@ -1069,6 +1082,9 @@ impl CoreContext {
             self.0.cores[self.0.index as usize].doorbell.cancel_park();
             self.park_sources(false);
             idle_since = None;
+            // A park that ends at once (a source that says it has work it then cannot do)
+            // must not keep the runtime from its I/O and other tasks.
+            yield_now().await;
         }
         // Stopping: the sources end their sessions first (they may still ask the core to run
         // clean-up requests, answered below like every other waiting call).

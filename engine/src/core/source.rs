@@ -29,6 +29,12 @@ pub trait CoreSource {
     /// must not block or write.
     fn has_work(&self) -> bool;
 
+    /// The longest the core may sleep before it polls this source again, even if no producer
+    /// wakes it (for work that frees without a wake-up). `None`: no limit of its own.
+    fn park_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The core is about to park: make producers wake it from now on (then `has_work` is
     /// asked once more, after a SeqCst fence of the caller's).
     fn prepare_park(&mut self) {}
