@@ -21,6 +21,12 @@
 //! may point into the arena; a retired block is reused once no session's pins keep it, and
 //! pins older than the view lease (in real time: `local/lease.rs`) keep nothing. Layout and rules:
 //! `docs/shm-layout.md`.
+//!
+//! One attach thread runs every handshake and watches every session's socket by readiness
+//! (epoll): no call on a client's socket blocks, each handshake has one deadline, a closed socket
+//! detaches its session at once, and sessions are capped (`--max-sessions`) so the server keeps
+//! a reserve of descriptors. The instance file is writable by the server only and written with
+//! `pwrite`, never through a mapping, so no one can make the server fault on it.
 
 use std::time::Duration;
 
@@ -33,10 +39,17 @@ mod lease;
 pub struct LocalConfig {
     /// The instance name (`--name`).
     pub name: String,
-    /// Mode of the instance file and socket (`--shm-mode`, default 0600).
+    /// Mode of the socket (`--shm-mode`, default 0600): who may connect. The instance file
+    /// gets only its read bits (plus the owner's write): nobody but the server writes it.
     pub mode: u32,
     /// A client whose heartbeat is older than this is detached (`--session-timeout`).
     pub session_timeout: Duration,
+    /// The one deadline of an attach handshake, from accept to the whole hello: a connection
+    /// that has not sent it by then is refused and closed.
+    pub handshake_timeout: Duration,
+    /// Most sessions attached at once (`--max-sessions`); `None`: as many as the descriptor
+    /// limit allows after the server's reserve (see [`sessions_max`]).
+    pub sessions_max: Option<usize>,
     /// How long the server honours a client's epoch pin (a zero-copy view held longer may see
     /// its block reused, which the view detects).
     pub view_lease: Duration,
@@ -76,6 +89,68 @@ pub const STALL_CUT: Duration = Duration::from_secs(10);
 pub const RING_BYTES_DEFAULT: u32 = 1 << 20;
 /// Default of [`LocalConfig::view_lease`].
 pub const VIEW_LEASE_DEFAULT: Duration = Duration::from_secs(10);
+/// Default of [`LocalConfig::handshake_timeout`]: a client sends its 16-byte hello as soon as
+/// it connects, so 2 s is ample even on a loaded machine.
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Handshakes in progress at once (each holds a descriptor until its hello or its deadline).
+/// A connection past it closes the oldest handshake in progress, the likeliest to be silent.
+pub const HANDSHAKES_MAX: usize = 64;
+/// Descriptors the local frontend leaves to the rest of the server, beyond those open when it
+/// starts: gRPC connections, snapshot and log files, what the runtime opens later.
+pub const FD_RESERVE: u64 = 256;
+/// ... plus this many per core.
+pub const FD_RESERVE_PER_CORE: u64 = 16;
+/// The default `--max-sessions` keeps the ring segment mappings of all sessions (one per core
+/// per session) under this: half of Linux's default `vm.max_map_count` (65,530), leaving the
+/// rest to the allocator and the arenas.
+pub const SESSION_RING_MAPPINGS_MAX: u64 = 32_768;
+
+/// Descriptors the server holds per attached session: its socket and one ring segment per core.
+pub fn fds_per_session(cores: usize) -> u64 {
+    1 + cores as u64
+}
+
+/// The session limit: `requested` (`--max-sessions`) if the descriptors allow it, else an
+/// error that says how to get there; by default as many as the descriptors allow (capped by
+/// [`SESSION_RING_MAPPINGS_MAX`]). `fd_limit` is the soft `RLIMIT_NOFILE` (already raised),
+/// `fds_open` the descriptors the server holds now. The budget: the limit, less what is open,
+/// the reserve ([`FD_RESERVE`] + [`FD_RESERVE_PER_CORE`] per core) and one descriptor per
+/// handshake in progress ([`HANDSHAKES_MAX`]), divided by [`fds_per_session`].
+pub fn sessions_max(
+    requested: Option<usize>,
+    cores: usize,
+    fd_limit: u64,
+    fds_open: u64,
+) -> Result<usize, String> {
+    let reserve = FD_RESERVE + FD_RESERVE_PER_CORE * cores as u64;
+    let budget = fd_limit
+        .saturating_sub(fds_open)
+        .saturating_sub(reserve)
+        .saturating_sub(HANDSHAKES_MAX as u64);
+    let by_fds = budget / fds_per_session(cores);
+    match requested {
+        Some(0) => Err("--max-sessions must be at least 1".into()),
+        Some(requested) if requested as u64 <= by_fds => Ok(requested),
+        Some(requested) => Err(format!(
+            "--max-sessions {requested} needs {} descriptors ({} per session, {} for handshakes, \
+             a reserve of {reserve}, {fds_open} open now), but the limit (ulimit -n, hard) is \
+             {fd_limit}: at most {by_fds} sessions fit; raise the limit or lower --max-sessions",
+            requested as u64 * fds_per_session(cores) + HANDSHAKES_MAX as u64 + reserve + fds_open,
+            fds_per_session(cores),
+            HANDSHAKES_MAX
+        )),
+        None => {
+            let by_mappings = SESSION_RING_MAPPINGS_MAX / cores.max(1) as u64;
+            match by_fds.min(by_mappings) {
+                0 => Err(format!(
+                    "the descriptor limit {fd_limit} (ulimit -n, hard) leaves no room for local \
+                     sessions ({fds_open} open, a reserve of {reserve}); raise it"
+                )),
+                sessions => Ok(sessions as usize),
+            }
+        }
+    }
+}
 
 impl LocalConfig {
     /// Defaults for an instance of `memory_bytes` over `cores` cores: each arena is twice the
@@ -87,6 +162,8 @@ impl LocalConfig {
             name: name.to_owned(),
             mode: 0o600,
             session_timeout: Duration::from_secs(300),
+            handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
+            sessions_max: None,
             view_lease: VIEW_LEASE_DEFAULT,
             ring_bytes: RING_BYTES_DEFAULT,
             arena_bytes_per_core: arena,
@@ -211,7 +288,7 @@ mod linux {
     use std::cell::RefCell;
     use std::collections::{HashMap, VecDeque};
     use std::future::Future;
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::net::{UnixListener, UnixStream};
@@ -222,7 +299,7 @@ mod linux {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
     use std::thread::JoinHandle;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
     use compio::runtime::fd::AsyncFd;
@@ -230,8 +307,10 @@ mod linux {
 
     use crate::seam::{self, Started, Subscriptions};
     use veddb_shm::{
-        create_data_segment, futex_wake, peer_credentials, process_alive, send_with_fds, Arena,
-        ArenaLocator, ByteRing, EventFd, RingConsumer, RingError, RingProducer, Segment,
+        create_data_segment, futex_wake, open_fd_count, peer_credentials, peer_groups,
+        process_alive, raise_fd_limit, send_with_fds, Arena, ArenaLocator, ByteRing, EventFd,
+        FdLimit, PeerCredentials, Readiness, ReadyEvent, RingConsumer, RingError, RingProducer,
+        Segment,
     };
     use veddb_wire::shm::codec;
     use veddb_wire::shm::layout::{
@@ -239,7 +318,7 @@ mod linux {
     };
     use veddb_wire::{Error, Response};
 
-    use super::{LocalConfig, STALL_CUT};
+    use super::{LocalConfig, HANDSHAKES_MAX, STALL_CUT};
 
     /// How soon a parked core looks again at a session that is paused or holds answers its
     /// client has no room for yet.
@@ -251,6 +330,9 @@ mod linux {
     /// How often (in ms of the core's coarse clock) a core advances its epoch and reclaims
     /// retired blocks while it runs; it also does so each time it parks.
     const MAINTENANCE_INTERVAL_MS: u64 = 1;
+    /// How long the attach socket is left alone after an accept failed (out of descriptors or
+    /// memory) before the attach thread tries again.
+    const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
     fn random_u64(clock: &dyn Clock) -> u64 {
         use std::hash::{BuildHasher, Hasher};
@@ -298,6 +380,8 @@ mod linux {
         /// Bytes every session on every core has queued (answers in backlogs, requests in
         /// flight): the global budget [`LocalConfig::queued_bytes_max`].
         queued_bytes: AtomicUsize,
+        /// Wakes the attach thread (a session was kicked, the server stops).
+        attach_wake: EventFd,
         stop: AtomicBool,
         sessions: AtomicUsize,
     }
@@ -323,15 +407,18 @@ mod linux {
     /// The instance, created; the engine is not running yet.
     pub struct Prepared {
         shared: Arc<Shared>,
-        instance: Segment,
+        instance: std::fs::File,
         instance_path: PathBuf,
         header: instance::InstanceHeader,
+        fd_limit: FdLimit,
     }
 
     /// The running frontend.
     pub struct LocalFrontend {
         shared: Arc<Shared>,
-        instance: Segment,
+        /// Written with `pwrite`, never through a mapping: the server cannot fault on it even
+        /// if the file is truncated under it.
+        instance: std::fs::File,
         instance_path: PathBuf,
         socket_path: PathBuf,
         header: instance::InstanceHeader,
@@ -350,16 +437,28 @@ mod linux {
         clock: Arc<dyn Clock>,
     ) -> Result<Prepared, String> {
         check_config(config)?;
+        // Every session holds descriptors: take all the kernel allows before counting them.
+        let fd_limit = raise_fd_limit()
+            .map_err(|error| format!("cannot read the descriptor limit: {error}"))?;
+        if fd_limit.now != fd_limit.before {
+            tracing::info!(
+                from = fd_limit.before,
+                to = fd_limit.now,
+                "raised the descriptor limit (RLIMIT_NOFILE) to the hard limit"
+            );
+        }
         let path = PathBuf::from(instance::path(&config.name));
         replace_stale_instance(&config.name, &path)?;
-        let instance_segment = Segment::create_named(&path, instance::FILE_BYTES, config.mode)
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::AlreadyExists => format!(
-                    "the instance {:?} was created by another server just now ({})",
-                    config.name,
-                    path.display()
-                ),
-                _ => format!("cannot create {}: {error}", path.display()),
+        let instance_file =
+            create_instance_file(&path, instance_file_mode(config.mode)).map_err(|error| {
+                match error.kind() {
+                    std::io::ErrorKind::AlreadyExists => format!(
+                        "the instance {:?} was created by another server just now ({})",
+                        config.name,
+                        path.display()
+                    ),
+                    _ => format!("cannot create {}: {error}", path.display()),
+                }
             })?;
         let header = instance::InstanceHeader {
             core_count: cores as u32,
@@ -371,9 +470,10 @@ mod linux {
             response_ring_bytes: config.ring_bytes,
             data_segment_bytes: data_segment::HEADER_BYTES as u64 + config.arena_bytes_per_core,
         };
-        let mut page = vec![0u8; instance::FILE_BYTES];
-        header.write_to(&mut page);
-        instance_segment.write_bytes(0, &page);
+        write_instance_header(&instance_file, &header)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        let attach_wake = EventFd::new_nonblocking()
+            .map_err(|error| format!("cannot create an eventfd: {error}"))?;
         let shared_cores = (0..cores)
             .map(|core| create_core(config, &header, core))
             .collect::<Result<Vec<_>, String>>()?;
@@ -384,13 +484,74 @@ mod linux {
                 cores: shared_cores,
                 kicked: Mutex::new(Vec::new()),
                 queued_bytes: AtomicUsize::new(0),
+                attach_wake,
                 stop: AtomicBool::new(false),
                 sessions: AtomicUsize::new(0),
             }),
-            instance: instance_segment,
+            instance: instance_file,
             instance_path: path,
             header,
+            fd_limit,
         })
+    }
+
+    /// The instance file's mode: the owner reads and writes, the group and others may at most
+    /// read (the read bits of `--shm-mode`): 0640 for 0660, 0600 for 0600. A client only reads
+    /// it; one that could write it could truncate it under every other client.
+    fn instance_file_mode(socket_mode: u32) -> u32 {
+        0o600 | (socket_mode & 0o044)
+    }
+
+    /// Creates the instance file (`O_CREAT | O_EXCL`, so never through a link), exactly `mode`
+    /// whatever the umask, [`instance::FILE_BYTES`] of zeros.
+    fn create_instance_file(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
+        let setup = file
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .and_then(|()| file.set_len(instance::FILE_BYTES as u64));
+        if let Err(error) = setup {
+            let _ = std::fs::remove_file(path);
+            return Err(error);
+        }
+        Ok(file)
+    }
+
+    /// Writes the header page with `pwrite`. Unlike a store through a mapping, this cannot
+    /// fault: if the file was truncated, it is simply extended again.
+    fn write_instance_header(
+        file: &std::fs::File,
+        header: &instance::InstanceHeader,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut page = vec![0u8; instance::FILE_BYTES];
+        header.write_to(&mut page);
+        file.write_all_at(&page, 0)
+    }
+
+    /// The header of an existing instance file, if it has a valid one. Read with `read(2)`
+    /// (never mapped: a file others could truncate would fault a mapping), not following a
+    /// link, not blocking on a FIFO, at most one page whatever its size.
+    fn read_instance_header(path: &std::path::Path) -> Option<instance::InstanceHeader> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        if !file.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        let mut page = Vec::with_capacity(instance::FILE_BYTES);
+        file.take(instance::FILE_BYTES as u64)
+            .read_to_end(&mut page)
+            .ok()?;
+        instance::InstanceHeader::read(&page).ok()
     }
 
     /// The name is valid and the ring size a power of two in range.
@@ -416,11 +577,7 @@ mod linux {
         if !path.exists() && !socket.exists() {
             return Ok(());
         }
-        let previous = Segment::open_named(path, false).ok().and_then(|segment| {
-            let mut bytes = vec![0u8; instance::FILE_BYTES.min(segment.len())];
-            segment.read_bytes(0, &mut bytes);
-            instance::InstanceHeader::read(&bytes).ok()
-        });
+        let previous = read_instance_header(path);
         if socket_live(name) {
             return Err(format!(
                 "the instance {name:?} is in use by a running server{} ({}); stop it or choose \
@@ -519,10 +676,46 @@ mod linux {
         pub fn start(self, _engine: &Engine) -> Result<LocalFrontend, String> {
             let Prepared {
                 shared,
-                instance: instance_segment,
+                instance: instance_file,
                 instance_path,
                 mut header,
+                fd_limit,
             } = self;
+            let started = (|| {
+                let readiness = Readiness::new()
+                    .map_err(|error| format!("cannot create an epoll set: {error}"))?;
+                // Counted with the engine and the other frontends running; the listener to come.
+                let fds_open = open_fd_count()
+                    .map_err(|error| format!("cannot count open descriptors: {error}"))?
+                    + 1;
+                let cores = shared.cores.len();
+                let sessions_max =
+                    super::sessions_max(shared.config.sessions_max, cores, fd_limit.now, fds_open)?;
+                tracing::info!(
+                    sessions_max,
+                    fd_limit = fd_limit.now,
+                    fds_open,
+                    fds_per_session = super::fds_per_session(cores),
+                    fd_reserve = super::FD_RESERVE + super::FD_RESERVE_PER_CORE * cores as u64,
+                    handshake_timeout_ms = shared.config.handshake_timeout.as_millis() as u64,
+                    "local clients: session limit"
+                );
+                let metadata = instance_file
+                    .metadata()
+                    .map_err(|error| format!("cannot stat {}: {error}", instance_path.display()))?;
+                let owner = Owner {
+                    uid: metadata.uid(),
+                    gid: metadata.gid(),
+                };
+                Ok::<_, String>((readiness, sessions_max, owner))
+            })();
+            let (readiness, sessions_max, owner) = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&instance_path);
+                    return Err(error);
+                }
+            };
             let socket_path = PathBuf::from(instance::socket_path(&shared.config.name));
             let listener = UnixListener::bind(&socket_path)
                 .map_err(|error| format!("cannot listen on {}: {error}", socket_path.display()))?;
@@ -533,21 +726,31 @@ mod linux {
             listener
                 .set_nonblocking(true)
                 .map_err(|error| format!("cannot configure {}: {error}", socket_path.display()))?;
+            readiness
+                .watch_readable(listener.as_fd(), LISTENER_TOKEN)
+                .and_then(|()| readiness.watch_readable(shared.attach_wake.as_fd(), WAKE_TOKEN))
+                .map_err(|error| format!("cannot watch {}: {error}", socket_path.display()))?;
             let attach_shared = shared.clone();
-            let owner_uid = std::fs::metadata(&instance_path)
-                .map(|m| m.uid())
-                .map_err(|error| format!("cannot stat {}: {error}", instance_path.display()))?;
             let attach_thread = std::thread::Builder::new()
                 .name("veddb-local-attach".into())
-                .spawn(move || attach_loop(listener, attach_shared, header, owner_uid))
+                .spawn(move || {
+                    attach_loop(
+                        listener,
+                        readiness,
+                        attach_shared,
+                        header,
+                        owner,
+                        sessions_max,
+                    )
+                })
                 .map_err(|error| format!("cannot start the attach thread: {error}"))?;
             header.state = instance::InstanceState::Ready;
-            let mut page = vec![0u8; instance::FILE_BYTES];
-            header.write_to(&mut page);
-            instance_segment.write_bytes(0, &page);
+            if let Err(error) = write_instance_header(&instance_file, &header) {
+                tracing::error!(%error, path = %instance_path.display(), "cannot mark the instance ready");
+            }
             Ok(LocalFrontend {
                 shared,
-                instance: instance_segment,
+                instance: instance_file,
                 instance_path,
                 socket_path,
                 header,
@@ -570,6 +773,7 @@ mod linux {
 
         fn stop(&mut self) {
             self.shared.stop.store(true, Ordering::SeqCst);
+            let _ = self.shared.attach_wake.write(1);
             for core in 0..self.shared.cores.len() {
                 self.shared.wake_core(core);
             }
@@ -577,9 +781,8 @@ mod linux {
                 let _ = thread.join();
             }
             self.header.state = instance::InstanceState::Stopped;
-            let mut page = vec![0u8; instance::FILE_BYTES];
-            self.header.write_to(&mut page);
-            self.instance.write_bytes(0, &page);
+            // pwrite: whatever happened to the file (truncated by anyone), this cannot fault.
+            let _ = write_instance_header(&self.instance, &self.header);
             let _ = std::fs::remove_file(&self.socket_path);
             let _ = std::fs::remove_file(&self.instance_path);
         }
@@ -607,43 +810,164 @@ mod linux {
     }
 
     // ---- the attach thread ---------------------------------------------------------------
+    //
+    // One thread, driven by readiness (epoll): it sleeps until the attach socket, a handshake
+    // in progress or an attached session's socket needs it, a core asks it to close a session,
+    // the server stops, or the next deadline comes (a handshake's, the heartbeat check's). No
+    // call on a client's socket ever blocks: every socket is non-blocking, and a handshake that
+    // does not complete within its one deadline is closed, so a silent connection delays no one.
+
+    /// The attach thread's token for the attach socket.
+    const LISTENER_TOKEN: u64 = u64::MAX;
+    /// The attach thread's token for its eventfd ([`Shared::attach_wake`]).
+    const WAKE_TOKEN: u64 = u64::MAX - 1;
+
+    /// Who may attach besides root: the instance file's owner, and its group when the mode
+    /// grants the group the socket. Read from the server's own descriptor of the file at
+    /// start, never from the path again.
+    #[derive(Clone, Copy, Debug)]
+    struct Owner {
+        uid: u32,
+        gid: u32,
+    }
 
     struct AttachedSession {
         stream: UnixStream,
         pid: i32,
         rings: Vec<Arc<Segment>>,
-        attached_at: std::time::Instant,
+        attached_at: Instant,
     }
 
-    /// The attach thread: accepts clients, watches attached sessions end (socket closed,
-    /// process gone, heartbeat silent, disconnected by a core), and tells every client when the
-    /// server stops.
+    /// A connection whose handshake is in progress: accepted, its hello not all read yet.
+    struct Handshake {
+        stream: UnixStream,
+        pid: i32,
+        /// Why it will be refused, known at accept (the peer may not attach). Told once the
+        /// hello is in: the client writes its hello before it reads, so it then reads the
+        /// reason instead of failing to write to a closed socket.
+        refusal: Option<String>,
+        hello: [u8; attach::HELLO.len()],
+        received: usize,
+        /// The one deadline of the whole handshake.
+        deadline: Instant,
+    }
+
+    /// Everything the attach thread holds.
+    struct AttachState {
+        listener: UnixListener,
+        readiness: Readiness,
+        header: instance::InstanceHeader,
+        owner: Owner,
+        sessions_max: usize,
+        handshakes: HashMap<u64, Handshake>,
+        sessions: HashMap<u64, AttachedSession>,
+        /// The next session id (also the connection's token; never 0, far below the tokens
+        /// above).
+        next_id: u64,
+        /// The attach socket is not watched until then (accept failed: out of descriptors or
+        /// memory), so a failing accept cannot spin the thread.
+        listener_paused_until: Option<Instant>,
+        next_heartbeat_check: Instant,
+    }
+
+    impl AttachState {
+        /// When the thread must wake even if no socket is ready.
+        fn next_deadline(&self) -> Instant {
+            self.handshakes
+                .values()
+                .map(|handshake| handshake.deadline)
+                .chain(self.listener_paused_until)
+                .fold(self.next_heartbeat_check, Instant::min)
+        }
+    }
+
+    /// How often the attach thread checks heartbeats (and that each client process still
+    /// exists): a quarter of `--session-timeout`, at most once a second. Reading one word per
+    /// session, it costs microseconds even for thousands of sessions.
+    fn heartbeat_check_interval(config: &LocalConfig) -> Duration {
+        (config.session_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// The attach thread: accepts clients and runs their handshakes, watches attached sessions
+    /// end (socket closed, process gone, heartbeat silent, disconnected by a core), and tells
+    /// every client when the server stops.
     fn attach_loop(
         listener: UnixListener,
+        readiness: Readiness,
         shared: Arc<Shared>,
         header: instance::InstanceHeader,
-        owner_uid: u32,
+        owner: Owner,
+        sessions_max: usize,
     ) {
-        let mut sessions: HashMap<u64, AttachedSession> = HashMap::new();
-        let mut next_id: u64 = 1;
+        let mut state = AttachState {
+            listener,
+            readiness,
+            header,
+            owner,
+            sessions_max,
+            handshakes: HashMap::new(),
+            sessions: HashMap::new(),
+            next_id: 1,
+            listener_paused_until: None,
+            next_heartbeat_check: shared.clock.monotonic(),
+        };
+        let mut events = Vec::with_capacity(veddb_shm::READY_EVENTS_MAX);
         while !shared.stop.load(Ordering::SeqCst) {
-            accept_clients(
-                &listener,
-                &shared,
-                &header,
-                owner_uid,
-                &mut sessions,
-                &mut next_id,
-            );
-            for (id, why, code) in ended_sessions(&shared, &sessions) {
-                if let Some(session) = sessions.remove(&id) {
-                    detach(&shared, id, session, why, code);
+            let timeout = state
+                .next_deadline()
+                .saturating_duration_since(shared.clock.monotonic());
+            if let Err(error) = state.readiness.wait(&mut events, Some(timeout)) {
+                tracing::error!(%error, "the local attach thread cannot wait for its sockets");
+                std::thread::sleep(ACCEPT_PAUSE);
+            }
+            for event in &events {
+                match event.token {
+                    LISTENER_TOKEN => accept_clients(&shared, &mut state),
+                    WAKE_TOKEN => {
+                        let _ = shared.attach_wake.read();
+                    }
+                    id if state.handshakes.contains_key(&id) => read_hello(&shared, &mut state, id),
+                    id => {
+                        if let Some((why, code)) = session_socket_ready(&state, id, event) {
+                            if let Some(session) = state.sessions.remove(&id) {
+                                detach(&shared, id, session, why, code, state.sessions.len());
+                            }
+                        }
+                    }
                 }
             }
-            shared.sessions.store(sessions.len(), Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(10));
+            let now = shared.clock.monotonic();
+            expire_handshakes(&mut state, now);
+            if state
+                .listener_paused_until
+                .is_some_and(|until| now >= until)
+            {
+                state.listener_paused_until = None;
+                if let Err(error) = state
+                    .readiness
+                    .watch_readable(state.listener.as_fd(), LISTENER_TOKEN)
+                {
+                    tracing::error!(%error, "cannot watch the local attach socket again");
+                    state.listener_paused_until = Some(now + ACCEPT_PAUSE);
+                }
+            }
+            let check_heartbeats = now >= state.next_heartbeat_check;
+            if check_heartbeats {
+                state.next_heartbeat_check = now + heartbeat_check_interval(&shared.config);
+            }
+            for (id, why, code) in ended_sessions(&shared, &state.sessions, check_heartbeats) {
+                if let Some(session) = state.sessions.remove(&id) {
+                    detach(&shared, id, session, why, code, state.sessions.len());
+                }
+            }
+            shared
+                .sessions
+                .store(state.sessions.len(), Ordering::Relaxed);
         }
-        for session in sessions.values() {
+        for (_, handshake) in state.handshakes.drain() {
+            refuse(&handshake.stream, "the server is stopping");
+        }
+        for session in state.sessions.values() {
             for ring in &session.rings {
                 mark_disconnected(ring, reason::SERVER_STOPPING);
             }
@@ -651,75 +975,265 @@ mod linux {
         }
     }
 
-    /// Accepts every client waiting on the socket: attached, or told why not.
-    fn accept_clients(
-        listener: &UnixListener,
-        shared: &Shared,
-        header: &instance::InstanceHeader,
-        owner_uid: u32,
-        sessions: &mut HashMap<u64, AttachedSession>,
-        next_id: &mut u64,
-    ) {
-        loop {
-            let stream = match listener.accept() {
+    /// Accepts the clients waiting on the socket (at most [`HANDSHAKES_MAX`] per call, so a
+    /// flood of connections cannot keep the thread here: the socket stays ready for the next
+    /// round) and starts their handshakes (the hello is read when it arrives, not waited for).
+    fn accept_clients(shared: &Shared, state: &mut AttachState) {
+        for _ in 0..HANDSHAKES_MAX {
+            let stream = match state.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "accept on the local socket failed");
+                    // Out of descriptors or memory: the connection waits in the backlog while
+                    // the socket is left alone for a moment (it stays readable: watching it
+                    // would spin).
+                    tracing::warn!(
+                        %error,
+                        pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                        "accept on the local socket failed; pausing attaches"
+                    );
+                    let _ = state.readiness.unwatch(state.listener.as_fd());
+                    state.listener_paused_until = Some(shared.clock.monotonic() + ACCEPT_PAUSE);
                     return;
                 }
             };
-            let id = *next_id;
-            *next_id += 1;
-            match attach(shared, header, owner_uid, &stream, id) {
-                Ok((pid, rings)) => {
+            let id = state.next_id;
+            state.next_id += 1;
+            if let Err(error) = stream.set_nonblocking(true) {
+                tracing::warn!(session = id, %error, "attach dropped: cannot configure its socket");
+                continue;
+            }
+            let (pid, refusal) = match peer_credentials(&stream) {
+                Ok(credentials) => (
+                    credentials.pid,
+                    check_peer(shared, state.owner, &stream, &credentials).err(),
+                ),
+                Err(error) => (0, Some(format!("no peer credentials: {error}"))),
+            };
+            if state.handshakes.len() >= HANDSHAKES_MAX {
+                // Room for the newest: a well-behaved client sends its hello as soon as it
+                // connects, so the oldest handshake in progress is the likeliest to be silent.
+                let oldest = state
+                    .handshakes
+                    .iter()
+                    .min_by_key(|(_, handshake)| handshake.deadline)
+                    .map(|(&oldest, _)| oldest);
+                if let Some(handshake) = oldest.and_then(|oldest| state.handshakes.remove(&oldest))
+                {
+                    tracing::warn!(
+                        session = oldest,
+                        pid = handshake.pid,
+                        limit = HANDSHAKES_MAX,
+                        "attach refused: too many handshakes in progress; the oldest is closed"
+                    );
+                    refuse(&handshake.stream, "too many attach handshakes in progress");
+                }
+            }
+            if let Err(error) = state.readiness.watch_readable(stream.as_fd(), id) {
+                tracing::warn!(session = id, pid, %error, "attach dropped: cannot watch its socket");
+                refuse(&stream, "the server cannot watch this connection");
+                continue;
+            }
+            state.handshakes.insert(
+                id,
+                Handshake {
+                    stream,
+                    pid,
+                    refusal,
+                    hello: [0; attach::HELLO.len()],
+                    received: 0,
+                    deadline: shared.clock.monotonic() + shared.config.handshake_timeout,
+                },
+            );
+        }
+    }
+
+    /// Reads what arrived of a handshake's hello (never blocking); once it is complete, the
+    /// client is attached or told why not.
+    fn read_hello(shared: &Shared, state: &mut AttachState, id: u64) {
+        let Some(handshake) = state.handshakes.get_mut(&id) else {
+            return;
+        };
+        loop {
+            let Handshake {
+                stream,
+                hello,
+                received,
+                ..
+            } = &mut *handshake;
+            match (&*stream).read(&mut hello[*received..]) {
+                Ok(0) => {
+                    tracing::debug!(session = id, "closed before its hello");
+                    state.handshakes.remove(&id);
+                    return;
+                }
+                Ok(read) => {
+                    *received += read;
+                    if *received == hello.len() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::debug!(session = id, %error, "closed before its hello");
+                    state.handshakes.remove(&id);
+                    return;
+                }
+            }
+        }
+        let Some(handshake) = state.handshakes.remove(&id) else {
+            return;
+        };
+        let refusal = if &handshake.hello != attach::HELLO {
+            Some("bad hello (not a VedDB client of this version?)".to_owned())
+        } else if handshake.refusal.is_some() {
+            handshake.refusal
+        } else if state.sessions.len() >= state.sessions_max {
+            Some(format!(
+                "too many sessions: this server allows {} at once (--max-sessions); try again \
+                 once one detaches",
+                state.sessions_max
+            ))
+        } else {
+            let sessions = state.sessions.len() + 1;
+            match attach(
+                shared,
+                &state.header,
+                &handshake.stream,
+                id,
+                handshake.pid,
+                sessions,
+            ) {
+                Ok(rings) => {
                     let attached_at = shared.clock.monotonic();
-                    sessions.insert(
+                    state.sessions.insert(
                         id,
                         AttachedSession {
-                            stream,
-                            pid,
+                            stream: handshake.stream,
+                            pid: handshake.pid,
                             rings,
                             attached_at,
                         },
                     );
-                    shared.sessions.store(sessions.len(), Ordering::Relaxed);
+                    shared
+                        .sessions
+                        .store(state.sessions.len(), Ordering::Relaxed);
+                    return;
                 }
-                Err(reason_text) => {
-                    tracing::warn!(session = id, "attach refused: {reason_text}");
-                    let mut reply = attach::REFUSED_MAGIC.to_vec();
-                    reply.extend_from_slice(reason_text.as_bytes());
-                    let _ = (&stream).write_all(&reply);
-                }
+                Err(reason_text) => Some(reason_text),
+            }
+        };
+        let reason_text = refusal.unwrap_or_default();
+        tracing::warn!(
+            session = id,
+            pid = handshake.pid,
+            sessions = state.sessions.len(),
+            "attach refused: {reason_text}"
+        );
+        refuse(&handshake.stream, &reason_text);
+    }
+
+    /// Tells a client why it may not attach (best effort: its socket is never waited on), then
+    /// closes the connection when the caller drops it.
+    fn refuse(stream: &UnixStream, reason_text: &str) {
+        let mut reply = attach::REFUSED_MAGIC.to_vec();
+        reply.extend_from_slice(reason_text.as_bytes());
+        let _ = send_with_fds(stream, &reply, &[]);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Closes every handshake whose deadline passed.
+    fn expire_handshakes(state: &mut AttachState, now: Instant) {
+        let expired: Vec<u64> = state
+            .handshakes
+            .iter()
+            .filter(|(_, handshake)| now >= handshake.deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(handshake) = state.handshakes.remove(&id) {
+                tracing::warn!(
+                    session = id,
+                    pid = handshake.pid,
+                    received = handshake.received,
+                    "attach refused: no hello within the handshake deadline"
+                );
+                refuse(&handshake.stream, "no hello within the handshake deadline");
             }
         }
     }
 
-    /// Sessions that ended: the socket closed (the process exited or was killed), the process
-    /// is gone, the heartbeat stopped, or a core disconnected it. (id, why, the reason code to
-    /// write into its rings when the client does not know yet.)
+    /// An attached session's socket became ready: why the session ended, if it did. The client
+    /// sends nothing after its hello, so a readable socket means it closed (end of file, an
+    /// error) or broke the protocol (bytes).
+    fn session_socket_ready(
+        state: &AttachState,
+        id: u64,
+        event: &ReadyEvent,
+    ) -> Option<(&'static str, Option<u32>)> {
+        let session = state.sessions.get(&id)?;
+        let mut bytes = [0u8; 64];
+        match (&session.stream).read(&mut bytes) {
+            Ok(0) => Some(("the client closed its socket or exited", None)),
+            Ok(_) => Some((
+                "it sent bytes on its attach socket after the handshake",
+                Some(reason::BAD_FRAME),
+            )),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                event
+                    .closed
+                    .then_some(("the client closed its socket or exited", None))
+            }
+            Err(_) => Some(("the client closed its socket or exited", None)),
+        }
+    }
+
+    /// Sessions that ended otherwise than by their socket: a core disconnected them (checked
+    /// at every wake-up: the core wakes this thread), or, when `check_heartbeats`, the process
+    /// is gone or the heartbeat stopped. (id, why, the reason code to write into its rings
+    /// when the client does not know yet.)
     fn ended_sessions(
         shared: &Shared,
         sessions: &HashMap<u64, AttachedSession>,
+        check_heartbeats: bool,
     ) -> Vec<(u64, &'static str, Option<u32>)> {
         let kicked: Vec<u64> =
             std::mem::take(&mut *shared.kicked.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut ended: Vec<(u64, &'static str, Option<u32>)> = kicked
+            .into_iter()
+            .filter(|id| sessions.contains_key(id))
+            .map(|id| (id, "disconnected by a core (bad input)", None))
+            .collect();
+        if !check_heartbeats {
+            return ended;
+        }
         let now = shared.clock.unix_ms();
+        let monotonic = shared.clock.monotonic();
         let timeout_ms = shared.config.session_timeout.as_millis() as u64;
-        let mut ended = Vec::new();
         for (&id, session) in sessions {
-            let mut byte = [0u8; 1];
-            let closed = match (&session.stream).read(&mut byte) {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
-            };
+            if ended.iter().any(|&(ended_id, _, _)| ended_id == id) {
+                continue;
+            }
             let heartbeat =
                 session.rings[0].load_u64(ring_segment::CLIENT_HEARTBEAT_OFFSET, Ordering::Acquire);
-            let silent = shared.clock.monotonic().duration_since(session.attached_at)
+            let silent = monotonic.duration_since(session.attached_at)
                 > shared.config.session_timeout
                 && now.saturating_sub(heartbeat) > timeout_ms;
-            if closed || !process_alive(session.pid) {
+            if !process_alive(session.pid) {
                 ended.push((id, "the client closed its socket or exited", None));
             } else if silent {
                 ended.push((
@@ -727,16 +1241,21 @@ mod linux {
                     "no heartbeat within --session-timeout",
                     Some(reason::HEARTBEAT_TIMEOUT),
                 ));
-            } else if kicked.contains(&id) {
-                ended.push((id, "disconnected by a core (bad input)", None));
             }
         }
         ended
     }
 
     /// Ends a session everywhere: its rings marked (when the client must be told why), its
-    /// socket shut, every core told to stop serving it.
-    fn detach(shared: &Shared, id: u64, session: AttachedSession, why: &str, code: Option<u32>) {
+    /// socket shut, every core told to stop serving it. `sessions` is how many remain.
+    fn detach(
+        shared: &Shared,
+        id: u64,
+        session: AttachedSession,
+        why: &str,
+        code: Option<u32>,
+        sessions: usize,
+    ) {
         if let Some(code) = code {
             for ring in &session.rings {
                 mark_disconnected(ring, code);
@@ -751,9 +1270,11 @@ mod linux {
                     .push(id)
             });
         }
+        shared.sessions.store(sessions, Ordering::Relaxed);
         tracing::info!(
             session = id,
             pid = session.pid,
+            sessions,
             "local client detached: {why}"
         );
     }
@@ -804,49 +1325,51 @@ mod linux {
         Ok(rings)
     }
 
-    /// The client's credentials, if it may attach: the instance's owner, root, or (with a
-    /// group mode) a member of the instance file's group.
+    /// Whether the client may attach: root, the instance's owner, or (when `--shm-mode` grants
+    /// the group the socket) a member of the instance file's group, as its primary group or a
+    /// supplementary one. Both come from the kernel's record of the connection
+    /// (`SO_PEERCRED`, `SO_PEERGROUPS`), not from the process, which may have changed since.
     fn check_peer(
         shared: &Shared,
-        owner_uid: u32,
+        owner: Owner,
         stream: &UnixStream,
-    ) -> Result<veddb_shm::PeerCredentials, String> {
-        let credentials =
-            peer_credentials(stream).map_err(|error| format!("no peer credentials: {error}"))?;
-        let group_ok = shared.config.mode & 0o060 != 0;
-        let same_group = std::fs::metadata(instance::path(&shared.config.name))
-            .map(|m| m.gid() == credentials.gid)
-            .unwrap_or(false);
-        if credentials.uid != owner_uid && credentials.uid != 0 && !(group_ok && same_group) {
-            return Err(format!(
-                "uid {} may not attach (the instance belongs to uid {owner_uid}; --shm-mode \
-                 widens it to the group)",
-                credentials.uid
-            ));
+        credentials: &PeerCredentials,
+    ) -> Result<(), String> {
+        if credentials.uid == 0 || credentials.uid == owner.uid {
+            return Ok(());
         }
-        Ok(credentials)
+        if shared.config.mode & 0o060 != 0 {
+            if credentials.gid == owner.gid {
+                return Ok(());
+            }
+            match peer_groups(stream) {
+                Ok(groups) if groups.contains(&owner.gid) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    pid = credentials.pid,
+                    %error,
+                    "cannot read a local client's supplementary groups; only its primary group counts"
+                ),
+            }
+        }
+        Err(format!(
+            "uid {} may not attach (the instance belongs to uid {} and group {}; --shm-mode 660 \
+             lets members of that group attach)",
+            credentials.uid, owner.uid, owner.gid
+        ))
     }
 
-    /// The handshake of one client: credentials, hello, then the segments and eventfds.
+    /// Attaches a client whose hello arrived: creates its rings, hands over the segments and
+    /// eventfds (one message, never waited on), then gives each core the session. `sessions`
+    /// is how many are attached with this one.
     fn attach(
         shared: &Shared,
         header: &instance::InstanceHeader,
-        owner_uid: u32,
         stream: &UnixStream,
         id: u64,
-    ) -> Result<(i32, Vec<Arc<Segment>>), String> {
-        let credentials = check_peer(shared, owner_uid, stream)?;
-        stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(2))))
-            .map_err(|error| error.to_string())?;
-        let mut hello = [0u8; attach::HELLO.len()];
-        (&*stream)
-            .read_exact(&mut hello)
-            .map_err(|error| format!("no hello: {error}"))?;
-        if &hello != attach::HELLO {
-            return Err("bad hello (not a VedDB client of this version?)".into());
-        }
+        pid: i32,
+        sessions: usize,
+    ) -> Result<Vec<Arc<Segment>>, String> {
         let rings = create_session_rings(shared, header, id)?;
         let ring_bytes = shared.config.ring_bytes;
         let reply = attach::AttachReply {
@@ -877,14 +1400,12 @@ mod linux {
         for core in &shared.cores {
             fds.push(core.wake.as_fd().as_raw_fd());
         }
-        // Logged before the client has its rings, so the attach line always precedes
-        // anything the session's cores log about it.
-        tracing::info!(session = id, pid = credentials.pid, "local client attached");
+        // The socket is non-blocking: a client that cannot take 56 bytes is not attached.
         send_with_fds(stream, &reply.encode(), &fds)
             .map_err(|error| format!("cannot send the segments: {error}"))?;
-        stream
-            .set_nonblocking(true)
-            .map_err(|error| error.to_string())?;
+        // Logged before any core has the session, so the attach line always precedes
+        // anything the session's cores log about it.
+        tracing::info!(session = id, pid, sessions, "local client attached");
         for (core, ring) in shared.cores.iter().zip(&rings) {
             core.send_control(|core| {
                 core.incoming
@@ -893,7 +1414,7 @@ mod linux {
                     .push((id, ring.clone()))
             });
         }
-        Ok((credentials.pid, rings))
+        Ok(rings)
     }
 
     // ---- each core's task ----------------------------------------------------------------
@@ -974,6 +1495,7 @@ mod linux {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(session.id);
+        let _ = shared.attach_wake.write(1);
     }
 
     /// Wakes a client sleeping on its wait word. The word is reset before the wake: a client

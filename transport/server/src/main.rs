@@ -68,10 +68,16 @@ struct Args {
     #[argh(switch)]
     create: bool,
 
-    /// permission bits of the shared-memory instance and its socket, octal (default 600; 660
-    /// lets the owner's group attach)
+    /// permission bits of the attach socket, octal (default 600; 660 lets the owner's group
+    /// attach); the instance file gets only their read bits, so only the server writes it
     #[argh(option, default = "ShmMode(0o600)")]
     shm_mode: ShmMode,
+
+    /// most local clients attached at once; past it an attach is refused with the reason
+    /// (default: as many as the descriptor limit allows, raised to the hard limit at start, after
+    /// a reserve for the server's own use; see docs/shm-layout.md)
+    #[argh(option)]
+    max_sessions: Option<usize>,
 
     /// milliseconds a local client's zero-copy value view is guaranteed to stay intact
     /// (default 10000); past it the server may reuse the block, which the view detects
@@ -302,6 +308,9 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
             args.local_queue_mb
         ));
     }
+    if args.max_sessions == Some(0) {
+        return Err("--max-sessions must be at least 1".into());
+    }
     if args.data_dir.is_none() && args.repair {
         return Err("--repair needs --data-dir".into());
     }
@@ -447,6 +456,7 @@ fn local_frontend(args: &Args, config: &EngineConfig) -> Result<LocalFrontendHan
     local_config.session_in_flight_max = args.session_in_flight_max;
     local_config.session_queued_bytes_max = args.session_queue_mb << 20;
     local_config.queued_bytes_max = args.local_queue_mb << 20;
+    local_config.sessions_max = args.max_sessions;
     local_config.value_bytes_max = config.shard.value_bytes_max;
     LocalFrontendHandle::prepare(&local_config, config.cores, config.clock.clone()).map_err(
         |error| {

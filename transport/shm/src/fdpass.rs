@@ -217,3 +217,70 @@ pub fn peer_credentials(sock: &UnixStream) -> io::Result<PeerCredentials> {
         gid: cred.gid,
     })
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13), where its value is the asm-generic one (`libc` does not
+/// export it); `None` on the architectures that number it differently.
+const SO_PEERGROUPS: Option<libc::c_int> = if cfg!(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "mips",
+    target_arch = "mips64"
+)) {
+    Some(59)
+} else {
+    None
+};
+
+/// Most supplementary groups asked for (the kernel's `NGROUPS_MAX`).
+const PEER_GROUPS_MAX: usize = 65_536;
+
+/// The peer's supplementary groups, as the kernel recorded them when the connection was made
+/// (`getsockopt(SO_PEERGROUPS)`, Linux 4.13 and later; `Unsupported` where the option is not
+/// known). With [`peer_credentials`]' gid these are every group the peer process had when it
+/// connected, read from the socket: no later change of the process, or reuse of its pid, can
+/// alter them (unlike `/proc/PID/status`).
+pub fn peer_groups(sock: &UnixStream) -> io::Result<Vec<u32>> {
+    let Some(option) = SO_PEERGROUPS else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_PEERGROUPS is not known on this architecture",
+        ));
+    };
+    // Most processes have a few groups: start small, grow to what the kernel says it needs.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is a live buffer of `len` bytes; the kernel writes at most `len` bytes
+        // into it, and the length it has (or needs) into `len`.
+        let ret = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if ret == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE)
+            || count <= groups.len()
+            || count > PEER_GROUPS_MAX
+        {
+            return Err(error);
+        }
+        groups.resize(count, 0);
+    }
+}

@@ -7,7 +7,9 @@
 //! - [`futex_wait`] / [`futex_wake`]: process-shared futexes (no `FUTEX_PRIVATE_FLAG`), and
 //!   [`EventFd`] (Linux) to wake a core that sleeps in io_uring.
 //! - [`send_with_fds`] / [`recv_with_fds`] (`SCM_RIGHTS`), [`peer_credentials`] (`SO_PEERCRED`),
-//!   [`process_alive`], [`process_start_time`] (Linux).
+//!   [`peer_groups`] (`SO_PEERGROUPS`), [`process_alive`], [`process_start_time`],
+//!   [`raise_fd_limit`] / [`open_fd_count`] (Linux).
+//! - [`Readiness`]: an epoll set, for a thread that watches many sockets (Linux).
 //! - [`ByteRing`]: a single-producer single-consumer ring of variable-length frames in a segment,
 //!   whose consumer (and producer) treat every counter and length read from shared memory as hostile.
 //! - [`Arena`]: one core's value allocator inside its data segment (power-of-two blocks, offsets only)
@@ -39,6 +41,8 @@ mod wake;
 mod fdpass;
 #[cfg(unix)]
 mod process;
+#[cfg(target_os = "linux")]
+mod readiness;
 
 pub use arena::{
     Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaValue,
@@ -53,9 +57,13 @@ pub use view::{create_data_segment, SharedView};
 pub use wake::{futex_wait, futex_wake, FutexWait};
 
 #[cfg(target_os = "linux")]
-pub use fdpass::{peer_credentials, recv_with_fds, send_with_fds, PeerCredentials, MAX_FDS};
+pub use fdpass::{
+    peer_credentials, peer_groups, recv_with_fds, send_with_fds, PeerCredentials, MAX_FDS,
+};
 #[cfg(target_os = "linux")]
-pub use process::process_start_time;
+pub use process::{open_fd_count, process_start_time, raise_fd_limit, FdLimit};
+#[cfg(target_os = "linux")]
+pub use readiness::{Readiness, ReadyEvent, READY_EVENTS_MAX};
 #[cfg(target_os = "linux")]
 pub use segment::seals;
 #[cfg(target_os = "linux")]

@@ -40,6 +40,66 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// The process's descriptor limit (`RLIMIT_NOFILE`) before and after [`raise_fd_limit`].
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit found.
+    pub before: u64,
+    /// The soft limit now in force.
+    pub now: u64,
+}
+
+/// Raises the soft descriptor limit to the hard one (to `/proc/sys/fs/nr_open` when the hard
+/// limit is unlimited), as a server holding a descriptor per client should. When the kernel
+/// refuses, the soft limit stays as it was (`now == before`). Linux.
+#[cfg(target_os = "linux")]
+#[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some Linux targets
+pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        limit.rlim_max as u64
+    };
+    if before != libc::RLIM_INFINITY as u64 && before < target {
+        let raised = libc::rlimit {
+            rlim_cur: target as libc::rlim_t,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(FdLimit {
+                before,
+                now: target,
+            });
+        }
+    }
+    Ok(FdLimit {
+        before,
+        now: before,
+    })
+}
+
+/// How many descriptors this process has open now (entries of `/proc/self/fd`, less the one
+/// the count itself uses). Linux.
+#[cfg(target_os = "linux")]
+pub fn open_fd_count() -> std::io::Result<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    Ok(entries.saturating_sub(1))
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
