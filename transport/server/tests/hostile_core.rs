@@ -24,6 +24,12 @@ mod common;
 use common::capture_stderr;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
+
+/// The server under test: this build's, or `VEDDB_SERVER_UNDER_TEST` (to show that an older
+/// build fails these tests).
+fn server_binary() -> String {
+    std::env::var("VEDDB_SERVER_UNDER_TEST").unwrap_or_else(|_| SERVER.to_string())
+}
 /// Generous: debug builds on small, busy machines.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a round of the good client may take while an attack runs (debug builds on a
@@ -51,7 +57,7 @@ struct Server {
 impl Server {
     fn start(extra: &[&str]) -> Server {
         let name = unique_name();
-        let mut child = Command::new(SERVER)
+        let mut child = Command::new(server_binary())
             .args(["--create", "--name", &name, "--port", "0", "--cores", "2"])
             .args(["--memory-mb", "64"])
             .args(extra)
@@ -382,6 +388,10 @@ fn sessions_that_never_read_are_bounded_and_cut_off() {
     // Bounded: six sessions may hold at most their per-session limit (4 MiB) four times over
     // before the cut, plus what is being encoded; far below the gigabytes of the defect.
     let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "six sessions that never read: the server grew by {} MiB at most",
+        grown >> 20
+    );
     assert!(
         grown < 256 << 20,
         "the server grew by {} MiB under the flood",
@@ -420,6 +430,10 @@ fn a_flood_of_huge_batches_does_not_starve_others() {
         server.assert_running();
     }
     let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "a flood of 20,000-key MGETs: the server grew by {} MiB at most",
+        grown >> 20
+    );
     assert!(
         grown < 512 << 20,
         "the server grew by {} MiB under the flood",
