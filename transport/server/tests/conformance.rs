@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use veddb_wire::shm::layout::instance;
 use veddb_wire::{limits, Request, Response, SetCondition, SetOptions, Ttl};
 
 mod common;
-use common::capture_stderr;
+use common::{capture_stderr, listening_address, unique_name};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// Generous: debug builds on small, busy machines.
@@ -108,15 +107,6 @@ conformance! {
 // ---------------------------------------------------------------------------------------------
 // The server.
 
-fn unique_name() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "conf-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A `veddb-server` with both frontends, this test's own; killed (and its instance files
 /// removed) when dropped.
 struct Server {
@@ -131,7 +121,7 @@ impl Server {
     /// Starts a server with the suite's limits plus `extra` flags, and waits until both
     /// transports answer a PING.
     fn start(extra: &[&str]) -> Server {
-        let name = unique_name();
+        let name = unique_name("conf");
         let mut child = Command::new(SERVER)
             .args(["--create", "--name", &name, "--port", "0", "--spin-us", "0"])
             .args(["--cores", &CORES.to_string(), "--memory-mb", "32"])
@@ -259,12 +249,6 @@ impl Drop for Server {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn listening_address(log: &str) -> Option<String> {
-    let line = log.lines().find(|line| line.contains("gRPC listening"))?;
-    let rest = &line[line.find("address=")? + "address=".len()..];
-    Some(rest.split_whitespace().next()?.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use veddb_wire::grpc::Code;
 use veddb_wire::{Request, Response, SetOptions};
 
 mod common;
-use common::{capture_stderr, Rng};
+use common::{capture_stderr, listening_address, Rng};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// Generous: this runs on small, noisy machines, in debug builds.
@@ -207,13 +207,6 @@ impl Drop for Server {
             }
         }
     }
-}
-
-/// `127.0.0.1:PORT` from the "gRPC listening on every core address=..." log line.
-fn listening_address(log: &str) -> Option<String> {
-    let line = log.lines().find(|line| line.contains("gRPC listening"))?;
-    let rest = &line[line.find("address=")? + "address=".len()..];
-    Some(rest.split_whitespace().next()?.to_string())
 }
 
 fn iterations(default: usize) -> usize {

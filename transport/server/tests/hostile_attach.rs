@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use veddb_client::Client;
 use veddb_wire::shm::layout::{attach, instance, reason, ring_segment};
 use veddb_wire::SetOptions;
+
+mod common;
+use common::unique_name;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// The role a re-executed child plays; unset in the parent.
@@ -45,15 +48,6 @@ const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------------------------
 // The server.
-
-fn unique_name() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "ha-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A `veddb-server --create --name NAME --port 0` this test started; killed when dropped (and
 /// its instance files removed).
@@ -99,7 +93,7 @@ impl Server {
 
     /// Starts a server and waits until a local client gets a PONG.
     fn start(extra: &[&str]) -> Server {
-        let server = Server::spawn(&unique_name(), extra);
+        let server = Server::spawn(&unique_name("ha"), extra);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut server = server;
         loop {
@@ -688,7 +682,7 @@ fn max_sessions_refuses_past_the_limit_and_frees_slots() {
 /// not a limit.
 #[test]
 fn an_impossible_max_sessions_is_refused_at_start() {
-    let mut server = Server::spawn(&unique_name(), &["--max-sessions", "1000000000"]);
+    let mut server = Server::spawn(&unique_name("ha"), &["--max-sessions", "1000000000"]);
     let status = server.wait_exit();
     let log = server.log();
     assert!(!status.success(), "{status}; the log:\n{log}");
@@ -701,7 +695,7 @@ fn an_impossible_max_sessions_is_refused_at_start() {
         "a server that did not start leaves no instance file"
     );
 
-    let mut zero = Server::spawn(&unique_name(), &["--max-sessions", "0"]);
+    let mut zero = Server::spawn(&unique_name("ha"), &["--max-sessions", "0"]);
     let status = zero.wait_exit();
     assert_eq!(status.code(), Some(2), "a bad flag: {}", zero.log());
     assert!(zero.log().contains("--max-sessions must be at least 1"));

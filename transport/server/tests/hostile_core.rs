@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use veddb_wire::shm::layout::{attach, instance, reason, ring_segment};
 use veddb_wire::{Request, SetOptions};
 
 mod common;
-use common::capture_stderr;
+use common::{capture_stderr, listening_address, remove_instance_files, unique_name};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 
@@ -36,15 +36,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// small, busy machine: generous).
 const SERVED_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn unique_name() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "hc-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// `veddb-server --create --name NAME --port 0 --cores 2`; killed and cleaned up when dropped.
 struct Server {
     name: String,
@@ -56,7 +47,7 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let name = unique_name();
+        let name = unique_name("hc");
         let mut child = Command::new(server_binary())
             .args(["--create", "--name", &name, "--port", "0", "--cores", "2"])
             .args(["--memory-mb", "64"])
@@ -82,12 +73,7 @@ impl Server {
             }
             let log = server.log();
             if log.contains("veddb-server ready") {
-                let line = log.lines().find(|l| l.contains("gRPC listening")).unwrap();
-                let address = line
-                    .split_whitespace()
-                    .find_map(|word| word.strip_prefix("address="))
-                    .unwrap();
-                server.grpc = address.to_string();
+                server.grpc = listening_address(&log).expect("the gRPC address is logged");
                 return server;
             }
             assert!(Instant::now() < deadline, "not ready:\n{log}");
@@ -152,8 +138,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(instance::path(&self.name));
-        let _ = std::fs::remove_file(instance::socket_path(&self.name));
+        remove_instance_files(&self.name);
     }
 }
 

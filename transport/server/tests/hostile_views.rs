@@ -22,15 +22,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use veddb_client::local::{GetResult, LocalConnection, ValueView};
-use veddb_wire::shm::layout::instance;
 use veddb_wire::{Request, Response, SetOptions};
+
+mod common;
+use common::{remove_instance_files, unique_name};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// Generous: debug builds on small, busy machines.
@@ -44,15 +46,6 @@ const EVENTUALLY: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Helpers: the server, values, views.
 
-fn unique_name() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "hv-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A `veddb-server --create --name NAME --port 0 --cores 1` this test started, with the given
 /// view lease; killed (and its instance files removed) when dropped.
 struct Server {
@@ -64,7 +57,7 @@ struct Server {
 
 impl Server {
     fn start(lease: Duration) -> Server {
-        let name = unique_name();
+        let name = unique_name("hv");
         let mut child = Command::new(SERVER)
             .args(["--create", "--name", &name, "--port", "0", "--cores", "1"])
             .args(["--memory-mb", "256"])
@@ -160,8 +153,7 @@ impl Drop for Server {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let _ = std::fs::remove_file(instance::path(&self.name));
-        let _ = std::fs::remove_file(instance::socket_path(&self.name));
+        remove_instance_files(&self.name);
     }
 }
 

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +30,7 @@ use veddb_wire::shm::layout::{attach, instance, reason, ring as ring_format, rin
 use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, SubscriberId, Ttl};
 
 mod common;
-use common::{capture_stderr, Rng};
+use common::{capture_stderr, remove_instance_files, unique_name, Rng};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// The role a re-executed child plays; unset in the parent.
@@ -50,15 +50,6 @@ const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(180);
 // ---------------------------------------------------------------------------------------------
 // The parent's helpers: instance names, the server, child processes.
 
-fn unique_name() -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "t-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn instance_files(name: &str) -> [String; 2] {
     [instance::path(name), instance::socket_path(name)]
 }
@@ -68,9 +59,7 @@ struct InstanceFiles(String);
 
 impl Drop for InstanceFiles {
     fn drop(&mut self) {
-        for path in instance_files(&self.0) {
-            let _ = std::fs::remove_file(path);
-        }
+        remove_instance_files(&self.0);
     }
 }
 
@@ -490,7 +479,7 @@ fn remaining(ttl: Ttl) -> u64 {
 
 #[test]
 fn every_command_through_shared_memory() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(
         &name,
@@ -975,7 +964,7 @@ fn every_command_through_shared_memory() {
 /// requests in flight, and every answer reaches the submission it belongs to.
 #[test]
 fn one_thread_drives_many_sessions() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
     const SESSIONS: usize = 16;
@@ -1226,7 +1215,7 @@ fn role_hammer(args: &[&str]) {
 
 #[test]
 fn eight_processes_hammer_overlapping_keys() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
     let mut rng = Rng::seeded(
@@ -1333,7 +1322,7 @@ fn role_publisher(args: &[&str]) {
 
 #[test]
 fn pubsub_fan_out_to_local_subscribers() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
     let topic = "fan-out";
@@ -1501,7 +1490,7 @@ impl Drop for Bystander {
 
 #[test]
 fn a_client_killed_mid_request_leaves_others_served() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     // One core, a small budget (so a small arena: 2 × 4 MiB + 16 MiB) and a long view lease: a
     // pin of a dead client that were still honoured would fill the arena below.
@@ -1817,7 +1806,7 @@ fn garbage_round(server: &Server, worker: &mut Proc, mode: &str, seed: u64) {
 
 #[test]
 fn a_client_writing_garbage_is_disconnected_and_others_are_not() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
     let mut rng = Rng::seeded(
@@ -1846,7 +1835,7 @@ fn finish_worker(server: &Server, mut worker: Proc) {
 /// fields that do not decode).
 #[test]
 fn a_client_writing_a_garbage_payload_is_disconnected_and_others_are_not() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(&name, &["--cores", "2"]);
     let mut rng = Rng::seeded(
@@ -1864,7 +1853,7 @@ fn a_client_writing_a_garbage_payload_is_disconnected_and_others_are_not() {
 
 #[test]
 fn a_second_create_on_a_live_name_is_refused() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut first = Server::start(&name, &["--cores", "1"]);
     let client = first.client();
@@ -1977,7 +1966,7 @@ fn role_overwriter(args: &[&str]) {
 
 #[test]
 fn get_view_is_zero_copy_and_overwrites_are_never_torn() {
-    let name = unique_name();
+    let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let lease = Duration::from_millis(300);
     let mut server = Server::start(

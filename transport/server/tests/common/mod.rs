@@ -76,3 +76,29 @@ impl Rng {
         }
     }
 }
+
+/// An instance name no other test of this process (or another test process) uses:
+/// `PREFIX-PID-N`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `HOST:PORT` from the server's "gRPC listening on every core address=..." log line.
+pub fn listening_address(log: &str) -> Option<String> {
+    let line = log.lines().find(|line| line.contains("gRPC listening"))?;
+    let rest = &line[line.find("address=")? + "address=".len()..];
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// Removes an instance's file and socket (a killed server leaves them behind).
+pub fn remove_instance_files(name: &str) {
+    use veddb_wire::shm::layout::instance;
+    let _ = std::fs::remove_file(instance::path(name));
+    let _ = std::fs::remove_file(instance::socket_path(name));
+}
