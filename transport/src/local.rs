@@ -1865,7 +1865,8 @@ mod linux {
         /// Sessions the attach thread started or ended for this core.
         fn take_control(&mut self, context: &CoreContext) {
             let me = &self.shared.cores[self.index];
-            if !me.control.swap(false, Ordering::SeqCst) {
+            // A plain load first: this runs every round, and a swap is a locked instruction.
+            if !me.control.load(Ordering::Acquire) || !me.control.swap(false, Ordering::SeqCst) {
                 return;
             }
             let incoming =

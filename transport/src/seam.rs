@@ -11,8 +11,8 @@
 //!   client is recorded on the connection, session or stream that asked for it, and
 //!   unsubscribed when that ends, however it ends (a clean close, a disconnect, a crash of the
 //!   client, a dropped task).
-//! - **Errors** ([`error_status`], [`status_of_response`]): the client-visible status of an
-//!   engine error or of a frontend's own refusal is [`veddb_wire::Status`], mapped in one place.
+//! - **Errors**: the client-visible status of an engine error is [`veddb_wire::Status`],
+//!   mapped in one place, [`veddb_wire::Error::status`].
 //!
 //! A new transport implements its framing and calls these; it writes no dispatch, no
 //! subscription bookkeeping and no error table of its own.
@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use veddb_engine::CoreContext;
-use veddb_wire::{Error, Request, Response, Status, SubscriberId};
+use veddb_wire::{Request, Response, SubscriberId};
 
 /// A request's answer, or the future that will produce it.
 pub enum Started {
@@ -87,15 +87,6 @@ impl Subscriptions {
         }
     }
 
-    /// How many subscriptions are held.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-
     /// Unsubscribes everything held now, each from a task of its own on this core (the
     /// subscriber's shard may be another core's). Once the engine has stopped there is
     /// nothing left to unsubscribe from.
@@ -117,18 +108,5 @@ impl Subscriptions {
 impl Drop for Subscriptions {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// The status a client sees for an engine error.
-pub fn error_status(error: &Error) -> Status {
-    error.status()
-}
-
-/// The status of an answer that carries an error, if it does.
-pub fn status_of_response(response: &Response) -> Option<Status> {
-    match response {
-        Response::Error(error) => Some(error_status(error)),
-        _ => None,
     }
 }

@@ -824,7 +824,7 @@ async fn subscribe(
     held.note(&answer);
     let subscriber = match answer {
         Response::Subscribed { subscriber } => subscriber,
-        Response::Error(error) => return trailers_only(&mut respond, &seam::error_status(&error)),
+        Response::Error(error) => return trailers_only(&mut respond, &error.status()),
         other => {
             return trailers_only(
                 &mut respond,
@@ -913,7 +913,7 @@ async fn deliver(
                     return None;
                 }
             }
-            Response::Error(error) => return Some((stream, seam::error_status(&error))),
+            Response::Error(error) => return Some((stream, error.status())),
             other => {
                 return Some((
                     stream,
