@@ -327,6 +327,9 @@ mod linux {
     /// [`request_cost`]: a plain GET or SET costs 1, a 1,000-key MGET 1,001. A round always
     /// serves at least one request.
     const WORK_PER_ROUND: usize = 256;
+    /// A session's answer buffer is kept between answers up to this capacity (a larger answer's
+    /// buffer is freed after it): small against the session's rings.
+    const ENCODE_BUFFER_KEPT: usize = 4 << 10;
     /// How often (in ms of the core's coarse clock) a core advances its epoch and reclaims
     /// retired blocks while it runs; it also does so each time it parks.
     const MAINTENANCE_INTERVAL_MS: u64 = 1;
@@ -566,6 +569,11 @@ mod linux {
                 ring_format::MIN_RING_BYTES,
                 ring_format::MAX_RING_BYTES
             ));
+        }
+        // A session with nothing in flight and nothing queued is never paused (the fast path
+        // of `serve_session` relies on it).
+        if config.session_in_flight_max == 0 || config.session_queued_bytes_max == 0 {
+            return Err("a session's in-flight and queued limits must be at least 1".into());
         }
         Ok(())
     }
@@ -1426,6 +1434,9 @@ mod linux {
         responses: RingProducer,
         backlog: VecDeque<Vec<u8>>,
         backlog_bytes: usize,
+        /// The buffer answers are encoded in before they go to the ring, kept between answers
+        /// (no allocation per answer); one that went to the backlog is replaced.
+        encoded: Vec<u8>,
         /// Work started and not answered yet (units of [`request_cost`]), and its request bytes.
         in_flight: usize,
         in_flight_bytes: usize,
@@ -1468,6 +1479,7 @@ mod linux {
             responses,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            encoded: Vec::new(),
             in_flight: 0,
             in_flight_bytes: 0,
             paused_since_ms: None,
@@ -1526,18 +1538,23 @@ mod linux {
         }
         let max = session.responses.ring().max_payload();
         let placement = |value: &Bytes| shared.locate(value);
-        let mut frame = codec::encode_response_vec(id, &response, placement);
+        let mut frame = std::mem::take(&mut session.encoded);
+        codec::encode_response_into(id, &response, placement, &mut frame);
         if frame.len() > max {
             let error = Error::InvalidArgument(format!(
                 "the answer of {} bytes is larger than the {max}-byte frames of this session's \
                  rings; read it in smaller parts or over gRPC",
                 frame.len()
             ));
-            frame = codec::encode_response_vec(id, &Response::Error(error), codec::all_inline);
+            codec::encode_response_into(id, &Response::Error(error), codec::all_inline, &mut frame);
         }
         if session.backlog.is_empty() {
             match session.responses.try_push(&frame) {
                 Ok(true) => {
+                    // Kept for the next answer, unless a large one grew it.
+                    if frame.capacity() <= ENCODE_BUFFER_KEPT {
+                        session.encoded = frame;
+                    }
                     wake_client(&session);
                     return;
                 }
@@ -1549,6 +1566,8 @@ mod linux {
                 }
             }
         }
+        // The backlog counts bytes by length: the kept buffer's spare room goes.
+        frame.shrink_to_fit();
         session.backlog_bytes += frame.len();
         shared
             .queued_bytes
@@ -1684,13 +1703,19 @@ mod linux {
         true
     }
 
-    /// Serves up to a round of one session's requests; how many.
+    /// A request read from a session's ring: decoded (with its id, size and cost), or the id
+    /// and message of one refused for a batch limit.
+    type Decoded = Result<(u32, veddb_wire::Request, usize, usize), (u32, String)>;
+
+    /// Serves up to a round of one session's requests; how many. `decoded` is the core's
+    /// buffer for a round's requests (empty on entry and on return).
     fn serve_session(
         context: &CoreContext,
         shared: &Arc<Shared>,
         session_ref: &SessionRef,
+        decoded: &mut Vec<Decoded>,
     ) -> usize {
-        let mut decoded = Vec::new();
+        debug_assert!(decoded.is_empty());
         {
             let mut session = session_ref.borrow_mut();
             if session.dead {
@@ -1700,9 +1725,17 @@ mod linux {
             if session.dead {
                 return work;
             }
-            session.paused = paused(shared, &mut session, context.now_ms());
-            if session.paused {
-                return work;
+            // A session with nothing in flight and nothing queued is under every limit: the
+            // usual case, checked without the limits' arithmetic.
+            let idle = session.in_flight == 0 && session.backlog_bytes == 0;
+            if idle {
+                session.paused_since_ms = None;
+                session.paused = false;
+            } else {
+                session.paused = paused(shared, &mut session, context.now_ms());
+                if session.paused {
+                    return work;
+                }
             }
             let mut scratch = Vec::new();
             let mut budget = WORK_PER_ROUND;
@@ -1757,7 +1790,7 @@ mod linux {
             }
         }
         let count = decoded.len();
-        for item in decoded {
+        for item in decoded.drain(..) {
             match item {
                 Ok((id, request, bytes, cost)) => {
                     dispatch(context, shared, session_ref, id, request, bytes, cost)
@@ -1834,6 +1867,9 @@ mod linux {
         last_maintenance_ms: u64,
         /// When this core's epochs began (the view lease is judged by it).
         epochs: super::lease::EpochStarts,
+        /// A round's requests of one session, between reading and running them (kept: no
+        /// allocation per round).
+        decoded: Vec<Decoded>,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
     }
@@ -1854,6 +1890,7 @@ mod linux {
                 wake_wait: None,
                 last_maintenance_ms: 0,
                 epochs,
+                decoded: Vec::new(),
                 ended: false,
             }
         }
@@ -1984,7 +2021,7 @@ mod linux {
             self.take_control(context);
             let mut work = 0;
             for session in &self.sessions {
-                work += serve_session(context, &self.shared, session);
+                work += serve_session(context, &self.shared, session, &mut self.decoded);
             }
             self.bury();
             self.maintain(context.now_ms());

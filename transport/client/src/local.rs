@@ -114,25 +114,20 @@ impl LocalConnectionPins {
         self.publish(pin.core, &mut pins);
     }
 
-    /// Stores the (oldest, newest) pins that changed since last published. Release: the
-    /// reads of a view happen before the store that lets the server reuse its block (the
-    /// server loads with Acquire); a new pin is published by the request sent after it (the
-    /// ring's tail is a Release store, and the core serves the request before it next reads
-    /// the pins).
+    /// Stores the pin words that changed ([`CorePins::changed_words`]). Release: the reads of
+    /// a view happen before the store that lets the server reuse its block (the server loads
+    /// with Acquire); a new pin is published by the request sent after it (the ring's tail is
+    /// a Release store, and the core serves the request before it next reads the pins).
     fn publish(&self, core: usize, pins: &mut CorePins) {
-        let after = pins.ends();
-        let before = std::mem::replace(&mut pins.published, after);
-        if after == before {
-            return;
-        }
+        let (newest, oldest) = pins.changed_words();
         let ring = &self.rings[core];
-        if after.1 != before.1 {
+        if let Some(word) = newest {
             ring.atomic_u64(ring_segment::CLIENT_EPOCH_PIN_NEWEST_OFFSET)
-                .store(after.1, Ordering::Release);
+                .store(word, Ordering::Release);
         }
-        if after.0 != before.0 {
+        if let Some(word) = oldest {
             ring.atomic_u64(ring_segment::CLIENT_EPOCH_PIN_OFFSET)
-                .store(after.0, Ordering::Release);
+                .store(word, Ordering::Release);
         }
     }
 }
@@ -162,7 +157,8 @@ struct CorePins {
     first: u64,
     /// Groups in use.
     len: usize,
-    /// The (oldest, newest) pins last stored in the ring header.
+    /// The oldest and newest pin words as last stored in the ring header (see
+    /// [`CorePins::changed_words`]).
     published: (u64, u64),
 }
 
@@ -207,6 +203,33 @@ impl CorePins {
         };
         self.len += 1;
         id
+    }
+
+    /// The pin words to store now, newest first (`None`: unchanged), and notes them as
+    /// stored. The server reads `max(oldest, newest)` as the newest pin, so the newest word is
+    /// written only while the newest pin differs from the oldest (two groups or more): with one
+    /// group any word not above the oldest says the same, and a connection that takes and
+    /// drops one view at a time stores one word per pin and one per unpin. A pin or an unpin
+    /// moves one end only (the first and last groups always have holders), so each store
+    /// keeps more, or lets go of what no live view pinned.
+    fn changed_words(&mut self) -> (Option<u64>, Option<u64>) {
+        let (oldest, newest) = self.ends();
+        let mut newest_word = None;
+        if oldest != ring_segment::EPOCH_PIN_NONE {
+            let stored = self.published.1;
+            let (current, word) = if newest > oldest {
+                (stored == newest, newest)
+            } else {
+                (stored <= oldest, ring_segment::EPOCH_PIN_NONE)
+            };
+            if !current {
+                self.published.1 = word;
+                newest_word = Some(word);
+            }
+        }
+        let oldest_word = (oldest != self.published.0).then_some(oldest);
+        self.published.0 = oldest;
+        (newest_word, oldest_word)
     }
 
     /// Releases a pin of group `id`; drops the groups left empty at either end.
@@ -1027,6 +1050,57 @@ mod tests {
         assert_eq!(pins.ends(), (20, 20));
         pins.remove(d);
         assert_eq!(pins.ends(), NONE);
+    }
+
+    /// The words as the server reads them: `(floor, newest)` of the live pins it must keep.
+    fn as_read(words: (u64, u64)) -> Option<(u64, u64)> {
+        (words.0 != EPOCH_PIN_NONE).then_some((words.0, words.0.max(words.1)))
+    }
+
+    #[test]
+    fn one_view_at_a_time_stores_one_word_per_pin_and_per_unpin() {
+        let mut pins = CorePins::default();
+        for epoch in [1, 1, 2, 5, 5, 9] {
+            let group = pins.add(epoch);
+            assert_eq!(pins.changed_words(), (None, Some(epoch)));
+            pins.remove(group);
+            assert_eq!(pins.changed_words(), (None, Some(EPOCH_PIN_NONE)));
+        }
+    }
+
+    #[test]
+    fn the_stored_words_cover_every_live_pin_after_every_change() {
+        // A deterministic walk of adds (at a growing epoch) and removes (of any live pin).
+        let mut pins = CorePins::default();
+        let mut words = NONE;
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        let mut epoch = 1;
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if live.is_empty() || (state % 100 < 48 && live.len() < 64) {
+                epoch += state % 3 / 2;
+                live.push((epoch, pins.add(epoch)));
+            } else {
+                let (_, group) = live.swap_remove((state >> 8) as usize % live.len());
+                pins.remove(group);
+            }
+            let (newest, oldest) = pins.changed_words();
+            words.1 = newest.unwrap_or(words.1);
+            words.0 = oldest.unwrap_or(words.0);
+            let min = live.iter().map(|&(e, _)| e).min();
+            let max = live.iter().map(|&(e, _)| e).max();
+            match (as_read(words), min, max) {
+                (None, None, None) => {}
+                (Some((floor, newest)), Some(min), Some(max)) => {
+                    assert!(floor <= min, "floor {floor} above the live pin {min}");
+                    assert!(newest >= max, "newest {newest} below the live pin {max}");
+                }
+                (read, min, _) => panic!("words {words:?} read as {read:?}, oldest live {min:?}"),
+            }
+        }
     }
 
     #[test]

@@ -295,11 +295,15 @@ fn a_blocking_eventfd_does_not_stop_a_core() {
         server.assert_running();
     }
     stop.store(true, Ordering::Relaxed);
-    // Unblock the thieves (they read whatever we write) before the server goes.
-    for _ in 0..4 {
+    // Unblock the thieves before the server goes: they read whatever we write, but the core
+    // may win every race for a wake-up, so keep writing until each thief has seen one.
+    let deadline = Instant::now() + SERVED_TIMEOUT;
+    while thieves.iter().any(|thief| !thief.is_finished()) {
+        assert!(Instant::now() < deadline, "the thieves never got a wake-up");
         for core in 0..2 {
             attacker.wake(core);
         }
+        std::thread::sleep(Duration::from_millis(2));
     }
     for thief in thieves {
         let _ = thief.join();

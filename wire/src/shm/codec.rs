@@ -1186,14 +1186,27 @@ pub fn encode_response_vec(
     response: &Response,
     shared: impl Fn(&Bytes) -> SharedPlacement,
 ) -> Vec<u8> {
-    let mut out = vec![0; response_len(response, &shared)];
-    let n = encode_response(id, response, &shared, &mut out);
+    let mut out = Vec::new();
+    encode_response_into(id, response, shared, &mut out);
+    out
+}
+
+/// [`encode_response`] into `out`, which it first clears and then holds exactly the
+/// [`response_len`] bytes of the encoding (a buffer kept between answers allocates nothing).
+pub fn encode_response_into(
+    id: u32,
+    response: &Response,
+    shared: impl Fn(&Bytes) -> SharedPlacement,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.resize(response_len(response, &shared), 0);
+    let n = encode_response(id, response, &shared, out);
     assert_eq!(
         n,
         out.len(),
         "shm codec: the shared callback answered differently in response_len and encode_response"
     );
-    out
 }
 
 fn put_shard_stats(w: &mut Writer<'_>, s: &ShardStats) {
