@@ -301,7 +301,7 @@ mod linux {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
     use compio::runtime::fd::AsyncFd;
     use veddb_engine::{Clock, CoreContext, CoreSetup, CoreSource, Engine};
 
@@ -309,8 +309,8 @@ mod linux {
     use veddb_shm::{
         create_data_segment, futex_wake, open_fd_count, peer_credentials, peer_groups,
         process_alive, raise_fd_limit, send_with_fds, Arena, ArenaLocator, ByteRing, EventFd,
-        FdLimit, PeerCredentials, Readiness, ReadyEvent, RingConsumer, RingError, RingProducer,
-        Segment,
+        FdLimit, FrameRef, PeerCredentials, Readiness, ReadyEvent, RingConsumer, RingError,
+        RingProducer, Segment,
     };
     use veddb_wire::shm::codec;
     use veddb_wire::shm::layout::{
@@ -1707,14 +1707,83 @@ mod linux {
     /// and message of one refused for a batch limit.
     type Decoded = Result<(u32, veddb_wire::Request, usize, usize), (u32, String)>;
 
-    /// Serves up to a round of one session's requests; how many. `decoded` is the core's
-    /// buffer for a round's requests (empty on entry and on return).
+    /// Frames up to this size are copied out of a ring into the core's kept payload buffer;
+    /// larger ones into an allocation of their own.
+    const KEPT_PAYLOAD_MAX: usize = 4 << 10;
+    /// The kept payload buffer's size when it must be (re)allocated.
+    const PAYLOAD_BUFFER_BYTES: usize = 64 << 10;
+
+    /// What a core keeps between rounds to read requests without allocating.
+    struct RoundBuffers {
+        /// A round's requests of one session, between reading and running them (empty between
+        /// rounds).
+        decoded: Vec<Decoded>,
+        /// Private copies of small request payloads, one after the other. A read this core
+        /// answers itself (GET, EXISTS, TTL of its own keys; MGET with one core; PING, INFO)
+        /// decodes as slices of it: once its answer is written nothing refers to it, so a later
+        /// round reuses the same memory (`reserve` reclaims a unique buffer) and such a GET
+        /// allocates nothing. Anything else gets a copy of its own, so that nothing the shard
+        /// keeps (a long key, a message, a journal entry) and no request waiting for another
+        /// core holds this buffer.
+        payloads: BytesMut,
+    }
+
+    impl RoundBuffers {
+        fn new() -> RoundBuffers {
+            RoundBuffers {
+                decoded: Vec::new(),
+                payloads: BytesMut::new(),
+            }
+        }
+
+        /// A private copy of `frame`'s payload (decode only this copy: the client may rewrite
+        /// the ring's bytes at any time).
+        fn copy_payload(
+            payloads: &mut BytesMut,
+            ring: &RingConsumer,
+            frame: &FrameRef,
+            (core, cores): (u32, u32),
+        ) -> Bytes {
+            let len = frame.len();
+            if len > KEPT_PAYLOAD_MAX {
+                let mut payload = Vec::new();
+                ring.copy_payload(frame, &mut payload);
+                return Bytes::from(payload);
+            }
+            // Reclaims the buffer when nothing refers to it any more, else starts a new one
+            // (the old one is freed with its last slice).
+            if payloads.capacity() < len {
+                payloads.reserve(PAYLOAD_BUFFER_BYTES);
+            }
+            payloads.resize(len, 0);
+            ring.copy_payload_into(frame, payloads);
+            let reused = match codec::retains(payloads) {
+                codec::Retains::Nothing => true,
+                codec::Retains::OneKey(key) => {
+                    cores == 1 || veddb_wire::shard_for_key(key, cores) == core
+                }
+                codec::Retains::Keys => cores == 1,
+                codec::Retains::Maybe => false,
+            };
+            if reused {
+                payloads.split().freeze()
+            } else {
+                let payload = Bytes::copy_from_slice(payloads);
+                payloads.clear();
+                payload
+            }
+        }
+    }
+
+    /// Serves up to a round of one session's requests; how many. `buffers.decoded` is empty
+    /// on entry and on return.
     fn serve_session(
         context: &CoreContext,
         shared: &Arc<Shared>,
         session_ref: &SessionRef,
-        decoded: &mut Vec<Decoded>,
+        buffers: &mut RoundBuffers,
     ) -> usize {
+        let RoundBuffers { decoded, payloads } = buffers;
         debug_assert!(decoded.is_empty());
         {
             let mut session = session_ref.borrow_mut();
@@ -1737,7 +1806,6 @@ mod linux {
                     return work;
                 }
             }
-            let mut scratch = Vec::new();
             let mut budget = WORK_PER_ROUND;
             let mut in_flight_room = shared
                 .config
@@ -1754,10 +1822,13 @@ mod linux {
                         break;
                     }
                 };
-                scratch.clear();
-                session.requests.copy_payload(&frame, &mut scratch);
-                session.requests.advance(frame);
-                let payload = Bytes::from(std::mem::take(&mut scratch));
+                let payload = RoundBuffers::copy_payload(
+                    payloads,
+                    &session.requests,
+                    &frame,
+                    (context.index(), context.shard_count()),
+                );
+                session.requests.consume(frame);
                 let bytes = payload.len();
                 match codec::decode_request_bytes(&payload) {
                     Ok((id, request)) => {
@@ -1784,6 +1855,8 @@ mod linux {
                     },
                 }
             }
+            // One head store for the round's frames: the client sees their room at once.
+            session.requests.publish_head();
             work += decoded.len();
             if decoded.is_empty() {
                 return work;
@@ -1867,9 +1940,8 @@ mod linux {
         last_maintenance_ms: u64,
         /// When this core's epochs began (the view lease is judged by it).
         epochs: super::lease::EpochStarts,
-        /// A round's requests of one session, between reading and running them (kept: no
-        /// allocation per round).
-        decoded: Vec<Decoded>,
+        /// Kept between rounds: no allocation per round or per read-only request.
+        buffers: RoundBuffers,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
     }
@@ -1890,7 +1962,7 @@ mod linux {
                 wake_wait: None,
                 last_maintenance_ms: 0,
                 epochs,
-                decoded: Vec::new(),
+                buffers: RoundBuffers::new(),
                 ended: false,
             }
         }
@@ -2021,7 +2093,7 @@ mod linux {
             self.take_control(context);
             let mut work = 0;
             for session in &self.sessions {
-                work += serve_session(context, &self.shared, session, &mut self.decoded);
+                work += serve_session(context, &self.shared, session, &mut self.buffers);
             }
             self.bury();
             self.maintain(context.now_ms());

@@ -1049,6 +1049,9 @@ impl CoreContext {
             compio::runtime::spawn(self.clone().run_snapshots()).detach();
         }
         let mut idle_since: Option<Instant> = None;
+        // Rounds and work since the runtime last polled its I/O (see `DRIVER_ROUNDS`).
+        let mut rounds = 0usize;
+        let mut worked = 0usize;
         loop {
             let work = self.poll_inbound();
             if self.stop_requested() {
@@ -1056,20 +1059,40 @@ impl CoreContext {
             }
             if work > 0 {
                 idle_since = None;
+                rounds += 1;
+                worked += work;
+                if rounds < DRIVER_ROUNDS && worked < DRIVER_WORK {
+                    // Tasks this round woke (answers from other cores, spawned requests) run
+                    // now; the I/O driver waits for a later round (no syscall per request).
+                    run_ready_tasks();
+                    continue;
+                }
+                (rounds, worked) = (0, 0);
                 yield_now().await;
                 continue;
             }
             let now = self.monotonic();
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) < self.0.spin {
-                // A short busy-wait without a syscall, then let the runtime poll its I/O.
+                // A short busy-wait without a syscall; work that arrives in it is served at
+                // once (through the runtime's I/O only if it is due), else the runtime polls
+                // its I/O.
                 let until = now + Duration::from_micros(2);
-                while !self.has_inbound() && self.monotonic() < until {
+                let mut arrived = false;
+                while !arrived && self.monotonic() < until {
                     std::hint::spin_loop();
+                    arrived = self.has_inbound();
                 }
+                if arrived && rounds < DRIVER_ROUNDS && worked < DRIVER_WORK {
+                    rounds += 1;
+                    run_ready_tasks();
+                    continue;
+                }
+                (rounds, worked) = (0, 0);
                 yield_now().await;
                 continue;
             }
+            (rounds, worked) = (0, 0);
             let timeout = self
                 .next_timer(self.now_ms())
                 .min(self.sources_park_timeout());
@@ -1232,6 +1255,21 @@ impl Future for Park {
         }
         Poll::Pending
     }
+}
+
+/// While work flows, the core loop lets the runtime poll its I/O (a syscall) once every this
+/// many rounds, or sooner once [`DRIVER_WORK`] items were served; between, it runs the tasks
+/// its rounds woke without entering the kernel. At a few hundred nanoseconds a round, I/O
+/// (gRPC, the log) waits at most some tens of microseconds behind a flood of local requests.
+const DRIVER_ROUNDS: usize = 64;
+/// See [`DRIVER_ROUNDS`].
+const DRIVER_WORK: usize = 256;
+
+/// Runs the tasks that are ready on this thread's runtime, without polling its I/O driver.
+fn run_ready_tasks() {
+    // Called from the core's loop, the future the runtime blocks on: not from inside a task,
+    // so the executor is not running.
+    let _ = compio::runtime::Runtime::try_with_current(|runtime| runtime.run());
 }
 
 /// Lets the runtime run other tasks and poll its I/O once, then continues (for tasks on a core

@@ -651,6 +651,42 @@ pub fn decode_request_bytes(payload: &Bytes) -> std::result::Result<(u32, Reques
     decode_request_from(Reader::new(payload, Some(payload)))
 }
 
+/// What decoding the request in `payload` leaves behind once it is answered, for a server
+/// that wants to decode it as slices of a buffer it reuses (see [`decode_request_bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retains<'a> {
+    /// A read of one key (GET, EXISTS, TTL): nothing outlives the answer, but if another shard
+    /// owns the key the request travels there and lives until that shard answers.
+    OneKey(&'a [u8]),
+    /// A read of several keys (MGET): as `OneKey`, for keys that may belong to several shards.
+    Keys,
+    /// PING or INFO: nothing of the payload.
+    Nothing,
+    /// Anything else (or a payload too short to say): parts of it may be kept (a stored key, a
+    /// message, a journal entry), so it should own its bytes.
+    Maybe,
+}
+
+/// See [`Retains`]. Reads only the opcode and, for one-key reads, the key (unchecked beyond
+/// its bounds: the decoder checks the rest).
+pub fn retains(payload: &[u8]) -> Retains<'_> {
+    match payload.get(4) {
+        Some(&(opcode::GET | opcode::EXISTS | opcode::TTL)) => {
+            let key = payload.get(5..9).and_then(|length| {
+                let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+                payload.get(9..9usize.checked_add(length)?)
+            });
+            match key {
+                Some(key) => Retains::OneKey(key),
+                None => Retains::Maybe,
+            }
+        }
+        Some(&opcode::MGET) => Retains::Keys,
+        Some(&(opcode::PING | opcode::INFO)) => Retains::Nothing,
+        _ => Retains::Maybe,
+    }
+}
+
 /// The request id of a payload, if it is long enough to hold one.
 pub fn payload_id(payload: &[u8]) -> Option<u32> {
     payload
