@@ -68,6 +68,10 @@ pub struct LocalConnection {
     next_id: Cell<u32>,
     /// Answers that arrived while another was awaited (pipelining), by request id.
     stash: RefCell<HashMap<u32, Vec<u8>>>,
+    /// The buffer requests are encoded in before they go to a ring (no allocation per request).
+    encoded: RefCell<Vec<u8>>,
+    /// Answer buffers given back after use, for the next answers (no allocation per answer).
+    spare: RefCell<Vec<Vec<u8>>>,
     spin: Duration,
     /// The attach socket: its closing tells the server this session ended.
     #[cfg(target_os = "linux")]
@@ -454,6 +458,8 @@ impl LocalConnection {
             session_id: reply.session_id,
             next_id: Cell::new(1),
             stash: RefCell::new(HashMap::new()),
+            encoded: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
             spin: SPIN_DEFAULT,
             _socket: socket,
             heartbeat_stop,
@@ -511,7 +517,11 @@ impl LocalConnection {
     fn send(&self, core: usize, request: &Request) -> Result<u32, ClientError> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
-        let payload = codec::encode_request_vec(id, request);
+        let mut payload = self.encoded.borrow_mut();
+        payload.clear();
+        payload.resize(codec::request_len(request), 0);
+        let written = codec::encode_request(id, request, &mut payload);
+        debug_assert_eq!(written, payload.len());
         let target = &self.cores[core];
         let max = target.requests.borrow().ring().max_payload();
         if payload.len() > max {
@@ -553,6 +563,7 @@ impl LocalConnection {
             }
             std::thread::yield_now();
         }
+        drop(payload);
         self.wake_core(core);
         Ok(id)
     }
@@ -572,41 +583,88 @@ impl LocalConnection {
 
     /// Moves every answer waiting in `core`'s response ring into the stash.
     fn drain_into_stash(&self, core: usize) -> Result<usize, ClientError> {
-        let mut responses = self.cores[core].responses.borrow_mut();
         let mut count = 0;
+        while self.take_answer(core, None)?.is_some() {
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Reads the answers waiting in `core`'s response ring until the one to request `awaited`
+    /// (returned, not stashed); the others go to the stash. Without `awaited`, reads one answer
+    /// into the stash and returns `Some` of an empty buffer (`None`: the ring is empty).
+    fn take_answer(
+        &self,
+        core: usize,
+        awaited: Option<u32>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut responses = self.cores[core].responses.borrow_mut();
         loop {
             let frame = match responses.peek() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(count),
+                Ok(None) => return Ok(None),
                 Err(error) => return Err(protocol(format!("response ring: {error}"))),
             };
-            let mut payload = Vec::new();
+            let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
             responses.copy_payload(&frame, &mut payload);
             responses.advance(frame);
             let id = codec::payload_id(&payload)
                 .ok_or_else(|| protocol("an answer without a request id"))?;
+            if awaited == Some(id) {
+                return Ok(Some(payload));
+            }
             self.stash.borrow_mut().insert(id, payload);
-            count += 1;
+            if awaited.is_none() {
+                return Ok(Some(Vec::new()));
+            }
         }
     }
 
+    /// Gives an answer's buffer back for later answers (small ones only, a bounded number).
+    fn recycle(&self, payload: Vec<u8>) {
+        const KEPT: usize = 64;
+        const KEPT_BYTES: usize = 4 << 10;
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < KEPT && payload.capacity() <= KEPT_BYTES {
+            spare.push(payload);
+        }
+    }
+
+    /// The stashed answer to request `id`, if any.
+    fn stashed(&self, id: u32) -> Option<Vec<u8>> {
+        let mut stash = self.stash.borrow_mut();
+        if stash.is_empty() {
+            return None;
+        }
+        stash.remove(&id)
+    }
+
     /// Waits for the answer to request `id` on `core`: polls for the spin window, then
-    /// sleeps on the ring's futex word until the core wakes it.
+    /// sleeps on the ring's futex word until the core wakes it. The clock is read only once
+    /// an answer is slow to come (no clock read for one that is already there, or soon).
     fn wait(&self, core: usize, id: u32) -> Result<Vec<u8>, ClientError> {
-        let started = Instant::now();
+        /// Polls of the ring between looks at the clock and at the server's status.
+        const POLLS_PER_CHECK: u32 = 64;
+        let mut polls = 0u32;
+        let mut started: Option<Instant> = None;
         loop {
-            if let Some(payload) = self.stash.borrow_mut().remove(&id) {
+            if let Some(payload) = self.stashed(id) {
                 return Ok(payload);
             }
-            if self.drain_into_stash(core)? > 0 {
+            if let Some(payload) = self.take_answer(core, Some(id))? {
+                return Ok(payload);
+            }
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(POLLS_PER_CHECK) {
+                std::hint::spin_loop();
                 continue;
             }
             self.check_attached(core)?;
-            if started.elapsed() > TIMEOUT {
+            let elapsed = started.get_or_insert_with(Instant::now).elapsed();
+            if elapsed > TIMEOUT {
                 return Err(protocol("no answer from the server within 60 s"));
             }
-            if started.elapsed() < self.spin {
-                std::hint::spin_loop();
+            if elapsed < self.spin {
                 continue;
             }
             self.sleep_for_answers(core, SLEEP_MAX);
@@ -656,7 +714,9 @@ impl LocalConnection {
             self.check_attached(submitted.core)?;
             return Ok(None);
         };
-        match self.copy_out(&payload)? {
+        let response = self.copy_out(&payload);
+        self.recycle(payload);
+        match response? {
             Some(response) => Ok(Some(response)),
             // The value's block was reused while it was copied (possible without a pin): ask
             // again, this time pinned.
@@ -701,14 +761,25 @@ impl LocalConnection {
         Ok((!torn).then_some(response))
     }
 
-    /// Pins what the answer to `request` (sent to `core`) may point into.
-    fn pin_for(&self, request: &Request, core: usize) -> Vec<HeldPin> {
+    /// Pins what the answer to `request` (sent to `core`) may point into: the core of a GET
+    /// (no allocation), every core for an MGET.
+    fn pin_for(&self, request: &Request, core: usize) -> Pinned {
         match request {
-            Request::Get { .. } => vec![self.pins.pin(core)],
-            Request::MGet { .. } => (0..self.cores.len())
-                .map(|core| self.pins.pin(core))
-                .collect(),
-            _ => Vec::new(),
+            Request::Get { .. } => Pinned::One(self.pins.pin(core)),
+            Request::MGet { .. } => Pinned::Many(
+                (0..self.cores.len())
+                    .map(|core| self.pins.pin(core))
+                    .collect(),
+            ),
+            _ => Pinned::Nothing,
+        }
+    }
+
+    fn unpin(&self, pinned: Pinned) {
+        match pinned {
+            Pinned::Nothing => {}
+            Pinned::One(pin) => self.pins.unpin(pin),
+            Pinned::Many(pins) => pins.into_iter().for_each(|pin| self.pins.unpin(pin)),
         }
     }
 
@@ -724,14 +795,14 @@ impl LocalConnection {
         let pinned = self.pin_for(&request, core);
         let result = (|| loop {
             let (_, payload) = self.round_trip(&request)?;
+            let response = self.copy_out(&payload);
+            self.recycle(payload);
             // A block reused during the copy (only possible past the lease): ask again.
-            if let Some(response) = self.copy_out(&payload)? {
+            if let Some(response) = response? {
                 return Ok(response);
             }
         })();
-        for pin in pinned {
-            self.pins.unpin(pin);
-        }
+        self.unpin(pinned);
         result
     }
 
@@ -748,7 +819,7 @@ impl LocalConnection {
                     break;
                 }
             };
-            pinned.extend(self.pin_for(request, core));
+            pinned.push(self.pin_for(request, core));
             match self.send(core, request) {
                 Ok(id) => sent.push((core, id)),
                 Err(error) => {
@@ -763,10 +834,11 @@ impl LocalConnection {
             sent.clear();
         }
         for (index, (core, id)) in sent.into_iter().enumerate() {
-            match self
-                .wait(core, id)
-                .and_then(|payload| self.copy_out(&payload))
-            {
+            match self.wait(core, id).and_then(|payload| {
+                let response = self.copy_out(&payload);
+                self.recycle(payload);
+                response
+            }) {
                 Ok(Some(response)) => answers.push(response),
                 Ok(None) => match self.execute(requests[index].clone()) {
                     Ok(response) => answers.push(response),
@@ -781,8 +853,8 @@ impl LocalConnection {
                 }
             }
         }
-        for pin in pinned {
-            self.pins.unpin(pin);
+        for pins in pinned {
+            self.unpin(pins);
         }
         result.map(|()| answers)
     }
@@ -794,52 +866,11 @@ impl LocalConnection {
         let request = Request::Get { key: key.into() };
         let core = self.core_of(&request)?;
         let pin = self.pins.pin(core);
-        let result = (|| {
-            let (_, payload) = self.round_trip(&request)?;
-            let (_, frame) = codec::decode_response(&payload)
-                .map_err(|error| protocol(format!("bad answer: {error}")))?;
-            match frame {
-                ResponseFrame::Value {
-                    value:
-                        ValueRef::Shared {
-                            core: owner,
-                            offset,
-                            len,
-                            generation,
-                        },
-                    version,
-                } => {
-                    let shared = SharedValue {
-                        core: owner,
-                        offset,
-                        len,
-                        generation,
-                    };
-                    let view = self.resolve(shared).ok_or_else(|| {
-                        protocol(format!(
-                            "an answer points outside the shared memory: {shared:?}"
-                        ))
-                    })?;
-                    Ok(GetResult::View(ValueView {
-                        view,
-                        version,
-                        core: owner as usize,
-                        pin: None,
-                        pins: self.pins.clone(),
-                    }))
-                }
-                ResponseFrame::Value {
-                    value: ValueRef::Inline(bytes),
-                    version,
-                } => Ok(GetResult::Copied(Bytes::copy_from_slice(bytes), version)),
-                ResponseFrame::Other(Response::NotFound) => Ok(GetResult::NotFound),
-                ResponseFrame::Other(Response::Error(error)) => Err(error.into()),
-                ResponseFrame::Other(other) => {
-                    Err(protocol(format!("unexpected answer {other:?}")))
-                }
-                ResponseFrame::Values(_) => Err(protocol("MGET answer to a GET")),
-            }
-        })();
+        let result = self.round_trip(&request).and_then(|(_, payload)| {
+            let result = self.view_of(&payload);
+            self.recycle(payload);
+            result
+        });
         match result {
             Ok(GetResult::View(mut view)) => {
                 // The view holds the pin taken above and releases it on drop. (A GET is
@@ -860,6 +891,58 @@ impl LocalConnection {
             }
         }
     }
+
+    /// A GET's answer as a view (its pin not set yet) or a copy.
+    fn view_of(&self, payload: &[u8]) -> Result<GetResult, ClientError> {
+        let (_, frame) = codec::decode_response(payload)
+            .map_err(|error| protocol(format!("bad answer: {error}")))?;
+        match frame {
+            ResponseFrame::Value {
+                value:
+                    ValueRef::Shared {
+                        core: owner,
+                        offset,
+                        len,
+                        generation,
+                    },
+                version,
+            } => {
+                let shared = SharedValue {
+                    core: owner,
+                    offset,
+                    len,
+                    generation,
+                };
+                let view = self.resolve(shared).ok_or_else(|| {
+                    protocol(format!(
+                        "an answer points outside the shared memory: {shared:?}"
+                    ))
+                })?;
+                Ok(GetResult::View(ValueView {
+                    view,
+                    version,
+                    core: owner as usize,
+                    pin: None,
+                    pins: self.pins.clone(),
+                }))
+            }
+            ResponseFrame::Value {
+                value: ValueRef::Inline(bytes),
+                version,
+            } => Ok(GetResult::Copied(Bytes::copy_from_slice(bytes), version)),
+            ResponseFrame::Other(Response::NotFound) => Ok(GetResult::NotFound),
+            ResponseFrame::Other(Response::Error(error)) => Err(error.into()),
+            ResponseFrame::Other(other) => Err(protocol(format!("unexpected answer {other:?}"))),
+            ResponseFrame::Values(_) => Err(protocol("MGET answer to a GET")),
+        }
+    }
+}
+
+/// The pins a request holds while it waits for its answer.
+enum Pinned {
+    Nothing,
+    One(HeldPin),
+    Many(Vec<HeldPin>),
 }
 
 /// The keys of a multi-key request (MGET, MSET).
