@@ -70,6 +70,8 @@ pub struct LocalConnection {
     stash: RefCell<HashMap<u32, Vec<u8>>>,
     /// The buffer requests are encoded in before they go to a ring (no allocation per request).
     encoded: RefCell<Vec<u8>>,
+    /// 0..cores (the cores an MGET pins).
+    all_cores: Vec<usize>,
     /// Answer buffers given back after use, for the next answers (no allocation per answer).
     spare: RefCell<Vec<Vec<u8>>>,
     spin: Duration,
@@ -459,6 +461,7 @@ impl LocalConnection {
             next_id: Cell::new(1),
             stash: RefCell::new(HashMap::new()),
             encoded: RefCell::new(Vec::new()),
+            all_cores: (0..cores).collect(),
             spare: RefCell::new(Vec::new()),
             spin: SPIN_DEFAULT,
             _socket: socket,
@@ -809,7 +812,9 @@ impl LocalConnection {
     /// Runs several requests pipelined: all are sent before any answer is awaited.
     pub fn execute_many(&self, requests: &[Request]) -> Result<Vec<Response>, ClientError> {
         let mut sent = Vec::with_capacity(requests.len());
-        let mut pinned = Vec::new();
+        // One pin per core for the whole batch: taken before the first request that needs it,
+        // so it covers every later one too.
+        let mut pinned: Vec<Option<HeldPin>> = (0..self.cores.len()).map(|_| None).collect();
         let mut result = Ok(());
         for request in requests {
             let core = match self.core_of(request) {
@@ -819,7 +824,16 @@ impl LocalConnection {
                     break;
                 }
             };
-            pinned.push(self.pin_for(request, core));
+            let needs: &[usize] = match request {
+                Request::Get { .. } => std::slice::from_ref(&core),
+                Request::MGet { .. } => &self.all_cores,
+                _ => &[],
+            };
+            for &core in needs {
+                if pinned[core].is_none() {
+                    pinned[core] = Some(self.pins.pin(core));
+                }
+            }
             match self.send(core, request) {
                 Ok(id) => sent.push((core, id)),
                 Err(error) => {
@@ -853,8 +867,8 @@ impl LocalConnection {
                 }
             }
         }
-        for pins in pinned {
-            self.unpin(pins);
+        for pin in pinned.into_iter().flatten() {
+            self.pins.unpin(pin);
         }
         result.map(|()| answers)
     }
