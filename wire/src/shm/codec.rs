@@ -1236,6 +1236,25 @@ pub fn encode_response_into(
     out: &mut Vec<u8>,
 ) {
     out.clear();
+    // The most common answer, a value the server holds in shared memory: appended field by
+    // field (the same bytes as `put_value`), its place asked for once, no length pass.
+    if let Response::Value { value, version } = response {
+        if let Some((core, offset, generation)) = shared(value) {
+            let len = u32::try_from(value.len()).unwrap_or_else(|_| {
+                panic!("shm codec: length {} does not fit in a u32", value.len())
+            });
+            out.reserve(PAYLOAD_HEADER_BYTES + 1 + SHARED_VALUE_BYTES);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(kind::VALUE);
+            out.push(value_form::SHARED);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&core.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&generation.to_le_bytes());
+            return;
+        }
+    }
     out.resize(response_len(response, &shared), 0);
     let n = encode_response(id, response, &shared, out);
     assert_eq!(
