@@ -648,7 +648,29 @@ pub fn decode_request(payload: &[u8]) -> std::result::Result<(u32, Request), Dec
 /// [`decode_request`] from a `Bytes` holding the payload: keys and values are slices of
 /// it (no copy).
 pub fn decode_request_bytes(payload: &Bytes) -> std::result::Result<(u32, Request), DecodeError> {
+    // The most common request, a well-formed GET, read directly (anything else, and a GET with
+    // a wrong length, goes through the checked reader and its errors).
+    if let Some((id, key)) = well_formed_get(payload) {
+        return Ok((
+            id,
+            Request::Get {
+                key: payload.slice(key),
+            },
+        ));
+    }
     decode_request_from(Reader::new(payload, Some(payload)))
+}
+
+/// The id and the key's range of a GET whose key length covers exactly the rest of the payload.
+#[inline]
+fn well_formed_get(payload: &[u8]) -> Option<(u32, std::ops::Range<usize>)> {
+    let header: &[u8; 9] = payload.get(..9)?.try_into().ok()?;
+    if header[4] != opcode::GET {
+        return None;
+    }
+    let id = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let length = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    (payload.len() - 9 == length).then_some((id, 9..payload.len()))
 }
 
 /// What decoding the request in `payload` leaves behind once it is answered, for a server
