@@ -521,10 +521,7 @@ impl LocalConnection {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
         let mut payload = self.encoded.borrow_mut();
-        payload.clear();
-        payload.resize(codec::request_len(request), 0);
-        let written = codec::encode_request(id, request, &mut payload);
-        debug_assert_eq!(written, payload.len());
+        codec::encode_request_into(id, request, &mut payload);
         let target = &self.cores[core];
         let max = target.requests.borrow().ring().max_payload();
         if payload.len() > max {

@@ -626,10 +626,29 @@ pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
 
 /// [`encode_request`] into a new vector of exactly [`request_len`] bytes.
 pub fn encode_request_vec(id: u32, request: &Request) -> Vec<u8> {
-    let mut out = vec![0; request_len(request)];
-    let n = encode_request(id, request, &mut out);
-    debug_assert_eq!(n, out.len());
+    let mut out = Vec::new();
+    encode_request_into(id, request, &mut out);
     out
+}
+
+/// [`encode_request`] into `out`, which it first clears and then holds exactly the
+/// [`request_len`] bytes of the encoding (a buffer kept between requests allocates nothing).
+pub fn encode_request_into(id: u32, request: &Request, out: &mut Vec<u8>) {
+    out.clear();
+    // The most common request, a GET: appended field by field, no length pass.
+    if let Request::Get { key } = request {
+        let len = u32::try_from(key.len())
+            .unwrap_or_else(|_| panic!("shm codec: length {} does not fit in a u32", key.len()));
+        out.reserve(PAYLOAD_HEADER_BYTES + 4 + key.len());
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(opcode::GET);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(key);
+        return;
+    }
+    out.resize(request_len(request), 0);
+    let n = encode_request(id, request, out);
+    debug_assert_eq!(n, out.len());
 }
 
 /// Decodes a request payload (copied out of the ring first: never decode from the shared
