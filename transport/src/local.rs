@@ -1537,21 +1537,7 @@ mod linux {
             return;
         }
         let max = session.responses.ring().max_payload();
-        // The codec asks where a value lives twice (its length, then its bytes): the last
-        // answer is kept, so a GET locates its value once. (The response holds the value, so
-        // its block and placement cannot change meanwhile.)
-        let last = std::cell::Cell::new(None);
-        let placement = |value: &Bytes| {
-            let at = (value.as_ptr() as usize, value.len());
-            if let Some((seen, placed)) = last.get() {
-                if seen == at {
-                    return placed;
-                }
-            }
-            let placed = shared.locate(value);
-            last.set(Some((at, placed)));
-            placed
-        };
+        let placement = |value: &Bytes| shared.locate(value);
         let mut frame = std::mem::take(&mut session.encoded);
         codec::encode_response_into(id, &response, placement, &mut frame);
         if frame.len() > max {

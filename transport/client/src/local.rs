@@ -582,17 +582,13 @@ impl LocalConnection {
     }
 
     /// Moves every answer waiting in `core`'s response ring into the stash.
-    fn drain_into_stash(&self, core: usize) -> Result<usize, ClientError> {
-        let mut count = 0;
-        while self.take_answer(core, None)?.is_some() {
-            count += 1;
-        }
-        Ok(count)
+    fn drain_into_stash(&self, core: usize) -> Result<(), ClientError> {
+        self.take_answer(core, None).map(drop)
     }
 
-    /// Reads the answers waiting in `core`'s response ring until the one to request `awaited`
-    /// (returned, not stashed); the others go to the stash. Without `awaited`, reads one answer
-    /// into the stash and returns `Some` of an empty buffer (`None`: the ring is empty).
+    /// Reads the answers waiting in `core`'s response ring until the one to request `awaited`,
+    /// which it returns; the others go to the stash. Without `awaited` (or before it arrives)
+    /// it reads them all and returns `None`.
     fn take_answer(
         &self,
         core: usize,
@@ -614,9 +610,6 @@ impl LocalConnection {
                 return Ok(Some(payload));
             }
             self.stash.borrow_mut().insert(id, payload);
-            if awaited.is_none() {
-                return Ok(Some(Vec::new()));
-            }
         }
     }
 
@@ -761,17 +754,22 @@ impl LocalConnection {
         Ok((!torn).then_some(response))
     }
 
-    /// Pins what the answer to `request` (sent to `core`) may point into: the core of a GET
-    /// (no allocation), every core for an MGET.
-    fn pin_for(&self, request: &Request, core: usize) -> Pinned {
+    /// The cores whose values the answer to `request` (sent to `core`) may point into: the
+    /// core of a GET, every core for an MGET.
+    fn cores_to_pin<'a>(&'a self, request: &Request, core: &'a usize) -> &'a [usize] {
         match request {
-            Request::Get { .. } => Pinned::One(self.pins.pin(core)),
-            Request::MGet { .. } => Pinned::Many(
-                (0..self.cores.len())
-                    .map(|core| self.pins.pin(core))
-                    .collect(),
-            ),
-            _ => Pinned::Nothing,
+            Request::Get { .. } => std::slice::from_ref(core),
+            Request::MGet { .. } => &self.all_cores,
+            _ => &[],
+        }
+    }
+
+    /// Pins [`cores_to_pin`](Self::cores_to_pin) (a GET without an allocation).
+    fn pin_for(&self, request: &Request, core: usize) -> Pinned {
+        match self.cores_to_pin(request, &core) {
+            [] => Pinned::Nothing,
+            [one] => Pinned::One(self.pins.pin(*one)),
+            many => Pinned::Many(many.iter().map(|&core| self.pins.pin(core)).collect()),
         }
     }
 
@@ -821,12 +819,7 @@ impl LocalConnection {
                     break;
                 }
             };
-            let needs: &[usize] = match request {
-                Request::Get { .. } => std::slice::from_ref(&core),
-                Request::MGet { .. } => &self.all_cores,
-                _ => &[],
-            };
-            for &core in needs {
+            for &core in self.cores_to_pin(request, &core) {
                 if pinned[core].is_none() {
                     pinned[core] = Some(self.pins.pin(core));
                 }
