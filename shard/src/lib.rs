@@ -163,6 +163,21 @@ impl Shard {
         Ok(found)
     }
 
+    /// As [`get`](Self::get), lending the value and its version to `read` (no clone of the
+    /// value's handle): for a frontend that writes the answer straight where it goes.
+    pub fn get_with<R>(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(&Bytes, u64) -> R,
+    ) -> Result<Option<R>, Error> {
+        self.check_key(key)?;
+        self.stats.ops += 1;
+        let found = self.table.get_with(key, now_ms, read);
+        self.count_read(found.is_some());
+        Ok(found)
+    }
+
     /// Writes `value`. `Ok(None)` when the NX/XX condition did not hold.
     pub fn set(
         &mut self,

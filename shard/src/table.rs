@@ -566,6 +566,16 @@ impl Table {
     }
 
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
+        self.get_with(key, now_ms, |value, version| (value.clone(), version))
+    }
+
+    /// As [`get`](Self::get), lending the value to `read` instead of cloning its handle.
+    pub fn get_with<R>(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(&Bytes, u64) -> R,
+    ) -> Option<R> {
         let hash = self.hash(key);
         let probe = Probe::new(key);
         let entry = self
@@ -580,7 +590,7 @@ impl Table {
         self.access_clock += 1;
         let slot = entry.into_mut();
         slot.last_access = self.access_clock;
-        Some((slot.value.clone(), slot.version))
+        Some(read(&slot.value, slot.version))
     }
 
     pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {

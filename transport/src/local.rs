@@ -1536,10 +1536,18 @@ mod linux {
         if session.dead {
             return;
         }
+        if answer(shared, &mut session, id, &response) {
+            wake_client(&session);
+        }
+    }
+
+    /// Encodes `response` and [`push_answer`]s it; whether it went straight to the ring. (A
+    /// frame too large for the session's rings is replaced by an error saying so.)
+    fn answer(shared: &Shared, session: &mut Session, id: u32, response: &Response) -> bool {
         let max = session.responses.ring().max_payload();
         let placement = |value: &Bytes| shared.locate(value);
         let mut frame = std::mem::take(&mut session.encoded);
-        codec::encode_response_into(id, &response, placement, &mut frame);
+        codec::encode_response_into(id, response, placement, &mut frame);
         if frame.len() > max {
             let error = Error::InvalidArgument(format!(
                 "the answer of {} bytes is larger than the {max}-byte frames of this session's \
@@ -1548,31 +1556,34 @@ mod linux {
             ));
             codec::encode_response_into(id, &Response::Error(error), codec::all_inline, &mut frame);
         }
+        let pushed = push_answer(shared, session, &frame);
+        // Kept for the next answer, unless a large one grew it.
+        if frame.capacity() <= ENCODE_BUFFER_KEPT {
+            session.encoded = frame;
+        }
+        pushed
+    }
+
+    /// Puts an encoded answer into the session's response ring, or at the end of its backlog
+    /// while the ring is full (or older answers wait there); whether it went to the ring. The
+    /// caller wakes the client ([`wake_client`]) once for the answers it pushed.
+    fn push_answer(shared: &Shared, session: &mut Session, frame: &[u8]) -> bool {
         if session.backlog.is_empty() {
-            match session.responses.try_push(&frame) {
-                Ok(true) => {
-                    // Kept for the next answer, unless a large one grew it.
-                    if frame.capacity() <= ENCODE_BUFFER_KEPT {
-                        session.encoded = frame;
-                    }
-                    wake_client(&session);
-                    return;
-                }
+            match session.responses.try_push(frame) {
+                Ok(true) => return true,
                 Ok(false) => {}
                 Err(error) => {
                     let detail = error.to_string();
-                    disconnect(shared, &mut session, RingError::reason(&error), &detail);
-                    return;
+                    disconnect(shared, session, RingError::reason(&error), &detail);
+                    return false;
                 }
             }
         }
-        // The backlog counts bytes by length: the kept buffer's spare room goes.
-        frame.shrink_to_fit();
         session.backlog_bytes += frame.len();
         shared
             .queued_bytes
             .fetch_add(frame.len(), Ordering::Relaxed);
-        session.backlog.push_back(frame);
+        session.backlog.push_back(frame.to_vec());
         // Reading stops at the session's limit; answers of work already started keep coming.
         // Four times the limit means it does not read them at all.
         if session.backlog_bytes > shared.config.session_queued_bytes_max.saturating_mul(4) {
@@ -1580,8 +1591,65 @@ mod linux {
                 "it does not read its answers ({} bytes queued, limit {} per session)",
                 session.backlog_bytes, shared.config.session_queued_bytes_max
             );
-            disconnect(shared, &mut session, reason::RESPONSE_BACKLOG, &detail);
+            disconnect(shared, session, reason::RESPONSE_BACKLOG, &detail);
         }
+        false
+    }
+
+    /// Requests up to this many bytes are tried as a GET answered from a copy on the stack.
+    const STACK_REQUEST_MAX: usize = 128;
+
+    /// Answers a GET of this core's own key from a copy of its frame on the stack, writing the
+    /// answer straight into the response ring: no `Request`, no `Response`, no buffer, no
+    /// clone of the value's handle. Consumes the frame and returns whether the answer went to
+    /// the ring (`None`: not such a GET; the frame is left for the general way).
+    fn answer_get_in_place(
+        context: &CoreContext,
+        shared: &Shared,
+        session: &mut Session,
+        frame: &FrameRef,
+        (core, cores): (u32, u32),
+    ) -> Option<bool> {
+        let len = frame.len();
+        if len > STACK_REQUEST_MAX {
+            return None;
+        }
+        // Decode only this copy: the client may rewrite the ring's bytes at any time.
+        let mut copy = [0u8; STACK_REQUEST_MAX];
+        session.requests.copy_payload_into(frame, &mut copy);
+        let (id, key) = codec::get_request(&copy[..len])?;
+        if cores != 1 && veddb_wire::shard_for_key(key, cores) != core {
+            return None;
+        }
+        session.requests.consume(*frame);
+        let now = context.now_ms();
+        let found = context.with_shard(|shard| {
+            shard.get_with(key, now, |value, version| {
+                match shared.locate(value) {
+                    Some(place) => {
+                        let mut answer = [0u8; codec::SHARED_VALUE_ANSWER_BYTES];
+                        codec::encode_shared_value_answer(
+                            id,
+                            version,
+                            place,
+                            value.len(),
+                            &mut answer,
+                        );
+                        Ok(answer)
+                    }
+                    // Kept outside the arena (it had no room): answered inline.
+                    None => Err((value.clone(), version)),
+                }
+            })
+        });
+        Some(match found {
+            Ok(Some(Ok(answer))) => push_answer(shared, session, &answer),
+            Ok(None) => push_answer(shared, session, &codec::encode_not_found_answer(id)),
+            Ok(Some(Err((value, version)))) => {
+                answer(shared, session, id, &Response::Value { value, version })
+            }
+            Err(error) => answer(shared, session, id, &Response::Error(error)),
+        })
     }
 
     /// Gives back to the global budget what a session that ended still held.
@@ -1785,12 +1853,12 @@ mod linux {
     ) -> usize {
         let RoundBuffers { decoded, payloads } = buffers;
         debug_assert!(decoded.is_empty());
-        {
+        let work = {
             let mut session = session_ref.borrow_mut();
             if session.dead {
                 return 0;
             }
-            let mut work = flush_backlog(shared, &mut session);
+            let work = flush_backlog(shared, &mut session);
             if session.dead {
                 return work;
             }
@@ -1812,6 +1880,10 @@ mod linux {
                 .session_in_flight_max
                 .saturating_sub(session.in_flight)
                 .max(usize::from(session.in_flight == 0));
+            let shard = (context.index(), context.shard_count());
+            // Answers pushed in place this round: the client is woken once for them all.
+            let mut answered = 0usize;
+            let mut pushed = false;
             while budget > 0 && in_flight_room > 0 {
                 let frame = match session.requests.peek() {
                     Ok(Some(frame)) => frame,
@@ -1822,12 +1894,23 @@ mod linux {
                         break;
                     }
                 };
-                let payload = RoundBuffers::copy_payload(
-                    payloads,
-                    &session.requests,
-                    &frame,
-                    (context.index(), context.shard_count()),
-                );
+                // The usual request, a GET of this core's key, answered at once (only while no
+                // older answer waits in the backlog: answers stay in order).
+                if decoded.is_empty() && session.backlog.is_empty() {
+                    if let Some(to_ring) =
+                        answer_get_in_place(context, shared, &mut session, &frame, shard)
+                    {
+                        answered += 1;
+                        pushed |= to_ring;
+                        budget -= 1;
+                        if session.dead {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                let payload =
+                    RoundBuffers::copy_payload(payloads, &session.requests, &frame, shard);
                 session.requests.consume(frame);
                 let bytes = payload.len();
                 match codec::decode_request_bytes(&payload) {
@@ -1857,12 +1940,11 @@ mod linux {
             }
             // One head store for the round's frames: the client sees their room at once.
             session.requests.publish_head();
-            work += decoded.len();
-            if decoded.is_empty() {
-                return work;
+            if pushed && !session.dead {
+                wake_client(&session);
             }
-        }
-        let count = decoded.len();
+            work + answered + decoded.len()
+        };
         for item in decoded.drain(..) {
             match item {
                 Ok((id, request, bytes, cost)) => {
@@ -1876,7 +1958,7 @@ mod linux {
                 ),
             }
         }
-        count
+        work
     }
 
     /// The oldest retire epoch the arena must keep for the sessions' views (`None`: none): the

@@ -254,6 +254,11 @@ fn check_request_round_trip(id: u32, request: &Request) {
         (id, request.clone())
     );
     assert_eq!(payload_id(&payload), Some(id));
+    // The server's stack-copy GET path agrees with the decoder.
+    match request {
+        Request::Get { key } => assert_eq!(get_request(&payload), Some((id, &key[..]))),
+        _ => assert_eq!(get_request(&payload), None),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,6 +281,21 @@ proptest! {
         let mut big = vec![0x55; len + 3];
         prop_assert_eq!(encode_response(id, &response, &place, &mut big), len);
         prop_assert_eq!(&big[..len], &payload[..]);
+
+        // The answers a server writes without a `Response` are the same bytes.
+        match &response {
+            Response::Value { value, version } => {
+                if let Some(at) = place(value) {
+                    let mut answer = [0u8; SHARED_VALUE_ANSWER_BYTES];
+                    encode_shared_value_answer(id, *version, at, value.len(), &mut answer);
+                    prop_assert_eq!(&answer[..], &payload[..]);
+                }
+            }
+            Response::NotFound => {
+                prop_assert_eq!(&encode_not_found_answer(id)[..], &payload[..]);
+            }
+            _ => {}
+        }
 
         let segment = segment_of(&response, &place);
         let (got_id, frame) = decode_response(&payload).unwrap();
@@ -525,6 +545,18 @@ fn set_layout_is_as_documented() {
 // Hostile input
 
 fn check_canonical_request(bytes: &[u8]) {
+    // The server's stack-copy GET path accepts exactly the well-formed GETs, as decoded.
+    if let Some((id, key)) = get_request(bytes) {
+        assert_eq!(
+            decode_request(bytes).unwrap(),
+            (
+                id,
+                Request::Get {
+                    key: Bytes::copy_from_slice(key)
+                }
+            )
+        );
+    }
     if let Ok((id, request)) = decode_request(bytes) {
         assert_eq!(encode_request_vec(id, &request), bytes, "{request:?}");
         assert_eq!(

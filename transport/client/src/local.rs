@@ -588,12 +588,12 @@ impl LocalConnection {
 
     /// Reads the answers waiting in `core`'s response ring until the one to request `awaited`,
     /// which it returns; the others go to the stash. Without `awaited` (or before it arrives)
-    /// it reads them all and returns `None`.
+    /// it reads them all and returns `None`. A small answer is read onto the stack.
     fn take_answer(
         &self,
         core: usize,
         awaited: Option<u32>,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
+    ) -> Result<Option<Answer>, ClientError> {
         let mut responses = self.cores[core].responses.borrow_mut();
         loop {
             let frame = match responses.peek() {
@@ -601,15 +601,38 @@ impl LocalConnection {
                 Ok(None) => return Ok(None),
                 Err(error) => return Err(protocol(format!("response ring: {error}"))),
             };
+            let len = frame.len();
+            if len <= STACK_ANSWER_MAX {
+                let mut bytes = [0u8; STACK_ANSWER_MAX];
+                responses.copy_payload_into(&frame, &mut bytes);
+                responses.advance(frame);
+                let id = codec::payload_id(&bytes[..len])
+                    .ok_or_else(|| protocol("an answer without a request id"))?;
+                if awaited == Some(id) {
+                    return Ok(Some(Answer::Stack { bytes, len }));
+                }
+                let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
+                payload.clear();
+                payload.extend_from_slice(&bytes[..len]);
+                self.stash.borrow_mut().insert(id, payload);
+                continue;
+            }
             let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
             responses.copy_payload(&frame, &mut payload);
             responses.advance(frame);
             let id = codec::payload_id(&payload)
                 .ok_or_else(|| protocol("an answer without a request id"))?;
             if awaited == Some(id) {
-                return Ok(Some(payload));
+                return Ok(Some(Answer::Buffer(payload)));
             }
             self.stash.borrow_mut().insert(id, payload);
+        }
+    }
+
+    /// Gives an answer's buffer (if it has one) back for later answers.
+    fn recycle_answer(&self, answer: Answer) {
+        if let Answer::Buffer(payload) = answer {
+            self.recycle(payload);
         }
     }
 
@@ -635,14 +658,14 @@ impl LocalConnection {
     /// Waits for the answer to request `id` on `core`: polls for the spin window, then
     /// sleeps on the ring's futex word until the core wakes it. The clock is read only once
     /// an answer is slow to come (no clock read for one that is already there, or soon).
-    fn wait(&self, core: usize, id: u32) -> Result<Vec<u8>, ClientError> {
+    fn wait(&self, core: usize, id: u32) -> Result<Answer, ClientError> {
         /// Polls of the ring between looks at the clock and at the server's status.
         const POLLS_PER_CHECK: u32 = 64;
         let mut polls = 0u32;
         let mut started: Option<Instant> = None;
         loop {
             if let Some(payload) = self.stashed(id) {
-                return Ok(payload);
+                return Ok(Answer::Buffer(payload));
             }
             if let Some(payload) = self.take_answer(core, Some(id))? {
                 return Ok(payload);
@@ -781,7 +804,7 @@ impl LocalConnection {
         }
     }
 
-    fn round_trip(&self, request: &Request) -> Result<(usize, Vec<u8>), ClientError> {
+    fn round_trip(&self, request: &Request) -> Result<(usize, Answer), ClientError> {
         let core = self.core_of(request)?;
         let id = self.send(core, request)?;
         Ok((core, self.wait(core, id)?))
@@ -792,9 +815,9 @@ impl LocalConnection {
         let core = self.core_of(&request)?;
         let pinned = self.pin_for(&request, core);
         let result = (|| loop {
-            let (_, payload) = self.round_trip(&request)?;
-            let response = self.copy_out(&payload);
-            self.recycle(payload);
+            let (_, answer) = self.round_trip(&request)?;
+            let response = self.copy_out(answer.payload());
+            self.recycle_answer(answer);
             // A block reused during the copy (only possible past the lease): ask again.
             if let Some(response) = response? {
                 return Ok(response);
@@ -838,9 +861,9 @@ impl LocalConnection {
             sent.clear();
         }
         for (index, (core, id)) in sent.into_iter().enumerate() {
-            match self.wait(core, id).and_then(|payload| {
-                let response = self.copy_out(&payload);
-                self.recycle(payload);
+            match self.wait(core, id).and_then(|answer| {
+                let response = self.copy_out(answer.payload());
+                self.recycle_answer(answer);
                 response
             }) {
                 Ok(Some(response)) => answers.push(response),
@@ -870,9 +893,9 @@ impl LocalConnection {
         let request = Request::Get { key: key.into() };
         let core = self.core_of(&request)?;
         let pin = self.pins.pin(core);
-        let result = self.round_trip(&request).and_then(|(_, payload)| {
-            let result = self.view_of(&payload);
-            self.recycle(payload);
+        let result = self.round_trip(&request).and_then(|(_, answer)| {
+            let result = self.view_of(answer.payload());
+            self.recycle_answer(answer);
             result
         });
         match result {
@@ -938,6 +961,28 @@ impl LocalConnection {
             ResponseFrame::Other(Response::Error(error)) => Err(error.into()),
             ResponseFrame::Other(other) => Err(protocol(format!("unexpected answer {other:?}"))),
             ResponseFrame::Values(_) => Err(protocol("MGET answer to a GET")),
+        }
+    }
+}
+
+/// Answers up to this many bytes are read onto the stack (a GET's answer with a value in
+/// shared memory is 38).
+const STACK_ANSWER_MAX: usize = 64;
+
+/// An awaited answer's payload: on the stack when small, else in a buffer to recycle.
+enum Answer {
+    Stack {
+        bytes: [u8; STACK_ANSWER_MAX],
+        len: usize,
+    },
+    Buffer(Vec<u8>),
+}
+
+impl Answer {
+    fn payload(&self) -> &[u8] {
+        match self {
+            Answer::Stack { bytes, len } => &bytes[..*len],
+            Answer::Buffer(payload) => payload,
         }
     }
 }

@@ -960,6 +960,146 @@ fn every_command_through_shared_memory() {
     server.stop_cleanly();
 }
 
+/// A GET the core answers in place, from a copy of its frame on the stack straight into the
+/// response ring, has every outcome of the general path: a value in the arena (a view), a
+/// value kept outside it (a copy), a missing key, a refused key, keys of both cores, and
+/// answers in request order when GETs and other requests are pipelined together.
+#[test]
+fn gets_answered_in_place_have_every_outcome() {
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    let mut server = Server::start(
+        &name,
+        &[
+            "--cores",
+            "2",
+            "--memory-mb",
+            "1",
+            "--key-bytes-max",
+            "64",
+            "--shm-view-lease-ms",
+            "600000",
+        ],
+    );
+    let local = LocalConnection::connect(&name).expect("attach");
+    let get = |key: &str| {
+        local.execute(Request::Get {
+            key: Bytes::from(key.to_owned()),
+        })
+    };
+
+    // Missing, refused (a 65-byte key is over the limit, and small enough for the stack).
+    assert_eq!(get("missing").unwrap(), Response::NotFound);
+    assert!(matches!(
+        local.get_view("missing").unwrap(),
+        GetResult::NotFound
+    ));
+    assert_eq!(
+        get(&"k".repeat(65)).unwrap(),
+        Response::Error(Error::KeyTooLarge {
+            length: 65,
+            limit: 64
+        })
+    );
+
+    // Keys of both cores, each read in place.
+    let keys: Vec<String> = (0..64).map(|i| format!("place:{i}")).collect();
+    for key in &keys {
+        local
+            .execute(Request::Set {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(format!("value of {key}")),
+                options: SetOptions::default(),
+            })
+            .unwrap();
+    }
+    for key in &keys {
+        match local.get_view(Bytes::from(key.clone())).unwrap() {
+            GetResult::View(view) => assert_eq!(view.bytes(), format!("value of {key}").as_bytes()),
+            other => panic!("{key}: expected a view, got {other:?}"),
+        }
+    }
+
+    // Pipelined with writes: every answer to its request, in order.
+    let mut batch = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        batch.push(Request::Get {
+            key: Bytes::from(key.clone()),
+        });
+        if i % 3 == 0 {
+            batch.push(Request::Set {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(format!("second value of {key}")),
+                options: SetOptions::default(),
+            });
+            batch.push(Request::Get {
+                key: Bytes::from(key.clone()),
+            });
+        }
+    }
+    let answers = local.execute_many(&batch).unwrap();
+    let mut answers = answers.into_iter();
+    for (i, key) in keys.iter().enumerate() {
+        let value = |response: Response| match response {
+            Response::Value { value, .. } => value,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(
+            value(answers.next().unwrap()),
+            format!("value of {key}").as_bytes()
+        );
+        if i % 3 == 0 {
+            assert!(matches!(answers.next().unwrap(), Response::Stored { .. }));
+            assert_eq!(
+                value(answers.next().unwrap()),
+                format!("second value of {key}").as_bytes()
+            );
+        }
+    }
+
+    // A value kept outside the arena: a view held (for a long lease) keeps every block
+    // retired after it, so overwriting a large value fills the arena (18 MiB for this 1 MiB
+    // instance) and later versions are stored on the heap; each GET still reads the latest.
+    let big = |i: u32| Bytes::from(vec![i as u8; 256 << 10]);
+    local
+        .execute(Request::Set {
+            key: "big".into(),
+            value: big(0),
+            options: SetOptions::default(),
+        })
+        .unwrap();
+    let held = local.get_view("big").unwrap();
+    assert!(matches!(held, GetResult::View(_)), "{held:?}");
+    let mut copied = false;
+    for i in 1..=80 {
+        local
+            .execute(Request::Set {
+                key: "big".into(),
+                value: big(i),
+                options: SetOptions::default(),
+            })
+            .unwrap();
+        match local.get_view("big").unwrap() {
+            GetResult::View(view) => assert_eq!(view.bytes(), &big(i)[..]),
+            GetResult::Copied(value, _) => {
+                assert_eq!(value, big(i));
+                copied = true;
+            }
+            GetResult::NotFound => panic!("big is missing"),
+        }
+        assert!(
+            matches!(get("big").unwrap(), Response::Value { value, .. } if value == big(i)),
+            "GET of big, version {i}"
+        );
+    }
+    assert!(
+        copied,
+        "the arena never filled: no GET answered a value kept outside it"
+    );
+    drop(held);
+    server.stop_cleanly();
+}
+
 /// `submit` / `try_complete` / `wait_for_answers`: one thread drives many sessions, each with
 /// requests in flight, and every answer reaches the submission it belongs to.
 #[test]

@@ -1257,6 +1257,57 @@ pub fn encode_response(
     w.pos
 }
 
+/// Bytes of the answer VALUE with a value held in shared memory (see
+/// [`encode_shared_value_answer`]).
+pub const SHARED_VALUE_ANSWER_BYTES: usize = PAYLOAD_HEADER_BYTES + 1 + SHARED_VALUE_BYTES;
+
+/// Bytes of the answer NOT_FOUND (see [`encode_not_found_answer`]).
+pub const NOT_FOUND_ANSWER_BYTES: usize = PAYLOAD_HEADER_BYTES;
+
+/// The answer VALUE to request `id` for a value of `len` bytes held in shared memory at
+/// `place` (core, offset, generation): exactly the bytes [`encode_response`] writes for
+/// `Response::Value` when its `shared` callback answers `place`. For a server that writes a
+/// GET's answer straight into a ring (no `Response`, no buffer).
+///
+/// # Panics
+/// If `len` does not fit in a u32.
+#[inline]
+pub fn encode_shared_value_answer(
+    id: u32,
+    version: u64,
+    (core, offset, generation): (u32, u64, u64),
+    len: usize,
+    out: &mut [u8; SHARED_VALUE_ANSWER_BYTES],
+) {
+    let len = u32::try_from(len)
+        .unwrap_or_else(|_| panic!("shm codec: length {len} does not fit in a u32"));
+    out[0..4].copy_from_slice(&id.to_le_bytes());
+    out[4] = kind::VALUE;
+    out[5] = value_form::SHARED;
+    out[6..14].copy_from_slice(&version.to_le_bytes());
+    out[14..18].copy_from_slice(&core.to_le_bytes());
+    out[18..26].copy_from_slice(&offset.to_le_bytes());
+    out[26..30].copy_from_slice(&len.to_le_bytes());
+    out[30..38].copy_from_slice(&generation.to_le_bytes());
+}
+
+/// The answer NOT_FOUND to request `id`: exactly the bytes [`encode_response`] writes for
+/// `Response::NotFound`.
+#[inline]
+pub fn encode_not_found_answer(id: u32) -> [u8; NOT_FOUND_ANSWER_BYTES] {
+    let id = id.to_le_bytes();
+    [id[0], id[1], id[2], id[3], kind::NOT_FOUND]
+}
+
+/// A GET that decodes exactly as [`decode_request`] would decode it: its id and key, read
+/// without the checked reader (`None` for anything else, which then goes through
+/// [`decode_request`] and its errors). For a server that answers GETs from a copy of the
+/// frame on its stack.
+#[inline]
+pub fn get_request(payload: &[u8]) -> Option<(u32, &[u8])> {
+    well_formed_get(payload).map(|(id, key)| (id, &payload[key]))
+}
+
 /// [`encode_response`] into a new vector of exactly [`response_len`] bytes.
 pub fn encode_response_vec(
     id: u32,
@@ -1277,22 +1328,13 @@ pub fn encode_response_into(
     out: &mut Vec<u8>,
 ) {
     out.clear();
-    // The most common answer, a value the server holds in shared memory: appended field by
+    // The most common answer, a value the server holds in shared memory: written field by
     // field (the same bytes as `put_value`), its place asked for once, no length pass.
     if let Response::Value { value, version } = response {
-        if let Some((core, offset, generation)) = shared(value) {
-            let len = u32::try_from(value.len()).unwrap_or_else(|_| {
-                panic!("shm codec: length {} does not fit in a u32", value.len())
-            });
-            out.reserve(PAYLOAD_HEADER_BYTES + 1 + SHARED_VALUE_BYTES);
-            out.extend_from_slice(&id.to_le_bytes());
-            out.push(kind::VALUE);
-            out.push(value_form::SHARED);
-            out.extend_from_slice(&version.to_le_bytes());
-            out.extend_from_slice(&core.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&generation.to_le_bytes());
+        if let Some(place) = shared(value) {
+            let mut answer = [0u8; SHARED_VALUE_ANSWER_BYTES];
+            encode_shared_value_answer(id, *version, place, value.len(), &mut answer);
+            out.extend_from_slice(&answer);
             return;
         }
     }
