@@ -254,9 +254,16 @@ fn check_request_round_trip(id: u32, request: &Request) {
         (id, request.clone())
     );
     assert_eq!(payload_id(&payload), Some(id));
-    // The server's stack-copy GET path agrees with the decoder.
+    // The server's stack-copy GET path agrees with the decoder, the client's encoder with
+    // the general one.
     match request {
-        Request::Get { key } => assert_eq!(get_request(&payload), Some((id, &key[..]))),
+        Request::Get { key } => {
+            assert_eq!(get_request(&payload), Some((id, &key[..])));
+            let mut direct = vec![0x77; get_request_len(key.len()) + 5];
+            assert_eq!(encode_get_request(id, key, &mut direct), len);
+            assert_eq!(&direct[..len], &payload[..]);
+            assert!(direct[len..].iter().all(|&b| b == 0x77));
+        }
         _ => assert_eq!(get_request(&payload), None),
     }
 }
@@ -295,6 +302,15 @@ proptest! {
                 prop_assert_eq!(&encode_not_found_answer(id)[..], &payload[..]);
             }
             _ => {}
+        }
+
+        // The client's direct read of a shared value's answer agrees with the decoder.
+        let direct = shared_value_answer(&payload);
+        match decode_response(&payload).unwrap() {
+            (got_id, ResponseFrame::Value { value: ValueRef::Shared { core, offset, len, generation }, version }) => {
+                prop_assert_eq!(direct, Some((got_id, version, SharedValue { core, offset, len, generation })));
+            }
+            _ => prop_assert_eq!(direct, None),
         }
 
         let segment = segment_of(&response, &place);
@@ -569,6 +585,37 @@ fn check_canonical_request(bytes: &[u8]) {
 }
 
 fn check_canonical_response(bytes: &[u8]) {
+    // The client's direct read of a shared value's answer accepts only what decodes as one.
+    if let Some((id, version, shared)) = shared_value_answer(bytes) {
+        match decode_response(bytes) {
+            Ok((
+                got_id,
+                ResponseFrame::Value {
+                    value:
+                        ValueRef::Shared {
+                            core,
+                            offset,
+                            len,
+                            generation,
+                        },
+                    version: got_version,
+                },
+            )) => assert_eq!(
+                (
+                    got_id,
+                    got_version,
+                    SharedValue {
+                        core,
+                        offset,
+                        len,
+                        generation
+                    }
+                ),
+                (id, version, shared)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
     if let Ok((id, frame)) = decode_response(bytes) {
         if frame.shared_values().is_empty() {
             let response = frame.into_response(|_| None).unwrap();

@@ -518,8 +518,7 @@ impl LocalConnection {
     /// Puts one request into its core's ring (waiting while the ring is full) and wakes the
     /// core if it sleeps. Returns the request id.
     fn send(&self, core: usize, request: &Request) -> Result<u32, ClientError> {
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1).max(1));
+        let id = self.take_id();
         let mut payload = self.encoded.borrow_mut();
         codec::encode_request_into(id, request, &mut payload);
         let target = &self.cores[core];
@@ -543,12 +542,42 @@ impl LocalConnection {
                 ),
             )));
         }
-        let started = Instant::now();
+        self.push(core, &payload)?;
+        Ok(id)
+    }
+
+    /// The next request id (never 0).
+    fn take_id(&self) -> u32 {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1).max(1));
+        id
+    }
+
+    /// Sends a GET of `key` to `core`, encoded on the stack when the key is small (as `send`
+    /// otherwise). Returns the request id.
+    fn send_get(&self, core: usize, key: &Bytes) -> Result<u32, ClientError> {
+        const STACK_REQUEST_MAX: usize = 128;
+        let len = codec::get_request_len(key.len());
+        if len > STACK_REQUEST_MAX {
+            return self.send(core, &Request::Get { key: key.clone() });
+        }
+        let id = self.take_id();
+        let mut payload = [0u8; STACK_REQUEST_MAX];
+        codec::encode_get_request(id, key, &mut payload);
+        self.push(core, &payload[..len])?;
+        Ok(id)
+    }
+
+    /// Puts one encoded request (no larger than the ring's frames) into `core`'s ring, waiting
+    /// while the ring is full, and wakes the core if it sleeps.
+    fn push(&self, core: usize, payload: &[u8]) -> Result<(), ClientError> {
+        let target = &self.cores[core];
+        let mut started = None;
         loop {
             let pushed = target
                 .requests
                 .borrow_mut()
-                .try_push(&payload)
+                .try_push(payload)
                 .map_err(|error| protocol(format!("request ring: {error}")))?;
             if pushed {
                 break;
@@ -558,14 +587,13 @@ impl LocalConnection {
             self.check_attached(core)?;
             self.drain_into_stash(core)?;
             self.wake_core(core);
-            if started.elapsed() > TIMEOUT {
+            if started.get_or_insert_with(Instant::now).elapsed() > TIMEOUT {
                 return Err(protocol("the request ring stayed full"));
             }
             std::thread::yield_now();
         }
-        drop(payload);
         self.wake_core(core);
-        Ok(id)
+        Ok(())
     }
 
     fn wake_core(&self, core: usize) {
@@ -890,14 +918,20 @@ impl LocalConnection {
     /// does not exist. (A value the server keeps outside its arena, for lack of room, comes
     /// back as a copy: [`GetResult::Copied`].)
     pub fn get_view(&self, key: impl Into<Bytes>) -> Result<GetResult, ClientError> {
-        let request = Request::Get { key: key.into() };
-        let core = self.core_of(&request)?;
+        let key = key.into();
+        let core = match self.cores.len() {
+            1 => 0,
+            cores => veddb_wire::shard_for_key(&key, cores as u32) as usize,
+        };
         let pin = self.pins.pin(core);
-        let result = self.round_trip(&request).and_then(|(_, answer)| {
-            let result = self.view_of(answer.payload());
-            self.recycle_answer(answer);
-            result
-        });
+        let result = self
+            .send_get(core, &key)
+            .and_then(|id| self.wait(core, id))
+            .and_then(|answer| {
+                let result = self.view_of(answer.payload());
+                self.recycle_answer(answer);
+                result
+            });
         match result {
             Ok(GetResult::View(mut view)) => {
                 // The view holds the pin taken above and releases it on drop. (A GET is
@@ -919,8 +953,28 @@ impl LocalConnection {
         }
     }
 
+    /// The view of a shared value (its pin not set yet).
+    fn shared_view(&self, shared: SharedValue, version: u64) -> Result<GetResult, ClientError> {
+        let view = self.resolve(shared).ok_or_else(|| {
+            protocol(format!(
+                "an answer points outside the shared memory: {shared:?}"
+            ))
+        })?;
+        Ok(GetResult::View(ValueView {
+            view,
+            version,
+            core: shared.core as usize,
+            pin: None,
+            pins: self.pins.clone(),
+        }))
+    }
+
     /// A GET's answer as a view (its pin not set yet) or a copy.
     fn view_of(&self, payload: &[u8]) -> Result<GetResult, ClientError> {
+        // The usual answer, read directly.
+        if let Some((_, version, shared)) = codec::shared_value_answer(payload) {
+            return self.shared_view(shared, version);
+        }
         let (_, frame) = codec::decode_response(payload)
             .map_err(|error| protocol(format!("bad answer: {error}")))?;
         match frame {
@@ -933,26 +987,15 @@ impl LocalConnection {
                         generation,
                     },
                 version,
-            } => {
-                let shared = SharedValue {
+            } => self.shared_view(
+                SharedValue {
                     core: owner,
                     offset,
                     len,
                     generation,
-                };
-                let view = self.resolve(shared).ok_or_else(|| {
-                    protocol(format!(
-                        "an answer points outside the shared memory: {shared:?}"
-                    ))
-                })?;
-                Ok(GetResult::View(ValueView {
-                    view,
-                    version,
-                    core: owner as usize,
-                    pin: None,
-                    pins: self.pins.clone(),
-                }))
-            }
+                },
+                version,
+            ),
             ResponseFrame::Value {
                 value: ValueRef::Inline(bytes),
                 version,

@@ -637,13 +637,8 @@ pub fn encode_request_into(id: u32, request: &Request, out: &mut Vec<u8>) {
     out.clear();
     // The most common request, a GET: appended field by field, no length pass.
     if let Request::Get { key } = request {
-        let len = u32::try_from(key.len())
-            .unwrap_or_else(|_| panic!("shm codec: length {} does not fit in a u32", key.len()));
-        out.reserve(PAYLOAD_HEADER_BYTES + 4 + key.len());
-        out.extend_from_slice(&id.to_le_bytes());
-        out.push(opcode::GET);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(key);
+        out.resize(get_request_len(key.len()), 0);
+        encode_get_request(id, key, out);
         return;
     }
     out.resize(request_len(request), 0);
@@ -1297,6 +1292,51 @@ pub fn encode_shared_value_answer(
 pub fn encode_not_found_answer(id: u32) -> [u8; NOT_FOUND_ANSWER_BYTES] {
     let id = id.to_le_bytes();
     [id[0], id[1], id[2], id[3], kind::NOT_FOUND]
+}
+
+/// Bytes of the request GET of a `key_len`-byte key.
+pub const fn get_request_len(key_len: usize) -> usize {
+    PAYLOAD_HEADER_BYTES + 4 + key_len
+}
+
+/// Encodes the request GET of `key` with id `id` into the start of `out`; returns the bytes
+/// written, [`get_request_len`] (the same bytes as [`encode_request`] of `Request::Get`).
+///
+/// # Panics
+/// If `out` is shorter, or the key's length does not fit in a u32.
+#[inline]
+pub fn encode_get_request(id: u32, key: &[u8], out: &mut [u8]) -> usize {
+    let len = u32::try_from(key.len())
+        .unwrap_or_else(|_| panic!("shm codec: length {} does not fit in a u32", key.len()));
+    let end = get_request_len(key.len());
+    out[0..4].copy_from_slice(&id.to_le_bytes());
+    out[4] = opcode::GET;
+    out[5..9].copy_from_slice(&len.to_le_bytes());
+    out[9..end].copy_from_slice(key);
+    end
+}
+
+/// The id, version and place of an answer VALUE with a value in shared memory, read without
+/// the checked reader: exactly what [`decode_response`] reads from such an answer (`None` for
+/// any other answer, which then goes through it).
+#[inline]
+pub fn shared_value_answer(payload: &[u8]) -> Option<(u32, u64, SharedValue)> {
+    let bytes: &[u8; SHARED_VALUE_ANSWER_BYTES] = payload.try_into().ok()?;
+    if bytes[4] != kind::VALUE || bytes[5] != value_form::SHARED {
+        return None;
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Some((
+        u32_at(0),
+        u64_at(6),
+        SharedValue {
+            core: u32_at(14),
+            offset: u64_at(18),
+            len: u32_at(26),
+            generation: u64_at(30),
+        },
+    ))
 }
 
 /// A GET that decodes exactly as [`decode_request`] would decode it: its id and key, read
