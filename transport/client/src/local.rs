@@ -109,15 +109,18 @@ impl LocalConnectionPins {
             .load_u64(data_segment::GLOBAL_EPOCH_OFFSET, Ordering::Acquire)
             .max(data_segment::EPOCH_FIRST);
         let mut pins = self.cores[core].borrow_mut();
-        let group = pins.add(epoch);
-        self.publish(core, &mut pins);
+        let (group, ends_moved) = pins.add(epoch);
+        if ends_moved {
+            self.publish(core, &mut pins);
+        }
         HeldPin { core, group }
     }
 
     fn unpin(&self, pin: HeldPin) {
         let mut pins = self.cores[pin.core].borrow_mut();
-        pins.remove(pin.group);
-        self.publish(pin.core, &mut pins);
+        if pins.remove(pin.group) {
+            self.publish(pin.core, &mut pins);
+        }
     }
 
     /// Stores the pin words that changed ([`CorePins::changed_words`]). Release: the reads of
@@ -190,15 +193,20 @@ impl CorePins {
     }
 
     /// Counts a pin of `epoch` (never older than the newest pin so far: the core's epoch only
-    /// grows); returns its group.
-    fn add(&mut self, epoch: u64) -> u64 {
+    /// grows); returns its group, and whether the oldest or newest pin may have moved (if not,
+    /// the stored words need no look: the usual case of pins of an epoch already pinned).
+    fn add(&mut self, epoch: u64) -> (u64, bool) {
         if self.len > 0 {
             let id = self.last();
             let last = &mut self.groups[Self::slot(id)];
-            if epoch <= last.newest || self.len == PIN_GROUPS_MAX {
-                last.newest = last.newest.max(epoch);
+            if epoch <= last.newest {
                 last.holders += 1;
-                return id;
+                return (id, false);
+            }
+            if self.len == PIN_GROUPS_MAX {
+                last.newest = epoch;
+                last.holders += 1;
+                return (id, true);
             }
         }
         let id = self.first + self.len as u64;
@@ -208,7 +216,7 @@ impl CorePins {
             holders: 1,
         };
         self.len += 1;
-        id
+        (id, true)
     }
 
     /// The pin words to store now, newest first (`None`: unchanged), and notes them as
@@ -238,16 +246,20 @@ impl CorePins {
         (newest_word, oldest_word)
     }
 
-    /// Releases a pin of group `id`; drops the groups left empty at either end.
-    fn remove(&mut self, id: u64) {
+    /// Releases a pin of group `id`; drops the groups left empty at either end. Returns whether
+    /// the oldest or newest pin may have moved (not while its group keeps a holder).
+    fn remove(&mut self, id: u64) -> bool {
         let live = self.len > 0 && (self.first..=self.last()).contains(&id);
         debug_assert!(live, "a pin of group {id}, not in use");
         if !live {
-            return;
+            return false;
         }
         let group = &mut self.groups[Self::slot(id)];
         debug_assert!(group.holders > 0, "group {id} has no pin left");
         group.holders = group.holders.saturating_sub(1);
+        if group.holders > 0 {
+            return false;
+        }
         while self.len > 0 && self.groups[Self::slot(self.first)].holders == 0 {
             self.first += 1;
             self.len -= 1;
@@ -255,6 +267,7 @@ impl CorePins {
         while self.len > 0 && self.groups[Self::slot(self.last())].holders == 0 {
             self.len -= 1;
         }
+        true
     }
 }
 
@@ -493,6 +506,9 @@ impl LocalConnection {
     }
 
     fn core_of(&self, request: &Request) -> Result<usize, ClientError> {
+        if self.cores.len() == 1 {
+            return Ok(0);
+        }
         Ok(match request.route(self.cores.len() as u32) {
             Route::Shard(shard) if (shard as usize) < self.cores.len() => shard as usize,
             // A made-up subscriber id names no shard: core 0 answers with the error.
@@ -515,8 +531,9 @@ impl LocalConnection {
         Ok(())
     }
 
-    /// Puts one request into its core's ring (waiting while the ring is full) and wakes the
-    /// core if it sleeps. Returns the request id.
+    /// Puts one request into its core's ring (waiting while the ring is full); returns the
+    /// request id. The caller then wakes the core ([`wake_core`](Self::wake_core)), once for
+    /// all it sent.
     fn send(&self, core: usize, request: &Request) -> Result<u32, ClientError> {
         let id = self.take_id();
         let mut payload = self.encoded.borrow_mut();
@@ -569,7 +586,7 @@ impl LocalConnection {
     }
 
     /// Puts one encoded request (no larger than the ring's frames) into `core`'s ring, waiting
-    /// while the ring is full, and wakes the core if it sleeps.
+    /// while the ring is full (waking the core then: it may sleep on a ring we filled).
     fn push(&self, core: usize, payload: &[u8]) -> Result<(), ClientError> {
         let target = &self.cores[core];
         let mut started = None;
@@ -592,10 +609,10 @@ impl LocalConnection {
             }
             std::thread::yield_now();
         }
-        self.wake_core(core);
         Ok(())
     }
 
+    /// Wakes `core` if it sleeps (after requests were put into its ring).
     fn wake_core(&self, core: usize) {
         fence(Ordering::SeqCst);
         let target = &self.cores[core];
@@ -743,6 +760,7 @@ impl LocalConnection {
     pub fn submit(&self, request: Request) -> Result<Submitted, ClientError> {
         let core = self.core_of(&request)?;
         let id = self.send(core, &request)?;
+        self.wake_core(core);
         Ok(Submitted { core, id, request })
     }
 
@@ -785,6 +803,18 @@ impl LocalConnection {
     /// Turns an answer into a [`Response`], copying shared values out (and checking that the
     /// block was not reused while copying).
     fn copy_out(&self, payload: &[u8]) -> Result<Option<Response>, ClientError> {
+        // The usual answer, read directly.
+        if let Some((_, version, shared)) = codec::shared_value_answer(payload) {
+            let view = self.resolve(shared).ok_or_else(|| {
+                protocol(format!(
+                    "an answer points outside the shared memory: {shared:?}"
+                ))
+            })?;
+            let value = Bytes::copy_from_slice(view.bytes());
+            return Ok(view
+                .is_current()
+                .then_some(Response::Value { value, version }));
+        }
         let (_, frame) = codec::decode_response(payload)
             .map_err(|error| protocol(format!("bad answer: {error}")))?;
         let mut torn = false;
@@ -835,6 +865,7 @@ impl LocalConnection {
     fn round_trip(&self, request: &Request) -> Result<(usize, Answer), ClientError> {
         let core = self.core_of(request)?;
         let id = self.send(core, request)?;
+        self.wake_core(core);
         Ok((core, self.wait(core, id)?))
     }
 
@@ -861,6 +892,8 @@ impl LocalConnection {
         // One pin per core for the whole batch: taken before the first request that needs it,
         // so it covers every later one too.
         let mut pinned: Vec<Option<HeldPin>> = (0..self.cores.len()).map(|_| None).collect();
+        // The cores sent to: each is woken once, after the last request.
+        let mut sent_to = vec![false; self.cores.len()];
         let mut result = Ok(());
         for request in requests {
             let core = match self.core_of(request) {
@@ -876,13 +909,19 @@ impl LocalConnection {
                 }
             }
             match self.send(core, request) {
-                Ok(id) => sent.push((core, id)),
+                Ok(id) => {
+                    sent_to[core] = true;
+                    sent.push((core, id))
+                }
                 Err(error) => {
                     // The pins are released below, whichever way this ends.
                     result = Err(error);
                     break;
                 }
             }
+        }
+        for (core, _) in sent_to.iter().enumerate().filter(|(_, sent)| **sent) {
+            self.wake_core(core);
         }
         let mut answers = Vec::with_capacity(sent.len());
         if result.is_err() {
@@ -919,19 +958,80 @@ impl LocalConnection {
     /// back as a copy: [`GetResult::Copied`].)
     pub fn get_view(&self, key: impl Into<Bytes>) -> Result<GetResult, ClientError> {
         let key = key.into();
-        let core = match self.cores.len() {
-            1 => 0,
-            cores => veddb_wire::shard_for_key(&key, cores as u32) as usize,
-        };
+        let core = self.core_of_key(&key);
         let pin = self.pins.pin(core);
-        let result = self
-            .send_get(core, &key)
-            .and_then(|id| self.wait(core, id))
-            .and_then(|answer| {
-                let result = self.view_of(answer.payload());
-                self.recycle_answer(answer);
-                result
-            });
+        let result = self.send_get(core, &key).and_then(|id| {
+            self.wake_core(core);
+            self.view_answer(core, id)
+        });
+        self.hold_view(core, pin, result)
+    }
+
+    /// Several GETs pipelined, each value read in place as by
+    /// [`get_view`](Self::get_view): all are sent before any answer is awaited. The results
+    /// are in the order of `keys`.
+    pub fn get_view_many(&self, keys: &[Bytes]) -> Result<Vec<GetResult>, ClientError> {
+        let mut sent = Vec::with_capacity(keys.len());
+        let mut sent_to = vec![false; self.cores.len()];
+        let mut result = Ok(());
+        for key in keys {
+            let core = self.core_of_key(key);
+            // Pinned before the request goes: it covers the view the answer gives.
+            let pin = self.pins.pin(core);
+            match self.send_get(core, key) {
+                Ok(id) => {
+                    sent_to[core] = true;
+                    sent.push((core, id, pin));
+                }
+                Err(error) => {
+                    self.pins.unpin(pin);
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        for (core, _) in sent_to.iter().enumerate().filter(|(_, sent)| **sent) {
+            self.wake_core(core);
+        }
+        let mut views = Vec::with_capacity(sent.len());
+        for (core, id, pin) in sent {
+            if result.is_err() {
+                // Answers still come: they go to the stash when the next wait reads them.
+                self.pins.unpin(pin);
+                continue;
+            }
+            match self.hold_view(core, pin, self.view_answer(core, id)) {
+                Ok(view) => views.push(view),
+                Err(error) => result = Err(error),
+            }
+        }
+        result.map(|()| views)
+    }
+
+    /// The core that owns `key`.
+    fn core_of_key(&self, key: &[u8]) -> usize {
+        match self.cores.len() {
+            1 => 0,
+            cores => veddb_wire::shard_for_key(key, cores as u32) as usize,
+        }
+    }
+
+    /// Waits for the answer to GET `id` on `core`, as a view (its pin not set yet) or a copy.
+    fn view_answer(&self, core: usize, id: u32) -> Result<GetResult, ClientError> {
+        let answer = self.wait(core, id)?;
+        let result = self.view_of(answer.payload());
+        self.recycle_answer(answer);
+        result
+    }
+
+    /// Gives a GET's view the pin taken (on `core`) before its request went, or releases the
+    /// pin when the answer is not a view.
+    fn hold_view(
+        &self,
+        core: usize,
+        pin: HeldPin,
+        result: Result<GetResult, ClientError>,
+    ) -> Result<GetResult, ClientError> {
         match result {
             Ok(GetResult::View(mut view)) => {
                 // The view holds the pin taken above and releases it on drop. (A GET is
@@ -1204,11 +1304,11 @@ mod tests {
     fn the_ends_follow_the_oldest_and_newest_live_pin() {
         let mut pins = CorePins::default();
         assert_eq!(pins.ends(), NONE);
-        let a = pins.add(5);
-        let a2 = pins.add(5);
+        let a = pins.add(5).0;
+        let a2 = pins.add(5).0;
         assert_eq!(a, a2, "one group per epoch");
-        let b = pins.add(9);
-        let c = pins.add(12);
+        let b = pins.add(9).0;
+        let c = pins.add(12).0;
         assert_eq!(pins.ends(), (5, 12));
         // The newest goes: the newest pin falls back to the next live one.
         pins.remove(c);
@@ -1221,7 +1321,7 @@ mod tests {
         pins.remove(b);
         assert_eq!(pins.ends(), NONE);
         // Ids keep counting: a new pin after all were released is found again.
-        let d = pins.add(20);
+        let d = pins.add(20).0;
         assert_eq!(pins.ends(), (20, 20));
         pins.remove(d);
         assert_eq!(pins.ends(), NONE);
@@ -1236,7 +1336,7 @@ mod tests {
     fn one_view_at_a_time_stores_one_word_per_pin_and_per_unpin() {
         let mut pins = CorePins::default();
         for epoch in [1, 1, 2, 5, 5, 9] {
-            let group = pins.add(epoch);
+            let group = pins.add(epoch).0;
             assert_eq!(pins.changed_words(), (None, Some(epoch)));
             pins.remove(group);
             assert_eq!(pins.changed_words(), (None, Some(EPOCH_PIN_NONE)));
@@ -1255,14 +1355,21 @@ mod tests {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            if live.is_empty() || (state % 100 < 48 && live.len() < 64) {
+            let moved = if live.is_empty() || (state % 100 < 48 && live.len() < 64) {
                 epoch += state % 3 / 2;
-                live.push((epoch, pins.add(epoch)));
+                let (group, moved) = pins.add(epoch);
+                live.push((epoch, group));
+                moved
             } else {
                 let (_, group) = live.swap_remove((state >> 8) as usize % live.len());
-                pins.remove(group);
-            }
+                pins.remove(group)
+            };
+            // As `pin`/`unpin` do: the words are looked at only when an end may have moved
+            // (and when none did, there is nothing to store).
             let (newest, oldest) = pins.changed_words();
+            if !moved {
+                assert_eq!((newest, oldest), (None, None), "an end moved unannounced");
+            }
             words.1 = newest.unwrap_or(words.1);
             words.0 = oldest.unwrap_or(words.0);
             let min = live.iter().map(|&(e, _)| e).min();
@@ -1281,9 +1388,9 @@ mod tests {
     #[test]
     fn a_middle_group_released_first_leaves_the_ends_alone() {
         let mut pins = CorePins::default();
-        let a = pins.add(1);
-        let b = pins.add(2);
-        let c = pins.add(3);
+        let a = pins.add(1).0;
+        let b = pins.add(2).0;
+        let c = pins.add(3).0;
         pins.remove(b);
         assert_eq!(pins.ends(), (1, 3));
         pins.remove(a);
@@ -1301,7 +1408,7 @@ mod tests {
         let mut pins = CorePins::default();
         let mut held = Vec::new();
         for epoch in 1..=(PIN_GROUPS_MAX as u64 * 3) {
-            held.push((epoch, pins.add(epoch)));
+            held.push((epoch, pins.add(epoch).0));
             let (oldest, newest) = pins.ends();
             assert_eq!(oldest, 1);
             assert_eq!(newest, epoch, "the newest pin is always exact");

@@ -1020,6 +1020,23 @@ fn gets_answered_in_place_have_every_outcome() {
         }
     }
 
+    // Pipelined, read in place: every view to its key, a missing key in its place.
+    let mut many: Vec<Bytes> = keys.iter().map(|key| Bytes::from(key.clone())).collect();
+    many.insert(7, Bytes::from_static(b"missing"));
+    let views = local.get_view_many(&many).unwrap();
+    assert_eq!(views.len(), many.len());
+    for (key, view) in many.iter().zip(&views) {
+        match view {
+            GetResult::NotFound => assert_eq!(&key[..], b"missing"),
+            GetResult::View(view) => {
+                assert_eq!(view.bytes(), [b"value of ", &key[..]].concat());
+                assert!(view.is_current());
+            }
+            other => panic!("{key:?}: {other:?}"),
+        }
+    }
+    drop(views);
+
     // Pipelined with writes: every answer to its request, in order.
     let mut batch = Vec::new();
     for (i, key) in keys.iter().enumerate() {
