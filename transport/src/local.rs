@@ -806,6 +806,15 @@ mod linux {
 
     /// The value store of a core's shard: the value moves into the core's arena (one copy, on
     /// write); if the arena has no room it stays where it is (and local reads copy it).
+    /// A value for the shard from bytes that are not a `Bytes` yet: in the arena, or a copy of
+    /// its own when the arena has no room.
+    fn store_value_slice(arena: &RefCell<Arena>, value: &[u8]) -> Bytes {
+        match arena.borrow_mut().alloc_value(value) {
+            Some(stored) => stored.into_bytes(),
+            None => Bytes::copy_from_slice(value),
+        }
+    }
+
     fn store_value(arena: &RefCell<Arena>, value: Bytes) -> Bytes {
         let mut arena = arena.borrow_mut();
         if arena.locate(&value).is_some() {
@@ -1596,32 +1605,70 @@ mod linux {
         false
     }
 
-    /// Requests up to this many bytes are tried as a GET answered from a copy on the stack.
-    const STACK_REQUEST_MAX: usize = 128;
+    /// Requests up to this many bytes are tried in place (see [`serve_in_place`]).
+    const SCRATCH_REQUEST_MAX: usize = 1024;
 
-    /// Answers a GET of this core's own key from a copy of its frame on the stack, writing the
-    /// answer straight into the response ring: no `Request`, no `Response`, no buffer, no
-    /// clone of the value's handle. Consumes the frame and returns whether the answer went to
-    /// the ring (`None`: not such a GET; the frame is left for the general way).
-    fn answer_get_in_place(
+    /// Serves the usual requests of this core's own keys, a GET or a SET (without the log),
+    /// from a copy of the frame in the core's kept `scratch` buffer, decoded as slices, with
+    /// the answer written straight into the response ring: no `Request`, no `Response` for a
+    /// GET, no payload allocation, no clone of a value's handle; a SET's value is copied once,
+    /// from that copy into the arena. Consumes the frame and returns whether the answer went
+    /// to the ring (`None`: not such a request; the frame is left for the general way).
+    fn serve_in_place(
         context: &CoreContext,
         shared: &Shared,
+        arena: &RefCell<Arena>,
         session: &mut Session,
         frame: &FrameRef,
+        scratch: &mut [u8; SCRATCH_REQUEST_MAX],
         (core, cores): (u32, u32),
     ) -> Option<bool> {
         let len = frame.len();
-        if len > STACK_REQUEST_MAX {
+        if len > SCRATCH_REQUEST_MAX {
             return None;
         }
         // Decode only this copy: the client may rewrite the ring's bytes at any time.
-        let mut copy = [0u8; STACK_REQUEST_MAX];
-        session.requests.copy_payload_into(frame, &mut copy);
-        let (id, key) = codec::get_request(&copy[..len])?;
-        if cores != 1 && veddb_wire::shard_for_key(key, cores) != core {
+        session.requests.copy_payload_into(frame, &mut scratch[..]);
+        let payload = &scratch[..len];
+        let owned = |key: &[u8]| cores == 1 || veddb_wire::shard_for_key(key, cores) == core;
+        if let Some((id, key)) = codec::get_request(payload) {
+            if !owned(key) {
+                return None;
+            }
+            session.requests.consume(*frame);
+            return Some(answer_get(context, shared, session, id, key));
+        }
+        if context.logs_writes() {
+            // Its answer waits for the log.
+            return None;
+        }
+        let (id, key, value, options) = codec::set_request(payload)?;
+        if !owned(key) {
             return None;
         }
         session.requests.consume(*frame);
+        let now = context.now_ms();
+        // In the arena already (the shard's value store keeps it there), or a copy of its own
+        // when the arena has no room.
+        let value = store_value_slice(arena, value);
+        let key = Bytes::copy_from_slice(key);
+        let outcome = context.with_shard(|shard| shard.set(key, value, options, now));
+        let response = match outcome {
+            Ok(Some(version)) => Response::Stored { version },
+            Ok(None) => Response::NotStored,
+            Err(error) => Response::Error(error),
+        };
+        Some(answer(shared, session, id, &response))
+    }
+
+    /// Answers GET `id` of `key` (this core's) into the response ring; whether it went there.
+    fn answer_get(
+        context: &CoreContext,
+        shared: &Shared,
+        session: &mut Session,
+        id: u32,
+        key: &[u8],
+    ) -> bool {
         let now = context.now_ms();
         let found = context.with_shard(|shard| {
             shard.get_with(key, now, |value, version| {
@@ -1642,14 +1689,14 @@ mod linux {
                 }
             })
         });
-        Some(match found {
+        match found {
             Ok(Some(Ok(answer))) => push_answer(shared, session, &answer),
             Ok(None) => push_answer(shared, session, &codec::encode_not_found_answer(id)),
             Ok(Some(Err((value, version)))) => {
                 answer(shared, session, id, &Response::Value { value, version })
             }
             Err(error) => answer(shared, session, id, &Response::Error(error)),
-        })
+        }
     }
 
     /// Gives back to the global budget what a session that ended still held.
@@ -1794,6 +1841,8 @@ mod linux {
         /// keeps (a long key, a message, a journal entry) and no request waiting for another
         /// core holds this buffer.
         payloads: BytesMut,
+        /// A copy of a small GET's or SET's frame, decoded as slices (see [`serve_in_place`]).
+        scratch: Box<[u8; SCRATCH_REQUEST_MAX]>,
     }
 
     impl RoundBuffers {
@@ -1801,6 +1850,7 @@ mod linux {
             RoundBuffers {
                 decoded: Vec::new(),
                 payloads: BytesMut::new(),
+                scratch: Box::new([0; SCRATCH_REQUEST_MAX]),
             }
         }
 
@@ -1848,10 +1898,15 @@ mod linux {
     fn serve_session(
         context: &CoreContext,
         shared: &Arc<Shared>,
+        arena: &RefCell<Arena>,
         session_ref: &SessionRef,
         buffers: &mut RoundBuffers,
     ) -> usize {
-        let RoundBuffers { decoded, payloads } = buffers;
+        let RoundBuffers {
+            decoded,
+            payloads,
+            scratch,
+        } = buffers;
         debug_assert!(decoded.is_empty());
         let work = {
             let mut session = session_ref.borrow_mut();
@@ -1897,9 +1952,16 @@ mod linux {
                 // The usual request, a GET of this core's key, answered at once (only while no
                 // older answer waits in the backlog: answers stay in order).
                 if decoded.is_empty() && session.backlog.is_empty() {
-                    if let Some(to_ring) =
-                        answer_get_in_place(context, shared, &mut session, &frame, shard)
-                    {
+                    let in_place = serve_in_place(
+                        context,
+                        shared,
+                        arena,
+                        &mut session,
+                        &frame,
+                        scratch,
+                        shard,
+                    );
+                    if let Some(to_ring) = in_place {
                         answered += 1;
                         pushed |= to_ring;
                         budget -= 1;
@@ -2175,7 +2237,13 @@ mod linux {
             self.take_control(context);
             let mut work = 0;
             for session in &self.sessions {
-                work += serve_session(context, &self.shared, session, &mut self.buffers);
+                work += serve_session(
+                    context,
+                    &self.shared,
+                    &self.arena,
+                    session,
+                    &mut self.buffers,
+                );
             }
             self.bury();
             self.maintain(context.now_ms());

@@ -266,6 +266,17 @@ fn check_request_round_trip(id: u32, request: &Request) {
         }
         _ => assert_eq!(get_request(&payload), None),
     }
+    match request {
+        Request::Set {
+            key,
+            value,
+            options,
+        } => assert_eq!(
+            set_request(&payload),
+            Some((id, &key[..], &value[..], *options))
+        ),
+        _ => assert_eq!(set_request(&payload), None),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,6 +583,22 @@ fn check_canonical_request(bytes: &[u8]) {
                 }
             )
         );
+    }
+    // The server's stack-copy SET path accepts exactly the well-formed SETs, as decoded.
+    if let Some((id, key, value, options)) = set_request(bytes) {
+        assert_eq!(
+            decode_request(bytes).unwrap(),
+            (
+                id,
+                Request::Set {
+                    key: Bytes::copy_from_slice(key),
+                    value: Bytes::copy_from_slice(value),
+                    options
+                }
+            )
+        );
+    } else if let Ok((_, request)) = decode_request(bytes) {
+        assert!(!matches!(request, Request::Set { .. }), "{request:?}");
     }
     if let Ok((id, request)) = decode_request(bytes) {
         assert_eq!(encode_request_vec(id, &request), bytes, "{request:?}");

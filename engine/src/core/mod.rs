@@ -324,6 +324,13 @@ impl CoreContext {
         self.0.index
     }
 
+    /// Whether writes go through the write-ahead log (persistence on): their answers wait for
+    /// it, so a frontend must not answer them in place (see
+    /// [`try_execute_local`](Self::try_execute_local)).
+    pub fn logs_writes(&self) -> bool {
+        self.0.log.is_some()
+    }
+
     /// Whether this core's loop has ended (the engine is stopping and its runtime is dropping
     /// the remaining tasks): nothing spawned now would run.
     pub fn is_stopped(&self) -> bool {

@@ -960,12 +960,13 @@ fn every_command_through_shared_memory() {
     server.stop_cleanly();
 }
 
-/// A GET the core answers in place, from a copy of its frame on the stack straight into the
-/// response ring, has every outcome of the general path: a value in the arena (a view), a
-/// value kept outside it (a copy), a missing key, a refused key, keys of both cores, and
-/// answers in request order when GETs and other requests are pipelined together.
+/// GETs and SETs the core serves in place (from a copy of the frame in its scratch buffer,
+/// the answer written straight into the response ring) have every outcome of the general
+/// path: a value in the arena (a view), a value kept outside it (a copy), a missing key, a
+/// refused key, SET's conditions and TTL, keys of both cores, and answers in request order when
+/// they are pipelined with other requests.
 #[test]
-fn gets_answered_in_place_have_every_outcome() {
+fn gets_and_sets_served_in_place_have_every_outcome() {
     let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
     let mut server = Server::start(
@@ -996,6 +997,58 @@ fn gets_answered_in_place_have_every_outcome() {
     ));
     assert_eq!(
         get(&"k".repeat(65)).unwrap(),
+        Response::Error(Error::KeyTooLarge {
+            length: 65,
+            limit: 64
+        })
+    );
+
+    // SET's outcomes: stored (with a TTL), NX and XX refused or applied, a refused key.
+    let set = |key: &str, value: &str, options: SetOptions| {
+        local.execute(Request::Set {
+            key: Bytes::from(key.to_owned()),
+            value: Bytes::from(value.to_owned()),
+            options,
+        })
+    };
+    let stored = set(
+        "cond",
+        "one",
+        opts(Some(100_000), SetCondition::Always, false),
+    )
+    .unwrap();
+    assert!(matches!(stored, Response::Stored { .. }), "{stored:?}");
+    let ttl_of = |key: &str| match local
+        .execute(Request::Ttl {
+            key: Bytes::from(key.to_owned()),
+        })
+        .unwrap()
+    {
+        Response::Ttl(ttl) => remaining(ttl),
+        other => panic!("{other:?}"),
+    };
+    let ms = ttl_of("cond");
+    assert!(ms > 0 && ms <= 100_000, "{ms}");
+    assert_eq!(
+        set("cond", "two", opts(None, SetCondition::IfAbsent, false)).unwrap(),
+        Response::NotStored
+    );
+    assert_eq!(
+        set("absent", "two", opts(None, SetCondition::IfPresent, false)).unwrap(),
+        Response::NotStored
+    );
+    assert!(matches!(
+        set("cond", "three", opts(None, SetCondition::IfPresent, true)).unwrap(),
+        Response::Stored { .. }
+    ));
+    assert!(
+        matches!(get("cond").unwrap(), Response::Value { value, .. } if value == "three"),
+        "XX applied"
+    );
+    let ms = ttl_of("cond");
+    assert!(ms > 0 && ms <= 100_000, "KEEPTTL kept the TTL: {ms}");
+    assert_eq!(
+        set(&"k".repeat(65), "v", SetOptions::default()).unwrap(),
         Response::Error(Error::KeyTooLarge {
             length: 65,
             limit: 64
@@ -1115,6 +1168,62 @@ fn gets_answered_in_place_have_every_outcome() {
     );
     drop(held);
     server.stop_cleanly();
+}
+
+/// With persistence on, a SET through shared memory is answered only once the log has it
+/// (never in place before it): every acknowledged write survives a SIGKILL of the server.
+#[test]
+fn acknowledged_local_writes_survive_a_kill() {
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    let dir = std::env::temp_dir().join(format!("{name}-data"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--cores", "2", "--data-dir", &data_dir, "--fsync", "always"];
+    let mut server = Server::start(&name, &args);
+    let local = LocalConnection::connect(&name).expect("attach");
+    let value = |i: u32| Bytes::from(format!("durable value {i}"));
+    for i in 0..200u32 {
+        let answer = local
+            .execute(Request::Set {
+                key: Bytes::from(format!("durable:{i}")),
+                value: value(i),
+                options: SetOptions::default(),
+            })
+            .unwrap();
+        assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    }
+    // Pipelined too.
+    let batch: Vec<Request> = (200..400u32)
+        .map(|i| Request::Set {
+            key: Bytes::from(format!("durable:{i}")),
+            value: value(i),
+            options: SetOptions::default(),
+        })
+        .collect();
+    for answer in local.execute_many(&batch).unwrap() {
+        assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    }
+    drop(local);
+    server.kill();
+    remove_instance_files(&name);
+
+    let mut server = Server::start(&name, &args);
+    let local = LocalConnection::connect(&name).expect("attach");
+    for i in 0..400u32 {
+        match local
+            .execute(Request::Get {
+                key: Bytes::from(format!("durable:{i}")),
+            })
+            .unwrap()
+        {
+            Response::Value { value: read, .. } => assert_eq!(read, value(i)),
+            other => panic!("durable:{i} after the kill: {other:?}"),
+        }
+    }
+    drop(local);
+    server.stop_cleanly();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `submit` / `try_complete` / `wait_for_answers`: one thread drives many sessions, each with

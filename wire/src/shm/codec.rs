@@ -744,7 +744,7 @@ fn decode_request_from(mut r: Reader<'_>) -> Result<(u32, Request)> {
         opcode::EXISTS => Request::Exists { key: key(&mut r)? },
         opcode::TTL => Request::Ttl { key: key(&mut r)? },
         opcode::PERSIST => Request::Persist { key: key(&mut r)? },
-        opcode::SET => set_request(&mut r)?,
+        opcode::SET => set_fields(&mut r)?,
         opcode::CAS => cas_request(&mut r)?,
         opcode::INCR => incr_request(&mut r)?,
         opcode::EXPIRE => expire_request(&mut r)?,
@@ -812,7 +812,7 @@ fn subscriber_id(r: &mut Reader<'_>) -> Result<SubscriberId> {
 
 /// Reads the fields of SET: condition, flags, TTL, key, value.
 #[inline]
-fn set_request(r: &mut Reader<'_>) -> Result<Request> {
+fn set_fields(r: &mut Reader<'_>) -> Result<Request> {
     let condition = set_condition(r)?;
     let flags = checked_flags(r, "SET flags", FLAG_TTL | FLAG_KEEP_TTL)?;
     let ttl_ms = optional_ttl(r, flags & FLAG_TTL != 0)?;
@@ -1335,6 +1335,35 @@ pub fn shared_value_answer(payload: &[u8]) -> Option<(u32, u64, SharedValue)> {
             offset: u64_at(18),
             len: u32_at(26),
             generation: u64_at(30),
+        },
+    ))
+}
+
+/// A well-formed SET's id, key, value and options, as slices of `payload`: exactly what
+/// [`decode_request`] decodes from it (`None` for anything else, including a malformed SET,
+/// which then goes through [`decode_request`] and its errors). For a server that stores a
+/// value from a copy of the frame on its stack, with no `Request` in between.
+pub fn set_request(payload: &[u8]) -> Option<(u32, &[u8], &[u8], SetOptions)> {
+    if payload.get(4) != Some(&opcode::SET) {
+        return None;
+    }
+    let mut r = Reader::new(payload, None);
+    let id = r.u32("request id").ok()?;
+    r.u8("opcode").ok()?;
+    let condition = set_condition(&mut r).ok()?;
+    let flags = checked_flags(&mut r, "SET flags", FLAG_TTL | FLAG_KEEP_TTL).ok()?;
+    let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0).ok()?;
+    let (_, key) = r.slice("key").ok()?;
+    let (_, value) = r.slice("value").ok()?;
+    r.finish().ok()?;
+    Some((
+        id,
+        key,
+        value,
+        SetOptions {
+            ttl_ms,
+            condition,
+            keep_ttl: flags & FLAG_KEEP_TTL != 0,
         },
     ))
 }
