@@ -19,6 +19,7 @@ mod progress;
 mod pubsub_bench;
 mod redis_bench;
 mod report;
+mod ring_bench;
 mod svg;
 mod workload;
 
@@ -59,6 +60,7 @@ enum Scenario {
     Redis(redis_bench::RedisArgs),
     Nats(nats_bench::NatsArgs),
     Pubsub(pubsub_bench::PubsubArgs),
+    Ring(ring_bench::RingArgs),
 }
 
 /// One shard in-process on one core: the cost of the data structures alone.
@@ -256,6 +258,9 @@ fn run(scenario: Scenario) -> Result<(serde_json::Value, Vec<Series>, Option<Str
         }
         Scenario::Pubsub(args) => pubsub_bench::run(&args)
             .map(|results| (pubsub_bench::settings(&args), results, args.json)),
+        Scenario::Ring(args) => {
+            ring_bench::run(&args).map(|results| (ring_bench::settings(&args), results, args.json))
+        }
     }
 }
 

@@ -67,26 +67,32 @@ pub trait RingMemory {
 }
 
 impl RingMemory for Segment {
+    #[inline]
     fn bytes_len(&self) -> usize {
         Segment::len(self)
     }
 
+    #[inline]
     fn is_writable(&self) -> bool {
         Segment::is_writable(self)
     }
 
+    #[inline]
     fn load_counter(&self, offset: usize, order: Ordering) -> u64 {
         self.atomic_u64(offset).load(order)
     }
 
+    #[inline]
     fn store_counter(&self, offset: usize, value: u64, order: Ordering) {
         self.atomic_u64(offset).store(value, order)
     }
 
+    #[inline]
     fn read_bytes(&self, offset: usize, out: &mut [u8]) {
         Segment::read_bytes(self, offset, out)
     }
 
+    #[inline]
     fn write_bytes(&self, offset: usize, bytes: &[u8]) {
         Segment::write_bytes(self, offset, bytes)
     }

@@ -58,54 +58,87 @@ fn invalid_input(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+// The failures of the access checks, out of line: the checks themselves stay a compare and a
+// branch in every inlined access.
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_bounds(offset: usize, len: usize, segment: usize) -> ! {
+    panic!(
+        "segment access out of bounds: offset {offset} + {len} bytes > segment of {segment} bytes"
+    )
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn misaligned(offset: usize, size: usize) -> ! {
+    panic!("misaligned {size}-byte atomic at segment offset {offset}")
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn read_only() -> ! {
+    panic!("write to a read-only segment mapping")
+}
+
 impl Segment {
     /// Size of the mapping in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the mapping is empty (never: zero-sized segments are refused).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether this mapping was made with `PROT_WRITE`.
+    #[inline]
     pub fn is_writable(&self) -> bool {
         self.writable
     }
 
     /// Start of the mapping (page-aligned).
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
 
     /// Start of the mapping, for raw writes (a write to a read-only mapping raises SIGSEGV).
+    #[inline]
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
+    #[inline]
     #[track_caller]
     fn check(&self, offset: usize, len: usize) {
         let end = offset.checked_add(len);
-        assert!(
-            end.is_some_and(|end| end <= self.len),
-            "segment access out of bounds: offset {offset} + {len} bytes > segment of {} bytes",
-            self.len
-        );
+        if end.is_none_or(|end| end > self.len) {
+            out_of_bounds(offset, len, self.len);
+        }
     }
 
+    #[inline]
     #[track_caller]
     fn check_atomic(&self, offset: usize, size: usize) {
         self.check(offset, size);
-        assert!(
-            offset.is_multiple_of(size),
-            "misaligned {size}-byte atomic at segment offset {offset}"
-        );
+        if !offset.is_multiple_of(size) {
+            misaligned(offset, size);
+        }
     }
 
+    #[inline]
     #[track_caller]
     fn check_writable(&self) {
-        assert!(self.writable, "write to a read-only segment mapping");
+        if !self.writable {
+            read_only();
+        }
     }
 
     /// The `AtomicU32` at `offset` of a writable mapping.
@@ -113,6 +146,7 @@ impl Segment {
     /// # Panics
     /// If `offset` is out of bounds, not 4-aligned, or the mapping is read-only (use
     /// [`load_u32`](Self::load_u32) there).
+    #[inline]
     #[track_caller]
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         self.check_writable();
@@ -128,6 +162,7 @@ impl Segment {
     /// # Panics
     /// If `offset` is out of bounds, not 8-aligned, or the mapping is read-only (use
     /// [`load_u64`](Self::load_u64) there).
+    #[inline]
     #[track_caller]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         self.check_writable();
@@ -140,6 +175,7 @@ impl Segment {
     ///
     /// # Panics
     /// If `offset` is out of bounds or not 4-aligned.
+    #[inline]
     #[track_caller]
     pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
         self.check_atomic(offset, 4);
@@ -152,6 +188,7 @@ impl Segment {
     ///
     /// # Panics
     /// If `offset` is out of bounds or not 8-aligned.
+    #[inline]
     #[track_caller]
     pub fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
         self.check_atomic(offset, 8);
@@ -167,6 +204,7 @@ impl Segment {
     ///
     /// # Panics
     /// If the range is out of bounds.
+    #[inline]
     #[track_caller]
     pub fn read_bytes(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
@@ -185,6 +223,7 @@ impl Segment {
     ///
     /// # Panics
     /// If the range is out of bounds or the mapping is read-only.
+    #[inline]
     #[track_caller]
     pub fn write_bytes(&self, offset: usize, src: &[u8]) {
         self.check_writable();
