@@ -19,7 +19,6 @@ use crate::open_loop::{self, Clock, MonotonicClock, OpenLoopSummary, Pacer, Pace
 use crate::progress::{Counter, Progress};
 
 use argh::FromArgs;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use veddb_client::local::{GetResult, LocalConnection, Submitted, SPIN_DEFAULT};
 use veddb_wire::{Request, Response, SetOptions};
@@ -386,26 +385,6 @@ impl Client<'_> {
                     Ok(_) => 0,
                 },
             }
-        } else if !self.copy && batch.iter().all(|r| matches!(r, Request::Get { .. })) {
-            // GETs pipelined, each value read in place.
-            let keys: Vec<Bytes> = batch
-                .drain(..)
-                .map(|request| match request {
-                    Request::Get { key } => key,
-                    _ => unreachable!("only GETs"),
-                })
-                .collect();
-            match self.connection.get_view_many(&keys) {
-                Ok(results) => {
-                    for result in &results {
-                        if let GetResult::View(view) = result {
-                            std::hint::black_box(view.bytes().first());
-                        }
-                    }
-                    0
-                }
-                Err(_) => keys.len() as u64,
-            }
         } else {
             match self.connection.execute_many(batch) {
                 Ok(responses) => responses
@@ -419,8 +398,45 @@ impl Client<'_> {
         failed
     }
 
+    /// Pipelined GETs read in place: `depth` keys, their views, the next `depth`, until the
+    /// phase is STOPPING (the keys borrowed from the workload: nothing is built per request).
+    fn closed_loop_views(&self, phase: &AtomicU8) -> Outcome {
+        let mut rng = self.rng();
+        let mut histogram = histogram();
+        let (mut operations, mut errors) = (0u64, 0u64);
+        let mut window = Window::default();
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(self.depth);
+        while window.go_on(phase) {
+            keys.clear();
+            keys.extend((0..self.depth).map(|_| self.workload.key_ref(&mut rng)));
+            let t0 = Instant::now();
+            let failed = match self.connection.get_view_many(&keys) {
+                Ok(results) => {
+                    for result in &results {
+                        if let GetResult::View(view) = result {
+                            std::hint::black_box(view.bytes().first());
+                        }
+                    }
+                    0
+                }
+                Err(_) => keys.len() as u64,
+            };
+            let elapsed = t0.elapsed();
+            self.counter.add(keys.len() as u64);
+            if window.measuring() {
+                let _ = histogram.record(elapsed.as_nanos().max(1) as u64);
+                operations += self.depth as u64;
+                errors += failed;
+            }
+        }
+        window.outcome(histogram, operations, errors)
+    }
+
     /// `depth` requests, their answers, the next `depth`, until the phase is STOPPING.
     fn closed_loop(&self, phase: &AtomicU8) -> Outcome {
+        if self.op == Op::Get && !self.copy && self.depth > 1 {
+            return self.closed_loop_views(phase);
+        }
         let mut rng = self.rng();
         let mut histogram = histogram();
         let (mut operations, mut errors) = (0u64, 0u64);

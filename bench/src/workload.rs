@@ -352,6 +352,11 @@ impl Workload {
         self.keys[self.key_index(rng)].clone()
     }
 
+    /// As [`key`](Self::key), borrowed (no reference count to touch).
+    pub fn key_ref(&self, rng: &mut Rng) -> &[u8] {
+        &self.keys[self.key_index(rng)]
+    }
+
     /// The value of the next SET (a prefix of `value`, so no copy).
     pub fn value(&self, rng: &mut Rng) -> Bytes {
         match self.value_size {

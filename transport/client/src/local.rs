@@ -572,11 +572,16 @@ impl LocalConnection {
 
     /// Sends a GET of `key` to `core`, encoded on the stack when the key is small (as `send`
     /// otherwise). Returns the request id.
-    fn send_get(&self, core: usize, key: &Bytes) -> Result<u32, ClientError> {
+    fn send_get(&self, core: usize, key: &[u8]) -> Result<u32, ClientError> {
         const STACK_REQUEST_MAX: usize = 128;
         let len = codec::get_request_len(key.len());
         if len > STACK_REQUEST_MAX {
-            return self.send(core, &Request::Get { key: key.clone() });
+            return self.send(
+                core,
+                &Request::Get {
+                    key: Bytes::copy_from_slice(key),
+                },
+            );
         }
         let id = self.take_id();
         let mut payload = [0u8; STACK_REQUEST_MAX];
@@ -970,11 +975,12 @@ impl LocalConnection {
     /// Several GETs pipelined, each value read in place as by
     /// [`get_view`](Self::get_view): all are sent before any answer is awaited. The results
     /// are in the order of `keys`.
-    pub fn get_view_many(&self, keys: &[Bytes]) -> Result<Vec<GetResult>, ClientError> {
+    pub fn get_view_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<GetResult>, ClientError> {
         let mut sent = Vec::with_capacity(keys.len());
         let mut sent_to = vec![false; self.cores.len()];
         let mut result = Ok(());
         for key in keys {
+            let key = key.as_ref();
             let core = self.core_of_key(key);
             // Pinned before the request goes: it covers the view the answer gives.
             let pin = self.pins.pin(core);
