@@ -1653,12 +1653,13 @@ mod linux {
         let value = store_value_slice(arena, value);
         let key = Bytes::copy_from_slice(key);
         let outcome = context.with_shard(|shard| shard.set(key, value, options, now));
-        let response = match outcome {
-            Ok(Some(version)) => Response::Stored { version },
-            Ok(None) => Response::NotStored,
-            Err(error) => Response::Error(error),
-        };
-        Some(answer(shared, session, id, &response))
+        Some(match outcome {
+            Ok(Some(version)) => {
+                push_answer(shared, session, &codec::encode_stored_answer(id, version))
+            }
+            Ok(None) => answer(shared, session, id, &Response::NotStored),
+            Err(error) => answer(shared, session, id, &Response::Error(error)),
+        })
     }
 
     /// Answers GET `id` of `key` (this core's) into the response ring; whether it went there.

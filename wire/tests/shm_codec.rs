@@ -312,6 +312,9 @@ proptest! {
             Response::NotFound => {
                 prop_assert_eq!(&encode_not_found_answer(id)[..], &payload[..]);
             }
+            Response::Stored { version } => {
+                prop_assert_eq!(&encode_stored_answer(id, *version)[..], &payload[..]);
+            }
             _ => {}
         }
 

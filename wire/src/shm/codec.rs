@@ -1344,20 +1344,41 @@ pub fn shared_value_answer(payload: &[u8]) -> Option<(u32, u64, SharedValue)> {
 /// which then goes through [`decode_request`] and its errors). For a server that stores a
 /// value from a copy of the frame on its stack, with no `Request` in between.
 pub fn set_request(payload: &[u8]) -> Option<(u32, &[u8], &[u8], SetOptions)> {
-    if payload.get(4) != Some(&opcode::SET) {
+    // Straight-line reads of the fixed fields: id, opcode, condition, flags, TTL, key length.
+    const FIXED: usize = PAYLOAD_HEADER_BYTES + 1 + 1 + 8 + 4;
+    let fixed: &[u8; FIXED] = payload.get(..FIXED)?.try_into().ok()?;
+    if fixed[4] != opcode::SET {
         return None;
     }
-    let mut r = Reader::new(payload, None);
-    let id = r.u32("request id").ok()?;
-    r.u8("opcode").ok()?;
-    let condition = set_condition(&mut r).ok()?;
-    let flags = checked_flags(&mut r, "SET flags", FLAG_TTL | FLAG_KEEP_TTL).ok()?;
-    let ttl_ms = optional_ttl(&mut r, flags & FLAG_TTL != 0).ok()?;
-    let (_, key) = r.slice("key").ok()?;
-    let (_, value) = r.slice("value").ok()?;
-    r.finish().ok()?;
+    let condition = match fixed[5] {
+        condition::ALWAYS => SetCondition::Always,
+        condition::IF_ABSENT => SetCondition::IfAbsent,
+        condition::IF_PRESENT => SetCondition::IfPresent,
+        _ => return None,
+    };
+    let flags = fixed[6];
+    if flags & !(FLAG_TTL | FLAG_KEEP_TTL) != 0 {
+        return None;
+    }
+    let ttl = u64::from_le_bytes(fixed[7..15].try_into().ok()?);
+    let ttl_ms = match (flags & FLAG_TTL != 0, ttl) {
+        (true, ttl) => Some(ttl),
+        (false, 0) => None,
+        // A TTL without its flag is not canonical.
+        (false, _) => return None,
+    };
+    let key_len = u32::from_le_bytes(fixed[15..19].try_into().ok()?) as usize;
+    let rest = &payload[FIXED..];
+    let key = rest.get(..key_len)?;
+    let rest = &rest[key_len..];
+    let value_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let value = &rest[4..];
+    // The value covers exactly the rest: no trailing bytes.
+    if value.len() != value_len {
+        return None;
+    }
     Some((
-        id,
+        u32::from_le_bytes(fixed[0..4].try_into().ok()?),
         key,
         value,
         SetOptions {
@@ -1366,6 +1387,20 @@ pub fn set_request(payload: &[u8]) -> Option<(u32, &[u8], &[u8], SetOptions)> {
             keep_ttl: flags & FLAG_KEEP_TTL != 0,
         },
     ))
+}
+
+/// Bytes of the answer STORED (see [`encode_stored_answer`]).
+pub const STORED_ANSWER_BYTES: usize = PAYLOAD_HEADER_BYTES + 8;
+
+/// The answer STORED to request `id` with `version`: exactly the bytes [`encode_response`]
+/// writes for `Response::Stored`.
+#[inline]
+pub fn encode_stored_answer(id: u32, version: u64) -> [u8; STORED_ANSWER_BYTES] {
+    let mut out = [0u8; STORED_ANSWER_BYTES];
+    out[0..4].copy_from_slice(&id.to_le_bytes());
+    out[4] = kind::STORED;
+    out[5..13].copy_from_slice(&version.to_le_bytes());
+    out
 }
 
 /// A GET that decodes exactly as [`decode_request`] would decode it: its id and key, read
