@@ -195,6 +195,31 @@ impl Shard {
         self.table.set(key, value, options, now_ms)
     }
 
+    /// As [`set`](Self::set), with the value made by `value` (of `value_len` bytes) only once
+    /// every check passed and the write will happen: a frontend that copies the value straight
+    /// into where it is kept copies nothing for a refused SET.
+    pub fn set_with(
+        &mut self,
+        key: Bytes,
+        value_len: usize,
+        value: impl FnOnce() -> Bytes,
+        options: veddb_wire::SetOptions,
+        now_ms: u64,
+    ) -> Result<Option<u64>, Error> {
+        self.check_key(&key)?;
+        if value_len > self.config.value_bytes_max {
+            return Err(Error::ValueTooLarge {
+                length: value_len,
+                limit: self.config.value_bytes_max,
+            });
+        }
+        if let Some(ttl_ms) = options.ttl_ms {
+            check_ttl(ttl_ms)?;
+        }
+        self.stats.ops += 1;
+        self.table.set_with(key, value_len, value, options, now_ms)
+    }
+
     /// Removes `key`; whether it existed.
     pub fn delete(&mut self, key: &[u8], now_ms: u64) -> Result<bool, Error> {
         self.check_key(key)?;

@@ -609,6 +609,20 @@ impl Table {
         options: SetOptions,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
+        let value_len = value.len();
+        self.set_with(key, value_len, || value, options, now_ms)
+    }
+
+    /// As [`set`](Self::set), with the value made by `value` (of `value_len` bytes) only once
+    /// the write will happen: a SET refused by its condition or the memory limit makes none.
+    pub fn set_with(
+        &mut self,
+        key: Bytes,
+        value_len: usize,
+        value: impl FnOnce() -> Bytes,
+        options: SetOptions,
+        now_ms: u64,
+    ) -> Result<Option<u64>, Error> {
         let existing = self.live_index(&key, now_ms);
         match (options.condition, existing) {
             (SetCondition::IfAbsent, Some(_)) | (SetCondition::IfPresent, None) => return Ok(None),
@@ -619,7 +633,8 @@ impl Table {
             None if options.keep_ttl => existing.map_or(0, |i| self.slot(i).expires_at_ms),
             None => 0,
         };
-        self.write(key, value, expires_at_ms, existing).map(Some)
+        self.write_with(key, value_len, value, expires_at_ms, existing)
+            .map(Some)
     }
 
     /// Charges, evicts if allowed, and stores. `existing` is the live index of `key`, if any.
@@ -630,9 +645,28 @@ impl Table {
         expires_at_ms: u64,
         existing: Option<usize>,
     ) -> Result<u64, Error> {
-        let new_cost = cost(key.len(), value.len());
+        let value_len = value.len();
+        self.write_with(key, value_len, || value, expires_at_ms, existing)
+    }
+
+    /// [`write`](Self::write), the value made (`value_len` bytes) once room is made.
+    fn write_with(
+        &mut self,
+        key: Bytes,
+        value_len: usize,
+        value: impl FnOnce() -> Bytes,
+        expires_at_ms: u64,
+        existing: Option<usize>,
+    ) -> Result<u64, Error> {
+        let new_cost = cost(key.len(), value_len);
         let old_cost = existing.map_or(0, |i| cost(key.len(), self.slot(i).value.len()));
         self.make_room(new_cost, old_cost, &[&key[..]])?;
+        let value = value();
+        debug_assert_eq!(
+            value.len(),
+            value_len,
+            "the value made has the length announced"
+        );
         Ok(self.store(key, value, expires_at_ms))
     }
 

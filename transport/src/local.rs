@@ -1630,6 +1630,11 @@ mod linux {
         // Decode only this copy: the client may rewrite the ring's bytes at any time.
         session.requests.copy_payload_into(frame, &mut scratch[..]);
         let payload = &scratch[..len];
+        if context.logs_writes() {
+            // With persistence on, a write's answer waits for the log, and so does a read's
+            // (it must not show a write the log does not have yet): the general way.
+            return None;
+        }
         let owned = |key: &[u8]| cores == 1 || veddb_wire::shard_for_key(key, cores) == core;
         if let Some((id, key)) = codec::get_request(payload) {
             if !owned(key) {
@@ -1638,21 +1643,25 @@ mod linux {
             session.requests.consume(*frame);
             return Some(answer_get(context, shared, session, id, key));
         }
-        if context.logs_writes() {
-            // Its answer waits for the log.
-            return None;
-        }
         let (id, key, value, options) = codec::set_request(payload)?;
         if !owned(key) {
             return None;
         }
         session.requests.consume(*frame);
         let now = context.now_ms();
-        // In the arena already (the shard's value store keeps it there), or a copy of its own
-        // when the arena has no room.
-        let value = store_value_slice(arena, value);
+        // Copied once the SET will happen (a refused one copies nothing): into the arena
+        // (where the shard's value store keeps it), or a copy of its own when the arena has
+        // no room.
         let key = Bytes::copy_from_slice(key);
-        let outcome = context.with_shard(|shard| shard.set(key, value, options, now));
+        let outcome = context.with_shard(|shard| {
+            shard.set_with(
+                key,
+                value.len(),
+                || store_value_slice(arena, value),
+                options,
+                now,
+            )
+        });
         Some(match outcome {
             Ok(Some(version)) => {
                 push_answer(shared, session, &codec::encode_stored_answer(id, version))
