@@ -98,62 +98,56 @@ trait Layout: Send + Sync + 'static {
     fn echo(&self, stop: &AtomicBool);
 }
 
-struct OneLine(Lines);
+/// The message in a fixed line each way, published by a word in that same line (`one line`)
+/// or in a line of its own (`two lines`).
+struct FixedLines {
+    lines: Lines,
+    separate_counter: bool,
+}
 
-impl Layout for OneLine {
+impl FixedLines {
+    fn new(separate_counter: bool) -> FixedLines {
+        FixedLines {
+            lines: Lines::default(),
+            separate_counter,
+        }
+    }
+
+    /// The words that publish a request and an answer.
+    fn published(&self) -> (&AtomicU64, &AtomicU64) {
+        let l = &self.lines;
+        if self.separate_counter {
+            (&l.request_counter.0[0], &l.answer_counter.0[0])
+        } else {
+            (&l.request.0[0], &l.answer.0[0])
+        }
+    }
+}
+
+impl Layout for FixedLines {
     fn round_trip(&self, i: u64) {
-        let l = &self.0;
-        l.request.0[1].store(i, Ordering::Relaxed);
-        l.request.0[0].store(i, Ordering::Release);
-        while l.answer.0[0].load(Ordering::Acquire) != i {
+        let (request, answer) = self.published();
+        self.lines.request.0[1].store(i, Ordering::Relaxed);
+        request.store(i, Ordering::Release);
+        while answer.load(Ordering::Acquire) != i {
             std::hint::spin_loop();
         }
-        assert_eq!(l.answer.0[1].load(Ordering::Relaxed), i + 1);
+        assert_eq!(self.lines.answer.0[1].load(Ordering::Relaxed), i + 1);
     }
 
     fn echo(&self, stop: &AtomicBool) {
-        let l = &self.0;
+        let (request, answer) = self.published();
         let mut seen = 0;
         while !stop.load(Ordering::Relaxed) {
-            let sequence = l.request.0[0].load(Ordering::Acquire);
+            let sequence = request.load(Ordering::Acquire);
             if sequence == seen {
                 std::hint::spin_loop();
                 continue;
             }
             seen = sequence;
-            let message = l.request.0[1].load(Ordering::Relaxed);
-            l.answer.0[1].store(message + 1, Ordering::Relaxed);
-            l.answer.0[0].store(sequence, Ordering::Release);
-        }
-    }
-}
-
-struct TwoLines(Lines);
-
-impl Layout for TwoLines {
-    fn round_trip(&self, i: u64) {
-        let l = &self.0;
-        l.request.0[1].store(i, Ordering::Relaxed);
-        l.request_counter.0[0].store(i, Ordering::Release);
-        while l.answer_counter.0[0].load(Ordering::Acquire) != i {
-            std::hint::spin_loop();
-        }
-        assert_eq!(l.answer.0[1].load(Ordering::Relaxed), i + 1);
-    }
-
-    fn echo(&self, stop: &AtomicBool) {
-        let l = &self.0;
-        let mut seen = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let counter = l.request_counter.0[0].load(Ordering::Acquire);
-            if counter == seen {
-                std::hint::spin_loop();
-                continue;
-            }
-            seen = counter;
-            let message = l.request.0[1].load(Ordering::Relaxed);
-            l.answer.0[1].store(message + 1, Ordering::Relaxed);
-            l.answer_counter.0[0].store(counter, Ordering::Release);
+            let message = self.lines.request.0[1].load(Ordering::Relaxed);
+            self.lines.answer.0[1].store(message + 1, Ordering::Relaxed);
+            answer.store(sequence, Ordering::Release);
         }
     }
 }
@@ -426,13 +420,13 @@ pub fn run(args: &RingArgs) -> Result<Vec<Series>, String> {
     let latency_of = "one round trip between the two CPUs";
     Ok(vec![
         measure(
-            ends_of(OneLine(Lines::default())),
+            ends_of(FixedLines::new(false)),
             "one line",
             latency_of,
             args,
         )?,
         measure(
-            ends_of(TwoLines(Lines::default())),
+            ends_of(FixedLines::new(true)),
             "two lines",
             latency_of,
             args,

@@ -1605,36 +1605,22 @@ mod linux {
         false
     }
 
-    /// Requests up to this many bytes are tried in place (see [`serve_in_place`]).
-    const SCRATCH_REQUEST_MAX: usize = 1024;
-
-    /// Serves the usual requests of this core's own keys, a GET or a SET (without the log),
-    /// from a copy of the frame in the core's kept `scratch` buffer, decoded as slices, with
-    /// the answer written straight into the response ring: no `Request`, no `Response` for a
-    /// GET, no payload allocation, no clone of a value's handle; a SET's value is copied once,
-    /// from that copy into the arena. Consumes the frame and returns whether the answer went
-    /// to the ring (`None`: not such a request; the frame is left for the general way).
+    /// Serves the usual requests of this core's own keys, a GET or a SET (the caller checked
+    /// there is no log), from `payload`, the private copy of `frame`'s payload in the core's kept
+    /// buffer, decoded as slices, with the answer written straight into the response ring: no
+    /// `Request`, no `Response` for a GET, no payload allocation, no clone of a value's handle;
+    /// a SET's value is copied once, from that copy into the arena. Consumes the frame and
+    /// returns whether the answer went to the ring (`None`: not such a request; the frame is
+    /// left for the general way).
     fn serve_in_place(
         context: &CoreContext,
         shared: &Shared,
         arena: &RefCell<Arena>,
         session: &mut Session,
         frame: &FrameRef,
-        scratch: &mut [u8; SCRATCH_REQUEST_MAX],
+        payload: &[u8],
         (core, cores): (u32, u32),
     ) -> Option<bool> {
-        let len = frame.len();
-        if len > SCRATCH_REQUEST_MAX {
-            return None;
-        }
-        // Decode only this copy: the client may rewrite the ring's bytes at any time.
-        session.requests.copy_payload_into(frame, &mut scratch[..]);
-        let payload = &scratch[..len];
-        if context.logs_writes() {
-            // With persistence on, a write's answer waits for the log, and so does a read's
-            // (it must not show a write the log does not have yet): the general way.
-            return None;
-        }
         let owned = |key: &[u8]| cores == 1 || veddb_wire::shard_for_key(key, cores) == core;
         if let Some((id, key)) = codec::get_request(payload) {
             if !owned(key) {
@@ -1851,8 +1837,6 @@ mod linux {
         /// keeps (a long key, a message, a journal entry) and no request waiting for another
         /// core holds this buffer.
         payloads: BytesMut,
-        /// A copy of a small GET's or SET's frame, decoded as slices (see [`serve_in_place`]).
-        scratch: Box<[u8; SCRATCH_REQUEST_MAX]>,
     }
 
     impl RoundBuffers {
@@ -1860,24 +1844,15 @@ mod linux {
             RoundBuffers {
                 decoded: Vec::new(),
                 payloads: BytesMut::new(),
-                scratch: Box::new([0; SCRATCH_REQUEST_MAX]),
             }
         }
 
-        /// A private copy of `frame`'s payload (decode only this copy: the client may rewrite
-        /// the ring's bytes at any time).
-        fn copy_payload(
-            payloads: &mut BytesMut,
-            ring: &RingConsumer,
-            frame: &FrameRef,
-            (core, cores): (u32, u32),
-        ) -> Bytes {
+        /// Copies a small frame's payload (at most [`KEPT_PAYLOAD_MAX`] bytes) into the kept
+        /// buffer: the private copy that is decoded (the client may rewrite the ring's bytes at
+        /// any time), by the in-place path and the general one alike.
+        fn copy_small(payloads: &mut BytesMut, ring: &RingConsumer, frame: &FrameRef) {
             let len = frame.len();
-            if len > KEPT_PAYLOAD_MAX {
-                let mut payload = Vec::new();
-                ring.copy_payload(frame, &mut payload);
-                return Bytes::from(payload);
-            }
+            debug_assert!(len <= KEPT_PAYLOAD_MAX);
             // Reclaims the buffer when nothing refers to it any more, else starts a new one
             // (the old one is freed with its last slice).
             if payloads.capacity() < len {
@@ -1885,6 +1860,22 @@ mod linux {
             }
             payloads.resize(len, 0);
             ring.copy_payload_into(frame, payloads);
+        }
+
+        /// The payload of `frame` to decode: the small one [`copy_small`](Self::copy_small)
+        /// put in the kept buffer (a slice of it when what decodes from it outlives no answer
+        /// of this core's, else a copy of its own), or a large one copied into an allocation.
+        fn take_payload(
+            payloads: &mut BytesMut,
+            ring: &RingConsumer,
+            frame: &FrameRef,
+            (core, cores): (u32, u32),
+        ) -> Bytes {
+            if frame.len() > KEPT_PAYLOAD_MAX {
+                let mut payload = Vec::new();
+                ring.copy_payload(frame, &mut payload);
+                return Bytes::from(payload);
+            }
             let reused = match codec::retains(payloads) {
                 codec::Retains::Nothing => true,
                 codec::Retains::OneKey(key) => {
@@ -1912,11 +1903,7 @@ mod linux {
         session_ref: &SessionRef,
         buffers: &mut RoundBuffers,
     ) -> usize {
-        let RoundBuffers {
-            decoded,
-            payloads,
-            scratch,
-        } = buffers;
+        let RoundBuffers { decoded, payloads } = buffers;
         debug_assert!(decoded.is_empty());
         let work = {
             let mut session = session_ref.borrow_mut();
@@ -1946,6 +1933,7 @@ mod linux {
                 .saturating_sub(session.in_flight)
                 .max(usize::from(session.in_flight == 0));
             let shard = (context.index(), context.shard_count());
+            let logs_writes = context.logs_writes();
             // Answers pushed in place this round: the client is woken once for them all.
             let mut answered = 0usize;
             let mut pushed = false;
@@ -1959,30 +1947,35 @@ mod linux {
                         break;
                     }
                 };
-                // The usual request, a GET of this core's key, answered at once (only while no
-                // older answer waits in the backlog: answers stay in order).
-                if decoded.is_empty() && session.backlog.is_empty() {
-                    let in_place = serve_in_place(
-                        context,
-                        shared,
-                        arena,
-                        &mut session,
-                        &frame,
-                        scratch,
-                        shard,
-                    );
-                    if let Some(to_ring) = in_place {
-                        answered += 1;
-                        pushed |= to_ring;
-                        budget -= 1;
-                        if session.dead {
-                            break;
+                if frame.len() <= KEPT_PAYLOAD_MAX {
+                    RoundBuffers::copy_small(payloads, &session.requests, &frame);
+                    // The usual requests, a GET or SET of this core's key, served at once
+                    // (only while no older answer waits in the backlog: answers stay in order;
+                    // and without persistence: with it, reads and writes alike wait for the log).
+                    if decoded.is_empty() && session.backlog.is_empty() && !logs_writes {
+                        let in_place = serve_in_place(
+                            context,
+                            shared,
+                            arena,
+                            &mut session,
+                            &frame,
+                            payloads,
+                            shard,
+                        );
+                        if let Some(to_ring) = in_place {
+                            payloads.clear();
+                            answered += 1;
+                            pushed |= to_ring;
+                            budget -= 1;
+                            if session.dead {
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
                     }
                 }
                 let payload =
-                    RoundBuffers::copy_payload(payloads, &session.requests, &frame, shard);
+                    RoundBuffers::take_payload(payloads, &session.requests, &frame, shard);
                 session.requests.consume(frame);
                 let bytes = payload.len();
                 match codec::decode_request_bytes(&payload) {

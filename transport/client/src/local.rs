@@ -617,6 +617,13 @@ impl LocalConnection {
         Ok(())
     }
 
+    /// Wakes each core a batch was sent to (`sent_to[core]`), once.
+    fn wake_cores(&self, sent_to: &[bool]) {
+        for (core, _) in sent_to.iter().enumerate().filter(|(_, sent)| **sent) {
+            self.wake_core(core);
+        }
+    }
+
     /// Wakes `core` if it sleeps (after requests were put into its ring).
     fn wake_core(&self, core: usize) {
         fence(Ordering::SeqCst);
@@ -652,30 +659,31 @@ impl LocalConnection {
                 Err(error) => return Err(protocol(format!("response ring: {error}"))),
             };
             let len = frame.len();
-            if len <= STACK_ANSWER_MAX {
+            let answer = if len <= STACK_ANSWER_MAX {
                 let mut bytes = [0u8; STACK_ANSWER_MAX];
                 responses.copy_payload_into(&frame, &mut bytes);
-                responses.advance(frame);
-                let id = codec::payload_id(&bytes[..len])
-                    .ok_or_else(|| protocol("an answer without a request id"))?;
-                if awaited == Some(id) {
-                    return Ok(Some(Answer::Stack { bytes, len }));
-                }
+                Answer::Stack { bytes, len }
+            } else {
                 let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
-                payload.clear();
-                payload.extend_from_slice(&bytes[..len]);
-                self.stash.borrow_mut().insert(id, payload);
-                continue;
-            }
-            let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
-            responses.copy_payload(&frame, &mut payload);
+                responses.copy_payload(&frame, &mut payload);
+                Answer::Buffer(payload)
+            };
             responses.advance(frame);
-            let id = codec::payload_id(&payload)
+            let id = codec::payload_id(answer.payload())
                 .ok_or_else(|| protocol("an answer without a request id"))?;
             if awaited == Some(id) {
-                return Ok(Some(Answer::Buffer(payload)));
+                return Ok(Some(answer));
             }
-            self.stash.borrow_mut().insert(id, payload);
+            let stashed = match answer {
+                Answer::Stack { bytes, len } => {
+                    let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
+                    payload.clear();
+                    payload.extend_from_slice(&bytes[..len]);
+                    payload
+                }
+                Answer::Buffer(payload) => payload,
+            };
+            self.stash.borrow_mut().insert(id, stashed);
         }
     }
 
@@ -925,9 +933,7 @@ impl LocalConnection {
                 }
             }
         }
-        for (core, _) in sent_to.iter().enumerate().filter(|(_, sent)| **sent) {
-            self.wake_core(core);
-        }
+        self.wake_cores(&sent_to);
         let mut answers = Vec::with_capacity(sent.len());
         if result.is_err() {
             sent.clear();
@@ -996,9 +1002,7 @@ impl LocalConnection {
                 }
             }
         }
-        for (core, _) in sent_to.iter().enumerate().filter(|(_, sent)| **sent) {
-            self.wake_core(core);
-        }
+        self.wake_cores(&sent_to);
         let mut views = Vec::with_capacity(sent.len());
         for (core, id, pin) in sent {
             if result.is_err() {

@@ -8,7 +8,7 @@
 //! kills. A failing test keeps its data directory (the path is printed) for inspection.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use veddb_wire::grpc::Code;
 use veddb_wire::{Request, Response, SetOptions};
 
 mod common;
-use common::{capture_stderr, listening_address, Rng};
+use common::{capture_stderr, listening_address, Rng, TempDir};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// Generous: this runs on small, noisy machines, in debug builds.
@@ -31,38 +31,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK: usize = 2000;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: temporary directory, server process, random numbers.
-
-/// A fresh directory under the system's temporary directory; removed on drop unless the test
-/// failed (then it is kept for inspection and its path printed).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("veddb-crash-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("test failed: data directory kept at {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+// Helpers: server process, random numbers (the temporary directory is `common::TempDir`).
 
 /// A `veddb-server` this test started. Dropping it (also when the test panics) kills it.
 struct Server {

@@ -30,7 +30,7 @@ use veddb_wire::shm::layout::{attach, instance, reason, ring as ring_format, rin
 use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, SubscriberId, Ttl};
 
 mod common;
-use common::{capture_stderr, remove_instance_files, unique_name, Rng};
+use common::{capture_stderr, remove_instance_files, unique_name, Rng, TempDir};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// The role a re-executed child plays; unset in the parent.
@@ -1199,10 +1199,9 @@ fn gets_and_sets_served_in_place_have_every_outcome() {
 fn acknowledged_local_writes_survive_a_kill() {
     let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
-    let dir = std::env::temp_dir().join(format!("{name}-data"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data_dir = dir.to_str().unwrap().to_owned();
-    let args = ["--cores", "2", "--data-dir", &data_dir, "--fsync", "always"];
+    let dir = TempDir::new(&name);
+    let data_dir = dir.arg();
+    let args = ["--cores", "2", "--data-dir", data_dir, "--fsync", "always"];
     let mut server = Server::start(&name, &args);
     let local = LocalConnection::connect(&name).expect("attach");
     let value = |i: u32| Bytes::from(format!("durable value {i}"));
@@ -1246,7 +1245,6 @@ fn acknowledged_local_writes_survive_a_kill() {
     }
     drop(local);
     server.stop_cleanly();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With persistence on, a read must not show a write the log does not have yet: a GET that
@@ -1257,12 +1255,11 @@ fn acknowledged_local_writes_survive_a_kill() {
 fn a_read_never_shows_an_unacknowledged_local_write() {
     let name = unique_name("t");
     let _files = InstanceFiles(name.clone());
-    let dir = std::env::temp_dir().join(format!("{name}-data"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data_dir = dir.to_str().unwrap().to_owned();
+    let dir = TempDir::new(&name);
+    let data_dir = dir.arg();
     let mut server = Server::start(
         &name,
-        &["--cores", "1", "--data-dir", &data_dir, "--fsync", "always"],
+        &["--cores", "1", "--data-dir", data_dir, "--fsync", "always"],
     );
     let writer = LocalConnection::connect(&name).expect("attach");
     let reader = LocalConnection::connect(&name).expect("attach");
@@ -1296,7 +1293,6 @@ fn a_read_never_shows_an_unacknowledged_local_write() {
     }
     drop((writer, reader));
     server.stop_cleanly();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A SET refused by its condition stores nothing, not even in the arena for a moment: refused

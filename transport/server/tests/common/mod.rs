@@ -1,9 +1,10 @@
 //! What the server's process tests (crash.rs, local.rs) share: a child's stderr captured into a
-//! log, and a small reproducible random generator.
+//! log, a small reproducible random generator, and a temporary directory.
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -101,4 +102,40 @@ pub fn remove_instance_files(name: &str) {
     use veddb_wire::shm::layout::instance;
     let _ = std::fs::remove_file(instance::path(name));
     let _ = std::fs::remove_file(instance::socket_path(name));
+}
+
+/// A fresh directory under the system's temporary directory; removed on drop unless the test
+/// failed (then it is kept for inspection and its path printed).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("veddb-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary directory")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: data directory kept at {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
