@@ -5,14 +5,16 @@
 //! - `one line`: the message and a sequence word in one cache line each way (a ring with a
 //!   sequence word per slot): one line crosses per message, the floor;
 //! - `two lines`: the message in one line and a separate counter line each way (the layout of
-//!   [`ByteRing`]: data, then a tail counter of its own), with raw atomics;
+//!   [`ByteRing`] before layout version 2: data, then a tail counter of its own), with raw
+//!   atomics;
 //! - `slotted ring`: one-line slots moving through a ring, a sequence word per slot (the
 //!   consumer waits on the slot itself; no counter line);
 //! - `counter ring`: messages moving through a ring, a counter line of its own each way
-//!   (ByteRing's pattern with raw atomics);
+//!   (the old ByteRing's pattern with raw atomics);
 //! - `ByteRing`: the real ring of `veddb_shm` over a shared-memory segment, a 25-byte request
 //!   (a GET of a 16-byte key) and a 38-byte answer (a value in shared memory), with every
-//!   check of its hostile-peer protocol.
+//!   check of its hostile-peer protocol: since layout version 2 the consumer waits on the
+//!   frame header at its head (the slotted ring's pattern with variable-length frames).
 //!
 //! Latency is one round trip, timed with the CPU's time-stamp counter where there is one
 //! (about 13 ns to read here, against 33 ns for the clock), calibrated against the clock over
@@ -201,8 +203,8 @@ impl Layout for Slotted {
 }
 
 /// A counter ring of raw atomics: messages 48 bytes apart moving through 64 KiB, a counter in
-/// a line of its own each way: ByteRing's pattern of memory accesses without its code (its
-/// frames, checks and copies), which tells the pattern's cost from the code's.
+/// a line of its own each way: the pattern of memory accesses of ByteRing before layout
+/// version 2, without its code, which tells the pattern's cost from the code's.
 struct CounterRing {
     requests: Vec<AtomicU64>,
     request_tail: Line,
@@ -268,13 +270,11 @@ impl Rings {
         Ok(Rings {
             request: ByteRing {
                 head_offset: 0,
-                tail_offset: 128,
                 data_offset: 256,
                 size: ring_bytes,
             },
             answer: ByteRing {
                 head_offset: 256 + ring_bytes,
-                tail_offset: 384 + ring_bytes,
                 data_offset: 512 + ring_bytes,
                 size: ring_bytes,
             },

@@ -1469,13 +1469,11 @@ mod linux {
     ) -> Option<Session> {
         let request_ring = ByteRing {
             head_offset: ring_segment::REQUEST_HEAD_OFFSET,
-            tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
             data_offset: ring_segment::REQUEST_RING_OFFSET,
             size: ring_bytes as usize,
         };
         let response_ring = ByteRing {
             head_offset: ring_segment::RESPONSE_HEAD_OFFSET,
-            tail_offset: ring_segment::RESPONSE_TAIL_OFFSET,
             data_offset: ring_segment::response_ring_offset(ring_bytes),
             size: ring_bytes as usize,
         };
@@ -2057,17 +2055,12 @@ mod linux {
             if session.dead {
                 return false;
             }
-            // Room for the frame wherever it lands: a wrap can waste up to one frame's size.
-            let flushable = session
-                .backlog
-                .front()
-                .is_some_and(|frame| session.responses.free() >= 2 * (frame.len() + 8));
-            flushable
-                || (!session.paused
-                    && session
-                        .ring
-                        .load_u64(ring_segment::REQUEST_TAIL_OFFSET, Ordering::SeqCst)
-                        != session.requests.head())
+            // Room for the frame wherever it lands (a wrap can waste up to one frame's size)
+            // and the empty header after it.
+            let flushable = session.backlog.front().is_some_and(|frame| {
+                session.responses.free() >= 2 * ByteRing::frame_bytes(frame.len()) + 8
+            });
+            flushable || (!session.paused && !session.requests.is_empty())
         })
     }
 

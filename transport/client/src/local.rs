@@ -420,7 +420,6 @@ impl LocalConnection {
         for ((data, ring), wake) in data.iter().zip(&rings).zip(wakes) {
             let requests = ByteRing {
                 head_offset: ring_segment::REQUEST_HEAD_OFFSET,
-                tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
                 data_offset: ring_segment::REQUEST_RING_OFFSET,
                 size: request_bytes,
             }
@@ -428,7 +427,6 @@ impl LocalConnection {
             .map_err(|error| protocol(format!("request ring: {error}")))?;
             let responses = ByteRing {
                 head_offset: ring_segment::RESPONSE_HEAD_OFFSET,
-                tail_offset: ring_segment::RESPONSE_TAIL_OFFSET,
                 data_offset: ring_segment::response_ring_offset(reply.request_ring_bytes),
                 size: response_bytes,
             }
@@ -753,11 +751,7 @@ impl LocalConnection {
         let word = target.ring.atomic_u32(ring_segment::CLIENT_WAIT_OFFSET);
         word.store(ring_segment::CLIENT_SLEEPING, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let empty = target.responses.borrow().is_empty();
-        let tail = target
-            .ring
-            .load_u64(ring_segment::RESPONSE_TAIL_OFFSET, Ordering::SeqCst);
-        if empty && tail == target.responses.borrow().head() {
+        if target.responses.borrow().is_empty() {
             #[cfg(target_os = "linux")]
             futex_wait(word, ring_segment::CLIENT_SLEEPING, Some(max));
             #[cfg(not(target_os = "linux"))]

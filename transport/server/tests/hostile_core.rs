@@ -185,7 +185,6 @@ impl RawSession {
             .map(|ring| {
                 ByteRing {
                     head_offset: ring_segment::REQUEST_HEAD_OFFSET,
-                    tail_offset: ring_segment::REQUEST_TAIL_OFFSET,
                     data_offset: ring_segment::REQUEST_RING_OFFSET,
                     size: reply.request_ring_bytes as usize,
                 }

@@ -1998,10 +1998,11 @@ fn role_worker(args: &[&str]) {
 }
 
 /// Attaches by hand (no client library) and writes garbage into core 0's request ring:
-/// `random` fills the ring with random bytes and the tail with random values, `aligned` the
-/// same with tails that are valid indices (so the frames are what is wrong), `frame` writes one
-/// well-formed frame header whose payload is random. Reports what the server did, then
-/// stays attached until the parent closes its stdin.
+/// `random` fills the ring where the server reads next (and somewhere else) with random bytes,
+/// `aligned` the same with a plausible header word (the flags right, the length random) where
+/// the server reads next, so the frames are what is wrong, `frame` writes one well-formed frame
+/// whose payload is random. Reports what the server did, then stays attached until the parent
+/// closes its stdin.
 fn role_garbage(args: &[&str]) {
     use veddb_shm::{recv_with_fds, ByteRing, EventFd, Segment};
     let (name, mode) = (args[0], args[1]);
@@ -2022,7 +2023,7 @@ fn role_garbage(args: &[&str]) {
     let size = reply.request_ring_bytes as usize;
     let status = || ring.load_u32(ring_segment::SERVER_STATUS_OFFSET, Ordering::Acquire);
     let disconnected = || status() == ring_segment::SERVER_DISCONNECTED;
-    let tail = ring.atomic_u64(ring_segment::REQUEST_TAIL_OFFSET);
+    let header_at = |position: usize| ring.atomic_u64(ring_segment::REQUEST_RING_OFFSET + position);
     let started = Instant::now();
     let mut outcome = None;
     match mode {
@@ -2037,14 +2038,16 @@ fn role_garbage(args: &[&str]) {
                     let position = position.min(size - chunk.len());
                     ring.write_bytes(ring_segment::REQUEST_RING_OFFSET + position, &chunk);
                 }
-                let value = match (mode, rounds % 2) {
-                    ("random", 0) => rng.next(),
-                    ("random", _) => head + rng.below(size as u64 * 2),
-                    // Plausible indices (aligned, at most a ring ahead): the frames are what
-                    // is wrong.
-                    _ => head + 8 * (1 + rng.below(size as u64 / 8)),
-                };
-                tail.store(value, Ordering::Release);
+                if mode == "aligned" {
+                    // The flags right, the length anything: too large, past the end, or a
+                    // frame of random bytes.
+                    let length = match rounds % 2 {
+                        0 => rng.next() as u32,
+                        _ => rng.below(size as u64) as u32,
+                    };
+                    header_at(head as usize % size)
+                        .store(ring_format::header_word(length), Ordering::Release);
+                }
                 let _ = wake.write(1);
                 rounds += 1;
                 std::thread::sleep(Duration::from_millis(2));
@@ -2052,7 +2055,6 @@ fn role_garbage(args: &[&str]) {
         }
         "frame" => {
             let payload_len = 64 + rng.below(200) as usize;
-            let mut frame = ring_format::frame_header(payload_len as u32).to_vec();
             let mut payload = vec![0u8; payload_len];
             // A payload that does not decode. Random bytes now and then make a well-formed
             // request, or one whose only fault is a count over a batch limit, which the server
@@ -2071,16 +2073,14 @@ fn role_garbage(args: &[&str]) {
                     _ => {}
                 }
             }
-            frame.extend_from_slice(&payload);
-            ring.write_bytes(ring_segment::REQUEST_RING_OFFSET, &frame);
-            tail.store(
-                ring_format::frame_space(payload_len) as u64,
+            ring.write_bytes(ring_segment::REQUEST_RING_OFFSET + 8, &payload);
+            header_at(0).store(
+                ring_format::header_word(payload_len as u32),
                 Ordering::Release,
             );
             let _ = wake.write(1);
             let responses = ByteRing {
                 head_offset: ring_segment::RESPONSE_HEAD_OFFSET,
-                tail_offset: ring_segment::RESPONSE_TAIL_OFFSET,
                 data_offset: ring_segment::response_ring_offset(reply.request_ring_bytes),
                 size: reply.response_ring_bytes as usize,
             };
@@ -2179,12 +2179,9 @@ fn garbage_round(server: &Server, worker: &mut Proc, mode: &str, seed: u64) {
         // docs/shm-layout.md: "A decode error disconnects with reason 2".
         "frame" => &[reason::BAD_FRAME][..],
         // Frame errors: reason 2, or 3 for a length over the largest payload.
-        "aligned" => &[reason::BAD_FRAME, reason::FRAME_TOO_LARGE][..],
-        _ => &[
-            reason::BAD_INDICES,
-            reason::BAD_FRAME,
-            reason::FRAME_TOO_LARGE,
-        ][..],
+        // Anything else: frame errors too (the consumer of a request ring reads no counter of
+        // the client's since layout version 2, only header words).
+        _ => &[reason::BAD_FRAME, reason::FRAME_TOO_LARGE][..],
     };
     assert!(
         allowed.contains(&code),

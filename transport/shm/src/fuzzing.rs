@@ -5,10 +5,11 @@
 //!
 //! They drive the [`ByteRing`] that runs (the core reading a client's request ring, the core
 //! writing a client's response ring) against a peer that writes anything into the shared
-//! memory it may write: its counter and the data area, before attach and between every step.
-//! The rules: no panic, no read or write outside the data area, every frame handed out is
-//! within the ring's limits, the consumer never takes more bytes than the peer published, and
-//! the producer never writes before the peer's published head.
+//! memory it may write: its counter (a consumer's head) or header words and bytes anywhere in the
+//! data area, before attach and between every step. The rules: no panic, no read or write
+//! outside the data area, every frame handed out is within the ring's limits and the head moves
+//! by exactly what it consumed, and the producer never publishes more than the peer's published
+//! head leaves room for.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -17,9 +18,8 @@ use crate::{ByteRing, Segment};
 
 /// Ring sizes the inputs pick from (from the smallest the layout allows).
 const SIZES: [usize; 4] = [4096, 8192, 16384, 65536];
-/// Counters before the data area, as in the server's ring segments.
+/// The head counter before the data area, on its own line as in the server's ring segments.
 const HEAD_OFFSET: usize = 0;
-const TAIL_OFFSET: usize = 64;
 const DATA_OFFSET: usize = 128;
 /// Most steps one input drives (each step is bounded work).
 const STEPS_MAX: usize = 4096;
@@ -33,7 +33,6 @@ fn ring_and_segment(selector: u8) -> (ByteRing, Arc<Segment>) {
     let index = usize::from(selector) % SIZES.len();
     let ring = ByteRing {
         head_offset: HEAD_OFFSET,
-        tail_offset: TAIL_OFFSET,
         data_offset: DATA_OFFSET,
         size: SIZES[index],
     };
@@ -81,24 +80,43 @@ impl Input<'_> {
     }
 }
 
-/// A hostile producer's move on the shared memory: write bytes into the data area or store a
-/// counter value (its own tail, which it may set to anything).
-fn peer_writes(input: &mut Input<'_>, ring: &ByteRing, segment: &Segment, counter: usize) {
-    if input.u8().unwrap_or(0).is_multiple_of(2) {
-        let at = usize::from(input.u16()) % ring.size;
-        let length = (usize::from(input.u8().unwrap_or(0))).min(ring.size - at);
-        let bytes = input.take(length).to_vec();
-        segment.write_bytes(DATA_OFFSET + at, &bytes);
-    } else {
-        let value = input.u64();
-        segment
-            .atomic_u64(counter)
-            .store(value, std::sync::atomic::Ordering::Release);
+/// A hostile peer's move on the shared memory: write bytes into the data area, store a header
+/// word (a well-formed frame header, or any word) at a line start of it, where frames start, or
+/// store a value in `counter` (a consumer's head, which it may set to anything; `None` for a
+/// producer, which has no counter in shared memory).
+fn peer_writes(input: &mut Input<'_>, ring: &ByteRing, segment: &Segment, counter: Option<usize>) {
+    use std::sync::atomic::Ordering::Release;
+    let word_at = |input: &mut Input<'_>| DATA_OFFSET + (usize::from(input.u16()) * 64) % ring.size;
+    match input.u8().unwrap_or(0) % 4 {
+        0 => {
+            let at = usize::from(input.u16()) % ring.size;
+            let length = (usize::from(input.u8().unwrap_or(0))).min(ring.size - at);
+            let bytes = input.take(length).to_vec();
+            segment.write_bytes(DATA_OFFSET + at, &bytes);
+        }
+        1 => {
+            let at = word_at(input);
+            let length = u32::from(input.u16());
+            segment
+                .atomic_u64(at)
+                .store(veddb_wire::shm::layout::ring::header_word(length), Release);
+        }
+        2 => {
+            let at = word_at(input);
+            let value = input.u64();
+            segment.atomic_u64(at).store(value, Release);
+        }
+        _ => {
+            let value = input.u64();
+            if let Some(counter) = counter {
+                segment.atomic_u64(counter).store(value, Release);
+            }
+        }
     }
 }
 
-/// The core consuming a request ring whose producer (a client) is hostile: counters and data
-/// from the input, changed again between steps.
+/// The core consuming a request ring whose producer (a client) is hostile: header words and
+/// data from the input, changed again between steps.
 pub fn ring_consumer(data: &[u8]) {
     let mut input = Input { bytes: data };
     let (ring, segment) = ring_and_segment(input.u8().unwrap_or(0));
@@ -108,14 +126,13 @@ pub fn ring_consumer(data: &[u8]) {
         .store(head, std::sync::atomic::Ordering::Release);
     let area = input.take(ring.size).to_vec();
     segment.write_bytes(DATA_OFFSET, &area);
-    peer_writes(&mut input, &ring, &segment, TAIL_OFFSET);
+    peer_writes(&mut input, &ring, &segment, None);
     let Ok(mut consumer) = ring.consumer(segment.clone()) else {
         return;
     };
-    let start = consumer.head();
     let mut payload = Vec::new();
-    let mut highest_tail = segment.load_u64(TAIL_OFFSET, std::sync::atomic::Ordering::Acquire);
     for _ in 0..STEPS_MAX {
+        let before = consumer.head();
         match consumer.peek() {
             Ok(Some(frame)) => {
                 assert!(
@@ -124,22 +141,23 @@ pub fn ring_consumer(data: &[u8]) {
                 );
                 consumer.copy_payload(&frame, &mut payload);
                 assert_eq!(payload.len(), frame.len());
+                let consumed = frame.consumed_bytes();
+                assert!(
+                    consumed >= ByteRing::frame_bytes(frame.len()) as u64
+                        && consumed <= ring.size as u64,
+                    "a frame of {} bytes consumed {consumed} bytes",
+                    frame.len()
+                );
                 consumer.advance(frame);
+                assert_eq!(consumer.head(), before + consumed);
             }
-            Ok(None) => {}
+            Ok(None) => assert_eq!(consumer.head(), before, "an empty peek moved the head"),
             Err(_) => return,
         }
-        let tail = segment.load_u64(TAIL_OFFSET, std::sync::atomic::Ordering::Acquire);
-        highest_tail = highest_tail.max(tail);
-        assert!(
-            consumer.head() >= start && consumer.head() - start <= highest_tail.wrapping_sub(start),
-            "consumed past what the producer published: head {} from {start}, tail {highest_tail}",
-            consumer.head()
-        );
         if input.bytes.is_empty() {
             return;
         }
-        peer_writes(&mut input, &ring, &segment, TAIL_OFFSET);
+        peer_writes(&mut input, &ring, &segment, None);
     }
 }
 
@@ -148,7 +166,7 @@ pub fn ring_consumer(data: &[u8]) {
 pub fn ring_producer(data: &[u8]) {
     let mut input = Input { bytes: data };
     let (ring, segment) = ring_and_segment(input.u8().unwrap_or(0));
-    peer_writes(&mut input, &ring, &segment, HEAD_OFFSET);
+    peer_writes(&mut input, &ring, &segment, Some(HEAD_OFFSET));
     let Ok(mut producer) = ring.producer(segment.clone()) else {
         return;
     };
@@ -164,7 +182,7 @@ pub fn ring_producer(data: &[u8]) {
                 let published = producer.tail() - tail_before;
                 assert!(
                     published >= ByteRing::frame_bytes(length) as u64
-                        && published <= ring.size as u64,
+                        && published + 8 <= ring.size as u64,
                     "one push published {published} bytes for a {length}-byte payload"
                 );
             }
@@ -181,6 +199,6 @@ pub fn ring_producer(data: &[u8]) {
                 return;
             }
         }
-        peer_writes(&mut input, &ring, &segment, HEAD_OFFSET);
+        peer_writes(&mut input, &ring, &segment, Some(HEAD_OFFSET));
     }
 }

@@ -50,7 +50,7 @@ pub use arena::{
 };
 pub use ring::{
     ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingMemory, RingProducer,
-    COUNTER_MAX, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
+    COUNTER_MAX, EMPTY_HEADER, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
 };
 pub use segment::Segment;
 pub use view::{create_data_segment, SharedView};

@@ -7,50 +7,59 @@
 //! frame check and write plan, the one [`RingError`]); this module only moves bytes and atomics
 //! in a [`Segment`] and calls those functions to decide. What follows is a summary.
 //!
-//! - The data area is `size` bytes (a power of two) at `data_offset`. `head` (consumer) and `tail`
-//!   (producer) are free-running u64 byte counters, each an `AtomicU64` at its own offset; the
-//!   position of a counter is `counter & (size - 1)`. `tail - head` bytes are in use.
-//! - A frame is an 8-byte header — u32 payload length `L`, little-endian, then u32 flags = 0
-//!   (any other flags value is an error) — followed by `L` payload bytes, padded to a multiple
-//!   of 8. Every frame starts 8-aligned.
+//! - The data area is `size` bytes (a power of two) at `data_offset`. `head` (consumer) and
+//!   `tail` (producer) are free-running u64 byte counters; the position of a counter is
+//!   `counter & (size - 1)`. Only the head is shared (an `AtomicU64` at `head_offset`): the
+//!   producer keeps its tail to itself, and the consumer learns what is published from the
+//!   frame headers, so a message costs one cache line (the one holding its header and, for a
+//!   small frame, its payload) instead of a counter line plus the data.
+//! - A frame is an 8-byte header — u32 payload length `L`, little-endian, then u32 flags =
+//!   [`FRAME_FLAGS`] (any other non-empty header is an error) — followed by `L` payload bytes,
+//!   padded to a multiple of 64 (`FRAME_ALIGN`): every frame starts on a cache line of the data
+//!   area and is whole lines. A header word of zero
+//!   ([`EMPTY_HEADER`]) means nothing is published there yet.
 //! - A frame never wraps: when the contiguous space from the tail's position to the end of the
-//!   area is smaller than the frame, the producer writes a header with `L = 0xFFFF_FFFF` (the wrap
-//!   marker) there and places the frame at position 0; the marker consumes the bytes to the end.
-//! - The largest payload is `size / 2 - 8`, so a frame is at most `size / 2` bytes and an empty
-//!   ring always takes it. Sizes are powers of two from 4 KiB to 1 GiB; counters stay at most
-//!   2^63 ([`COUNTER_MAX`]) so that no sum of them can overflow.
-//! - The producer writes the frame, then publishes it with a Release store of `tail`; the consumer
-//!   loads `tail` with Acquire, reads, and frees the space with a Release store of `head`. This
-//!   producer publishes a wrap marker together with the frame after it; the consumer also accepts
-//!   a marker published alone.
-//! - The counters are native-endian atomics, which is the layout's little-endian on every
-//!   supported target (the crate refuses to build for big-endian ones).
+//!   area is smaller than the frame, the producer writes the frame at position 0 and then a
+//!   header with `L = 0xFFFF_FFFF` (the wrap marker) at the old position; the marker consumes the
+//!   bytes to the end.
+//! - The largest payload is `size / 2 - 8`, so a frame and the empty header after it fit in an
+//!   empty ring even after a wrap marker. Sizes are powers of two from 4 KiB to 1 GiB; counters
+//!   stay at most 2^63 ([`COUNTER_MAX`]) so that no sum of them can overflow.
+//! - The producer writes the payload, then an empty header right after the frame (the
+//!   terminator: where the consumer will look next), then publishes with a Release store of the
+//!   frame's header word (of the wrap marker, last, when it wrapped). The consumer loads the
+//!   header word at its head with Acquire, reads, and frees the space with a Release store of
+//!   the head. The producer always leaves room for the terminator, so it never lands on a frame
+//!   the consumer has not taken.
+//! - Counters and header words are native-endian atomics, which is the layout's little-endian
+//!   on every supported target (the crate refuses to build for big-endian ones).
 //!
 //! # Trust
 //!
 //! Each side keeps its own counter privately and never reads it back from shared memory; the
-//! other side's counter is loaded once per refresh into a local, validated (8-aligned, never going
-//! back, never more than `size` ahead), and every header is read once into locals and validated
-//! against the published span before any payload byte is touched. An inconsistent peer yields a
-//! [`RingError`] (disconnect it), never a panic or an access outside the data area.
+//! consumer's head is loaded by the producer once per refresh into a local, validated
+//! (a multiple of 64, never going back, never more than `size` behind the tail). Every header word is
+//! loaded once into a local and validated before any payload byte is touched; a frame handed
+//! out always lies inside the data area and within the size limit. An inconsistent peer yields
+//! a [`RingError`] (disconnect it), never a panic or an access outside the data area.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use veddb_wire::shm::layout::ring::{
-    check_advance, check_frame, check_ring_bytes, frame_space, max_frame_payload, plan_write,
-    validate_indices, FrameStep,
+    check_advance, check_frame, check_ring_bytes, frame_space, header_word, max_frame_payload,
+    plan_write, validate_indices, FrameStep, FRAME_ALIGN,
 };
 pub use veddb_wire::shm::layout::ring::{
-    RingError, COUNTER_MAX, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
+    RingError, COUNTER_MAX, EMPTY_HEADER, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
 };
 
 use crate::Segment;
 
 /// The memory a ring lives in: a [`Segment`] shared between processes, or a model of one (the
 /// loom model check in `tests/loom.rs`, whose memory records every access so that a byte read
-/// before its write was published is reported). Counters are 8-aligned `u64`s accessed
-/// atomically; bytes are copied in and out.
+/// before its write was published is reported). Counters and header words are 8-aligned `u64`s
+/// accessed atomically; payload bytes are copied in and out.
 pub trait RingMemory {
     /// Bytes of the memory.
     fn bytes_len(&self) -> usize;
@@ -102,11 +111,10 @@ impl RingMemory for Segment {
 /// in one process and a [`consumer`](Self::consumer) in the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteRing {
-    /// Offset of the consumer's `AtomicU64` head counter (8-aligned).
+    /// Offset of the consumer's `AtomicU64` head counter (8-aligned; best on a cache line of its
+    /// own, since only the producer reads it, and only when the ring looks full).
     pub head_offset: usize,
-    /// Offset of the producer's `AtomicU64` tail counter (8-aligned).
-    pub tail_offset: usize,
-    /// Offset of the data area (8-aligned).
+    /// Offset of the data area (8-aligned; 64-aligned for a frame to be its own cache lines).
     pub data_offset: usize,
     /// Bytes of the data area: a power of two from 4 KiB to 1 GiB.
     pub size: usize,
@@ -129,7 +137,7 @@ impl ByteRing {
     }
 
     /// Checks the layout against a segment of `segment_len` bytes: a valid ring size, offsets
-    /// 8-aligned, everything in bounds, counters outside the data area and apart.
+    /// 8-aligned, everything in bounds, the counter outside the data area.
     pub fn check(&self, segment_len: usize) -> Result<(), RingError> {
         let in_bounds =
             |off: usize, len: usize| off.checked_add(len).is_some_and(|e| e <= segment_len);
@@ -138,28 +146,19 @@ impl ByteRing {
             size: self.size as u64,
         })?;
         check_ring_bytes(size)?;
-        if !self.head_offset.is_multiple_of(8)
-            || !self.tail_offset.is_multiple_of(8)
-            || !self.data_offset.is_multiple_of(8)
-        {
+        if !self.head_offset.is_multiple_of(8) || !self.data_offset.is_multiple_of(8) {
             return Err(RingError::BadPlacement {
                 why: "offsets must be 8-aligned",
             });
         }
-        if !in_bounds(self.head_offset, 8)
-            || !in_bounds(self.tail_offset, 8)
-            || !in_bounds(self.data_offset, self.size)
-        {
+        if !in_bounds(self.head_offset, 8) || !in_bounds(self.data_offset, self.size) {
             return Err(RingError::BadPlacement {
                 why: "ring outside the segment",
             });
         }
-        if self.head_offset == self.tail_offset
-            || overlaps(self.head_offset, 8, self.data_offset, self.size)
-            || overlaps(self.tail_offset, 8, self.data_offset, self.size)
-        {
+        if overlaps(self.head_offset, 8, self.data_offset, self.size) {
             return Err(RingError::BadPlacement {
-                why: "counters overlap each other or the data",
+                why: "the head counter overlaps the data",
             });
         }
         Ok(())
@@ -175,18 +174,19 @@ impl ByteRing {
         Ok(())
     }
 
-    /// The producing end. Reads both counters once to start from the ring's current state
-    /// (zero for a fresh ring), and validates them.
+    /// The producing end of a fresh ring (or of one whose every frame was consumed): starts at
+    /// the consumer's published head, which it validates. The header word there must be empty
+    /// (a fresh ring's data area is zero).
     pub fn producer<M: RingMemory>(&self, seg: Arc<M>) -> Result<RingProducer<M>, RingError> {
         self.attach(&*seg)?;
-        let tail = seg.load_counter(self.tail_offset, Ordering::Acquire);
         let head = seg.load_counter(self.head_offset, Ordering::Acquire);
-        validate_indices(head, tail, self.size_u32())?;
+        validate_indices(head, head, self.size_u32())?;
         Ok(RingProducer {
             seg,
             ring: *self,
-            tail,
+            tail: head,
             head_cache: head,
+            cleared: head,
         })
     }
 
@@ -194,14 +194,12 @@ impl ByteRing {
     pub fn consumer<M: RingMemory>(&self, seg: Arc<M>) -> Result<RingConsumer<M>, RingError> {
         self.attach(&*seg)?;
         let head = seg.load_counter(self.head_offset, Ordering::Acquire);
-        // The tail is validated against this head at every refresh; the head itself must be
-        // aligned and within COUNTER_MAX.
+        // The head must be aligned and within COUNTER_MAX.
         validate_indices(head, head, self.size_u32())?;
         Ok(RingConsumer {
             seg,
             ring: *self,
             head,
-            tail_cache: head,
         })
     }
 }
@@ -211,11 +209,20 @@ impl ByteRing {
 pub struct RingProducer<M: RingMemory = Segment> {
     seg: Arc<M>,
     ring: ByteRing,
-    /// Our tail: private, authoritative (the shared copy is only ever written).
+    /// Our tail: private (never in shared memory).
     tail: u64,
     /// The consumer's head as last loaded and validated.
     head_cache: u64,
+    /// Every frame-aligned counter from `tail` up to this one has the empty header word at its
+    /// position: cleared ahead of time, after earlier publications, so that publishing a frame
+    /// usually finds its terminator in place and writes only the frame's own lines (a store to
+    /// another line before the header's would delay the header: stores become visible in order).
+    cleared: u64,
 }
+
+/// How far ahead of its tail the producer keeps header words cleared: four lines, so that a
+/// run of small frames finds each terminator in place.
+const CLEAR_AHEAD: u64 = 4 * FRAME_ALIGN as u64;
 
 impl<M: RingMemory> RingProducer<M> {
     /// The ring's layout.
@@ -243,7 +250,8 @@ impl<M: RingMemory> RingProducer<M> {
     /// (the consumer's head is only re-read then), an error when `len` is over
     /// [`ByteRing::max_payload`] or the consumer's head is inconsistent (disconnect it). Write the
     /// payload with [`FrameWriter::write_at`], then [`FrameWriter::commit`]; dropping the writer
-    /// abandons the frame.
+    /// abandons the frame (nothing was published).
+    #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameWriter<'_, M>>, RingError> {
         let size = self.ring.size_u32();
         let plan = match plan_write(self.head_cache, self.tail, size, len)? {
@@ -256,23 +264,38 @@ impl<M: RingMemory> RingProducer<M> {
                 }
             }
         };
-        if let Some(wrap_at) = plan.wrap_at {
-            // The bytes from the marker to the end are free (counted in the plan's new tail).
-            self.write_header(wrap_at, WRAP_MARKER);
-        }
         Ok(Some(FrameWriter {
             producer: self,
+            wrap_at: plan.wrap_at,
             start: plan.frame_pos,
+            terminator: plan.terminator_pos,
             len,
             new_tail: plan.new_tail,
         }))
     }
 
-    fn write_header(&self, pos: usize, len: u32) {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        header[..4].copy_from_slice(&len.to_le_bytes());
-        header[4..].copy_from_slice(&FRAME_FLAGS.to_le_bytes());
-        self.seg.write_bytes(self.ring.data_offset + pos, &header);
+    /// Stores the header word at `pos` of the data area.
+    #[inline]
+    fn store_header(&self, pos: usize, word: u64, order: Ordering) {
+        self.seg
+            .store_counter(self.ring.data_offset + pos, word, order);
+    }
+
+    /// Clears the header words at frame-aligned counters from `cleared` up to `CLEAR_AHEAD`
+    /// past the tail, never beyond the free space (a counter `c` is free while
+    /// `c < head + size`): done after a publication, off its critical path.
+    #[inline]
+    fn clear_ahead(&mut self) {
+        let limit = (self.tail + CLEAR_AHEAD).min(self.head_cache + self.ring.size as u64);
+        let mask = self.ring.size as u64 - 1;
+        while self.cleared < limit {
+            self.store_header(
+                (self.cleared & mask) as usize,
+                EMPTY_HEADER,
+                Ordering::Relaxed,
+            );
+            self.cleared += FRAME_ALIGN as u64;
+        }
     }
 
     /// Convenience: reserve, copy `payload`, commit. `Ok(false)` when the ring is full.
@@ -310,8 +333,12 @@ impl<M: RingMemory> RingProducer<M> {
 #[derive(Debug)]
 pub struct FrameWriter<'a, M: RingMemory = Segment> {
     producer: &'a mut RingProducer<M>,
+    /// Where to store the wrap marker, last, when the frame wrapped to position 0.
+    wrap_at: Option<usize>,
     /// Position of the frame header in the data area.
     start: usize,
+    /// Position of the empty header after the frame.
+    terminator: usize,
     len: usize,
     new_tail: u64,
 }
@@ -331,16 +358,15 @@ impl<M: RingMemory> FrameWriter<'_, M> {
     ///
     /// # Panics
     /// If `offset + bytes.len()` exceeds the reserved length.
+    #[inline]
     #[track_caller]
     pub fn write_at(&mut self, offset: usize, bytes: &[u8]) {
-        assert!(
-            offset
-                .checked_add(bytes.len())
-                .is_some_and(|end| end <= self.len),
-            "FrameWriter::write_at({offset}, {} bytes) beyond the reserved {} bytes",
-            bytes.len(),
-            self.len
-        );
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.len)
+        {
+            write_beyond_reservation(offset, bytes.len(), self.len);
+        }
         let p = &self.producer;
         p.seg.write_bytes(
             p.ring.data_offset + self.start + FRAME_HEADER_BYTES + offset,
@@ -348,14 +374,29 @@ impl<M: RingMemory> FrameWriter<'_, M> {
         );
     }
 
-    /// Writes the header and publishes the frame (Release store of the tail).
+    /// Publishes the frame: makes sure the header word after it is empty (usually cleared
+    /// ahead of time already), stores its header word (Release), then, when it wrapped, the
+    /// wrap marker (Release) that leads the consumer to it; then clears words ahead.
+    #[inline]
     pub fn commit(self) {
         let p = self.producer;
-        p.write_header(self.start, self.len as u32);
+        if p.cleared <= self.new_tail {
+            p.store_header(self.terminator, EMPTY_HEADER, Ordering::Relaxed);
+            p.cleared = self.new_tail + FRAME_ALIGN as u64;
+        }
+        p.store_header(self.start, header_word(self.len as u32), Ordering::Release);
+        if let Some(wrap_at) = self.wrap_at {
+            p.store_header(wrap_at, header_word(WRAP_MARKER), Ordering::Release);
+        }
         p.tail = self.new_tail;
-        p.seg
-            .store_counter(p.ring.tail_offset, p.tail, Ordering::Release);
+        p.clear_ahead();
     }
+}
+
+#[cold]
+#[track_caller]
+fn write_beyond_reservation(offset: usize, len: usize, reserved: usize) -> ! {
+    panic!("FrameWriter::write_at({offset}, {len} bytes) beyond the reserved {reserved} bytes")
 }
 
 /// A validated frame found by [`RingConsumer::peek`]: plain numbers, no borrow of shared memory.
@@ -399,8 +440,6 @@ pub struct RingConsumer<M: RingMemory = Segment> {
     ring: ByteRing,
     /// Our head: private, authoritative (the shared copy is only ever written).
     head: u64,
-    /// The producer's tail as last loaded and validated; `head <= tail_cache <= head + size`.
-    tail_cache: u64,
 }
 
 impl<M: RingMemory> RingConsumer<M> {
@@ -414,53 +453,35 @@ impl<M: RingMemory> RingConsumer<M> {
         self.head
     }
 
-    fn read_header(&self, head: u64) -> [u8; FRAME_HEADER_BYTES] {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        let pos = (head & (self.ring.size as u64 - 1)) as usize;
+    /// Loads the header word at counter `at` (Acquire: a published header makes its frame's
+    /// bytes visible).
+    #[inline]
+    fn load_header(&self, at: u64) -> u64 {
+        let pos = (at & (self.ring.size as u64 - 1)) as usize;
         self.seg
-            .read_bytes(self.ring.data_offset + pos, &mut header);
-        header
+            .load_counter(self.ring.data_offset + pos, Ordering::Acquire)
     }
 
-    /// Loads the producer's tail once (Acquire) and validates it.
-    fn refresh_tail(&mut self) -> Result<(), RingError> {
-        let tail = self
-            .seg
-            .load_counter(self.ring.tail_offset, Ordering::Acquire);
-        check_advance("tail", self.tail_cache, tail)?;
-        validate_indices(self.head, tail, self.ring.size_u32())?;
-        self.tail_cache = tail;
-        Ok(())
-    }
-
-    /// The next frame, if one is published: `Ok(None)` when the ring is empty, an error when the
-    /// producer broke the protocol (disconnect it). The producer's tail is loaded only when the
-    /// frames seen so far are used up, and once per call at most. Peeking does not consume: copy
-    /// the payload out ([`copy_payload`](Self::copy_payload)), then [`advance`](Self::advance).
+    /// The next frame, if one is published: `Ok(None)` when the header at the head is empty, an
+    /// error when the producer broke the protocol (disconnect it). Loads the header word at the
+    /// head (and, after a wrap marker, the one at position 0): one cache line, the frame's own.
+    /// Peeking does not consume: copy the payload out ([`copy_payload`](Self::copy_payload)),
+    /// then [`advance`](Self::advance).
+    #[inline]
     pub fn peek(&mut self) -> Result<Option<FrameRef>, RingError> {
-        if self.head == self.tail_cache {
-            self.refresh_tail()?;
-            if self.head == self.tail_cache {
-                return Ok(None);
-            }
-        }
         let size = self.ring.size_u32();
         let mut at = self.head;
         // At most one wrap marker before a frame: check_frame refuses a marker at position 0,
         // where the step after a marker lands.
         let (payload_pos, payload_len, next_head) = loop {
-            match check_frame(at, self.tail_cache, size, self.read_header(at))? {
+            match check_frame(at, size, self.load_header(at))? {
                 FrameStep::Frame {
                     payload_pos,
                     payload_len,
                     next_head,
                 } => break (payload_pos, payload_len, next_head),
-                FrameStep::Wrap { next_head } if next_head == self.tail_cache => {
-                    // A marker published alone: step over it locally (the head is published
-                    // with the next frame); its frame comes with a later tail.
-                    self.head = next_head;
-                    return Ok(None);
-                }
+                FrameStep::Empty if at == self.head => return Ok(None),
+                FrameStep::Empty => return Err(marker_before_nothing()),
                 FrameStep::Wrap { next_head } => at = next_head,
             }
         };
@@ -492,6 +513,7 @@ impl<M: RingMemory> RingConsumer<M> {
     ///
     /// # Panics
     /// If `out` is shorter than the payload, or `frame` was not peeked from this ring.
+    #[inline]
     pub fn copy_payload_into(&self, frame: &FrameRef, out: &mut [u8]) {
         let len = frame.len as usize;
         assert!(
@@ -507,6 +529,7 @@ impl<M: RingMemory> RingConsumer<M> {
     ///
     /// # Panics
     /// If `frame` is not the frame at the current head (peek it again after consuming).
+    #[inline]
     #[track_caller]
     pub fn consume(&mut self, frame: FrameRef) {
         assert_eq!(
@@ -517,6 +540,7 @@ impl<M: RingMemory> RingConsumer<M> {
     }
 
     /// Publishes our head (Release store): the producer may reuse everything before it.
+    #[inline]
     pub fn publish_head(&self) {
         self.seg
             .store_counter(self.ring.head_offset, self.head, Ordering::Release);
@@ -532,22 +556,21 @@ impl<M: RingMemory> RingConsumer<M> {
         self.publish_head();
     }
 
-    /// Bytes published and not yet consumed, from a fresh (unvalidated, clamped) load of the
-    /// tail: a hint.
-    pub fn used(&self) -> usize {
-        let tail = self
-            .seg
-            .load_counter(self.ring.tail_offset, Ordering::Acquire);
-        tail.wrapping_sub(self.head).min(self.ring.size as u64) as usize
-    }
-
-    /// `size - used()`: a hint.
-    pub fn free(&self) -> usize {
-        self.ring.size - self.used()
-    }
-
-    /// Whether nothing is published beyond our head: a hint.
+    /// Whether nothing is published at our head (the header word there is empty), from a fresh
+    /// load: a hint, for deciding to sleep.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.used() == 0
+        self.load_header(self.head) == EMPTY_HEADER
+    }
+}
+
+/// A wrap marker whose frame at position 0 is not published: an honest producer stores the
+/// marker only after that frame.
+#[cold]
+fn marker_before_nothing() -> RingError {
+    RingError::BadFrame {
+        position: 0,
+        length: 0,
+        why: "a wrap marker leads to position 0, where no frame is published",
     }
 }

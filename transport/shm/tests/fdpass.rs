@@ -113,7 +113,6 @@ fn peer_credentials_of_pair() {
 const CHILD_ENV: &str = "VEDDB_SHM_TEST_CHILD_SOCKET";
 const RING: ByteRing = ByteRing {
     head_offset: 64,
-    tail_offset: 128,
     data_offset: 4096,
     size: 4096,
 };

@@ -16,14 +16,16 @@ use loom::thread;
 use veddb_shm::{ByteRing, RingMemory};
 
 const HEAD_OFFSET: usize = 0;
-const TAIL_OFFSET: usize = 8;
-const DATA_OFFSET: usize = 16;
+const DATA_OFFSET: usize = 8;
 const SIZE: usize = 4096;
 
-/// Shared memory as loom sees it: two counters and one cell per data byte.
+/// Shared memory as loom sees it: the head counter, an atomic word per 8-aligned place of the
+/// data area (where header words are stored and loaded) and one cell per data byte (payloads).
+/// The ring never accesses one place both ways in one lap, and a header word the consumer loads
+/// that was not stored in this lap would be a stale one: a frame that comes back wrong.
 struct ModelMemory {
     head: AtomicU64,
-    tail: AtomicU64,
+    words: Vec<AtomicU64>,
     data: Vec<UnsafeCell<u8>>,
 }
 
@@ -31,7 +33,7 @@ impl ModelMemory {
     fn new() -> Self {
         ModelMemory {
             head: AtomicU64::new(0),
-            tail: AtomicU64::new(0),
+            words: (0..SIZE / 8).map(|_| AtomicU64::new(0)).collect(),
             data: (0..SIZE).map(|_| UnsafeCell::new(0)).collect(),
         }
     }
@@ -39,8 +41,10 @@ impl ModelMemory {
     fn counter(&self, offset: usize) -> &AtomicU64 {
         match offset {
             HEAD_OFFSET => &self.head,
-            TAIL_OFFSET => &self.tail,
-            _ => panic!("no counter at {offset}"),
+            _ if offset >= DATA_OFFSET && (offset - DATA_OFFSET).is_multiple_of(8) => {
+                &self.words[(offset - DATA_OFFSET) / 8]
+            }
+            _ => panic!("no atomic word at {offset}"),
         }
     }
 }
@@ -79,7 +83,6 @@ impl RingMemory for ModelMemory {
 
 const RING: ByteRing = ByteRing {
     head_offset: HEAD_OFFSET,
-    tail_offset: TAIL_OFFSET,
     data_offset: DATA_OFFSET,
     size: SIZE,
 };
@@ -122,15 +125,15 @@ fn model(test: impl Fn() + Sync + Send + 'static) {
     builder.check(test);
 }
 
-/// Small frames: the ordinary path, the consumer's cached tail and the producer's cached head.
+/// Small frames: the ordinary path (header words and terminators), the producer's cached head.
 #[test]
 fn frames_arrive_whole_and_in_order() {
     model(|| transfer(&[3, 17, 0]));
 }
 
 /// Frames that fill the ring, so the producer must wait for the consumer's head, then a frame
-/// that does not fit before the end: a wrap marker and the frame at position 0.
+/// that does not fit before the end: the frame at position 0, then the wrap marker.
 #[test]
 fn a_full_ring_and_a_wrap() {
-    model(|| transfer(&[1528, 1528, 1600]));
+    model(|| transfer(&[1520, 1520, 1600]));
 }

@@ -15,7 +15,7 @@ pub mod layout;
 const _: () = {
     use layout::*;
     assert!(instance::RESERVED_TAIL_OFFSET <= instance::FILE_BYTES);
-    assert!(ring_segment::STATIC_END_OFFSET <= ring_segment::REQUEST_TAIL_OFFSET);
+    assert!(ring_segment::STATIC_END_OFFSET <= ring_segment::REQUEST_HEAD_OFFSET);
     assert!(ring_segment::DISCONNECT_REASON_OFFSET + 4 <= ring_segment::RESERVED_TAIL_OFFSET);
     assert!(ring_segment::RESERVED_TAIL_OFFSET <= ring_segment::HEADER_BYTES);
     assert!(ring_segment::HEADER_BYTES.is_multiple_of(PAGE_BYTES));
@@ -41,9 +41,7 @@ mod tests {
     fn ring_segment_lines_are_distinct() {
         use ring_segment::*;
         let live = [
-            REQUEST_TAIL_OFFSET,
             REQUEST_HEAD_OFFSET,
-            RESPONSE_TAIL_OFFSET,
             RESPONSE_HEAD_OFFSET,
             CLIENT_WAIT_OFFSET,
             CLIENT_EPOCH_PIN_OFFSET,
@@ -64,11 +62,13 @@ mod tests {
     }
 
     #[test]
-    fn frame_space_rounds_to_eight() {
-        assert_eq!(ring::frame_space(0), 8);
-        assert_eq!(ring::frame_space(1), 16);
-        assert_eq!(ring::frame_space(8), 16);
-        assert_eq!(ring::frame_space(9), 24);
+    fn frame_space_rounds_to_a_line() {
+        assert_eq!(ring::frame_space(0), 64);
+        assert_eq!(ring::frame_space(1), 64);
+        assert_eq!(ring::frame_space(56), 64);
+        assert_eq!(ring::frame_space(57), 128);
+        assert_eq!(ring::frame_space(120), 128);
+        assert_eq!(ring::frame_space(121), 192);
     }
 
     #[test]

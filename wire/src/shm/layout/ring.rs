@@ -1,22 +1,40 @@
-//! Byte rings of frames. A frame is an 8-byte header (u32 payload length, u32 flags =
-//! 0) and the payload, padded to a multiple of 8. A frame never wraps: when the
-//! contiguous space before the end is too small, the producer writes a header whose
-//! length is [`WRAP_MARKER`] and goes on at position 0. Head and tail are free-running
-//! u64 byte counters; a position is `counter & (size - 1)`.
+//! Byte rings of frames, one cache line per message: the consumer waits on the frame
+//! header at its own head, never on a counter the producer keeps elsewhere.
 //!
-//! The producer publishes the tail after the frame bytes (release); the consumer
-//! publishes the head after it has copied the frame out (release).
+//! A frame is an 8-byte header (u32 payload length, u32 flags = [`FRAME_FLAGS`]) and
+//! the payload, padded to a multiple of 64 ([`FRAME_ALIGN`]: a frame is whole cache lines,
+//! and starts on one). A header word of zero ([`EMPTY_HEADER`]) means
+//! "nothing published here yet". A frame never wraps: when the contiguous space before
+//! the end is too small, the producer writes a header whose length is [`WRAP_MARKER`]
+//! and goes on at position 0. Head (consumer) and tail (producer) are free-running u64
+//! byte counters; a position is `counter & (size - 1)`. Only the head is shared: the
+//! tail is the producer's own.
+//!
+//! The producer writes the payload, then an empty header right after the frame (the
+//! terminator, where the next frame will go), then the frame's header with a Release
+//! store: the header is the publication. A wrap marker is stored (Release) after the
+//! frame at position 0 is complete. The consumer loads the header at its head with
+//! Acquire: empty means nothing yet; a frame's header means the payload and the
+//! terminator after it are visible. It publishes its head (Release) once it has copied
+//! frames out; the producer reads it only when its cached copy shows no room, and keeps
+//! one header's worth of room free so the terminator never lands on an unconsumed frame.
 
 use std::fmt;
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_BYTES: usize = 8;
-/// Frames start at multiples of this; head and tail are always multiples of it.
-pub const FRAME_ALIGN: usize = 8;
+/// Frames start at multiples of this (a cache line); head and tail are always multiples
+/// of it. A frame of up to 56 payload bytes is one line, and the consumer, waiting on the
+/// header at its head, waits on the line the producer writes next.
+pub const FRAME_ALIGN: usize = 64;
 /// Header length meaning "the rest of the ring is padding; continue at 0".
 pub const WRAP_MARKER: u32 = 0xFFFF_FFFF;
-/// The only valid flags value.
-pub const FRAME_FLAGS: u32 = 0;
+/// The only valid flags value of a published frame (or wrap marker): non-zero, so that
+/// no published header is the empty header.
+pub const FRAME_FLAGS: u32 = 1;
+/// The header word of a position where nothing is published yet (a fresh ring is all
+/// empty headers; the producer writes one after every frame).
+pub const EMPTY_HEADER: u64 = 0;
 /// Smallest ring.
 pub const MIN_RING_BYTES: u32 = 4096;
 /// Largest ring.
@@ -24,17 +42,21 @@ pub const MAX_RING_BYTES: u32 = 1 << 30;
 /// Largest frame payload of the largest ring.
 pub const MAX_FRAME_PAYLOAD: u32 = max_frame_payload(MAX_RING_BYTES);
 
-/// Largest frame payload in a ring of `ring_bytes`: half the ring less a header, so
-/// that a frame always fits after a wrap marker.
+/// Largest frame payload in a ring of `ring_bytes`: half the ring less a header. A frame
+/// then takes at most half the ring, so that it and the terminator after it always fit
+/// in an empty ring, even after a wrap marker (which, like the head, is at a multiple of
+/// [`FRAME_ALIGN`], so at least a line from the frame's end).
 pub const fn max_frame_payload(ring_bytes: u32) -> u32 {
     (ring_bytes / 2).saturating_sub(FRAME_HEADER_BYTES as u32)
 }
 
-/// Ring bytes a frame of `payload_len` takes: header plus payload padded to 8.
+/// Ring bytes a frame of `payload_len` takes: header plus payload, padded to a multiple of
+/// [`FRAME_ALIGN`].
 pub const fn frame_space(payload_len: usize) -> usize {
-    // Saturates at the largest multiple of 8 (never a real frame).
-    ((payload_len.saturating_add(FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1))
-        .saturating_add(FRAME_HEADER_BYTES))
+    // Saturates at the largest multiple of FRAME_ALIGN (never a real frame).
+    payload_len
+        .saturating_add(FRAME_HEADER_BYTES)
+        .saturating_add(FRAME_ALIGN - 1)
         & !(FRAME_ALIGN - 1)
 }
 
@@ -52,18 +74,22 @@ pub const fn ring_bytes_for_payload(payload_len: usize) -> Option<u32> {
     })
 }
 
+/// The header word of a frame of `payload_len` (or of a wrap marker), as the producer
+/// stores it atomically: the length in the low half, the flags in the high half (so
+/// its little-endian bytes are the length, then the flags).
+pub const fn header_word(payload_len: u32) -> u64 {
+    (payload_len as u64) | ((FRAME_FLAGS as u64) << 32)
+}
+
 /// The 8 header bytes of a frame of `payload_len` (or of a wrap marker).
 pub const fn frame_header(payload_len: u32) -> [u8; FRAME_HEADER_BYTES] {
-    let l = payload_len.to_le_bytes();
-    let f = FRAME_FLAGS.to_le_bytes();
-    [l[0], l[1], l[2], l[3], f[0], f[1], f[2], f[3]]
+    header_word(payload_len).to_le_bytes()
 }
 
 /// Largest counter value either end accepts: far beyond any ring's traffic (2^63
 /// bytes), and far enough from `u64::MAX` that no sum the ends compute
 /// (`tail + frame`, `head + skipped + frame`) can overflow.
 pub const COUNTER_MAX: u64 = 1 << 63;
-
 /// Why a ring is inconsistent (or a frame cannot be written). The one error of the
 /// ring protocol, for the pure checks here and the ring that moves the bytes
 /// (`veddb_shm::ByteRing`).
@@ -89,10 +115,10 @@ pub enum RingError {
         previous: u64,
         now: u64,
     },
-    /// A frame header with non-zero flags.
+    /// A frame header whose flags are not [`FRAME_FLAGS`] (and which is not empty).
     BadFlags { position: u64, flags: u32 },
-    /// A frame or wrap marker that runs past the tail or the end of the ring, or a
-    /// wrap marker at position 0.
+    /// A frame that runs past the end of the ring, or a wrap marker at position 0 or
+    /// with half the ring or more left to the end.
     BadFrame {
         position: u64,
         length: u32,
@@ -149,7 +175,7 @@ impl fmt::Display for RingError {
             ),
             RingError::BadFlags { position, flags } => write!(
                 f,
-                "frame at ring position {position} has flags {flags:#x}, not 0"
+                "frame at ring position {position} has flags {flags:#x}, not {FRAME_FLAGS}"
             ),
             RingError::BadFrame {
                 position,
@@ -234,6 +260,8 @@ pub fn check_advance(index: &'static str, previous: u64, now: u64) -> Result<(),
 /// What the consumer finds at its head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameStep {
+    /// An empty header: nothing is published here yet.
+    Empty,
     /// A wrap marker: set the head to `next_head` (the start of the ring) and look again.
     Wrap { next_head: u64 },
     /// A frame whose payload is `payload_len` bytes at ring position `payload_pos`;
@@ -245,39 +273,44 @@ pub enum FrameStep {
     },
 }
 
-/// Checks the frame header the consumer read at position `head & (size - 1)`, with
-/// `head != tail` (at least one header is published). Everything is re-checked: the
-/// indices, the flags, that a frame is not larger than [`max_frame_payload`], does not
-/// run past the end of the ring nor past the tail, and that a wrap marker is not at
-/// position 0, leaves less than half the ring to the end and does not run past the
-/// tail. [`RingError::reason`] gives the
-/// disconnect code.
+/// Checks the header word the consumer loaded at position `head & (size - 1)`. The
+/// head (the consumer's own) must be a multiple of [`FRAME_ALIGN`] and at most [`COUNTER_MAX`]; the header
+/// must be empty, or carry [`FRAME_FLAGS`] and either a wrap marker that is not at
+/// position 0 and leaves less than half the ring to the end, or a frame no larger than
+/// [`max_frame_payload`] that does not run past the end of the ring.
+/// [`RingError::reason`] gives the disconnect code.
 #[inline]
-pub fn check_frame(
-    head: u64,
-    tail: u64,
-    size: u32,
-    header: [u8; FRAME_HEADER_BYTES],
-) -> Result<FrameStep, RingError> {
-    validate_indices(head, tail, size)?;
-    let available = tail - head;
+pub fn check_frame(head: u64, size: u32, header: u64) -> Result<FrameStep, RingError> {
+    check_ring_bytes(size)?;
+    if !head.is_multiple_of(FRAME_ALIGN as u64) {
+        return Err(RingError::Misaligned {
+            index: "head",
+            value: head,
+        });
+    }
+    if head > COUNTER_MAX {
+        return Err(RingError::CounterTooLarge {
+            index: "head",
+            value: head,
+        });
+    }
+    if header == EMPTY_HEADER {
+        return Ok(FrameStep::Empty);
+    }
     let position = head & (u64::from(size) - 1);
-    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let flags = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let length = header as u32;
+    let flags = (header >> 32) as u32;
     let bad = |why| RingError::BadFrame {
         position,
         length,
         why,
     };
-    if available < FRAME_HEADER_BYTES as u64 {
-        return Err(bad("the ring is empty (head == tail)"));
-    }
     if flags != FRAME_FLAGS {
         return Err(RingError::BadFlags { position, flags });
     }
     let contiguous = u64::from(size) - position;
     if length == WRAP_MARKER {
-        // A producer wraps only when a frame (at most half the ring) does not fit in
+        // A producer wraps only when a frame (less than half the ring) does not fit in
         // the contiguous rest: never at position 0, never with half the ring or more
         // left to the end.
         if position == 0 {
@@ -287,9 +320,6 @@ pub fn check_frame(
             return Err(bad(
                 "wrap marker with half the ring or more left to the end",
             ));
-        }
-        if contiguous > available {
-            return Err(bad("wrap marker runs past the tail"));
         }
         return Ok(FrameStep::Wrap {
             next_head: head + contiguous,
@@ -306,9 +336,6 @@ pub fn check_frame(
     if space > contiguous {
         return Err(bad("frame runs past the end of the ring"));
     }
-    if space > available {
-        return Err(bad("frame runs past the tail"));
-    }
     Ok(FrameStep::Frame {
         payload_pos: position as usize + FRAME_HEADER_BYTES,
         payload_len: length as usize,
@@ -319,18 +346,21 @@ pub fn check_frame(
 /// Where the producer writes a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WritePlan {
-    /// Write a [`WRAP_MARKER`] header here first (the contiguous space was too small).
+    /// Store a [`WRAP_MARKER`] header here last (the contiguous space was too small).
     pub wrap_at: Option<usize>,
     /// Write the frame header here; the payload follows it.
     pub frame_pos: usize,
-    /// Publish this tail once the bytes are written.
+    /// Write an empty header here (right after the frame) before publishing.
+    pub terminator_pos: usize,
+    /// The producer's tail once the frame is published.
     pub new_tail: u64,
 }
 
 /// Plans a frame of `payload_len` for a producer whose tail is `tail`, with the
-/// consumer's head `head` (read from shared memory, so validated here). `Ok(None)`:
-/// not enough free space now, retry once the consumer moves. Errors: bad indices, or
-/// a payload over [`max_frame_payload`] (that can never be written).
+/// consumer's head `head` (read from shared memory, so validated here). The frame, a
+/// skipped wrap span and the terminator after the frame must all fit in the free
+/// space. `Ok(None)`: not enough free space now, retry once the consumer moves. Errors:
+/// bad indices, or a payload over [`max_frame_payload`] (that can never be written).
 #[inline]
 pub fn plan_write(
     head: u64,
@@ -348,19 +378,22 @@ pub fn plan_write(
     }
     let space = frame_space(payload_len) as u64;
     let free = u64::from(size) - (tail - head);
-    let position = tail & (u64::from(size) - 1);
+    let mask = u64::from(size) - 1;
+    let position = tail & mask;
     let contiguous = u64::from(size) - position;
     let (wrap_at, frame_pos, needed) = if space <= contiguous {
         (None, position, space)
     } else {
         (Some(position as usize), 0, contiguous + space)
     };
-    if needed > free {
+    if needed + FRAME_HEADER_BYTES as u64 > free {
         return Ok(None);
     }
+    let new_tail = tail + needed;
     Ok(Some(WritePlan {
         wrap_at,
         frame_pos: frame_pos as usize,
-        new_tail: tail + needed,
+        terminator_pos: (new_tail & mask) as usize,
+        new_tail,
     }))
 }

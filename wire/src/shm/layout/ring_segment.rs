@@ -29,13 +29,14 @@ pub const INSTANCE_ID_OFFSET: usize = 0x020;
 /// Bytes 0x028..0x040 are reserved zero.
 pub const STATIC_END_OFFSET: usize = 0x040;
 
-/// u64, free-running request tail (client writes).
-pub const REQUEST_TAIL_OFFSET: usize = 0x040;
-/// u64, free-running request head (server writes).
+// Bytes 0x040..0x080 and 0x0C0..0x100 are reserved zero (the rings' tails, before layout
+// version 2: a consumer now learns what is published from the frame headers themselves).
+
+/// u64, free-running request head (server writes; the client reads it only when the
+/// request ring looks full).
 pub const REQUEST_HEAD_OFFSET: usize = 0x080;
-/// u64, free-running response tail (server writes).
-pub const RESPONSE_TAIL_OFFSET: usize = 0x0C0;
-/// u64, free-running response head (client writes).
+/// u64, free-running response head (client writes; the server reads it only when the
+/// response ring looks full).
 pub const RESPONSE_HEAD_OFFSET: usize = 0x100;
 /// u32 futex word: the client stores [`CLIENT_SLEEPING`] before it sleeps; the core,
 /// after publishing a response, swaps [`CLIENT_SLEEPING`] for [`CLIENT_AWAKE`] and wakes
