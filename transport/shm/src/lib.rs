@@ -30,6 +30,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("veddb-shm assumes a little-endian target (shared layouts are little-endian)");
 
+mod alloc;
 mod arena;
 pub mod fuzzing;
 mod ring;
@@ -44,6 +45,7 @@ mod process;
 #[cfg(target_os = "linux")]
 mod readiness;
 
+pub use alloc::{HugePageAlloc, HUGE_PAGE_BYTES};
 pub use arena::{
     Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaValue,
     BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
