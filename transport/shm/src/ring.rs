@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use veddb_wire::shm::layout::ring::{
     check_advance, check_frame, check_ring_bytes, frame_space, header_word, max_frame_payload,
-    plan_write, validate_indices, FrameStep, FRAME_ALIGN,
+    plan_write_valid, validate_indices, FrameStep, FRAME_ALIGN,
 };
 pub use veddb_wire::shm::layout::ring::{
     RingError, COUNTER_MAX, EMPTY_HEADER, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
@@ -254,11 +254,13 @@ impl<M: RingMemory> RingProducer<M> {
     #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<Option<FrameWriter<'_, M>>, RingError> {
         let size = self.ring.size_u32();
-        let plan = match plan_write(self.head_cache, self.tail, size, len)? {
+        // Both indices were validated together when the head was loaded (`refresh_head`); the
+        // tail has only moved within the room that head left.
+        let plan = match plan_write_valid(self.head_cache, self.tail, size, len)? {
             Some(plan) => plan,
             None => {
                 self.refresh_head()?;
-                match plan_write(self.head_cache, self.tail, size, len)? {
+                match plan_write_valid(self.head_cache, self.tail, size, len)? {
                     Some(plan) => plan,
                     None => return Ok(None),
                 }

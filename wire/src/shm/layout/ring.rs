@@ -369,6 +369,20 @@ pub fn plan_write(
     payload_len: usize,
 ) -> Result<Option<WritePlan>, RingError> {
     validate_indices(head, tail, size)?;
+    plan_write_valid(head, tail, size, payload_len)
+}
+
+/// [`plan_write`] for indices that are known valid: the producer's own tail, and a head it
+/// validated against that tail when it loaded it (the tail has only moved within the room
+/// that head left since). The ring's hot path; everything else is as in [`plan_write`].
+#[inline]
+pub fn plan_write_valid(
+    head: u64,
+    tail: u64,
+    size: u32,
+    payload_len: usize,
+) -> Result<Option<WritePlan>, RingError> {
+    debug_assert!(validate_indices(head, tail, size).is_ok());
     let max = max_frame_payload(size);
     if payload_len > max as usize {
         return Err(RingError::FrameTooLarge {
