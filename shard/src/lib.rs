@@ -17,7 +17,7 @@ mod topics;
 
 pub use config::{Config, Eviction, ENTRY_OVERHEAD_BYTES};
 pub use scan::{merge_scan_pages, ScanPage};
-pub use table::{CasOutcome, Change, StoredEntry, ValueStore};
+pub use table::{CasOutcome, Change, KeyArg, StoredEntry, ValueStore};
 
 use bytes::Bytes;
 use veddb_wire::{limits, Error, Info, Request, Response, ShardStats, SubscriberId, Ttl};
@@ -198,15 +198,16 @@ impl Shard {
     /// As [`set`](Self::set), with the value made by `value` (of `value_len` bytes) only once
     /// every check passed and the write will happen: a frontend that copies the value straight
     /// into where it is kept copies nothing for a refused SET.
+    /// The key may be borrowed ([`KeyArg::Borrowed`]): it is copied only where it is kept.
     pub fn set_with(
         &mut self,
-        key: Bytes,
+        key: KeyArg<'_>,
         value_len: usize,
         value: impl FnOnce() -> Bytes,
         options: veddb_wire::SetOptions,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
-        self.check_key(&key)?;
+        self.check_key(key.as_slice())?;
         if value_len > self.config.value_bytes_max {
             return Err(Error::ValueTooLarge {
                 length: value_len,

@@ -42,6 +42,45 @@ pub enum CasOutcome {
     NotFound,
 }
 
+/// A key as a write receives it: shared bytes, or a borrowed slice that is copied only where
+/// the key is kept beyond the call (a key too long to be inline in its slot, the ordered index
+/// for a new key, the expiry index, the journal). A frontend that reads keys out of a request
+/// it does not keep (the in-place SET of local clients) overwrites a key without allocating.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyArg<'a> {
+    Shared(&'a Bytes),
+    Borrowed(&'a [u8]),
+}
+
+impl<'a> KeyArg<'a> {
+    pub fn as_slice(&self) -> &'a [u8] {
+        match *self {
+            KeyArg::Shared(key) => key,
+            KeyArg::Borrowed(key) => key,
+        }
+    }
+
+    /// The key as `Bytes` to keep: shared, or a copy of the slice.
+    pub fn to_bytes(&self) -> Bytes {
+        match *self {
+            KeyArg::Shared(key) => key.clone(),
+            KeyArg::Borrowed(key) => Bytes::copy_from_slice(key),
+        }
+    }
+}
+
+impl<'a> From<&'a Bytes> for KeyArg<'a> {
+    fn from(key: &'a Bytes) -> Self {
+        KeyArg::Shared(key)
+    }
+}
+
+impl<'a> From<&'a [u8]> for KeyArg<'a> {
+    fn from(key: &'a [u8]) -> Self {
+        KeyArg::Borrowed(key)
+    }
+}
+
 /// A key as a slot stores it. Which variant depends only on the length, so two equal keys always
 /// have the same variant.
 enum Key {
@@ -54,10 +93,10 @@ enum Key {
 }
 
 impl Key {
-    fn new(key: &Bytes) -> Key {
-        match Probe::new(key) {
+    fn new(key: KeyArg<'_>) -> Key {
+        match Probe::new(key.as_slice()) {
             Probe::Inline { len, bytes } => Key::Inline { len, bytes },
-            Probe::Heap(_) => Key::Heap(key.clone()),
+            Probe::Heap(_) => Key::Heap(key.to_bytes()),
         }
     }
 
@@ -425,7 +464,12 @@ impl Table {
         let journal = self.journal.take();
         self.version_clock = self.version_clock.max(version_clock).max(entry.version);
         self.access_clock += 1;
-        self.store_version(entry.key, entry.value, entry.expires_at_ms, entry.version);
+        self.store_version(
+            KeyArg::Shared(&entry.key),
+            entry.value,
+            entry.expires_at_ms,
+            entry.version,
+        );
         self.journal = journal;
         Ok(())
     }
@@ -610,20 +654,20 @@ impl Table {
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
         let value_len = value.len();
-        self.set_with(key, value_len, || value, options, now_ms)
+        self.set_with(KeyArg::Shared(&key), value_len, || value, options, now_ms)
     }
 
     /// As [`set`](Self::set), with the value made by `value` (of `value_len` bytes) only once
     /// the write will happen: a SET refused by its condition or the memory limit makes none.
     pub fn set_with(
         &mut self,
-        key: Bytes,
+        key: KeyArg<'_>,
         value_len: usize,
         value: impl FnOnce() -> Bytes,
         options: SetOptions,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
-        let existing = self.live_index(&key, now_ms);
+        let existing = self.live_index(key.as_slice(), now_ms);
         match (options.condition, existing) {
             (SetCondition::IfAbsent, Some(_)) | (SetCondition::IfPresent, None) => return Ok(None),
             _ => {}
@@ -646,21 +690,28 @@ impl Table {
         existing: Option<usize>,
     ) -> Result<u64, Error> {
         let value_len = value.len();
-        self.write_with(key, value_len, || value, expires_at_ms, existing)
+        self.write_with(
+            KeyArg::Shared(&key),
+            value_len,
+            || value,
+            expires_at_ms,
+            existing,
+        )
     }
 
     /// [`write`](Self::write), the value made (`value_len` bytes) once room is made.
     fn write_with(
         &mut self,
-        key: Bytes,
+        key: KeyArg<'_>,
         value_len: usize,
         value: impl FnOnce() -> Bytes,
         expires_at_ms: u64,
         existing: Option<usize>,
     ) -> Result<u64, Error> {
-        let new_cost = cost(key.len(), value_len);
-        let old_cost = existing.map_or(0, |i| cost(key.len(), self.slot(i).value.len()));
-        self.make_room(new_cost, old_cost, &[&key[..]])?;
+        let key_len = key.as_slice().len();
+        let new_cost = cost(key_len, value_len);
+        let old_cost = existing.map_or(0, |i| cost(key_len, self.slot(i).value.len()));
+        self.make_room(new_cost, old_cost, &[key.as_slice()])?;
         let value = value();
         debug_assert_eq!(
             value.len(),
@@ -671,7 +722,7 @@ impl Table {
     }
 
     /// Stores without charging checks (the caller made room).
-    fn store(&mut self, key: Bytes, value: Bytes, expires_at_ms: u64) -> u64 {
+    fn store(&mut self, key: KeyArg<'_>, value: Bytes, expires_at_ms: u64) -> u64 {
         let version = self.next_version();
         self.store_version(key, value, expires_at_ms, version);
         version
@@ -681,15 +732,16 @@ impl Table {
         self.value_store = store;
     }
 
-    fn store_version(&mut self, key: Bytes, value: Bytes, expires_at_ms: u64, version: u64) {
+    fn store_version(&mut self, key: KeyArg<'_>, value: Bytes, expires_at_ms: u64, version: u64) {
         let value = match &mut self.value_store {
             Some(store) => store(value),
             None => value,
         };
-        self.preserve(&key);
+        let key_bytes = key.as_slice();
+        self.preserve(key_bytes);
         if self.journal.is_some() {
             let entry = StoredEntry {
-                key: key.clone(),
+                key: key.to_bytes(),
                 value: value.clone(),
                 version,
                 expires_at_ms,
@@ -697,19 +749,19 @@ impl Table {
             self.journal(|| Change::Put(entry));
         }
         let access = self.touch();
-        let new_cost = cost(key.len(), value.len());
-        let hash = self.hash(&key);
-        let probe = Probe::new(&key);
+        let new_cost = cost(key_bytes.len(), value.len());
+        let hash = self.hash(key_bytes);
+        let probe = Probe::new(key_bytes);
         match self.map.find_entry(hash, |slot| probe.matches(&slot.key)) {
             Ok(entry) => {
                 let slot = entry.into_mut();
-                let old_cost = cost(key.len(), slot.value.len());
+                let old_cost = cost(key_bytes.len(), slot.value.len());
                 if slot.expires_at_ms != expires_at_ms {
                     if slot.expires_at_ms != 0 {
-                        self.expiry.remove(&(slot.expires_at_ms, key.clone()));
+                        self.expiry.remove(&(slot.expires_at_ms, key.to_bytes()));
                     }
                     if expires_at_ms != 0 {
-                        self.expiry.insert((expires_at_ms, key.clone()));
+                        self.expiry.insert((expires_at_ms, key.to_bytes()));
                     }
                 }
                 slot.value = value;
@@ -719,8 +771,9 @@ impl Table {
                 self.memory_bytes_used = self.memory_bytes_used - old_cost + new_cost;
             }
             Err(absent) => {
+                let key = key.to_bytes();
                 let slot = Slot {
-                    key: Key::new(&key),
+                    key: Key::new(KeyArg::Shared(&key)),
                     expires_at_ms,
                     version,
                     last_access: access,
@@ -977,7 +1030,7 @@ impl Table {
         let protected: Vec<&[u8]> = protected_keys.iter().map(|key| &key[..]).collect();
         self.make_room(new_cost, old_cost, &protected)?;
         for (key, value) in unique {
-            self.store(key, value, 0);
+            self.store(KeyArg::Shared(&key), value, 0);
         }
         Ok(())
     }

@@ -1636,10 +1636,10 @@ mod linux {
         // Copied once the SET will happen (a refused one copies nothing): into the arena
         // (where the shard's value store keeps it), or a copy of its own when the arena has
         // no room.
-        let key = Bytes::copy_from_slice(key);
+        // The key is borrowed: copied only if the shard keeps it (a new key, a long one).
         let outcome = context.with_shard(|shard| {
             shard.set_with(
-                key,
+                veddb_shard::KeyArg::Borrowed(key),
                 value.len(),
                 || store_value_slice(arena, value),
                 options,

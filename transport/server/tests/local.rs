@@ -1054,6 +1054,56 @@ fn gets_and_sets_served_in_place_have_every_outcome() {
             limit: 64
         })
     );
+    // Keys too long to be inline in their slot (over 30 bytes), written in place from a borrowed
+    // slice: with a TTL, again without one, then a new one: each kept whole (the slot, the
+    // expiry index, the ordered index SCAN walks).
+    let long = format!("long:{}", "x".repeat(45));
+    assert!(matches!(
+        set(
+            &long,
+            "one",
+            opts(Some(100_000), SetCondition::Always, false)
+        )
+        .unwrap(),
+        Response::Stored { .. }
+    ));
+    let ms = ttl_of(&long);
+    assert!(ms > 0 && ms <= 100_000, "{ms}");
+    assert!(matches!(
+        set(&long, "two", SetOptions::default()).unwrap(),
+        Response::Stored { .. }
+    ));
+    assert!(matches!(get(&long).unwrap(), Response::Value { value, .. } if value == "two"));
+    assert_eq!(
+        local
+            .execute(Request::Ttl {
+                key: Bytes::from(long.clone()),
+            })
+            .unwrap(),
+        Response::Ttl(Ttl::Persistent),
+        "the TTL went with the second SET"
+    );
+    let longer = format!("long:{}", "y".repeat(50));
+    assert!(matches!(
+        set(&longer, "three", SetOptions::default()).unwrap(),
+        Response::Stored { .. }
+    ));
+    match local
+        .execute(Request::Scan {
+            cursor: Bytes::new(),
+            prefix: Bytes::from_static(b"long:"),
+            count: 10,
+        })
+        .unwrap()
+    {
+        Response::Keys { keys, .. } => {
+            assert_eq!(
+                keys,
+                vec![Bytes::from(long.clone()), Bytes::from(longer.clone())]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 
     // Keys of both cores, each read in place.
     let keys: Vec<String> = (0..64).map(|i| format!("place:{i}")).collect();
