@@ -155,6 +155,41 @@ impl<'a> Probe<'a> {
     }
 }
 
+/// A write of one key's entry, applied to its slot when the key exists.
+struct Update<'a> {
+    key: KeyArg<'a>,
+    value: Bytes,
+    expires_at_ms: u64,
+    version: u64,
+    access: u64,
+    new_cost: u64,
+}
+
+impl Update<'_> {
+    /// Replaces the entry in `slot` (the key's), keeping the expiry index and the memory count.
+    fn apply(
+        self,
+        slot: &mut Slot,
+        expiry: &mut BTreeSet<(u64, Bytes)>,
+        memory_bytes_used: &mut u64,
+    ) {
+        let old_cost = cost(self.key.as_slice().len(), slot.value.len());
+        if slot.expires_at_ms != self.expires_at_ms {
+            if slot.expires_at_ms != 0 {
+                expiry.remove(&(slot.expires_at_ms, self.key.to_bytes()));
+            }
+            if self.expires_at_ms != 0 {
+                expiry.insert((self.expires_at_ms, self.key.to_bytes()));
+            }
+        }
+        slot.value = self.value;
+        slot.version = self.version;
+        slot.expires_at_ms = self.expires_at_ms;
+        slot.last_access = self.access;
+        *memory_bytes_used = *memory_bytes_used - old_cost + self.new_cost;
+    }
+}
+
 /// One entry of the hash index: 96 bytes, aligned to 32 so that it always spans exactly two cache
 /// lines. The key, deadline, version and last access come first (what a lookup checks), the
 /// value after.
@@ -469,6 +504,7 @@ impl Table {
             entry.value,
             entry.expires_at_ms,
             entry.version,
+            None,
         );
         self.journal = journal;
         Ok(())
@@ -718,13 +754,20 @@ impl Table {
             value_len,
             "the value made has the length announced"
         );
-        Ok(self.store(key, value, expires_at_ms))
+        Ok(self.store(key, value, expires_at_ms, existing))
     }
 
-    /// Stores without charging checks (the caller made room).
-    fn store(&mut self, key: KeyArg<'_>, value: Bytes, expires_at_ms: u64) -> u64 {
+    /// Stores without charging checks (the caller made room). `existing`: the bucket index of
+    /// the key's live entry, when the caller looked it up (still valid: evictions only remove).
+    fn store(
+        &mut self,
+        key: KeyArg<'_>,
+        value: Bytes,
+        expires_at_ms: u64,
+        existing: Option<usize>,
+    ) -> u64 {
         let version = self.next_version();
-        self.store_version(key, value, expires_at_ms, version);
+        self.store_version(key, value, expires_at_ms, version, existing);
         version
     }
 
@@ -732,7 +775,14 @@ impl Table {
         self.value_store = store;
     }
 
-    fn store_version(&mut self, key: KeyArg<'_>, value: Bytes, expires_at_ms: u64, version: u64) {
+    fn store_version(
+        &mut self,
+        key: KeyArg<'_>,
+        value: Bytes,
+        expires_at_ms: u64,
+        version: u64,
+        existing: Option<usize>,
+    ) {
         let value = match &mut self.value_store {
             Some(store) => store(value),
             None => value,
@@ -750,27 +800,42 @@ impl Table {
         }
         let access = self.touch();
         let new_cost = cost(key_bytes.len(), value.len());
+        let update = Update {
+            key,
+            value,
+            expires_at_ms,
+            version,
+            access,
+            new_cost,
+        };
+        // The entry the caller found: no second lookup.
+        if let Some(slot) = existing.and_then(|index| self.map.get_bucket_mut(index)) {
+            debug_assert!(
+                Probe::new(key_bytes).matches(&slot.key),
+                "the bucket of the key looked up"
+            );
+            update.apply(slot, &mut self.expiry, &mut self.memory_bytes_used);
+            return;
+        }
         let hash = self.hash(key_bytes);
         let probe = Probe::new(key_bytes);
         match self.map.find_entry(hash, |slot| probe.matches(&slot.key)) {
             Ok(entry) => {
-                let slot = entry.into_mut();
-                let old_cost = cost(key_bytes.len(), slot.value.len());
-                if slot.expires_at_ms != expires_at_ms {
-                    if slot.expires_at_ms != 0 {
-                        self.expiry.remove(&(slot.expires_at_ms, key.to_bytes()));
-                    }
-                    if expires_at_ms != 0 {
-                        self.expiry.insert((expires_at_ms, key.to_bytes()));
-                    }
-                }
-                slot.value = value;
-                slot.version = version;
-                slot.expires_at_ms = expires_at_ms;
-                slot.last_access = access;
-                self.memory_bytes_used = self.memory_bytes_used - old_cost + new_cost;
+                update.apply(
+                    entry.into_mut(),
+                    &mut self.expiry,
+                    &mut self.memory_bytes_used,
+                );
             }
             Err(absent) => {
+                let Update {
+                    key,
+                    value,
+                    expires_at_ms,
+                    version,
+                    access,
+                    new_cost,
+                } = update;
                 let key = key.to_bytes();
                 let slot = Slot {
                     key: Key::new(KeyArg::Shared(&key)),
@@ -1030,7 +1095,7 @@ impl Table {
         let protected: Vec<&[u8]> = protected_keys.iter().map(|key| &key[..]).collect();
         self.make_room(new_cost, old_cost, &protected)?;
         for (key, value) in unique {
-            self.store(KeyArg::Shared(&key), value, 0);
+            self.store(KeyArg::Shared(&key), value, 0, None);
         }
         Ok(())
     }

@@ -404,6 +404,12 @@ impl Arena {
             None => self.carve(class)?,
         };
         let seg = &self.shared.seg;
+        // The next block of this class to be handed out: its header's line is cold (freed a
+        // while ago, maybe read by clients since); fetching it now overlaps that miss with the
+        // work until the next write.
+        if let Some(&next) = self.free[idx].last() {
+            seg.prefetch(next as usize);
+        }
         let off = offset as usize;
         let gen_word = seg.atomic_u64(off + GENERATION_OFFSET);
         let generation = gen_word.load(Ordering::Relaxed).wrapping_add(1);
