@@ -1140,6 +1140,50 @@ fn gets_and_sets_served_in_place_have_every_outcome() {
     }
     drop(views);
 
+    // A view whose answer is not the next in the ring: answers to requests submitted before
+    // it (a value in shared memory, and a SET's) come first and wait in the stash; each
+    // request still gets its own answer.
+    let first = local
+        .submit(Request::Get {
+            key: Bytes::from(keys[1].clone()),
+        })
+        .unwrap();
+    let second = local
+        .submit(Request::Set {
+            key: Bytes::from_static(b"stash:set"),
+            value: Bytes::from_static(b"set while a view waited"),
+            options: SetOptions::default(),
+        })
+        .unwrap();
+    match local.get_view(Bytes::from(keys[3].clone())).unwrap() {
+        GetResult::View(view) => {
+            assert_eq!(view.bytes(), format!("value of {}", keys[3]).as_bytes())
+        }
+        other => panic!("{other:?}"),
+    }
+    let started = Instant::now();
+    let (mut first_answer, mut second_answer) = (None, None);
+    while first_answer.is_none() || second_answer.is_none() {
+        assert!(
+            started.elapsed() < LINE_TIMEOUT,
+            "the submitted requests were answered"
+        );
+        if first_answer.is_none() {
+            first_answer = local.try_complete(&first).unwrap();
+        }
+        if second_answer.is_none() {
+            second_answer = local.try_complete(&second).unwrap();
+        }
+    }
+    assert!(
+        matches!(&first_answer, Some(Response::Value { value, .. }) if value == format!("value of {}", keys[1]).as_bytes()),
+        "{first_answer:?}"
+    );
+    assert!(
+        matches!(second_answer, Some(Response::Stored { .. })),
+        "{second_answer:?}"
+    );
+
     // Pipelined with writes: every answer to its request, in order.
     let mut batch = Vec::new();
     for (i, key) in keys.iter().enumerate() {
