@@ -1856,8 +1856,8 @@ mod linux {
             if payloads.capacity() < len {
                 payloads.reserve(PAYLOAD_BUFFER_BYTES);
             }
-            payloads.resize(len, 0);
-            ring.copy_payload_into(frame, payloads);
+            payloads.clear();
+            ring.append_payload(frame, payloads);
         }
 
         /// The payload of `frame` to decode: the small one [`copy_small`](Self::copy_small)

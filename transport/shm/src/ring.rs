@@ -71,6 +71,15 @@ pub trait RingMemory {
     fn store_counter(&self, offset: usize, value: u64, order: Ordering);
     /// Copies `out.len()` bytes at `offset` into `out`.
     fn read_bytes(&self, offset: usize, out: &mut [u8]);
+    /// Copies `out.len()` bytes at `offset` into `out`, which need not be initialized (every
+    /// byte of it is afterwards).
+    fn read_bytes_uninit(&self, offset: usize, out: &mut [std::mem::MaybeUninit<u8>]) {
+        let mut bytes = vec![0; out.len()];
+        self.read_bytes(offset, &mut bytes);
+        for (slot, byte) in out.iter_mut().zip(bytes) {
+            slot.write(byte);
+        }
+    }
     /// Copies `bytes` to `offset`.
     fn write_bytes(&self, offset: usize, bytes: &[u8]);
 }
@@ -99,6 +108,11 @@ impl RingMemory for Segment {
     #[inline]
     fn read_bytes(&self, offset: usize, out: &mut [u8]) {
         Segment::read_bytes(self, offset, out)
+    }
+
+    #[inline]
+    fn read_bytes_uninit(&self, offset: usize, out: &mut [std::mem::MaybeUninit<u8>]) {
+        Segment::read_bytes_uninit(self, offset, out)
     }
 
     #[inline]
@@ -524,6 +538,28 @@ impl<M: RingMemory> RingConsumer<M> {
         );
         self.seg
             .read_bytes(self.ring.data_offset + frame.payload_pos, &mut out[..len]);
+    }
+
+    /// Appends the payload to `out` (no zeroing of the room first).
+    ///
+    /// # Panics
+    /// If `frame` was not peeked from this ring.
+    #[inline]
+    pub fn append_payload(&self, frame: &FrameRef, out: &mut bytes::BytesMut) {
+        let len = frame.len as usize;
+        assert!(
+            frame.payload_pos + len <= self.ring.size,
+            "frame not from this ring"
+        );
+        out.reserve(len);
+        let start = out.len();
+        self.seg.read_bytes_uninit(
+            self.ring.data_offset + frame.payload_pos,
+            &mut out.spare_capacity_mut()[..len],
+        );
+        // SAFETY: `reserve` made room for `len` more bytes, and `read_bytes_uninit` initialized
+        // every one of them.
+        unsafe { out.set_len(start + len) }
     }
 
     /// Consumes `frame` locally without publishing the head (batch several, then

@@ -238,6 +238,26 @@ impl Segment {
         }
     }
 
+    /// Copies `out.len()` bytes at `offset` into `out`, which need not be initialized (every byte
+    /// of it is afterwards). As [`read_bytes`](Self::read_bytes): the bytes may be torn.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    #[track_caller]
+    pub fn read_bytes_uninit(&self, offset: usize, out: &mut [std::mem::MaybeUninit<u8>]) {
+        self.check(offset, out.len());
+        // SAFETY: as in `read_bytes`: the source is in bounds of a live mapping, `out` is a
+        // distinct private buffer of `out.len()` bytes (MaybeUninit<u8> has u8's layout).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr().cast::<u8>(),
+                out.len(),
+            )
+        }
+    }
+
     /// Copies `src` to `offset` of a writable mapping.
     ///
     /// # Panics

@@ -671,3 +671,22 @@ fn two_threads_million_frames() {
     assert!(c.peek().unwrap().is_none());
     assert_eq!(FRAME_HEADER_BYTES, 8);
 }
+
+/// `append_payload` appends exactly the frame's payload, after what the buffer held.
+#[test]
+fn append_payload_appends_the_payload() {
+    let r = ring(4096);
+    let seg = segment_for(&r);
+    let mut p = r.producer(Arc::clone(&seg)).unwrap();
+    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    for len in [0usize, 1, 56, 57, 1000] {
+        let data = payload(len as u64, len);
+        assert!(p.try_push(&data).unwrap());
+        let f = c.peek().unwrap().unwrap();
+        let mut out = bytes::BytesMut::from(&b"kept:"[..]);
+        c.append_payload(&f, &mut out);
+        assert_eq!(&out[..5], b"kept:");
+        assert_eq!(&out[5..], &data[..]);
+        c.advance(f);
+    }
+}
