@@ -163,13 +163,14 @@ impl Shard {
         Ok(found)
     }
 
-    /// As [`get`](Self::get), lending the value and its version to `read` (no clone of the
-    /// value's handle): for a frontend that writes the answer straight where it goes.
+    /// As [`get`](Self::get), lending the value, its version and the value store's tag of it
+    /// (see [`ValueStore`]) to `read` (no clone of the value's handle): for a frontend that
+    /// writes the answer straight where it goes.
     pub fn get_with<R>(
         &mut self,
         key: &[u8],
         now_ms: u64,
-        read: impl FnOnce(&Bytes, u64) -> R,
+        read: impl FnOnce(&Bytes, u64, u64) -> R,
     ) -> Result<Option<R>, Error> {
         self.check_key(key)?;
         self.stats.ops += 1;

@@ -22,8 +22,10 @@ use crate::scan::ScanPage;
 /// faces untrusted clients should not use a well-known one.)
 type HashState = foldhash::fast::FixedState;
 
-/// Keys up to this length live inside their slot; longer ones are a `Bytes` there.
-const INLINE_KEY_BYTES: usize = 30;
+/// Keys up to this length live inside their slot; longer ones are a `Bytes` there. 22 keeps a
+/// key in 32 bytes (the `Bytes` variant's niche holds the tag), so that a slot with its value's
+/// tag is 96 bytes.
+const INLINE_KEY_BYTES: usize = 22;
 
 /// Empty buckets a sampling attempt walks past (forward, wrapping) before it gives up.
 const EMPTY_BUCKETS_SKIPPED_MAX: usize = 64;
@@ -159,6 +161,7 @@ impl<'a> Probe<'a> {
 struct Update<'a> {
     key: KeyArg<'a>,
     value: Bytes,
+    tag: u64,
     expires_at_ms: u64,
     version: u64,
     access: u64,
@@ -183,6 +186,7 @@ impl Update<'_> {
             }
         }
         slot.value = self.value;
+        slot.tag = self.tag;
         slot.version = self.version;
         slot.expires_at_ms = self.expires_at_ms;
         slot.last_access = self.access;
@@ -192,7 +196,7 @@ impl Update<'_> {
 
 /// One entry of the hash index: 96 bytes, aligned to 32 so that it always spans exactly two cache
 /// lines. The key, deadline, version and last access come first (what a lookup checks), the
-/// value after.
+/// value and its tag after.
 #[repr(C, align(32))]
 struct Slot {
     key: Key,
@@ -203,6 +207,8 @@ struct Slot {
     /// `access_clock` at the last read or write (approximate LRU).
     last_access: u64,
     value: Bytes,
+    /// The value store's tag of the value (see [`ValueStore`]); 0 without one.
+    tag: u64,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -224,8 +230,11 @@ enum Removal {
 }
 
 /// Re-homes a value about to be stored (for example into shared memory that local clients read
-/// without a copy). It returns the value to store: the same bytes, wherever they now live.
-pub type ValueStore = Box<dyn FnMut(Bytes) -> Bytes>;
+/// without a copy). It returns the value to store (the same bytes, wherever they now live) and a
+/// tag the shard keeps with it and gives back with every read of it
+/// ([`crate::Shard::get_with`]): the store's own note of where the value is (0: none), so
+/// that a read needs not look it up again.
+pub type ValueStore = Box<dyn FnMut(Bytes) -> (Bytes, u64)>;
 
 /// One key's whole state: what the write-ahead log and a snapshot store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -646,7 +655,7 @@ impl Table {
     }
 
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
-        self.get_with(key, now_ms, |value, version| (value.clone(), version))
+        self.get_with(key, now_ms, |value, version, _| (value.clone(), version))
     }
 
     /// As [`get`](Self::get), lending the value to `read` instead of cloning its handle.
@@ -654,7 +663,7 @@ impl Table {
         &mut self,
         key: &[u8],
         now_ms: u64,
-        read: impl FnOnce(&Bytes, u64) -> R,
+        read: impl FnOnce(&Bytes, u64, u64) -> R,
     ) -> Option<R> {
         let hash = self.hash(key);
         let probe = Probe::new(key);
@@ -670,7 +679,7 @@ impl Table {
         self.access_clock += 1;
         let slot = entry.into_mut();
         slot.last_access = self.access_clock;
-        Some(read(&slot.value, slot.version))
+        Some(read(&slot.value, slot.version, slot.tag))
     }
 
     pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
@@ -783,9 +792,9 @@ impl Table {
         version: u64,
         existing: Option<usize>,
     ) {
-        let value = match &mut self.value_store {
+        let (value, tag) = match &mut self.value_store {
             Some(store) => store(value),
-            None => value,
+            None => (value, 0),
         };
         let key_bytes = key.as_slice();
         self.preserve(key_bytes);
@@ -803,6 +812,7 @@ impl Table {
         let update = Update {
             key,
             value,
+            tag,
             expires_at_ms,
             version,
             access,
@@ -831,6 +841,7 @@ impl Table {
                 let Update {
                     key,
                     value,
+                    tag,
                     expires_at_ms,
                     version,
                     access,
@@ -843,6 +854,7 @@ impl Table {
                     version,
                     last_access: access,
                     value,
+                    tag,
                 };
                 let state = &self.hash_state;
                 absent
@@ -1197,6 +1209,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Key>(), 32);
         assert_eq!(std::mem::size_of::<Slot>(), 96);
         assert_eq!(std::mem::align_of::<Slot>(), 32);
     }

@@ -15,7 +15,7 @@ fn every_stored_value_passes_through_the_value_store() {
     // Re-home each value into a fresh allocation (as the shared-memory arena does).
     shard.set_value_store(Some(Box::new(move |value: Bytes| {
         seen.set(seen.get() + 1);
-        Bytes::copy_from_slice(&value)
+        (Bytes::copy_from_slice(&value), 0)
     })));
     let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
     shard.handle(
@@ -90,4 +90,66 @@ fn every_stored_value_passes_through_the_value_store() {
         1,
     );
     assert_eq!(calls.get(), 6);
+}
+
+/// The value store's tag comes back with every read of the value it tagged, and a rewrite of
+/// the key (whatever command, short key or long) carries the new value's tag; without a value
+/// store the tag is 0.
+#[test]
+fn reads_get_the_tag_of_the_value_stored() {
+    let mut shard = Shard::new(0, Config::default());
+    let next = Rc::new(Cell::new(100u64));
+    let tags = next.clone();
+    shard.set_value_store(Some(Box::new(move |value: Bytes| {
+        tags.set(tags.get() + 1);
+        (value, tags.get())
+    })));
+    let tag_of = |shard: &mut Shard, key: &[u8]| {
+        shard
+            .get_with(key, 1, |value, _, tag| (value.clone(), tag))
+            .unwrap()
+    };
+    let short = Bytes::from_static(b"short");
+    let long = Bytes::from(vec![b'k'; 40]);
+    for key in [&short, &long] {
+        shard.handle(
+            Request::Set {
+                key: key.clone(),
+                value: Bytes::from_static(b"1"),
+                options: SetOptions::default(),
+            },
+            1,
+        );
+        let stored = next.get();
+        assert_eq!(
+            tag_of(&mut shard, key),
+            Some((Bytes::from_static(b"1"), stored))
+        );
+        shard.handle(
+            Request::Incr {
+                key: key.clone(),
+                delta: 1,
+            },
+            1,
+        );
+        assert_eq!(next.get(), stored + 1);
+        assert_eq!(
+            tag_of(&mut shard, key),
+            Some((Bytes::from_static(b"2"), stored + 1))
+        );
+    }
+    shard.set_value_store(None);
+    shard.handle(
+        Request::Set {
+            key: short.clone(),
+            value: Bytes::from_static(b"plain"),
+            options: SetOptions::default(),
+        },
+        1,
+    );
+    assert_eq!(
+        tag_of(&mut shard, &short),
+        Some((Bytes::from_static(b"plain"), 0))
+    );
+    assert_eq!(tag_of(&mut shard, b"absent"), None);
 }

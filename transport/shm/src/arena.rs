@@ -227,6 +227,22 @@ impl ArenaLocator {
         self.shared.locate(bytes)
     }
 
+    /// The segment offset of `bytes` when it starts where a value of this arena's region can
+    /// (after a block header, inside the region), from its address alone: no memory is read.
+    /// For a value the caller knows to be a block's whole value (one [`Arena::locate`] found,
+    /// or one it stored), with the block's generation noted then, this places it as `locate`
+    /// does without reading the block's header.
+    #[inline]
+    pub fn value_offset(&self, bytes: &Bytes) -> Option<u64> {
+        let l = &self.shared.layout;
+        let value_off = (bytes.as_ptr() as usize).checked_sub(self.shared.seg.as_ptr() as usize)?;
+        let rel = value_off
+            .checked_sub(BLOCK_HEADER_BYTES)?
+            .checked_sub(l.offset)?;
+        (rel.is_multiple_of(MIN_BLOCK_BYTES) && rel + BLOCK_HEADER_BYTES + bytes.len() <= l.len)
+            .then_some(value_off as u64)
+    }
+
     /// Whether `bytes` points into this arena's segment at all (cheap: two comparisons).
     pub fn contains(&self, bytes: &Bytes) -> bool {
         let base = self.shared.seg.as_ptr() as usize;
