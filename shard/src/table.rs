@@ -839,13 +839,7 @@ impl Table {
             }
             Err(absent) => {
                 let Update {
-                    key,
-                    value,
-                    tag,
-                    expires_at_ms,
-                    version,
-                    access,
-                    new_cost,
+                    key, value, tag, ..
                 } = update;
                 let key = key.to_bytes();
                 let slot = Slot {

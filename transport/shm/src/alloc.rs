@@ -39,27 +39,28 @@ fn advise(ptr: *mut u8, len: usize) {
     let _ = (ptr, len);
 }
 
+/// `ptr` (an allocation of `size` bytes, or null), advised when it is large enough.
+#[inline]
+fn advised(ptr: *mut u8, size: usize) -> *mut u8 {
+    if size >= HUGE_PAGE_BYTES && !ptr.is_null() {
+        advise(ptr, size);
+    }
+    ptr
+}
+
 // SAFETY: every call is forwarded to `System` with the same arguments, which upholds the
 // GlobalAlloc contract; `advise` only adds a hint about memory `System` just returned.
 unsafe impl GlobalAlloc for HugePageAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's contract for `alloc`.
-        let ptr = unsafe { System.alloc(layout) };
-        if layout.size() >= HUGE_PAGE_BYTES && !ptr.is_null() {
-            advise(ptr, layout.size());
-        }
-        ptr
+        advised(unsafe { System.alloc(layout) }, layout.size())
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's contract for `alloc_zeroed`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if layout.size() >= HUGE_PAGE_BYTES && !ptr.is_null() {
-            advise(ptr, layout.size());
-        }
-        ptr
+        advised(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
 
     #[inline]
@@ -71,10 +72,6 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as the caller's contract for `realloc` (`ptr` came from `System` through us).
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if new_size >= HUGE_PAGE_BYTES && !new.is_null() {
-            advise(new, new_size);
-        }
-        new
+        advised(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
     }
 }

@@ -29,6 +29,20 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A fresh 4 KiB ring: its layout, its segment, and both ends.
+fn fresh_ring() -> (
+    ByteRing,
+    Arc<Segment>,
+    veddb_shm::RingProducer,
+    veddb_shm::RingConsumer,
+) {
+    let r = ring(4096);
+    let seg = segment_for(&r);
+    let p = r.producer(Arc::clone(&seg)).unwrap();
+    let c = r.consumer(Arc::clone(&seg)).unwrap();
+    (r, seg, p, c)
+}
+
 /// `len` bytes at `offset` of the segment.
 fn read_vec(seg: &Segment, offset: usize, len: usize) -> Vec<u8> {
     let mut out = vec![0; len];
@@ -80,10 +94,7 @@ fn layout_checks() {
 
 #[test]
 fn frame_format_on_the_wire() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (r, seg, mut p, mut c) = fresh_ring();
     assert!(c.is_empty());
     assert!(p.try_push(b"abc").unwrap());
     assert!(!c.is_empty());
@@ -133,10 +144,7 @@ fn frame_format_on_the_wire() {
 /// A frame that ends exactly at the end of the data area puts its terminator at position 0.
 #[test]
 fn a_frame_ending_at_the_end_leaves_its_terminator_at_zero() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (r, seg, mut p, mut c) = fresh_ring();
     let mut out = Vec::new();
     for fill in [1u8, 2] {
         assert!(p.try_push(&[fill; 2040]).unwrap());
@@ -164,10 +172,7 @@ fn a_frame_ending_at_the_end_leaves_its_terminator_at_zero() {
 /// terminator there first.
 #[test]
 fn stale_bytes_of_an_earlier_lap_are_never_a_frame() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (r, seg, mut p, mut c) = fresh_ring();
     // Lap 1: a frame at 0 whose payload holds a plausible header at ring position 1024.
     let mut decoy = vec![0u8; 2040];
     decoy[1016..1024].copy_from_slice(&header_word(5).to_le_bytes());
@@ -189,10 +194,7 @@ fn stale_bytes_of_an_earlier_lap_are_never_a_frame() {
 
 #[test]
 fn limits_and_writer_bounds() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (_, _, mut p, mut c) = fresh_ring();
     let error = p.try_reserve(2041).unwrap_err();
     assert_eq!(
         error,
@@ -234,10 +236,7 @@ fn write_at_beyond_reservation_panics() {
 
 #[test]
 fn batched_consume_then_publish() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (r, seg, mut p, mut c) = fresh_ring();
     for i in 0..5u8 {
         assert!(p.try_push(&[i; 20]).unwrap());
     }
@@ -463,10 +462,7 @@ fn ring_at_3072() -> (
     veddb_shm::RingProducer,
     veddb_shm::RingConsumer,
 ) {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (r, seg, mut p, mut c) = fresh_ring();
     for _ in 0..2 {
         p.try_push(&[0; 1528]).unwrap();
         let f = c.peek().unwrap().unwrap();
@@ -675,10 +671,7 @@ fn two_threads_million_frames() {
 /// `append_payload` appends exactly the frame's payload, after what the buffer held.
 #[test]
 fn append_payload_appends_the_payload() {
-    let r = ring(4096);
-    let seg = segment_for(&r);
-    let mut p = r.producer(Arc::clone(&seg)).unwrap();
-    let mut c = r.consumer(Arc::clone(&seg)).unwrap();
+    let (_, _, mut p, mut c) = fresh_ring();
     for len in [0usize, 1, 56, 57, 1000] {
         let data = payload(len as u64, len);
         assert!(p.try_push(&data).unwrap());
