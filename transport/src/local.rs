@@ -1638,10 +1638,9 @@ mod linux {
         }
         session.requests.consume(*frame);
         let now = context.now_ms();
-        // Copied once the SET will happen (a refused one copies nothing): into the arena
-        // (where the shard's value store keeps it), or a copy of its own when the arena has
-        // no room.
-        // The key is borrowed: copied only if the shard keeps it (a new key, a long one).
+        // The value is copied once the SET will happen (a refused one copies nothing): into the
+        // arena (where the shard's value store keeps it), or a copy of its own when the arena
+        // has no room. The key is borrowed: copied only where the shard keeps it.
         let outcome = context.with_shard(|shard| {
             shard.set_with(
                 veddb_shard::KeyArg::Borrowed(key),
