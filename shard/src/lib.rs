@@ -19,6 +19,8 @@ pub use config::{Config, Eviction, ENTRY_OVERHEAD_BYTES};
 pub use scan::{merge_scan_pages, ScanPage};
 pub use table::{CasOutcome, Change, KeyArg, StoredEntry, ValueStore};
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use veddb_wire::{limits, Error, Info, Request, Response, ShardStats, SubscriberId, Ttl};
 
@@ -487,6 +489,28 @@ impl Shard {
     ) -> Result<(Vec<Bytes>, u64), Error> {
         self.stats.ops += 1;
         self.topics.fetch(subscriber, max)
+    }
+
+    /// The messages queued for `subscriber`, oldest first, and how many were dropped since
+    /// messages were last taken (`None`: no such subscription), for a frontend that pushes
+    /// them to its client: it takes those it delivered with
+    /// [`take_delivered`](Self::take_delivered).
+    pub fn pending(&self, subscriber: SubscriberId) -> Option<(&VecDeque<Bytes>, u64)> {
+        self.topics.pending(subscriber)
+    }
+
+    /// Takes the `count` oldest messages of `subscriber` and clears its dropped count: they
+    /// were delivered, with that count, by whoever read them with [`pending`](Self::pending).
+    pub fn take_delivered(&mut self, subscriber: SubscriberId, count: usize) {
+        self.stats.ops += 1;
+        self.topics.take_delivered(subscriber, count);
+    }
+
+    /// Drops the oldest message queued for `subscriber`, one it can never receive (larger
+    /// than anything its connection carries), counted as dropped: its subscriber learns of
+    /// the gap with the next messages.
+    pub fn discard_oldest(&mut self, subscriber: SubscriberId) {
+        self.topics.discard_oldest(subscriber);
     }
 
     /// Whether a subscription has messages waiting (`None`: no such subscription).

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use veddb_wire::{limits, Error, SubscriberId};
+use veddb_wire::{limits, Error, SubscriberId, SubscriberMap};
 
 use crate::config::Config;
 
@@ -35,7 +35,7 @@ pub(crate) struct Topics {
     shard: u32,
     next_sequence: u64,
     by_topic: HashMap<Bytes, Vec<SubscriberId>>,
-    subscribers: HashMap<SubscriberId, Subscriber>,
+    subscribers: SubscriberMap<Subscriber>,
     /// Subscriptions whose queue became non-empty, not yet reported.
     ready: Vec<SubscriberId>,
     queue_messages_max: usize,
@@ -53,7 +53,7 @@ impl Topics {
             shard,
             next_sequence: 1,
             by_topic: HashMap::new(),
-            subscribers: HashMap::new(),
+            subscribers: SubscriberMap::default(),
             ready: Vec::new(),
             queue_messages_max: config.subscriber_queue_messages_max.max(1),
             queue_bytes_max: config.subscriber_queue_bytes_max.max(1),
@@ -161,6 +161,42 @@ impl Topics {
         self.shard_queue_bytes -= taken;
         let dropped = std::mem::take(&mut subscriber.dropped);
         Ok((messages, dropped))
+    }
+
+    /// The messages queued for `id`, oldest first, and how many were dropped since messages
+    /// were last taken (`None`: no such subscription). Nothing is taken: see
+    /// [`take_delivered`](Self::take_delivered).
+    pub fn pending(&self, id: SubscriberId) -> Option<(&VecDeque<Bytes>, u64)> {
+        self.subscribers
+            .get(&id)
+            .map(|subscriber| (&subscriber.queue, subscriber.dropped))
+    }
+
+    /// Takes the `count` oldest messages of `id` (delivered by whoever read them with
+    /// [`pending`](Self::pending)) and clears its dropped count (reported with them).
+    pub fn take_delivered(&mut self, id: SubscriberId, count: usize) {
+        let Some(subscriber) = self.subscribers.get_mut(&id) else {
+            return;
+        };
+        let count = count.min(subscriber.queue.len());
+        let taken: usize = subscriber.queue.drain(..count).map(|m| m.len()).sum();
+        subscriber.queue_bytes -= taken;
+        self.shard_queue_bytes -= taken;
+        subscriber.dropped = 0;
+    }
+
+    /// Drops the oldest message of `id` (one its subscriber can never receive), counted as
+    /// dropped like those the queue limits drop.
+    pub fn discard_oldest(&mut self, id: SubscriberId) {
+        let Some(subscriber) = self.subscribers.get_mut(&id) else {
+            return;
+        };
+        if let Some(message) = subscriber.queue.pop_front() {
+            subscriber.queue_bytes -= message.len();
+            self.shard_queue_bytes -= message.len();
+            subscriber.dropped += 1;
+            self.counters.dropped += 1;
+        }
     }
 
     pub fn has_messages(&self, id: SubscriberId) -> Option<bool> {

@@ -320,6 +320,9 @@ mod linux {
 
     use super::{LocalConfig, HANDSHAKES_MAX, STALL_CUT};
 
+    mod push;
+    use push::{PushRoutes, SessionPushes};
+
     /// How soon a parked core looks again at a session that is paused or holds answers its
     /// client has no room for yet.
     const BLOCKED_SESSION_RECHECK: Duration = Duration::from_millis(1);
@@ -1462,6 +1465,9 @@ mod linux {
         /// Subscriptions this session made: removed when it ends, however it ends (closed
         /// when the core buries the session, and by drop for an answer that arrives later).
         subscriptions: Subscriptions,
+        /// Its pushed subscriptions on this core, and those with messages to deliver (see
+        /// [`push`]).
+        pushes: SessionPushes,
     }
 
     type SessionRef = Rc<RefCell<Session>>;
@@ -1498,6 +1504,7 @@ mod linux {
             paused: false,
             dead: false,
             subscriptions: Subscriptions::new(context),
+            pushes: SessionPushes::default(),
         })
     }
 
@@ -1824,9 +1831,15 @@ mod linux {
         true
     }
 
-    /// A request read from a session's ring: decoded (with its id, size and cost), or the id
-    /// and message of one refused for a batch limit.
-    type Decoded = Result<(u32, veddb_wire::Request, usize, usize), (u32, String)>;
+    /// A request read from a session's ring, kept until the round's requests run in order.
+    enum Decoded {
+        /// Decoded, with its id, size and cost.
+        Request(u32, veddb_wire::Request, usize, usize),
+        /// Refused for a batch limit: its id and why.
+        Refused(u32, String),
+        /// A pushed subscription (SUBSCRIBE_PUSH): its id and topic.
+        SubscribePush(u32, Bytes),
+    }
 
     /// Frames up to this size are copied out of a ring into the core's kept payload buffer;
     /// larger ones into an allocation of their own.
@@ -1912,6 +1925,7 @@ mod linux {
         arena: &RefCell<Arena>,
         session_ref: &SessionRef,
         buffers: &mut RoundBuffers,
+        push: &mut PushRoutes,
     ) -> usize {
         let RoundBuffers { decoded, payloads } = buffers;
         debug_assert!(decoded.is_empty());
@@ -1988,6 +2002,12 @@ mod linux {
                     RoundBuffers::take_payload(payloads, &session.requests, &frame, shard);
                 session.requests.consume(frame);
                 let bytes = payload.len();
+                if let Some((id, topic)) = codec::push_subscribe_request(&payload) {
+                    let topic = payload.slice_ref(topic);
+                    budget -= 1;
+                    decoded.push(Decoded::SubscribePush(id, topic));
+                    continue;
+                }
                 match codec::decode_request_bytes(&payload) {
                     Ok((id, request)) => {
                         // Each may have to wait: never start more than the session may have in
@@ -1995,7 +2015,7 @@ mod linux {
                         let cost = request_cost(&request, bytes);
                         budget = budget.saturating_sub(cost);
                         in_flight_room = in_flight_room.saturating_sub(cost);
-                        decoded.push(Ok((id, request, bytes, cost)))
+                        decoded.push(Decoded::Request(id, request, bytes, cost))
                     }
                     Err(error) => match error.request_id {
                         // A well-formed request over a batch limit: an error for that request.
@@ -2003,7 +2023,7 @@ mod linux {
                         Some(id)
                             if matches!(error.kind, codec::DecodeErrorKind::TooMany { .. }) =>
                         {
-                            decoded.push(Err((id, error.to_string())))
+                            decoded.push(Decoded::Refused(id, error.to_string()))
                         }
                         _ => {
                             let detail = error.to_string();
@@ -2022,15 +2042,21 @@ mod linux {
         };
         for item in decoded.drain(..) {
             match item {
-                Ok((id, request, bytes, cost)) => {
+                Decoded::Request(id, request, bytes, cost) => {
+                    if let veddb_wire::Request::Unsubscribe { subscriber } = &request {
+                        push.forget(&mut session_ref.borrow_mut(), *subscriber);
+                    }
                     dispatch(context, shared, session_ref, id, request, bytes, cost)
                 }
-                Err((id, message)) => respond(
+                Decoded::Refused(id, message) => respond(
                     shared,
                     session_ref,
                     id,
                     Response::Error(Error::InvalidArgument(message)),
                 ),
+                Decoded::SubscribePush(id, topic) => {
+                    push.subscribe(context, shared, session_ref, id, topic)
+                }
             }
         }
         work
@@ -2072,7 +2098,9 @@ mod linux {
             let flushable = session.backlog.front().is_some_and(|frame| {
                 session.responses.free() >= 2 * ByteRing::frame_bytes(frame.len()) + 8
             });
-            flushable || (!session.paused && !session.requests.is_empty())
+            flushable
+                || (!session.paused && !session.requests.is_empty())
+                || push::deliverable(&session)
         })
     }
 
@@ -2094,6 +2122,8 @@ mod linux {
         epochs: super::lease::EpochStarts,
         /// Kept between rounds: no allocation per round or per read-only request.
         buffers: RoundBuffers,
+        /// Which session each pushed subscription of this core delivers to.
+        push: PushRoutes,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
     }
@@ -2115,6 +2145,7 @@ mod linux {
                 last_maintenance_ms: 0,
                 epochs,
                 buffers: RoundBuffers::new(),
+                push: PushRoutes::default(),
                 ended: false,
             }
         }
@@ -2154,6 +2185,7 @@ mod linux {
                 let mut session = session.borrow_mut();
                 if session.dead {
                     session.subscriptions.close();
+                    self.push.bury(&mut session);
                     release_queued(&self.shared, &mut session);
                 }
                 !session.dead
@@ -2251,7 +2283,16 @@ mod linux {
                     &self.arena,
                     session,
                     &mut self.buffers,
+                    &mut self.push,
                 );
+            }
+            // Messages this round (or a peer, or a task) published for pushed subscriptions:
+            // into their sessions' response rings, as far as they have room.
+            self.push.route_ready(context);
+            for session in &self.sessions {
+                work += self
+                    .push
+                    .deliver(context, &self.shared, &mut session.borrow_mut());
             }
             self.bury();
             self.maintain(context.now_ms());
@@ -2274,7 +2315,10 @@ mod linux {
                 .iter()
                 .any(|session| {
                     let session = session.borrow();
-                    !session.dead && (session.paused || !session.backlog.is_empty())
+                    !session.dead
+                        && (session.paused
+                            || !session.backlog.is_empty()
+                            || session.pushes.waiting())
                 })
                 .then_some(BLOCKED_SESSION_RECHECK)
         }

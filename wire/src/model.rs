@@ -21,6 +21,37 @@ impl SubscriberId {
     }
 }
 
+/// A hasher for [`SubscriberId`] keys (see [`SubscriberMap`]): one multiply, folded. Subscriber
+/// ids are made by the server (a shard and a sequence number), never chosen by a client, so
+/// maps keyed by them need no keyed hash against collisions a client could aim for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SubscriberIdHasher(u64);
+
+impl std::hash::Hasher for SubscriberIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `SubscriberId`; anything else still hashes.
+        for &byte in bytes {
+            self.write_u64(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let product = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = product ^ (product >> 29);
+    }
+}
+
+/// A map keyed by [`SubscriberId`] with [`SubscriberIdHasher`].
+pub type SubscriberMap<V> =
+    std::collections::HashMap<SubscriberId, V, std::hash::BuildHasherDefault<SubscriberIdHasher>>;
+/// A set of [`SubscriberId`] with [`SubscriberIdHasher`].
+pub type SubscriberSet =
+    std::collections::HashSet<SubscriberId, std::hash::BuildHasherDefault<SubscriberIdHasher>>;
+
 /// The condition a SET must meet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SetCondition {

@@ -13,7 +13,9 @@ use bytes::Bytes;
 
 use futures_util::future::{join_all, select};
 use veddb_shard::{merge_scan_pages, ScanPage, Shard};
-use veddb_wire::{limits, Error, Info, Request, Response, Route, SubscriberId};
+use veddb_wire::{
+    limits, Error, Info, Request, Response, Route, SubscriberId, SubscriberMap, SubscriberSet,
+};
 
 use crate::clock::Clock;
 use crate::config::{EXPIRY_BATCH_MAX, PARK_TIMEOUT_MAX};
@@ -231,8 +233,13 @@ struct State {
     now_ms: Cell<u64>,
     /// Peers we pushed responses to since we last rang their doorbells.
     dirty: RefCell<Vec<usize>>,
-    fetch_waiters: RefCell<HashMap<SubscriberId, FetchWaiter>>,
+    fetch_waiters: RefCell<SubscriberMap<FetchWaiter>>,
     fetch_deadlines: RefCell<BTreeSet<(u64, SubscriberId)>>,
+    /// Subscriptions whose messages a frontend pushes to its client (see
+    /// [`CoreContext::subscribe_pushed`]) instead of waiting FETCHes.
+    pushed: RefCell<SubscriberSet>,
+    /// Pushed subscriptions that received messages since the frontend last took this list.
+    push_ready: RefCell<Vec<SubscriberId>>,
     /// Inside `poll_inbound` (doorbells are rung at its end) or not (rung at once).
     polling: Cell<bool>,
     /// The loop has ended; the runtime is dropping the remaining tasks.
@@ -309,8 +316,10 @@ impl CoreContext {
             cores,
             now_ms: Cell::new(clock.unix_ms()),
             dirty: RefCell::new(Vec::new()),
-            fetch_waiters: RefCell::new(HashMap::new()),
+            fetch_waiters: RefCell::new(SubscriberMap::default()),
             fetch_deadlines: RefCell::new(BTreeSet::new()),
+            pushed: RefCell::new(SubscriberSet::default()),
+            push_ready: RefCell::new(Vec::new()),
             polling: Cell::new(false),
             stopped: Cell::new(false),
             log,
@@ -422,31 +431,87 @@ impl CoreContext {
 
     /// Runs `request` at once, without a future, when this core owns it and can answer it
     /// synchronously; otherwise hands it back untouched (another core owns it, it scatters, or
-    /// its answer may come later: a waiting FETCH, PUBLISH, UNSUBSCRIBE, or, with persistence
-    /// on, anything the log must settle first). Use [`execute`](Self::execute) for what comes
-    /// back. Same effect as `execute` when it answers, except that it reads no clock: it uses
-    /// the core's coarse clock as last refreshed, so call [`refresh_clock`](Self::refresh_clock)
-    /// first (once for a run of requests handled together, such as one received chunk).
+    /// its answer may come later: a waiting FETCH, or, with persistence on, anything the log
+    /// must settle first). Use [`execute`](Self::execute) for what comes back. Same effect as
+    /// `execute` when it answers (a PUBLISH completes the FETCHes it satisfies and lists the
+    /// pushed subscriptions it fed, an UNSUBSCRIBE ends the FETCH that waits on it), except
+    /// that it reads no clock: it uses the core's coarse clock as last refreshed, so call
+    /// [`refresh_clock`](Self::refresh_clock) first (once for a run of requests handled
+    /// together, such as one received chunk).
     pub fn try_execute_local(&self, request: Request) -> Result<Response, Request> {
         match request.route(self.0.shard_count) {
             Route::Shard(shard) if shard == self.0.index && !self.answers_later(&request) => {}
             Route::Any => {}
             _ => return Err(request),
         }
-        let now = self.now_ms();
-        Ok(self.0.shard.borrow_mut().handle(request, now))
+        Ok(self.handle_now(request, self.now_ms()))
     }
 
     /// Whether a request this core owns must go through `serve`: it may answer later (a
-    /// waiting FETCH), completes other waiters (PUBLISH, UNSUBSCRIBE), or, with persistence on,
-    /// its answer waits for the log.
+    /// waiting FETCH), or, with persistence on, its answer waits for the log.
     fn answers_later(&self, request: &Request) -> bool {
-        matches!(
-            request,
-            Request::Fetch { wait_ms: 1.., .. }
-                | Request::Publish { .. }
-                | Request::Unsubscribe { .. }
-        ) || (self.0.log.is_some() && !log::is_unlogged(request))
+        matches!(request, Request::Fetch { wait_ms: 1.., .. })
+            || (self.0.log.is_some() && !log::is_unlogged(request))
+    }
+
+    /// Runs a request this core answers now on its shard, then what it completes for others
+    /// (see [`After`]).
+    fn handle_now(&self, request: Request, now: u64) -> Response {
+        let after = After::of(&request);
+        let response = self.0.shard.borrow_mut().handle(request, now);
+        self.after(after);
+        response
+    }
+
+    /// What a PUBLISH or an UNSUBSCRIBE that ran completes for others: the FETCHes waiting for
+    /// the published messages (and the pushed subscriptions they fed), or the FETCH waiting on
+    /// the subscription that ended.
+    fn after(&self, after: After) {
+        match after {
+            After::Publish => self.complete_ready_fetches(),
+            After::Unsubscribe(subscriber) => {
+                self.0.pushed.borrow_mut().remove(&subscriber);
+                if let Some(waiter) = self.take_waiter(subscriber) {
+                    self.reply(
+                        waiter.reply,
+                        Response::Error(Error::UnknownSubscriber(subscriber)),
+                    );
+                }
+            }
+            After::Nothing => {}
+        }
+    }
+
+    /// Subscribes to `topic`, which must route to this core's shard, for a frontend that
+    /// pushes the messages to its client itself instead of answering FETCHes: whenever the
+    /// subscription receives messages (and no FETCH waits on it) it is listed for
+    /// [`take_push_ready`](Self::take_push_ready), and the frontend takes them from the shard
+    /// (`Shard::pending`, `Shard::take_delivered`) as its client has room. The slow-subscriber
+    /// policy is the shard's, as for every subscription: messages wait in the subscription's
+    /// bounded queue, and the oldest are dropped (and counted) when it is full. End it with an
+    /// UNSUBSCRIBE, as any subscription.
+    pub fn subscribe_pushed(&self, topic: Bytes) -> Result<SubscriberId, Error> {
+        match veddb_wire::shard_for_key(&topic, self.0.shard_count) {
+            shard if shard == self.0.index => {}
+            shard => {
+                return Err(Error::InvalidArgument(format!(
+                    "a pushed subscription is made on its topic's core ({shard}), not on core {}",
+                    self.0.index
+                )))
+            }
+        }
+        let subscriber = self.0.shard.borrow_mut().subscribe(topic)?;
+        self.0.pushed.borrow_mut().insert(subscriber);
+        Ok(subscriber)
+    }
+
+    /// Moves the pushed subscriptions that received messages since the last call into `out`
+    /// (each at most once per call; one that ended meanwhile may be listed).
+    pub fn take_push_ready(&self, out: &mut Vec<SubscriberId>) {
+        let mut ready = self.0.push_ready.borrow_mut();
+        if !ready.is_empty() {
+            out.append(&mut ready);
+        }
     }
 
     async fn execute_local(&self, request: Request) -> Response {
@@ -485,8 +550,7 @@ impl CoreContext {
             })
             .await;
         }
-        let now = self.now_ms();
-        self.0.shard.borrow_mut().handle(request, now)
+        self.handle_now(request, self.now_ms())
     }
 
     /// Sends `request` to `peer` and waits for its answer.
@@ -704,28 +768,13 @@ impl CoreContext {
             }
             _ => {}
         }
-        let after = match &request {
-            Request::Publish { .. } => After::Publish,
-            Request::Unsubscribe { subscriber } => After::Unsubscribe(*subscriber),
-            _ => After::Nothing,
-        };
         if state.log.is_some() {
+            let after = After::of(&request);
             self.serve_logged(request, reply, now);
+            self.after(after);
         } else {
-            let response = state.shard.borrow_mut().handle(request, now);
+            let response = self.handle_now(request, now);
             self.reply(reply, response);
-        }
-        match after {
-            After::Publish => self.complete_ready_fetches(),
-            After::Unsubscribe(subscriber) => {
-                if let Some(waiter) = self.take_waiter(subscriber) {
-                    self.reply(
-                        waiter.reply,
-                        Response::Error(Error::UnknownSubscriber(subscriber)),
-                    );
-                }
-            }
-            After::Nothing => {}
         }
     }
 
@@ -754,6 +803,8 @@ impl CoreContext {
                     now,
                 );
                 self.reply(waiter.reply, response);
+            } else if self.0.pushed.borrow().contains(&subscriber) {
+                self.0.push_ready.borrow_mut().push(subscriber);
             }
         }
     }
@@ -1006,6 +1057,11 @@ impl CoreContext {
     /// Whether anything is waiting for `poll_inbound` (read without taking it).
     fn has_inbound(&self) -> bool {
         let state = &self.0;
+        // Messages for pushed subscriptions, published by a task or a peer's forward since
+        // the sources were polled: their frontend pushes them at its next poll.
+        if !state.push_ready.borrow().is_empty() {
+            return true;
+        }
         if state
             .sources
             .try_borrow()
@@ -1185,10 +1241,21 @@ impl CoreContext {
     }
 }
 
+/// What a request completes for others once it ran.
 enum After {
     Nothing,
     Publish,
     Unsubscribe(SubscriberId),
+}
+
+impl After {
+    fn of(request: &Request) -> After {
+        match request {
+            Request::Publish { .. } => After::Publish,
+            Request::Unsubscribe { subscriber } => After::Unsubscribe(*subscriber),
+            _ => After::Nothing,
+        }
+    }
 }
 
 /// OK, or the first answer of `responses` that is not.

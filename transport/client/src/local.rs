@@ -22,7 +22,7 @@ use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
 #[cfg(target_os = "linux")]
 use veddb_wire::shm::layout::{attach, instance};
 use veddb_wire::shm::layout::{data_segment, reason, ring_segment};
-use veddb_wire::{limits, Request, Response, Route, SubscriberId};
+use veddb_wire::{limits, Request, Response, Route, SubscriberId, SubscriberMap};
 
 use crate::{ClientError, Received, Transport, TransportSubscription};
 
@@ -68,6 +68,8 @@ pub struct LocalConnection {
     next_id: Cell<u32>,
     /// Answers that arrived while another was awaited (pipelining), by request id.
     stash: RefCell<HashMap<u32, Vec<u8>>>,
+    /// Messages the cores pushed for this session's pushed subscriptions, not received yet.
+    inboxes: RefCell<SubscriberMap<Inbox>>,
     /// The buffer requests are encoded in before they go to a ring (no allocation per request).
     encoded: RefCell<Vec<u8>>,
     /// 0..cores (the cores an MGET pins).
@@ -471,6 +473,7 @@ impl LocalConnection {
             session_id: reply.session_id,
             next_id: Cell::new(1),
             stash: RefCell::new(HashMap::new()),
+            inboxes: RefCell::new(SubscriberMap::default()),
             encoded: RefCell::new(Vec::new()),
             all_cores: (0..cores).collect(),
             spare: RefCell::new(Vec::new()),
@@ -672,6 +675,10 @@ impl LocalConnection {
             if awaited == Some(id) {
                 return Ok(Some(answer));
             }
+            if id == codec::DELIVERY_ID {
+                self.take_delivery(answer)?;
+                continue;
+            }
             let stashed = match answer {
                 Answer::Stack { bytes, len } => {
                     let mut payload = self.spare.borrow_mut().pop().unwrap_or_default();
@@ -682,6 +689,35 @@ impl LocalConnection {
                 Answer::Buffer(payload) => payload,
             };
             self.stash.borrow_mut().insert(id, stashed);
+        }
+    }
+
+    /// Puts the messages of a delivery frame (see [`codec::delivery`]) into its subscription's
+    /// inbox.
+    fn take_delivery(&self, answer: Answer) -> Result<(), ClientError> {
+        let payload = match answer {
+            Answer::Stack { bytes, len } => Bytes::copy_from_slice(&bytes[..len]),
+            Answer::Buffer(payload) => Bytes::from(payload),
+        };
+        let delivery = codec::delivery(&payload)
+            .map_err(|error| protocol(format!("bad delivery: {error}")))?
+            .ok_or_else(|| protocol("an answer to request 0"))?;
+        let mut inboxes = self.inboxes.borrow_mut();
+        let inbox = inboxes.entry(delivery.subscriber).or_default();
+        inbox.dropped += delivery.dropped;
+        for range in delivery.messages() {
+            inbox.push(payload.slice(range));
+        }
+        Ok(())
+    }
+
+    /// Moves the messages pushed for `subscriber` that arrived (each with how many were lost
+    /// before it) to the end of `out`, which the caller has emptied (a swap, no copy).
+    fn take_delivered(&self, subscriber: SubscriberId, out: &mut VecDeque<(Bytes, u64)>) {
+        debug_assert!(out.is_empty());
+        if let Some(inbox) = self.inboxes.borrow_mut().get_mut(&subscriber) {
+            std::mem::swap(&mut inbox.messages, out);
+            inbox.bytes = 0;
         }
     }
 
@@ -1229,15 +1265,42 @@ impl Transport for LocalConnection {
     }
 
     fn subscribe(&self, topic: Bytes) -> Result<Box<dyn TransportSubscription + '_>, ClientError> {
-        match Transport::execute(self, Request::Subscribe { topic })? {
-            Response::Subscribed { subscriber } => Ok(Box::new(LocalSubscription {
-                connection: self,
-                subscriber,
-                pending: VecDeque::new(),
-                dropped: 0,
-                ended: false,
-            })),
-            other => Err(ClientError::unexpected(other)),
+        let core = self.core_of_key(&topic);
+        let id = self.take_id();
+        {
+            let mut payload = self.encoded.borrow_mut();
+            codec::encode_push_subscribe_request(id, &topic, &mut payload);
+            let max = self.cores[core].requests.borrow().ring().max_payload();
+            if payload.len() > max {
+                return Err(ClientError::Status(veddb_wire::grpc::Status::new(
+                    veddb_wire::grpc::Code::ResourceExhausted,
+                    format!(
+                        "RESOURCE_EXHAUSTED: a topic of {} bytes is larger than this session's \
+                         {max}-byte frames",
+                        topic.len()
+                    ),
+                )));
+            }
+            self.push(core, &payload)?;
+        }
+        self.wake_core(core);
+        let answer = self.wait(core, id)?;
+        let response = self.copy_out(answer.payload());
+        self.recycle_answer(answer);
+        match response? {
+            Some(Response::Subscribed { subscriber }) => {
+                self.inboxes.borrow_mut().entry(subscriber).or_default();
+                Ok(Box::new(LocalSubscription {
+                    connection: self,
+                    core,
+                    subscriber,
+                    pending: VecDeque::new(),
+                    ended: false,
+                }))
+            }
+            Some(Response::Error(error)) => Err(error.into()),
+            Some(other) => Err(ClientError::unexpected(other)),
+            None => Err(protocol("a torn answer to SUBSCRIBE")),
         }
     }
 
@@ -1246,61 +1309,97 @@ impl Transport for LocalConnection {
     }
 }
 
-/// Longest wait of one FETCH of a subscription (well under the connection's answer timeout).
-const FETCH_WAIT_MAX: Duration = Duration::from_secs(1);
-/// Messages one FETCH of a subscription takes.
-const FETCH_MESSAGES: u32 = 256;
+/// Messages one subscription's inbox holds (pushed by its core, not received yet) before the
+/// oldest are dropped: a client that does not receive must not grow without bound. Counted as
+/// dropped, like the server's own queue limit.
+const INBOX_MESSAGES_MAX: usize = 65_536;
+/// Bytes of messages one inbox holds (as [`INBOX_MESSAGES_MAX`]).
+const INBOX_BYTES_MAX: usize = 64 << 20;
 
-/// A subscription through the rings: long polls (FETCH with a wait) on the topic's core.
+/// A pushed subscription's messages that arrived, not received yet.
+#[derive(Default)]
+struct Inbox {
+    /// Each message, with how many were lost just before it.
+    messages: VecDeque<(Bytes, u64)>,
+    bytes: usize,
+    /// Lost after the last message here (told with the next one).
+    dropped: u64,
+}
+
+impl Inbox {
+    fn push(&mut self, message: Bytes) {
+        self.bytes += message.len();
+        self.messages
+            .push_back((message, std::mem::take(&mut self.dropped)));
+        while self.messages.len() > INBOX_MESSAGES_MAX
+            || (self.bytes > INBOX_BYTES_MAX && self.messages.len() > 1)
+        {
+            let Some((oldest, lost_before)) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.len();
+            if let Some((_, next_lost)) = self.messages.front_mut() {
+                *next_lost += lost_before + 1;
+            }
+        }
+    }
+}
+
+/// A subscription through the rings: its topic's core pushes its messages into this session's
+/// response ring (SUBSCRIBE_PUSH), and receiving reads them from there; no request per message.
 struct LocalSubscription<'a> {
     connection: &'a LocalConnection,
+    /// The topic's core, whose ring the messages come through.
+    core: usize,
     subscriber: SubscriberId,
-    /// Fetched, not yet received.
+    /// Taken from the connection's inbox, not received yet.
     pending: VecDeque<(Bytes, u64)>,
-    /// Reported dropped by a FETCH that brought no message: told with the next message.
-    dropped: u64,
-    /// The server no longer knows the subscription.
+    /// Unsubscribed, or the session ended.
     ended: bool,
 }
 
 impl TransportSubscription for LocalSubscription<'_> {
     fn receive(&mut self, timeout: Duration) -> Result<Received, ClientError> {
-        let deadline = Instant::now().checked_add(timeout);
+        /// Polls of the ring between looks at the clock and at the server's status.
+        const POLLS_PER_CHECK: u32 = 64;
+        let connection = self.connection;
+        let mut polls = 0u32;
+        let mut started: Option<Instant> = None;
         loop {
             if let Some((message, dropped)) = self.pending.pop_front() {
                 return Ok(Received::Message { message, dropped });
             }
+            connection.take_delivered(self.subscriber, &mut self.pending);
+            if !self.pending.is_empty() {
+                continue;
+            }
             if self.ended {
                 return Ok(Received::Ended);
             }
-            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            let wait = left.map_or(FETCH_WAIT_MAX, |left| left.min(FETCH_WAIT_MAX));
-            let fetch = Request::Fetch {
-                subscriber: self.subscriber,
-                max: FETCH_MESSAGES,
-                // Rounded up: a wait cut to 0 ms would poll in a loop until the deadline.
-                wait_ms: wait.as_micros().div_ceil(1000) as u64,
-            };
-            match Transport::execute(self.connection, fetch) {
-                Ok(Response::Messages { messages, dropped }) => {
-                    self.dropped += dropped;
-                    for message in messages {
-                        self.pending
-                            .push_back((message, std::mem::take(&mut self.dropped)));
-                    }
-                }
-                Ok(other) => return Err(ClientError::unexpected(other)),
-                // The server dropped the subscription.
-                Err(ClientError::Status(status))
-                    if status.code == veddb_wire::grpc::Code::NotFound =>
-                {
-                    self.ended = true;
-                }
-                Err(error) => return Err(error),
+            if !connection.cores[self.core].responses.borrow().is_empty() {
+                connection.drain_into_stash(self.core)?;
+                continue;
             }
-            if self.pending.is_empty() && !self.ended && left == Some(Duration::ZERO) {
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(POLLS_PER_CHECK) && timeout > Duration::ZERO {
+                std::hint::spin_loop();
+                continue;
+            }
+            if let Err(error) = connection.check_attached(self.core) {
+                self.ended = true;
+                return Err(error);
+            }
+            let elapsed = started.get_or_insert_with(Instant::now).elapsed();
+            let Some(left) = timeout.checked_sub(elapsed).filter(|left| !left.is_zero()) else {
                 return Ok(Received::Timeout);
+            };
+            if elapsed < connection.spin {
+                // Messages come at the publisher's pace, not at a round trip's: spin politely
+                // (another thread of this CPU, maybe the publisher, runs meanwhile).
+                std::thread::yield_now();
+                continue;
             }
+            connection.sleep_for_answers(self.core, left.min(SLEEP_MAX));
         }
     }
 }
@@ -1308,6 +1407,7 @@ impl TransportSubscription for LocalSubscription<'_> {
 impl Drop for LocalSubscription<'_> {
     fn drop(&mut self) {
         if !self.ended {
+            // Deliveries that come before the answer are read on the way to it.
             let _ = Transport::execute(
                 self.connection,
                 Request::Unsubscribe {
@@ -1315,6 +1415,10 @@ impl Drop for LocalSubscription<'_> {
                 },
             );
         }
+        self.connection
+            .inboxes
+            .borrow_mut()
+            .remove(&self.subscriber);
     }
 }
 

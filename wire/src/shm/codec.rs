@@ -38,6 +38,10 @@ pub mod opcode {
     pub const FETCH: u8 = 17;
     pub const INFO: u8 = 18;
     pub const SNAPSHOT: u8 = 19;
+    /// A subscription whose messages the core pushes as [`DELIVERY`](super::kind::DELIVERY)
+    /// frames (rings only: no [`Request`](crate::Request) of its own; see
+    /// [`push_subscribe_request`](super::push_subscribe_request)).
+    pub const SUBSCRIBE_PUSH: u8 = 20;
 }
 
 /// Response kinds (the byte after the request id).
@@ -59,6 +63,9 @@ pub mod kind {
     pub const MESSAGES: u8 = 15;
     pub const INFO: u8 = 16;
     pub const ERROR: u8 = 17;
+    /// Messages of a pushed subscription, sent unasked with request id
+    /// [`DELIVERY_ID`](super::DELIVERY_ID) (see [`delivery`](super::delivery)).
+    pub const DELIVERY: u8 = 18;
 }
 
 /// [`Error`] variant tags (the byte after [`kind::ERROR`]).
@@ -1410,6 +1417,131 @@ pub fn encode_stored_answer(id: u32, version: u64) -> [u8; STORED_ANSWER_BYTES] 
 #[inline]
 pub fn get_request(payload: &[u8]) -> Option<(u32, &[u8])> {
     well_formed_get(payload).map(|(id, key)| (id, &payload[key]))
+}
+
+// -----------------------------------------------------------------------------------------
+// Pushed subscriptions (rings only)
+
+/// Bytes of the request SUBSCRIBE_PUSH of a `topic_len`-byte topic.
+pub const fn push_subscribe_request_len(topic_len: usize) -> usize {
+    PAYLOAD_HEADER_BYTES + 4 + topic_len
+}
+
+/// The request SUBSCRIBE_PUSH of `topic` with id `id`, into `out` (cleared first): `u32 id,
+/// u8 opcode 20, u32 topic length, topic`. Sent to the topic's core, it is answered
+/// `Subscribed` like SUBSCRIBE, and from then on that core writes the subscription's
+/// messages into the session's response ring as [`delivery`] frames, unasked.
+///
+/// # Panics
+/// If the topic's length does not fit in a u32.
+pub fn encode_push_subscribe_request(id: u32, topic: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(topic.len())
+        .unwrap_or_else(|_| panic!("shm codec: length {} does not fit in a u32", topic.len()));
+    out.clear();
+    out.reserve(push_subscribe_request_len(topic.len()));
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(opcode::SUBSCRIBE_PUSH);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(topic);
+}
+
+/// The id and topic of a well-formed SUBSCRIBE_PUSH (its topic length covers exactly the rest
+/// of the payload); `None` for anything else.
+pub fn push_subscribe_request(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let header: &[u8; 9] = payload.get(..9)?.try_into().ok()?;
+    if header[4] != opcode::SUBSCRIBE_PUSH {
+        return None;
+    }
+    let length = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    (payload.len() - 9 == length).then(|| {
+        (
+            u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
+            &payload[9..],
+        )
+    })
+}
+
+/// The request id of every [`delivery`] frame: never a request's (clients number their
+/// requests from 1).
+pub const DELIVERY_ID: u32 = 0;
+/// Bytes of a delivery frame before its messages: id, kind, subscriber, dropped, count.
+pub const DELIVERY_HEADER_BYTES: usize = PAYLOAD_HEADER_BYTES + 8 + 8 + 4;
+/// Bytes a message adds to a delivery frame beyond its own: its length.
+pub const DELIVERY_MESSAGE_OVERHEAD: usize = 4;
+
+/// The start of a delivery frame of `count` messages of `subscriber`, `dropped` of its
+/// messages having been dropped (by its queue's limits) before them. Each message follows as
+/// `u32 length, bytes`; nothing follows the last.
+pub fn encode_delivery_header(
+    subscriber: SubscriberId,
+    dropped: u64,
+    count: u32,
+) -> [u8; DELIVERY_HEADER_BYTES] {
+    let mut out = [0u8; DELIVERY_HEADER_BYTES];
+    out[0..4].copy_from_slice(&DELIVERY_ID.to_le_bytes());
+    out[4] = kind::DELIVERY;
+    out[5..13].copy_from_slice(&subscriber.0.to_le_bytes());
+    out[13..21].copy_from_slice(&dropped.to_le_bytes());
+    out[21..25].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
+/// A delivery frame, checked: its messages cover exactly the rest of the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    pub subscriber: SubscriberId,
+    /// Messages of the subscription dropped (by its queue's limits) before these.
+    pub dropped: u64,
+    count: u32,
+    payload: &'a [u8],
+}
+
+impl<'a> Delivery<'a> {
+    /// How many messages the frame holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds none (only a count of dropped messages).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Where each message lies in the payload, in order.
+    pub fn messages(&self) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+        let payload = self.payload;
+        let mut at = DELIVERY_HEADER_BYTES;
+        (0..self.count).map(move |_| {
+            let len = u32::from_le_bytes(payload[at..at + 4].try_into().expect("checked")) as usize;
+            let start = at + 4;
+            at = start + len;
+            start..at
+        })
+    }
+}
+
+/// The delivery frame in `payload`: `Ok(None)` when it is not one (an answer to a request),
+/// an error when it is one but malformed (a count or a length past the end, trailing bytes).
+pub fn delivery(payload: &[u8]) -> std::result::Result<Option<Delivery<'_>>, DecodeError> {
+    if payload.get(..5) != Some(&[0, 0, 0, 0, kind::DELIVERY][..]) {
+        return Ok(None);
+    }
+    let mut r = Reader::new(payload, None);
+    r.pos = PAYLOAD_HEADER_BYTES;
+    r.request_id = Some(DELIVERY_ID);
+    let subscriber = SubscriberId(r.u64("subscriber id")?);
+    let dropped = r.u64("dropped")?;
+    let count = r.count("messages", DELIVERY_MESSAGE_OVERHEAD, None)?;
+    for _ in 0..count {
+        r.slice("message")?;
+    }
+    r.finish()?;
+    Ok(Some(Delivery {
+        subscriber,
+        dropped,
+        count: count as u32,
+        payload,
+    }))
 }
 
 /// [`encode_response`] into a new vector of exactly [`response_len`] bytes.
