@@ -871,6 +871,108 @@ fn waiting_fetches_cannot_starve_other_traffic() {
     );
 }
 
+/// A pushed subscription is listed for its frontend whenever messages arrive for it, published
+/// in place or forwarded from another core (once until taken, not while a FETCH waits on it);
+/// its messages are taken as delivered, with the drop count; UNSUBSCRIBE ends the listing. One
+/// is refused on a core that does not own its topic.
+#[test]
+fn pushed_subscriptions_are_listed_when_messages_arrive() {
+    let engine = engine(2, 64);
+    let topic = (0..)
+        .map(|i| b(&format!("topic{i}")))
+        .find(|topic| shard_for_key(topic, 2) == 0)
+        .unwrap();
+    let (report, outcome) = std::sync::mpsc::channel();
+    let on_core_0 = |f: Box<dyn FnOnce(&veddb_engine::CoreContext) -> String + Send>| {
+        let report = report.clone();
+        assert!(engine.run_on(0, move |context| report.send(f(&context)).unwrap()));
+        outcome.recv_timeout(Duration::from_secs(60)).unwrap()
+    };
+    let refused = {
+        let topic = topic.clone();
+        let (report, outcome) = std::sync::mpsc::channel();
+        assert!(engine.run_on(1, move |context| {
+            report
+                .send(format!("{:?}", context.subscribe_pushed(topic)))
+                .unwrap()
+        }));
+        outcome.recv_timeout(Duration::from_secs(60)).unwrap()
+    };
+    assert!(refused.contains("topic's core (0)"), "{refused}");
+    let subscribed = {
+        let topic = topic.clone();
+        on_core_0(Box::new(move |context| {
+            format!("{}", context.subscribe_pushed(topic).unwrap().0)
+        }))
+    };
+    let subscriber = SubscriberId(subscribed.parse().unwrap());
+    let publish = |message: &str| Request::Publish {
+        topic: topic.clone(),
+        message: b(message),
+    };
+    // Forwarded from core 1, twice: listed once.
+    for message in ["one", "two"] {
+        assert_eq!(
+            engine.call_via(1, publish(message)),
+            Response::Published { receivers: 1 }
+        );
+    }
+    let listed = on_core_0(Box::new(move |context| {
+        let mut ready = Vec::new();
+        context.take_push_ready(&mut ready);
+        let again = {
+            let mut again = Vec::new();
+            context.take_push_ready(&mut again);
+            again.len()
+        };
+        let pending = context.with_shard(|shard| {
+            let (queue, dropped) = shard.pending(subscriber).unwrap();
+            let messages: Vec<Bytes> = queue.iter().cloned().collect();
+            shard.take_delivered(subscriber, 1);
+            (messages, dropped)
+        });
+        format!("{ready:?} {again} {pending:?}")
+    }));
+    assert_eq!(
+        listed,
+        format!("[{subscriber:?}] 0 ([b\"one\", b\"two\"], 0)")
+    );
+    // Published in place on core 0: listed again (its queue still holds "two").
+    let in_place = {
+        let message = publish("three");
+        on_core_0(Box::new(move |context| {
+            let answer = context.try_execute_local(message);
+            let mut ready = Vec::new();
+            context.take_push_ready(&mut ready);
+            let left = context.with_shard(|shard| shard.pending(subscriber).unwrap().0.len());
+            format!("{answer:?} {ready:?} {left}")
+        }))
+    };
+    assert_eq!(
+        in_place,
+        format!("Ok(Published {{ receivers: 1 }}) [{subscriber:?}] 2")
+    );
+    // Unsubscribed: no longer listed, its queue gone.
+    assert_eq!(
+        engine.call_via(1, Request::Unsubscribe { subscriber }),
+        Response::Bool(true)
+    );
+    assert_eq!(
+        engine.call_via(1, publish("four")),
+        Response::Published { receivers: 0 }
+    );
+    let after = on_core_0(Box::new(move |context| {
+        let mut ready = Vec::new();
+        context.take_push_ready(&mut ready);
+        format!(
+            "{ready:?} {}",
+            context.with_shard(|shard| shard.pending(subscriber).is_none())
+        )
+    }));
+    assert_eq!(after, "[] true");
+    engine.shutdown();
+}
+
 /// `try_execute_local` answers at once what this core owns and can answer synchronously, and
 /// hands back untouched what another core owns, what scatters and what may answer later.
 #[test]
@@ -899,15 +1001,30 @@ fn try_execute_local_answers_only_what_the_core_can_answer_at_once() {
             context.try_execute_local(Request::Get { key: own.clone() })
         ));
         seen.push(format!("{:?}", context.try_execute_local(Request::Ping)));
-        // Another core's key, a scattered request and a PUBLISH come back as they were.
+        // A PUBLISH to this core's topic runs in place (completing what it completes).
+        seen.push(format!(
+            "{:?}",
+            context.try_execute_local(Request::Publish {
+                topic: own.clone(),
+                message: b("m"),
+            })
+        ));
+        // Another core's key or topic, a scattered request and a FETCH that may wait come
+        // back as they were.
+        let subscriber = context.subscribe_pushed(own.clone()).unwrap();
         for request in [
             set(&other),
             Request::MGet {
                 keys: vec![own.clone(), other.clone()],
             },
             Request::Publish {
-                topic: b("t"),
+                topic: other.clone(),
                 message: b("m"),
+            },
+            Request::Fetch {
+                subscriber,
+                max: 1,
+                wait_ms: 1000,
             },
         ] {
             match context.try_execute_local(request.clone()) {
@@ -921,6 +1038,7 @@ fn try_execute_local_answers_only_what_the_core_can_answer_at_once() {
     assert!(seen[0].starts_with("Ok(Stored"), "{seen:?}");
     assert!(seen[1].starts_with("Ok(Value"), "{seen:?}");
     assert_eq!(seen[2], "Ok(Pong)");
+    assert_eq!(seen[3], "Ok(Published { receivers: 0 })");
     // What was answered in place is the engine's state: asked through the other core, too.
     match engine.call_via(1, Request::Get { key: own_key }) {
         Response::Value { value, .. } => assert_eq!(value, b("v")),

@@ -507,8 +507,8 @@ impl Shard {
     }
 
     /// Drops the oldest message queued for `subscriber`, one it can never receive (larger
-    /// than anything its connection carries), counted as dropped: its subscriber learns of
-    /// the gap with the next messages.
+    /// than anything its connection carries): its subscriber learns of the gap with the next
+    /// messages (INFO's `messages_dropped` counts only the queue limits' drops).
     pub fn discard_oldest(&mut self, subscriber: SubscriberId) {
         self.topics.discard_oldest(subscriber);
     }

@@ -185,8 +185,9 @@ impl Topics {
         subscriber.dropped = 0;
     }
 
-    /// Drops the oldest message of `id` (one its subscriber can never receive), counted as
-    /// dropped like those the queue limits drop.
+    /// Drops the oldest message of `id` (one its subscriber can never receive), told to the
+    /// subscriber like those the queue limits drop; not counted in the shard's `dropped`, which
+    /// counts the slow-subscriber policy's drops only (as gRPC's skipped messages are not).
     pub fn discard_oldest(&mut self, id: SubscriberId) {
         let Some(subscriber) = self.subscribers.get_mut(&id) else {
             return;
@@ -195,7 +196,6 @@ impl Topics {
             subscriber.queue_bytes -= message.len();
             self.shard_queue_bytes -= message.len();
             subscriber.dropped += 1;
-            self.counters.dropped += 1;
         }
     }
 

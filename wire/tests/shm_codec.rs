@@ -1619,3 +1619,111 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pushed subscriptions: SUBSCRIBE_PUSH and DELIVERY frames
+
+/// A delivery frame as the server writes it: the header, then each message's length and bytes.
+fn encode_delivery(subscriber: SubscriberId, dropped: u64, messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = encode_delivery_header(subscriber, dropped, messages.len() as u32).to_vec();
+    for message in messages {
+        out.extend_from_slice(&(message.len() as u32).to_le_bytes());
+        out.extend_from_slice(message);
+    }
+    out
+}
+
+/// Whatever `delivery` accepts re-encodes to the same bytes (canonical), and never panics.
+fn check_canonical_delivery(bytes: &[u8]) {
+    if let Ok(Some(delivery)) = delivery(bytes) {
+        let messages: Vec<Vec<u8>> = delivery.messages().map(|r| bytes[r].to_vec()).collect();
+        assert_eq!(messages.len(), delivery.len());
+        assert_eq!(
+            encode_delivery(delivery.subscriber, delivery.dropped, &messages),
+            bytes
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn delivery_round_trip(
+        subscriber in any::<u64>(),
+        dropped in any::<u64>(),
+        messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..20),
+    ) {
+        let bytes = encode_delivery(SubscriberId(subscriber), dropped, &messages);
+        prop_assert_eq!(payload_id(&bytes), Some(DELIVERY_ID));
+        let decoded = delivery(&bytes).unwrap().expect("a delivery");
+        prop_assert_eq!(decoded.subscriber, SubscriberId(subscriber));
+        prop_assert_eq!(decoded.dropped, dropped);
+        prop_assert_eq!(decoded.len(), messages.len());
+        let back: Vec<Vec<u8>> = decoded.messages().map(|r| bytes[r].to_vec()).collect();
+        prop_assert_eq!(&back, &messages);
+        // Not an answer to anything: the response decoder does not take it.
+        prop_assert!(decode_response(&bytes).is_err());
+        // Every truncation, and any byte more, is an error (past the id and kind).
+        for cut in 5..bytes.len() {
+            prop_assert!(delivery(&bytes[..cut]).is_err(), "cut at {}", cut);
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        prop_assert!(delivery(&longer).is_err());
+    }
+
+    #[test]
+    fn push_subscribe_round_trip(id in 1u32.., topic in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let mut bytes = Vec::new();
+        encode_push_subscribe_request(id, &topic, &mut bytes);
+        prop_assert_eq!(bytes.len(), push_subscribe_request_len(topic.len()));
+        prop_assert_eq!(push_subscribe_request(&bytes), Some((id, &topic[..])));
+        // Not a `Request`: the general decoder refuses it (the local frontend reads it first).
+        prop_assert!(decode_request(&bytes).is_err());
+        for cut in 0..bytes.len() {
+            prop_assert_eq!(push_subscribe_request(&bytes[..cut]), None);
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        prop_assert_eq!(push_subscribe_request(&longer), None);
+    }
+
+    #[test]
+    fn arbitrary_deliveries_never_panic(
+        fields in proptest::collection::vec(prop_oneof![4 => 0u8..4, 1 => any::<u8>()], 0..120)
+    ) {
+        let mut bytes = vec![0, 0, 0, 0, kind::DELIVERY];
+        bytes.extend_from_slice(&fields);
+        check_canonical_delivery(&bytes);
+        bytes[4] = opcode::SUBSCRIBE_PUSH;
+        let _ = push_subscribe_request(&bytes);
+    }
+}
+
+#[test]
+fn delivery_layout_is_as_documented() {
+    let bytes = encode_delivery(
+        SubscriberId(0x0001_0000_0000_0007),
+        3,
+        &[b"ab".to_vec(), Vec::new()],
+    );
+    let mut expected = vec![0, 0, 0, 0, 18];
+    expected.extend_from_slice(&0x0001_0000_0000_0007u64.to_le_bytes());
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&2u32.to_le_bytes());
+    expected.extend_from_slice(&[2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+    assert_eq!(bytes, expected);
+    assert_eq!(DELIVERY_HEADER_BYTES, 25);
+    // An answer to a request (id 1) with the DELIVERY kind is not a delivery.
+    let mut answer = bytes.clone();
+    answer[0] = 1;
+    assert_eq!(delivery(&answer), Ok(None));
+    // A count larger than the bytes could hold is refused before anything is read.
+    let mut lying = bytes.clone();
+    lying[21..25].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(delivery(&lying).is_err());
+    let mut request = Vec::new();
+    encode_push_subscribe_request(7, b"t", &mut request);
+    assert_eq!(request, [7, 0, 0, 0, 20, 1, 0, 0, 0, b't']);
+}

@@ -13,9 +13,7 @@ use bytes::Bytes;
 
 use futures_util::future::{join_all, select};
 use veddb_shard::{merge_scan_pages, ScanPage, Shard};
-use veddb_wire::{
-    limits, Error, Info, Request, Response, Route, SubscriberId, SubscriberMap, SubscriberSet,
-};
+use veddb_wire::{limits, Error, Info, Request, Response, Route, SubscriberId, SubscriberMap};
 
 use crate::clock::Clock;
 use crate::config::{EXPIRY_BATCH_MAX, PARK_TIMEOUT_MAX};
@@ -236,8 +234,9 @@ struct State {
     fetch_waiters: RefCell<SubscriberMap<FetchWaiter>>,
     fetch_deadlines: RefCell<BTreeSet<(u64, SubscriberId)>>,
     /// Subscriptions whose messages a frontend pushes to its client (see
-    /// [`CoreContext::subscribe_pushed`]) instead of waiting FETCHes.
-    pushed: RefCell<SubscriberSet>,
+    /// [`CoreContext::subscribe_pushed`]) instead of waiting FETCHes; whether each is in
+    /// `push_ready`.
+    pushed: RefCell<SubscriberMap<bool>>,
     /// Pushed subscriptions that received messages since the frontend last took this list.
     push_ready: RefCell<Vec<SubscriberId>>,
     /// Inside `poll_inbound` (doorbells are rung at its end) or not (rung at once).
@@ -318,7 +317,7 @@ impl CoreContext {
             dirty: RefCell::new(Vec::new()),
             fetch_waiters: RefCell::new(SubscriberMap::default()),
             fetch_deadlines: RefCell::new(BTreeSet::new()),
-            pushed: RefCell::new(SubscriberSet::default()),
+            pushed: RefCell::new(SubscriberMap::default()),
             push_ready: RefCell::new(Vec::new()),
             polling: Cell::new(false),
             stopped: Cell::new(false),
@@ -501,16 +500,23 @@ impl CoreContext {
             }
         }
         let subscriber = self.0.shard.borrow_mut().subscribe(topic)?;
-        self.0.pushed.borrow_mut().insert(subscriber);
+        self.0.pushed.borrow_mut().insert(subscriber, false);
         Ok(subscriber)
     }
 
-    /// Moves the pushed subscriptions that received messages since the last call into `out`
-    /// (each at most once per call; one that ended meanwhile may be listed).
+    /// Moves the pushed subscriptions that received messages since the last call into `out`,
+    /// each once.
     pub fn take_push_ready(&self, out: &mut Vec<SubscriberId>) {
         let mut ready = self.0.push_ready.borrow_mut();
-        if !ready.is_empty() {
-            out.append(&mut ready);
+        if ready.is_empty() {
+            return;
+        }
+        let mut pushed = self.0.pushed.borrow_mut();
+        for subscriber in ready.drain(..) {
+            if let Some(listed) = pushed.get_mut(&subscriber) {
+                *listed = false;
+                out.push(subscriber);
+            }
         }
     }
 
@@ -803,8 +809,11 @@ impl CoreContext {
                     now,
                 );
                 self.reply(waiter.reply, response);
-            } else if self.0.pushed.borrow().contains(&subscriber) {
-                self.0.push_ready.borrow_mut().push(subscriber);
+            } else if let Some(listed) = self.0.pushed.borrow_mut().get_mut(&subscriber) {
+                if !*listed {
+                    *listed = true;
+                    self.0.push_ready.borrow_mut().push(subscriber);
+                }
             }
         }
     }
@@ -1059,7 +1068,12 @@ impl CoreContext {
         let state = &self.0;
         // Messages for pushed subscriptions, published by a task or a peer's forward since
         // the sources were polled: their frontend pushes them at its next poll.
-        if !state.push_ready.borrow().is_empty() {
+        if !state.push_ready.borrow().is_empty()
+            && state
+                .sources
+                .try_borrow()
+                .is_ok_and(|sources| !sources.is_empty())
+        {
             return true;
         }
         if state

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use veddb_client::Client;
-use veddb_shm::{recv_with_fds, ByteRing, RingProducer, Segment};
+use veddb_shm::{recv_with_fds, ByteRing, RingConsumer, RingProducer, Segment};
 use veddb_wire::shm::codec;
 use veddb_wire::shm::layout::{attach, instance, reason, ring_segment};
-use veddb_wire::{Request, SetOptions};
+use veddb_wire::{Error, Request, Response, SetOptions};
 
 mod common;
 use common::{capture_stderr, listening_address, remove_instance_files, unique_name};
@@ -148,6 +148,7 @@ struct RawSession {
     _socket: std::os::unix::net::UnixStream,
     rings: Vec<Arc<Segment>>,
     producers: Vec<RingProducer>,
+    consumers: Vec<RingConsumer>,
     wakes: Vec<OwnedFd>,
     next_id: u32,
 }
@@ -192,10 +193,23 @@ impl RawSession {
                 .unwrap()
             })
             .collect();
+        let consumers = rings
+            .iter()
+            .map(|ring| {
+                ByteRing {
+                    head_offset: ring_segment::RESPONSE_HEAD_OFFSET,
+                    data_offset: ring_segment::response_ring_offset(reply.response_ring_bytes),
+                    size: reply.response_ring_bytes as usize,
+                }
+                .consumer(ring.clone())
+                .unwrap()
+            })
+            .collect();
         RawSession {
             _socket: socket,
             rings,
             producers,
+            consumers,
             wakes,
             next_id: 1,
         }
@@ -208,6 +222,36 @@ impl RawSession {
         self.producers[core]
             .try_push(&frame)
             .expect("a valid frame")
+    }
+
+    /// Writes one payload, as it is, into `core`'s ring if there is room; whether it did.
+    fn push_raw(&mut self, core: usize, payload: &[u8]) -> bool {
+        self.producers[core]
+            .try_push(payload)
+            .expect("a frame that fits")
+    }
+
+    /// Writes a SUBSCRIBE_PUSH of `topic` into `core`'s ring (which must have room).
+    fn push_subscribe(&mut self, core: usize, topic: &[u8]) {
+        let mut payload = Vec::new();
+        codec::encode_push_subscribe_request(self.next_id, topic, &mut payload);
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        assert!(self.push_raw(core, &payload), "room for a SUBSCRIBE_PUSH");
+    }
+
+    /// The next frame of `core`'s response ring, within [`SERVED_TIMEOUT`].
+    fn next_answer(&mut self, core: usize) -> Vec<u8> {
+        let deadline = Instant::now() + SERVED_TIMEOUT;
+        loop {
+            if let Some(frame) = self.consumers[core].peek().expect("a valid response ring") {
+                let mut payload = Vec::new();
+                self.consumers[core].copy_payload(&frame, &mut payload);
+                self.consumers[core].advance(frame);
+                return payload;
+            }
+            assert!(Instant::now() < deadline, "no answer on core {core}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Rings `core`'s eventfd, whether or not the core said it parked.
@@ -392,6 +436,102 @@ fn sessions_that_never_read_are_bounded_and_cut_off() {
     );
     good_client_round(&server, round);
     drop(attackers);
+    server.stop();
+}
+
+/// Pushed subscriptions of a client that never reads its response ring. The core writes
+/// deliveries while the ring has room; then the messages wait in each subscription's bounded
+/// queue, which drops its oldest: the publisher is never refused, the server's memory stays
+/// bounded (200 MB published to 64 subscriptions would be 12.8 GB delivered), and everyone else
+/// is served. A SUBSCRIBE_PUSH sent to a core that does not own its topic is refused with an
+/// error; a malformed one disconnects the session.
+#[test]
+fn pushed_subscribers_that_never_read_are_bounded() {
+    const SUBSCRIPTIONS: usize = 64;
+    const MESSAGES: usize = 100_000;
+    const LENGTH: usize = 2048;
+    let mut server = Server::start(&["--spin-us", "0"]);
+    let topic = key_on(0, 2, "flood");
+    let mut raw = RawSession::attach(&server.name);
+
+    raw.push_subscribe(0, &key_on(1, 2, "elsewhere"));
+    raw.wake(0);
+    match codec::decode_response(&raw.next_answer(0)) {
+        Ok((_, codec::ResponseFrame::Other(Response::Error(Error::InvalidArgument(text))))) => {
+            assert!(text.contains("topic's core"), "{text}")
+        }
+        other => panic!("a SUBSCRIBE_PUSH on the wrong core: {other:?}"),
+    }
+    for _ in 0..SUBSCRIPTIONS {
+        raw.push_subscribe(0, &topic);
+    }
+    raw.wake(0);
+    for _ in 0..SUBSCRIPTIONS {
+        match codec::decode_response(&raw.next_answer(0)) {
+            Ok((_, codec::ResponseFrame::Other(Response::Subscribed { .. }))) => {}
+            other => panic!("a SUBSCRIBE_PUSH: {other:?}"),
+        }
+    }
+
+    let baseline = server.rss();
+    let mut peak = baseline;
+    let publisher = server.local();
+    let message = Bytes::from(vec![b'm'; LENGTH]);
+    for (round, batch) in (0..MESSAGES).collect::<Vec<_>>().chunks(1000).enumerate() {
+        let requests: Vec<Request> = batch
+            .iter()
+            .map(|_| Request::Publish {
+                topic: topic.clone(),
+                message: message.clone(),
+            })
+            .collect();
+        for answer in publisher.execute_many(requests).unwrap() {
+            assert_eq!(
+                answer.unwrap(),
+                Response::Published {
+                    receivers: SUBSCRIPTIONS as u32
+                }
+            );
+        }
+        if round % 20 == 0 {
+            peak = peak.max(server.rss());
+            good_client_round(&server, round);
+        }
+    }
+    peak = peak.max(server.rss());
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "{SUBSCRIPTIONS} pushed subscriptions that never read, {} MB published: the server \
+         grew by {} MiB at most",
+        MESSAGES * LENGTH / 1_000_000,
+        grown >> 20
+    );
+    assert!(grown < 256 << 20, "the server grew by {} MiB", grown >> 20);
+    let info = publisher.info().unwrap().total();
+    assert!(
+        info.messages_dropped > 0,
+        "the queues dropped their oldest: {info:?}"
+    );
+    assert_eq!(raw.disconnect_reason(0), 0, "not reading is no violation");
+
+    // A SUBSCRIBE_PUSH whose topic length runs past its payload.
+    let mut bad = Vec::new();
+    codec::encode_push_subscribe_request(9, b"abc", &mut bad);
+    bad[5..9].copy_from_slice(&100u32.to_le_bytes());
+    assert!(raw.push_raw(1, &bad));
+    raw.wake(1);
+    let deadline = Instant::now() + SERVED_TIMEOUT;
+    while raw.disconnect_reason(1) != reason::BAD_FRAME {
+        assert!(
+            Instant::now() < deadline,
+            "not disconnected:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    good_client_round(&server, MESSAGES);
+    server.assert_running();
+    drop(raw);
     server.stop();
 }
 

@@ -30,7 +30,7 @@ use veddb_wire::shm::layout::{attach, instance, reason, ring as ring_format, rin
 use veddb_wire::{Error, Request, Response, SetCondition, SetOptions, SubscriberId, Ttl};
 
 mod common;
-use common::{capture_stderr, remove_instance_files, unique_name, Rng, TempDir};
+use common::{capture_stderr, listening_address, remove_instance_files, unique_name, Rng, TempDir};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_veddb-server");
 /// The role a re-executed child plays; unset in the parent.
@@ -1846,6 +1846,222 @@ fn pubsub_fan_out_to_local_subscribers() {
         info.messages_delivered >= 4 * FAN_OUT_MESSAGES as u64,
         "{info:?}"
     );
+    server.stop_cleanly();
+}
+
+/// A topic owned by `core` of `cores`.
+fn topic_on(core: u32, cores: u32, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|topic| veddb_wire::shard_for_key(topic.as_bytes(), cores) == core)
+        .unwrap()
+}
+
+/// The next message of a subscription, within [`LINE_TIMEOUT`].
+fn pushed_message(subscription: &mut veddb_client::BlockingSubscription<'_>) -> (Bytes, u64) {
+    match subscription.receive(LINE_TIMEOUT) {
+        Ok(veddb_client::Received::Message { message, dropped }) => (message, dropped),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Pushed subscriptions (the core writes their messages into the subscriber's ring, unasked):
+/// topics on both cores through one connection, deliveries that arrive while the same
+/// connection waits for its own answers, in order and intact; a message larger than the
+/// session's frames is told as dropped; unsubscribing stops the pushes; a subscriber process
+/// killed mid-stream leaves no subscription behind, and the server serves on.
+#[test]
+fn pushed_subscriptions_deliver_on_every_core() {
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    let mut server = Server::start(&name, &["--cores", "2"]);
+    let topics = [topic_on(0, 2, "push"), topic_on(1, 2, "push")];
+    let subscriber = server.client();
+    let publisher = server.client();
+    let mut subscriptions: Vec<_> = topics
+        .iter()
+        .map(|topic| subscriber.subscribe(topic.clone()).unwrap())
+        .collect();
+    let messages = 500;
+    for i in 0..messages {
+        for topic in &topics {
+            assert_eq!(
+                publisher
+                    .publish(topic.clone(), fan_out_message(i))
+                    .unwrap(),
+                1
+            );
+        }
+        // The subscriber's own requests, on both cores, while deliveries arrive there: the
+        // deliveries read on the way to an answer wait for `receive`.
+        if i % 50 == 0 {
+            for core in 0..2 {
+                let key = topic_on(core, 2, &format!("own-{i}"));
+                subscriber
+                    .set(key.clone(), "v", SetOptions::default())
+                    .unwrap();
+                assert_eq!(&subscriber.get(key).unwrap().unwrap().0[..], b"v");
+            }
+            assert_eq!(subscriber.publish(topics[1].clone(), "own").unwrap(), 1);
+        }
+    }
+    for (t, subscription) in subscriptions.iter_mut().enumerate() {
+        for i in 0..messages {
+            if t == 1 && i % 50 == 1 {
+                assert_eq!(pushed_message(subscription), (Bytes::from("own"), 0));
+            }
+            assert_eq!(
+                pushed_message(subscription),
+                (Bytes::from(fan_out_message(i)), 0),
+                "topic {t}, message {i}"
+            );
+        }
+        assert_eq!(
+            subscription.receive(Duration::from_millis(50)).unwrap(),
+            veddb_client::Received::Timeout
+        );
+    }
+
+    // Larger than any frame of the session's 1 MiB rings: it can never be pushed, so the next
+    // message tells it was dropped. (INFO counts only the queue limits' drops.)
+    // Published over gRPC: a local request of that size does not fit the rings either.
+    let grpc = Client::connect_grpc(&listening_address(&server.log()).expect("gRPC address"))
+        .expect("gRPC connect");
+    let huge = vec![3u8; 600 << 10];
+    assert_eq!(grpc.publish(topics[0].clone(), huge).unwrap(), 1);
+    assert_eq!(publisher.publish(topics[0].clone(), "after").unwrap(), 1);
+    assert_eq!(
+        pushed_message(&mut subscriptions[0]),
+        (Bytes::from("after"), 1)
+    );
+    // Below the frame limit, large messages arrive whole.
+    let large = Bytes::from(vec![4u8; 300 << 10]);
+    assert_eq!(
+        publisher.publish(topics[0].clone(), large.clone()).unwrap(),
+        1
+    );
+    assert_eq!(pushed_message(&mut subscriptions[0]), (large, 0));
+
+    // Unsubscribed: no one receives.
+    subscriptions.clear();
+    for topic in &topics {
+        assert_eq!(publisher.publish(topic.clone(), "gone").unwrap(), 0);
+    }
+    let info = publisher.info().unwrap().total();
+    assert_eq!(info.subscribers, 0, "{info:?}");
+    assert_eq!(info.messages_dropped, 0, "{info:?}");
+
+    // A subscriber process killed while messages stream to it.
+    let mut doomed = spawn_role("subscriber", &[&name, &topics[1], "1000000"]);
+    doomed.expect("READY");
+    for i in 0..200 {
+        assert_eq!(
+            publisher
+                .publish(topics[1].clone(), fan_out_message(i))
+                .unwrap(),
+            1
+        );
+    }
+    let pid = doomed.pid;
+    doomed.kill();
+    server.wait_detached(pid);
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    while publisher.publish(topics[1].clone(), "anyone?").unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead subscriber's subscription stayed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server serves on: a new subscriber gets what is published next.
+    let mut again = subscriber.subscribe(topics[1].clone()).unwrap();
+    assert_eq!(publisher.publish(topics[1].clone(), "next").unwrap(), 1);
+    assert_eq!(pushed_message(&mut again), (Bytes::from("next"), 0));
+    drop(again);
+    drop(subscriptions);
+    drop((subscriber, publisher, grpc));
+    server.stop_cleanly();
+}
+
+/// Deliveries a connection reads while it waits for its own answers wait in the subscription's
+/// inbox in the client, which is bounded too (65,536 messages): a subscriber that keeps making
+/// requests on the topic's core and never receives loses the oldest messages there, and is told
+/// how many, exactly as by the server's queue.
+#[test]
+fn a_pushed_subscription_that_is_never_received_is_bounded_in_the_client() {
+    const INBOX_MESSAGES_MAX: u64 = 65_536;
+    const ROUNDS: u64 = 80;
+    const PER_ROUND: u64 = 1000;
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    let mut server = Server::start(&name, &["--cores", "2"]);
+    let topic = topic_on(1, 2, "inbox");
+    let key = topic_on(1, 2, "inbox-key");
+    let subscriber = server.client();
+    let publisher = server.client();
+    let mut subscription = subscriber.subscribe(topic.clone()).unwrap();
+    subscriber
+        .set(key.clone(), "v", SetOptions::default())
+        .unwrap();
+    for round in 0..ROUNDS {
+        let requests: Vec<Request> = (0..PER_ROUND)
+            .map(|i| Request::Publish {
+                topic: Bytes::from(topic.clone()),
+                message: Bytes::from((round * PER_ROUND + i).to_le_bytes().to_vec()),
+            })
+            .collect();
+        for answer in publisher.execute_many(requests).unwrap() {
+            assert_eq!(answer.unwrap(), Response::Published { receivers: 1 });
+        }
+        // Far fewer than the server's queue (4,096) wait there or in the ring: the GETs on the
+        // topic's core read the deliveries before their answers into the inbox.
+        for _ in 0..2 {
+            assert_eq!(&subscriber.get(key.clone()).unwrap().unwrap().0[..], b"v");
+        }
+    }
+    let published = ROUNDS * PER_ROUND;
+    let mut received = Vec::new();
+    let mut dropped_total = 0;
+    while let Ok(veddb_client::Received::Message { message, dropped }) =
+        subscription.receive(Duration::from_millis(200))
+    {
+        let number = u64::from_le_bytes(message[..].try_into().unwrap());
+        if let Some(&last) = received.last() {
+            assert_eq!(number, last + 1 + dropped, "the gap is told exactly");
+        } else {
+            assert_eq!(
+                number, dropped,
+                "the first message says how many went before it"
+            );
+        }
+        dropped_total += dropped;
+        received.push(number);
+    }
+    eprintln!(
+        "{published} published, {} received, {dropped_total} dropped",
+        received.len()
+    );
+    // All but the last round or so went through the inbox: at least 80,000 - 2,000 messages,
+    // of which it held 65,536.
+    assert!(dropped_total > 0, "the inbox dropped its oldest");
+    assert!(
+        received.len() as u64 <= INBOX_MESSAGES_MAX + 2 * PER_ROUND,
+        "{} received: the inbox is not bounded",
+        received.len()
+    );
+    assert_eq!(received.len() as u64 + dropped_total, published);
+    assert_eq!(
+        *received.last().unwrap(),
+        published - 1,
+        "the newest are kept"
+    );
+    let info = publisher.info().unwrap().total();
+    assert_eq!(
+        info.messages_dropped, 0,
+        "the server's queue dropped none: {info:?}"
+    );
+    drop(subscription);
+    drop((subscriber, publisher));
     server.stop_cleanly();
 }
 
