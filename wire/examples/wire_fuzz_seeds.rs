@@ -171,6 +171,18 @@ fn main() {
             seed("grpc_deframer", format!("two-messages-{i:02}"), &chunks);
         }
     }
+    // The rings' pushed subscriptions: SUBSCRIBE_PUSH and a DELIVERY of two messages.
+    let mut push = Vec::new();
+    veddb_wire::shm::codec::encode_push_subscribe_request(7, b"news", &mut push);
+    seed("shm_request", "subscribe-push".to_owned(), &push);
+    let mut delivery =
+        veddb_wire::shm::codec::encode_delivery_header(veddb_wire::SubscriberId(1 << 48 | 7), 2, 2)
+            .to_vec();
+    for message in [&b"abc"[..], b""] {
+        delivery.extend_from_slice(&(message.len() as u32).to_le_bytes());
+        delivery.extend_from_slice(message);
+    }
+    seed("shm_response", "delivery".to_owned(), &delivery);
     let mut subscribe = vec![Method::ALL.len() as u8 + 1];
     subscribe.extend_from_slice(&encode_subscribe_request(Bytes::from_static(b"news")));
     seed("grpc_server_messages", "subscribe".to_owned(), &subscribe);

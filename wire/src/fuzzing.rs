@@ -12,8 +12,10 @@ use crate::grpc::{whole_message, Deframer};
 use crate::grpc_client::{
     decode_batch_response, decode_info, decode_snapshot, decode_subscribe_event,
 };
-use crate::shm::codec::decode_response;
-use crate::shm::codec::{decode_request, decode_request_bytes, encode_request_vec, payload_id};
+use crate::shm::codec::{
+    decode_request, decode_request_bytes, decode_response, delivery, encode_delivery_header,
+    encode_push_subscribe_request, encode_request_vec, payload_id, push_subscribe_request,
+};
 use crate::shm::layout::arena::{check_block, BLOCK_HEADER_BYTES};
 use crate::shm::layout::attach::AttachReply;
 use crate::shm::layout::data_segment::DataHeader;
@@ -248,6 +250,16 @@ pub fn shm_request(data: &[u8]) {
         assert_eq!(again_id, id);
         assert_eq!(again, request);
     }
+    // The one request the rings have beyond `Request`, read first by the core.
+    if let Some((id, topic)) = push_subscribe_request(data) {
+        assert!(
+            decode_request(data).is_err(),
+            "SUBSCRIBE_PUSH is no `Request`"
+        );
+        let mut encoded = Vec::new();
+        encode_push_subscribe_request(id, topic, &mut encoded);
+        assert_eq!(encoded, data, "SUBSCRIBE_PUSH is canonical");
+    }
 }
 
 /// An answer frame's payload as a client reads it from its response ring (the server wrote it,
@@ -256,6 +268,18 @@ pub fn shm_response(data: &[u8]) {
     if let Ok((_, frame)) = decode_response(data) {
         // Every reference into a data segment the frame names can be listed.
         let _ = frame.shared_values();
+    }
+    // A delivery (request id 0, kind DELIVERY) is never an answer; what decodes is canonical.
+    if let Ok(Some(delivery)) = delivery(data) {
+        assert!(decode_response(data).is_err(), "a delivery is no answer");
+        let mut encoded =
+            encode_delivery_header(delivery.subscriber, delivery.dropped, delivery.len() as u32)
+                .to_vec();
+        for range in delivery.messages() {
+            encoded.extend_from_slice(&(range.len() as u32).to_le_bytes());
+            encoded.extend_from_slice(&data[range]);
+        }
+        assert_eq!(encoded, data, "a delivery is canonical");
     }
 }
 
