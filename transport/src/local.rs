@@ -1758,6 +1758,27 @@ mod linux {
     ) {
         // The client ends this subscription itself: nothing to clean up for it later.
         session.borrow_mut().subscriptions.forget(&request);
+        if context.answer_waits_for_log(&request) {
+            // Answered from the step that releases it, in log order across sessions: a read's
+            // answer never reaches its client before the answer of the write it shows.
+            {
+                let mut session = session.borrow_mut();
+                session.in_flight += cost;
+                session.in_flight_bytes += bytes;
+            }
+            shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let (shared, session) = (shared.clone(), session.clone());
+            context.execute_logged(request, move |response| {
+                {
+                    let mut session = session.borrow_mut();
+                    session.in_flight -= cost;
+                    session.in_flight_bytes -= bytes;
+                }
+                shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                respond(&shared, &session, id, response);
+            });
+            return;
+        }
         // Every future of the engine re-checks its state when polled, so a wake-up that goes
         // to the no-op waker before the task is spawned is not lost.
         let mut cx = Context::from_waker(std::task::Waker::noop());

@@ -208,8 +208,14 @@ struct LocalReply {
 }
 
 enum ReplyTo {
-    Peer { peer: usize, id: u32 },
+    Peer {
+        peer: usize,
+        id: u32,
+    },
     Local(Rc<LocalReply>),
+    /// Handed to a frontend's callback, synchronously, from the step that answers (see
+    /// [`CoreContext::execute_logged`]).
+    Hook(Box<dyn FnOnce(Response)>),
 }
 
 struct FetchWaiter {
@@ -444,6 +450,27 @@ impl CoreContext {
             _ => return Err(request),
         }
         Ok(self.handle_now(request, self.now_ms()))
+    }
+
+    /// Whether `request` is this core's and its answer waits for the write-ahead log (persistence
+    /// on: every key-value command, reads included): such a request is best run with
+    /// [`execute_logged`](Self::execute_logged).
+    pub fn answer_waits_for_log(&self, request: &Request) -> bool {
+        self.0.log.is_some()
+            && !log::is_unlogged(request)
+            && matches!(request.route(self.0.shard_count), Route::Shard(shard) if shard == self.0.index)
+    }
+
+    /// Runs `request`, which must be one [`answer_waits_for_log`](Self::answer_waits_for_log)
+    /// says yes to, now, and hands its answer to `deliver` from the step that releases it, at
+    /// once or when the log is durable that far. Answers the log releases together reach
+    /// `deliver` in log order, whichever connection or session they belong to: a task per
+    /// answer could let a read's answer overtake the answer of the write it shows, so a client
+    /// would see a write its writer has not been told of. `deliver` runs on this core, inside
+    /// the engine's step (it must not call back into the engine's log).
+    pub fn execute_logged(&self, request: Request, deliver: impl FnOnce(Response) + 'static) {
+        debug_assert!(self.answer_waits_for_log(&request));
+        self.serve(request, ReplyTo::Hook(Box::new(deliver)));
     }
 
     /// Whether a request this core owns must go through `serve`: it may answer later (a
@@ -855,6 +882,7 @@ impl CoreContext {
                     waker.wake();
                 }
             }
+            ReplyTo::Hook(deliver) => deliver(response),
             ReplyTo::Peer { peer, id } => {
                 let Some(link) = self.0.inbound[peer].as_ref() else {
                     debug_assert!(false, "reply to unknown peer {peer}");
