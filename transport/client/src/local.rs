@@ -1034,18 +1034,55 @@ impl LocalConnection {
         }
         self.wake_cores(&sent_to);
         let mut views = Vec::with_capacity(sent.len());
-        for (core, id, pin) in sent {
+        // The usual answers (shared values, in order) are taken from the rings a few ahead of the
+        // one being made a view, as they arrive, with the lines their views will read
+        // prefetched: the batch's cache misses overlap instead of following each other. From
+        // the first other answer on, the general way.
+        let order: Vec<(usize, u32)> = sent.iter().map(|&(core, id, _)| (core, id)).collect();
+        let mut ahead: VecDeque<(u64, SharedValue)> = VecDeque::new();
+        let mut next_take = 0;
+        let mut taking = result.is_ok();
+        for (index, (core, id, pin)) in sent.into_iter().enumerate() {
             if result.is_err() {
                 // Answers still come: they go to the stash when the next wait reads them.
                 self.pins.unpin(pin);
                 continue;
             }
-            match self.hold_view(core, pin, self.view_answer(core, id)) {
+            while taking && next_take < order.len() && next_take < index + VIEW_PREFETCH_AHEAD {
+                let (take_core, take_id) = order[next_take];
+                match self.next_shared_answer(take_core, take_id) {
+                    NextAnswer::Ready(version, shared) => {
+                        self.prefetch_value(shared);
+                        ahead.push_back((version, shared));
+                        next_take += 1;
+                    }
+                    NextAnswer::Empty => break,
+                    NextAnswer::Other => taking = false,
+                }
+            }
+            let answer = if next_take > index {
+                let (version, shared) = ahead.pop_front().expect("taken in order");
+                self.shared_view(shared, version)
+            } else {
+                next_take = index + 1;
+                self.view_answer(core, id)
+            };
+            match self.hold_view(core, pin, answer) {
                 Ok(view) => views.push(view),
                 Err(error) => result = Err(error),
             }
         }
         result.map(|()| views)
+    }
+
+    /// Asks the CPU for the lines a view of `shared` reads first: its block's header and the
+    /// value's first line (a hint: out of range does nothing).
+    fn prefetch_value(&self, shared: SharedValue) {
+        if let Some(data) = self.pins.data.get(shared.core as usize) {
+            let offset = shared.offset as usize;
+            data.prefetch(offset.wrapping_sub(veddb_shm::BLOCK_HEADER_BYTES));
+            data.prefetch(offset);
+        }
     }
 
     /// The core that owns `key`.
@@ -1061,27 +1098,38 @@ impl LocalConnection {
     /// order), read from the ring onto the stack and made a view without the general answer
     /// path. Nothing is consumed unless it is [`NextView::Ready`].
     fn next_shared_view(&self, core: usize, id: u32) -> NextView {
+        match self.next_shared_answer(core, id) {
+            NextAnswer::Ready(version, shared) => {
+                NextView::Ready(self.shared_view(shared, version))
+            }
+            NextAnswer::Empty => NextView::Empty,
+            NextAnswer::Other => NextView::Other,
+        }
+    }
+
+    /// The answer to GET `id` on `core` when it is the next frame of the ring and a value in
+    /// shared memory: its version and place, read onto the stack (consumed only then).
+    fn next_shared_answer(&self, core: usize, id: u32) -> NextAnswer {
         if !self.stash.borrow().is_empty() {
-            return NextView::Other;
+            return NextAnswer::Other;
         }
         let mut responses = self.cores[core].responses.borrow_mut();
         let frame = match responses.peek() {
             Ok(Some(frame)) => frame,
-            Ok(None) => return NextView::Empty,
-            Err(_) => return NextView::Other,
+            Ok(None) => return NextAnswer::Empty,
+            Err(_) => return NextAnswer::Other,
         };
         if frame.len() != codec::SHARED_VALUE_ANSWER_BYTES {
-            return NextView::Other;
+            return NextAnswer::Other;
         }
         let mut bytes = [0u8; codec::SHARED_VALUE_ANSWER_BYTES];
         responses.copy_payload_into(&frame, &mut bytes);
         match codec::shared_value_answer(&bytes) {
             Some((answered, version, shared)) if answered == id => {
                 responses.advance(frame);
-                drop(responses);
-                NextView::Ready(self.shared_view(shared, version))
+                NextAnswer::Ready(version, shared)
             }
-            _ => NextView::Other,
+            _ => NextAnswer::Other,
         }
     }
 
@@ -1186,6 +1234,16 @@ impl LocalConnection {
     }
 }
 
+/// What [`LocalConnection::next_shared_answer`] found.
+enum NextAnswer {
+    /// The awaited answer: a value in shared memory, with its version.
+    Ready(u64, SharedValue),
+    /// Nothing in the ring yet.
+    Empty,
+    /// Something else first (another answer, a stashed one, an error): the general way.
+    Other,
+}
+
 /// What [`LocalConnection::next_shared_view`] found.
 enum NextView {
     /// The awaited answer, a view (or the error of making it).
@@ -1195,6 +1253,10 @@ enum NextView {
     /// Something else first (another answer, a stashed one, an error): the general way.
     Other,
 }
+
+/// Answers of a batch [`LocalConnection::get_view_many`] takes ahead of the one it makes a view
+/// of (prefetching what their views read).
+const VIEW_PREFETCH_AHEAD: usize = 8;
 
 /// Polls of the ring for the usual answer to a GET before the general wait takes over (a few
 /// microseconds: more than a GET's round trip).
