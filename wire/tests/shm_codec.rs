@@ -318,6 +318,14 @@ proptest! {
             _ => {}
         }
 
+        // The client's direct read of a STORED answer agrees with the decoder.
+        match decode_response(&payload).unwrap() {
+            (got_id, ResponseFrame::Other(Response::Stored { version })) => {
+                prop_assert_eq!(stored_answer(&payload), Some((got_id, version)));
+            }
+            _ => prop_assert_eq!(stored_answer(&payload), None),
+        }
+
         // The client's direct read of a shared value's answer agrees with the decoder.
         let direct = shared_value_answer(&payload);
         match decode_response(&payload).unwrap() {
@@ -615,6 +623,18 @@ fn check_canonical_request(bytes: &[u8]) {
 }
 
 fn check_canonical_response(bytes: &[u8]) {
+    // The client's direct read of a STORED answer accepts only what decodes as one.
+    if let Some((id, version)) = stored_answer(bytes) {
+        assert_eq!(
+            decode_response(bytes)
+                .ok()
+                .map(|(id, frame)| (id, format!("{frame:?}"))),
+            Some((
+                id,
+                format!("{:?}", ResponseFrame::Other(Response::Stored { version }))
+            ))
+        );
+    }
     // The client's direct read of a shared value's answer accepts only what decodes as one.
     if let Some((id, version, shared)) = shared_value_answer(bytes) {
         match decode_response(bytes) {

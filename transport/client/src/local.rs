@@ -846,7 +846,10 @@ impl LocalConnection {
     /// Turns an answer into a [`Response`], copying shared values out (and checking that the
     /// block was not reused while copying).
     fn copy_out(&self, payload: &[u8]) -> Result<Option<Response>, ClientError> {
-        // The usual answer, read directly.
+        // The usual answers, read directly.
+        if let Some((_, version)) = codec::stored_answer(payload) {
+            return Ok(Some(Response::Stored { version }));
+        }
         if let Some((_, version, shared)) = codec::shared_value_answer(payload) {
             let view = self.resolve(shared).ok_or_else(|| {
                 protocol(format!(

@@ -1410,6 +1410,20 @@ pub fn encode_stored_answer(id: u32, version: u64) -> [u8; STORED_ANSWER_BYTES] 
     out
 }
 
+/// The id and version of an answer STORED, read without the checked reader: exactly what
+/// [`decode_response`] reads from it (`None` for any other answer, which then goes through it).
+#[inline]
+pub fn stored_answer(payload: &[u8]) -> Option<(u32, u64)> {
+    let bytes: &[u8; STORED_ANSWER_BYTES] = payload.try_into().ok()?;
+    if bytes[4] != kind::STORED {
+        return None;
+    }
+    Some((
+        u32::from_le_bytes(bytes[0..4].try_into().ok()?),
+        u64::from_le_bytes(bytes[5..13].try_into().ok()?),
+    ))
+}
+
 /// A GET that decodes exactly as [`decode_request`] would decode it: its id and key, read
 /// without the checked reader (`None` for anything else, which then goes through
 /// [`decode_request`] and its errors). For a server that answers GETs from a copy of the
