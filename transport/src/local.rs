@@ -2289,10 +2289,13 @@ mod linux {
     impl CoreSource for LocalCore {
         fn poll(&mut self, context: &CoreContext) -> usize {
             if self.ended {
+                // Nothing to deliver to: what the engine lists must not keep the core awake.
+                self.push.discard(context);
                 return 0;
             }
             if self.shared.stop.load(Ordering::SeqCst) {
                 self.end();
+                self.push.discard(context);
                 return 0;
             }
             self.take_control(context);
@@ -2309,6 +2312,7 @@ mod linux {
             }
             // Messages this round (or a peer, or a task) published for pushed subscriptions:
             // into their sessions' response rings, as far as they have room.
+            self.push.route_ended(context);
             self.push.route_ready(context);
             for session in &self.sessions {
                 work += self
@@ -2331,17 +2335,24 @@ mod linux {
 
         fn park_timeout(&self) -> Option<Duration> {
             // A paused session frees as its work completes, and a client that reads its answers
-            // does not wake the core: look again soon while any session waits on either.
+            // does not wake the core: look again soon while any session waits on either. A
+            // ring that had no room for pushed messages is looked at again less and less often
+            // while its client reads nothing.
             self.sessions
                 .iter()
-                .any(|session| {
+                .filter_map(|session| {
                     let session = session.borrow();
-                    !session.dead
-                        && (session.paused
-                            || !session.backlog.is_empty()
-                            || session.pushes.waiting())
+                    if session.dead {
+                        None
+                    } else if session.paused || !session.backlog.is_empty() {
+                        Some(BLOCKED_SESSION_RECHECK)
+                    } else if session.pushes.waiting() {
+                        Some(session.pushes.recheck())
+                    } else {
+                        None
+                    }
                 })
-                .then_some(BLOCKED_SESSION_RECHECK)
+                .min()
         }
 
         fn prepare_park(&mut self) {

@@ -35,7 +35,7 @@ impl std::hash::Hasher for SubscriberIdHasher {
     fn write(&mut self, bytes: &[u8]) {
         // Only `write_u64` is used by `SubscriberId`; anything else still hashes.
         for &byte in bytes {
-            self.write_u64(self.0 ^ u64::from(byte));
+            self.write_u64(u64::from(byte));
         }
     }
 

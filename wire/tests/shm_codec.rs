@@ -987,8 +987,9 @@ fn instance_header_round_trips_and_is_checked() {
         Err(HeaderError::BadMagic { .. })
     ));
     let mut bad = page.clone();
-    // Version 1 (the rings with a separate tail counter) and any later one are refused.
-    for version in [1u8, 3] {
+    // Version 1 (the rings with a separate tail counter), 2 (no pushed subscriptions) and any
+    // later one are refused.
+    for version in [1u8, 2, 4] {
         bad[VERSION_OFFSET] = version;
         assert!(matches!(
             InstanceHeader::read(&bad),

@@ -245,6 +245,9 @@ struct State {
     pushed: RefCell<SubscriberMap<bool>>,
     /// Pushed subscriptions that received messages since the frontend last took this list.
     push_ready: RefCell<Vec<SubscriberId>>,
+    /// Pushed subscriptions that ended (an UNSUBSCRIBE, from whichever core or session) since
+    /// the frontend last took this list.
+    push_ended: RefCell<Vec<SubscriberId>>,
     /// Inside `poll_inbound` (doorbells are rung at its end) or not (rung at once).
     polling: Cell<bool>,
     /// The loop has ended; the runtime is dropping the remaining tasks.
@@ -325,6 +328,7 @@ impl CoreContext {
             fetch_deadlines: RefCell::new(BTreeSet::new()),
             pushed: RefCell::new(SubscriberMap::default()),
             push_ready: RefCell::new(Vec::new()),
+            push_ended: RefCell::new(Vec::new()),
             polling: Cell::new(false),
             stopped: Cell::new(false),
             log,
@@ -496,7 +500,9 @@ impl CoreContext {
         match after {
             After::Publish => self.complete_ready_fetches(),
             After::Unsubscribe(subscriber) => {
-                self.0.pushed.borrow_mut().remove(&subscriber);
+                if self.0.pushed.borrow_mut().remove(&subscriber).is_some() {
+                    self.0.push_ended.borrow_mut().push(subscriber);
+                }
                 if let Some(waiter) = self.take_waiter(subscriber) {
                     self.reply(
                         waiter.reply,
@@ -529,6 +535,15 @@ impl CoreContext {
         let subscriber = self.0.shard.borrow_mut().subscribe(topic)?;
         self.0.pushed.borrow_mut().insert(subscriber, false);
         Ok(subscriber)
+    }
+
+    /// Moves the pushed subscriptions that ended since the last call (by an UNSUBSCRIBE from
+    /// anywhere) into `out`, so that their frontend forgets them.
+    pub fn take_push_ended(&self, out: &mut Vec<SubscriberId>) {
+        let mut ended = self.0.push_ended.borrow_mut();
+        if !ended.is_empty() {
+            out.append(&mut ended);
+        }
     }
 
     /// Moves the pushed subscriptions that received messages since the last call into `out`,

@@ -703,7 +703,10 @@ impl LocalConnection {
             .map_err(|error| protocol(format!("bad delivery: {error}")))?
             .ok_or_else(|| protocol("an answer to request 0"))?;
         let mut inboxes = self.inboxes.borrow_mut();
-        let inbox = inboxes.entry(delivery.subscriber).or_default();
+        // Only for a subscription of this connection's (one that ended is not revived).
+        let Some(inbox) = inboxes.get_mut(&delivery.subscriber) else {
+            return Ok(());
+        };
         inbox.dropped += delivery.dropped;
         for range in delivery.messages() {
             inbox.push(payload.slice(range));

@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use veddb_engine::CoreContext;
@@ -42,12 +43,22 @@ pub(super) struct SessionPushes {
     pending: VecDeque<SubscriberId>,
     /// The response ring's free bytes the next delivery needs (set when it found too little).
     room_needed: usize,
+    /// Deliveries in a row that found no room (the recheck backs off while its client does
+    /// not read).
+    no_room: u32,
 }
 
 impl SessionPushes {
     /// Whether messages wait for this session's response ring.
     pub(super) fn waiting(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// How soon a parked core looks again at a ring that had no room for these messages: 1 ms,
+    /// doubling while the client reads nothing, up to 64 ms (a client that stopped reading
+    /// costs a wake-up now and then; its messages meanwhile wait, and drop, in the shard).
+    pub(super) fn recheck(&self) -> Duration {
+        Duration::from_millis(1 << self.no_room.min(6))
     }
 }
 
@@ -64,7 +75,7 @@ pub(super) fn deliverable(session: &Session) -> bool {
 #[derive(Default)]
 pub(super) struct PushRoutes {
     owners: SubscriberMap<Owner>,
-    /// Kept between rounds: the subscriptions the engine listed as ready.
+    /// Kept between rounds: the subscriptions the engine listed as ready (or ended).
     ready: Vec<SubscriberId>,
 }
 
@@ -131,6 +142,34 @@ impl PushRoutes {
         session.pushes.pending.clear();
     }
 
+    /// Forgets the subscriptions that ended by an UNSUBSCRIBE that did not come through their
+    /// own session on this core (through another core's ring, or another session): their
+    /// session no longer holds them.
+    pub(super) fn route_ended(&mut self, context: &CoreContext) {
+        context.take_push_ended(&mut self.ready);
+        for subscriber in self.ready.drain(..) {
+            let Some(owner) = self.owners.remove(&subscriber) else {
+                continue;
+            };
+            if let Some(session) = owner.session.upgrade() {
+                let mut session = session.borrow_mut();
+                let pushes = &mut session.pushes;
+                pushes.subscribed.retain(|s| *s != subscriber);
+                pushes.pending.retain(|s| *s != subscriber);
+                session
+                    .subscriptions
+                    .forget(&veddb_wire::Request::Unsubscribe { subscriber });
+            }
+        }
+    }
+
+    /// The frontend ended: what the engine lists is dropped (no session to deliver to).
+    pub(super) fn discard(&mut self, context: &CoreContext) {
+        context.take_push_ready(&mut self.ready);
+        context.take_push_ended(&mut self.ready);
+        self.ready.clear();
+    }
+
     /// Queues each subscription that received messages on its session (once).
     pub(super) fn route_ready(&mut self, context: &CoreContext) {
         context.take_push_ready(&mut self.ready);
@@ -175,13 +214,20 @@ impl PushRoutes {
                 Ok(Attempt::Written { more }) => {
                     frames += 1;
                     session.pushes.room_needed = 0;
-                    if !more {
+                    session.pushes.no_room = 0;
+                    if more {
+                        // Its turn again after the others (a busy topic must not starve a
+                        // quiet one of the same session).
+                        session.pushes.pending.pop_front();
+                        session.pushes.pending.push_back(subscriber);
+                    } else {
                         self.dequeue(session, subscriber);
                     }
                 }
                 Ok(Attempt::Nothing) => self.dequeue(session, subscriber),
                 Ok(Attempt::NoRoom { needed }) => {
                     session.pushes.room_needed = needed;
+                    session.pushes.no_room = session.pushes.no_room.saturating_add(1);
                     break;
                 }
                 Err(error) => {
