@@ -25,6 +25,14 @@ fn engine(cores: usize, inbox_depth: usize) -> Engine {
     .expect("engine starts")
 }
 
+/// A key (or topic) `TAG<n>` owned by `shard` of `shards`.
+fn owned_by(shard: u32, shards: u32, tag: &str) -> Bytes {
+    (0..)
+        .map(|i| b(&format!("{tag}{i}")))
+        .find(|key| shard_for_key(key, shards) == shard)
+        .expect("some key lands on every shard")
+}
+
 fn b(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
@@ -879,10 +887,7 @@ fn waiting_fetches_cannot_starve_other_traffic() {
 #[test]
 fn pushed_subscriptions_are_listed_when_messages_arrive() {
     let engine = engine(2, 64);
-    let topic = (0..)
-        .map(|i| b(&format!("topic{i}")))
-        .find(|topic| shard_for_key(topic, 2) == 0)
-        .unwrap();
+    let topic = owned_by(0, 2, "topic");
     let (report, outcome) = std::sync::mpsc::channel();
     let on_core_0 = |f: Box<dyn FnOnce(&veddb_engine::CoreContext) -> String + Send>| {
         let report = report.clone();
@@ -984,14 +989,8 @@ fn pushed_subscriptions_are_listed_when_messages_arrive() {
 #[test]
 fn try_execute_local_answers_only_what_the_core_can_answer_at_once() {
     let engine = engine(2, 64);
-    let own = (0..)
-        .map(|i| b(&format!("own{i}")))
-        .find(|key| shard_for_key(key, 2) == 0)
-        .unwrap();
-    let other = (0..)
-        .map(|i| b(&format!("other{i}")))
-        .find(|key| shard_for_key(key, 2) == 1)
-        .unwrap();
+    let own = owned_by(0, 2, "own");
+    let other = owned_by(1, 2, "other");
     let own_key = own.clone();
     let (report, outcome) = std::sync::mpsc::channel();
     assert!(engine.run_on(0, move |context| {

@@ -1761,22 +1761,8 @@ mod linux {
         if context.answer_waits_for_log(&request) {
             // Answered from the step that releases it, in log order across sessions: a read's
             // answer never reaches its client before the answer of the write it shows.
-            {
-                let mut session = session.borrow_mut();
-                session.in_flight += cost;
-                session.in_flight_bytes += bytes;
-            }
-            shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-            let (shared, session) = (shared.clone(), session.clone());
-            context.execute_logged(request, move |response| {
-                {
-                    let mut session = session.borrow_mut();
-                    session.in_flight -= cost;
-                    session.in_flight_bytes -= bytes;
-                }
-                shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                respond(&shared, &session, id, response);
-            });
+            let answer = in_flight(shared, session, id, bytes, cost);
+            context.execute_logged(request, answer);
             return;
         }
         // Every future of the engine re-checks its state when polled, so a wake-up that goes
@@ -1785,26 +1771,36 @@ mod linux {
         match seam::start(context, request, &mut cx) {
             Started::Answered(response) => respond(shared, session, id, response),
             Started::Waiting(future) => {
-                {
-                    let mut session = session.borrow_mut();
-                    session.in_flight += cost;
-                    session.in_flight_bytes += bytes;
-                }
-                shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-                let shared = shared.clone();
-                let session = session.clone();
-                compio::runtime::spawn(async move {
-                    let response = future.await;
-                    {
-                        let mut session = session.borrow_mut();
-                        session.in_flight -= cost;
-                        session.in_flight_bytes -= bytes;
-                    }
-                    shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                    respond(&shared, &session, id, response);
-                })
-                .detach();
+                let answer = in_flight(shared, session, id, bytes, cost);
+                compio::runtime::spawn(async move { answer(future.await) }).detach();
             }
+        }
+    }
+
+    /// Counts request `id` (`bytes`, `cost`) as the session's work in flight until the returned
+    /// function answers it.
+    fn in_flight(
+        shared: &Arc<Shared>,
+        session: &SessionRef,
+        id: u32,
+        bytes: usize,
+        cost: usize,
+    ) -> impl FnOnce(Response) + 'static {
+        {
+            let mut session = session.borrow_mut();
+            session.in_flight += cost;
+            session.in_flight_bytes += bytes;
+        }
+        shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let (shared, session) = (shared.clone(), session.clone());
+        move |response| {
+            {
+                let mut session = session.borrow_mut();
+                session.in_flight -= cost;
+                session.in_flight_bytes -= bytes;
+            }
+            shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            respond(&shared, &session, id, response);
         }
     }
 

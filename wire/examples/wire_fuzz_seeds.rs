@@ -175,13 +175,11 @@ fn main() {
     let mut push = Vec::new();
     veddb_wire::shm::codec::encode_push_subscribe_request(7, b"news", &mut push);
     seed("shm_request", "subscribe-push".to_owned(), &push);
-    let mut delivery =
-        veddb_wire::shm::codec::encode_delivery_header(veddb_wire::SubscriberId(1 << 48 | 7), 2, 2)
-            .to_vec();
-    for message in [&b"abc"[..], b""] {
-        delivery.extend_from_slice(&(message.len() as u32).to_le_bytes());
-        delivery.extend_from_slice(message);
-    }
+    let delivery = veddb_wire::shm::codec::encode_delivery_vec(
+        veddb_wire::SubscriberId(1 << 48 | 7),
+        2,
+        [&b"abc"[..], b""].into_iter(),
+    );
     seed("shm_response", "delivery".to_owned(), &delivery);
     let mut subscribe = vec![Method::ALL.len() as u8 + 1];
     subscribe.extend_from_slice(&encode_subscribe_request(Bytes::from_static(b"news")));

@@ -13,7 +13,7 @@ use crate::grpc_client::{
     decode_batch_response, decode_info, decode_snapshot, decode_subscribe_event,
 };
 use crate::shm::codec::{
-    decode_request, decode_request_bytes, decode_response, delivery, encode_delivery_header,
+    decode_request, decode_request_bytes, decode_response, delivery, encode_delivery_vec,
     encode_push_subscribe_request, encode_request_vec, payload_id, push_subscribe_request,
 };
 use crate::shm::layout::arena::{check_block, BLOCK_HEADER_BYTES};
@@ -272,13 +272,9 @@ pub fn shm_response(data: &[u8]) {
     // A delivery (request id 0, kind DELIVERY) is never an answer; what decodes is canonical.
     if let Ok(Some(delivery)) = delivery(data) {
         assert!(decode_response(data).is_err(), "a delivery is no answer");
-        let mut encoded =
-            encode_delivery_header(delivery.subscriber, delivery.dropped, delivery.len() as u32)
-                .to_vec();
-        for range in delivery.messages() {
-            encoded.extend_from_slice(&(range.len() as u32).to_le_bytes());
-            encoded.extend_from_slice(&data[range]);
-        }
+        let messages: Vec<&[u8]> = delivery.messages().map(|range| &data[range]).collect();
+        let encoded =
+            encode_delivery_vec(delivery.subscriber, delivery.dropped, messages.into_iter());
         assert_eq!(encoded, data, "a delivery is canonical");
     }
 }

@@ -48,9 +48,6 @@ impl std::hash::Hasher for SubscriberIdHasher {
 /// A map keyed by [`SubscriberId`] with [`SubscriberIdHasher`].
 pub type SubscriberMap<V> =
     std::collections::HashMap<SubscriberId, V, std::hash::BuildHasherDefault<SubscriberIdHasher>>;
-/// A set of [`SubscriberId`] with [`SubscriberIdHasher`].
-pub type SubscriberSet =
-    std::collections::HashSet<SubscriberId, std::hash::BuildHasherDefault<SubscriberIdHasher>>;
 
 /// The condition a SET must meet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

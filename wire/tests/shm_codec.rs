@@ -1646,12 +1646,7 @@ proptest! {
 
 /// A delivery frame as the server writes it: the header, then each message's length and bytes.
 fn encode_delivery(subscriber: SubscriberId, dropped: u64, messages: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = encode_delivery_header(subscriber, dropped, messages.len() as u32).to_vec();
-    for message in messages {
-        out.extend_from_slice(&(message.len() as u32).to_le_bytes());
-        out.extend_from_slice(message);
-    }
-    out
+    encode_delivery_vec(subscriber, dropped, messages.iter())
 }
 
 /// Whatever `delivery` accepts re-encodes to the same bytes (canonical), and never panics.

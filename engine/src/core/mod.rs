@@ -1109,21 +1109,14 @@ impl CoreContext {
     /// Whether anything is waiting for `poll_inbound` (read without taking it).
     fn has_inbound(&self) -> bool {
         let state = &self.0;
-        // Messages for pushed subscriptions, published by a task or a peer's forward since
-        // the sources were polled: their frontend pushes them at its next poll.
-        if !state.push_ready.borrow().is_empty()
-            && state
-                .sources
-                .try_borrow()
-                .is_ok_and(|sources| !sources.is_empty())
-        {
-            return true;
-        }
-        if state
-            .sources
-            .try_borrow()
-            .is_ok_and(|sources| sources.iter().any(|source| source.has_work()))
-        {
+        // A source's own work, or messages for pushed subscriptions published by a task or a
+        // peer's forward since the sources were polled (their frontend pushes them at its next
+        // poll).
+        if state.sources.try_borrow().is_ok_and(|sources| {
+            !sources.is_empty()
+                && (!state.push_ready.borrow().is_empty()
+                    || sources.iter().any(|source| source.has_work()))
+        }) {
             return true;
         }
         if state.cores[state.index as usize]

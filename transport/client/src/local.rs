@@ -551,14 +551,7 @@ impl LocalConnection {
                 ))
                 .into());
             }
-            return Err(ClientError::Status(veddb_wire::grpc::Status::new(
-                veddb_wire::grpc::Code::ResourceExhausted,
-                format!(
-                    "RESOURCE_EXHAUSTED: a request of {} bytes is larger than this session's \
-                     {max}-byte frames; send it over gRPC or in smaller parts",
-                    payload.len()
-                ),
-            )));
+            return Err(frame_too_large(payload.len(), max));
         }
         self.push(core, &payload)?;
         Ok(id)
@@ -1306,6 +1299,18 @@ fn batch_keys(request: &Request) -> Option<usize> {
     }
 }
 
+/// RESOURCE_EXHAUSTED for a request of `len` bytes that the session's `max`-byte frames cannot
+/// carry.
+fn frame_too_large(len: usize, max: usize) -> ClientError {
+    ClientError::Status(veddb_wire::grpc::Status::new(
+        veddb_wire::grpc::Code::ResourceExhausted,
+        format!(
+            "RESOURCE_EXHAUSTED: a request of {len} bytes is larger than this session's \
+             {max}-byte frames; send it over gRPC or in smaller parts"
+        ),
+    ))
+}
+
 /// An engine error as `Err`, as [`Transport`] hands it back.
 fn refused(response: Response) -> Result<Response, ClientError> {
     match response {
@@ -1340,14 +1345,7 @@ impl Transport for LocalConnection {
             codec::encode_push_subscribe_request(id, &topic, &mut payload);
             let max = self.cores[core].requests.borrow().ring().max_payload();
             if payload.len() > max {
-                return Err(ClientError::Status(veddb_wire::grpc::Status::new(
-                    veddb_wire::grpc::Code::ResourceExhausted,
-                    format!(
-                        "RESOURCE_EXHAUSTED: a topic of {} bytes is larger than this session's \
-                         {max}-byte frames",
-                        topic.len()
-                    ),
-                )));
+                return Err(frame_too_large(payload.len(), max));
             }
             self.push(core, &payload)?;
         }

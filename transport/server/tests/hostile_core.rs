@@ -273,10 +273,7 @@ impl RawSession {
 
 /// A key owned by `core` of `cores`.
 fn key_on(core: u32, cores: u32, tag: &str) -> Bytes {
-    (0..)
-        .map(|i| Bytes::from(format!("{tag}-{i}")))
-        .find(|key| veddb_wire::shard_for_key(key, cores) == core)
-        .unwrap()
+    Bytes::from(common::name_on(core, cores, tag))
 }
 
 /// The good client: writes its keys on every core, then checks them, through shared memory

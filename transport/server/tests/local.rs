@@ -1849,12 +1849,9 @@ fn pubsub_fan_out_to_local_subscribers() {
     server.stop_cleanly();
 }
 
-/// A topic owned by `core` of `cores`.
+/// A topic (or key) owned by `core` of `cores`.
 fn topic_on(core: u32, cores: u32, tag: &str) -> String {
-    (0..)
-        .map(|i| format!("{tag}-{i}"))
-        .find(|topic| veddb_wire::shard_for_key(topic.as_bytes(), cores) == core)
-        .unwrap()
+    common::name_on(core, cores, tag)
 }
 
 /// The next message of a subscription, within [`LINE_TIMEOUT`].

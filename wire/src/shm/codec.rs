@@ -685,8 +685,15 @@ pub fn decode_request_bytes(payload: &Bytes) -> std::result::Result<(u32, Reques
 /// The id and the key's range of a GET whose key length covers exactly the rest of the payload.
 #[inline]
 fn well_formed_get(payload: &[u8]) -> Option<(u32, std::ops::Range<usize>)> {
+    one_string_request(payload, opcode::GET)
+}
+
+/// The id and the range of the one byte string of a request with `opcode` whose length covers
+/// exactly the rest of the payload (GET, SUBSCRIBE_PUSH).
+#[inline]
+fn one_string_request(payload: &[u8], opcode: u8) -> Option<(u32, std::ops::Range<usize>)> {
     let header: &[u8; 9] = payload.get(..9)?.try_into().ok()?;
-    if header[4] != opcode::GET {
+    if header[4] != opcode {
         return None;
     }
     let id = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -1462,17 +1469,7 @@ pub fn encode_push_subscribe_request(id: u32, topic: &[u8], out: &mut Vec<u8>) {
 /// The id and topic of a well-formed SUBSCRIBE_PUSH (its topic length covers exactly the rest
 /// of the payload); `None` for anything else.
 pub fn push_subscribe_request(payload: &[u8]) -> Option<(u32, &[u8])> {
-    let header: &[u8; 9] = payload.get(..9)?.try_into().ok()?;
-    if header[4] != opcode::SUBSCRIBE_PUSH {
-        return None;
-    }
-    let length = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    (payload.len() - 9 == length).then(|| {
-        (
-            u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
-            &payload[9..],
-        )
-    })
+    one_string_request(payload, opcode::SUBSCRIBE_PUSH).map(|(id, topic)| (id, &payload[topic]))
 }
 
 /// The request id of every [`delivery`] frame: never a request's (clients number their
@@ -1497,6 +1494,24 @@ pub fn encode_delivery_header(
     out[5..13].copy_from_slice(&subscriber.0.to_le_bytes());
     out[13..21].copy_from_slice(&dropped.to_le_bytes());
     out[21..25].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
+/// A whole delivery frame in a new vector: [`encode_delivery_header`], then each message. (The
+/// server writes frames straight into a ring; this is for tests, fuzzing and seeds.)
+pub fn encode_delivery_vec<M: AsRef<[u8]>>(
+    subscriber: SubscriberId,
+    dropped: u64,
+    messages: impl ExactSizeIterator<Item = M>,
+) -> Vec<u8> {
+    let count = u32::try_from(messages.len()).expect("a count that fits in a u32");
+    let mut out = encode_delivery_header(subscriber, dropped, count).to_vec();
+    for message in messages {
+        let message = message.as_ref();
+        let len = u32::try_from(message.len()).expect("a length that fits in a u32");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(message);
+    }
     out
 }
 

@@ -78,6 +78,14 @@ impl Rng {
     }
 }
 
+/// A key (or topic) `TAG-N` owned by `core` of `cores`.
+pub fn name_on(core: u32, cores: u32, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|name| veddb_wire::shard_for_key(name.as_bytes(), cores) == core)
+        .expect("some name lands on every core")
+}
+
 /// An instance name no other test of this process (or another test process) uses:
 /// `PREFIX-PID-N`.
 pub fn unique_name(prefix: &str) -> String {
