@@ -17,7 +17,7 @@ mod topics;
 
 pub use config::{Config, Eviction, ENTRY_OVERHEAD_BYTES};
 pub use scan::{merge_scan_pages, ScanPage};
-pub use table::{CasOutcome, Change, KeyArg, StoredEntry, ValueStore};
+pub use table::{CasOutcome, Change, KeyArg, MadeValue, StoredEntry, ValueStore};
 
 use std::collections::VecDeque;
 
@@ -206,7 +206,7 @@ impl Shard {
         &mut self,
         key: KeyArg<'_>,
         value_len: usize,
-        value: impl FnOnce() -> Bytes,
+        value: impl FnOnce() -> MadeValue,
         options: veddb_wire::SetOptions,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {

@@ -236,6 +236,26 @@ enum Removal {
 /// that a read needs not look it up again.
 pub type ValueStore = Box<dyn FnMut(Bytes) -> (Bytes, u64)>;
 
+/// A value a frontend made for a write ([`crate::Shard::set_with`]): its bytes and, when the
+/// frontend already put them where the [`ValueStore`] would (the local frontend copies a SET's
+/// value from its client's ring straight into its arena), the tag the store gives them, so that
+/// the store is not asked to find them again.
+#[derive(Clone, Debug)]
+pub struct MadeValue {
+    pub bytes: Bytes,
+    /// `Some(tag)`: stored already, with this tag (0: kept outside the store).
+    pub stored_tag: Option<u64>,
+}
+
+impl From<Bytes> for MadeValue {
+    fn from(bytes: Bytes) -> Self {
+        MadeValue {
+            bytes,
+            stored_tag: None,
+        }
+    }
+}
+
 /// One key's whole state: what the write-ahead log and a snapshot store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEntry {
@@ -510,7 +530,7 @@ impl Table {
         self.access_clock += 1;
         self.store_version(
             KeyArg::Shared(&entry.key),
-            entry.value,
+            entry.value.into(),
             entry.expires_at_ms,
             entry.version,
             None,
@@ -699,7 +719,13 @@ impl Table {
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
         let value_len = value.len();
-        self.set_with(KeyArg::Shared(&key), value_len, || value, options, now_ms)
+        self.set_with(
+            KeyArg::Shared(&key),
+            value_len,
+            || value.into(),
+            options,
+            now_ms,
+        )
     }
 
     /// As [`set`](Self::set), with the value made by `value` (of `value_len` bytes) only once
@@ -708,7 +734,7 @@ impl Table {
         &mut self,
         key: KeyArg<'_>,
         value_len: usize,
-        value: impl FnOnce() -> Bytes,
+        value: impl FnOnce() -> MadeValue,
         options: SetOptions,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
@@ -738,7 +764,7 @@ impl Table {
         self.write_with(
             KeyArg::Shared(&key),
             value_len,
-            || value,
+            || value.into(),
             expires_at_ms,
             existing,
         )
@@ -749,7 +775,7 @@ impl Table {
         &mut self,
         key: KeyArg<'_>,
         value_len: usize,
-        value: impl FnOnce() -> Bytes,
+        value: impl FnOnce() -> MadeValue,
         expires_at_ms: u64,
         existing: Option<usize>,
     ) -> Result<u64, Error> {
@@ -759,7 +785,7 @@ impl Table {
         self.make_room(new_cost, old_cost, &[key.as_slice()])?;
         let value = value();
         debug_assert_eq!(
-            value.len(),
+            value.bytes.len(),
             value_len,
             "the value made has the length announced"
         );
@@ -771,7 +797,7 @@ impl Table {
     fn store(
         &mut self,
         key: KeyArg<'_>,
-        value: Bytes,
+        value: MadeValue,
         expires_at_ms: u64,
         existing: Option<usize>,
     ) -> u64 {
@@ -787,14 +813,15 @@ impl Table {
     fn store_version(
         &mut self,
         key: KeyArg<'_>,
-        value: Bytes,
+        value: MadeValue,
         expires_at_ms: u64,
         version: u64,
         existing: Option<usize>,
     ) {
-        let (value, tag) = match &mut self.value_store {
-            Some(store) => store(value),
-            None => (value, 0),
+        let (value, tag) = match (value.stored_tag, &mut self.value_store) {
+            (Some(tag), _) => (value.bytes, tag),
+            (None, Some(store)) => store(value.bytes),
+            (None, None) => (value.bytes, 0),
         };
         let key_bytes = key.as_slice();
         self.preserve(key_bytes);
@@ -1101,7 +1128,7 @@ impl Table {
         let protected: Vec<&[u8]> = protected_keys.iter().map(|key| &key[..]).collect();
         self.make_room(new_cost, old_cost, &protected)?;
         for (key, value) in unique {
-            self.store(KeyArg::Shared(&key), value, 0, None);
+            self.store(KeyArg::Shared(&key), value.into(), 0, None);
         }
         Ok(())
     }

@@ -807,14 +807,20 @@ mod linux {
         }
     }
 
-    /// The value store of a core's shard: the value moves into the core's arena (one copy, on
-    /// write); if the arena has no room it stays where it is (and local reads copy it).
-    /// A value for the shard from bytes that are not a `Bytes` yet: in the arena, or a copy of
-    /// its own when the arena has no room.
-    fn store_value_slice(arena: &RefCell<Arena>, value: &[u8]) -> Bytes {
-        match arena.borrow_mut().alloc_value(value) {
-            Some(stored) => stored.into_bytes(),
-            None => Bytes::copy_from_slice(value),
+    /// A value for the shard from bytes that are not a `Bytes` yet: in the arena, tagged as
+    /// [`store_value`] tags it (so the shard's value store is not asked again), or a copy of its
+    /// own (tag 0) when the arena has no room.
+    fn store_value_slice(arena: &RefCell<Arena>, value: &[u8]) -> veddb_shard::MadeValue {
+        let (bytes, tag) = match arena.borrow_mut().alloc_value(value) {
+            Some(stored) => {
+                let generation = stored.block().generation();
+                (stored.into_bytes(), generation)
+            }
+            None => (Bytes::copy_from_slice(value), 0),
+        };
+        veddb_shard::MadeValue {
+            bytes,
+            stored_tag: Some(tag),
         }
     }
 

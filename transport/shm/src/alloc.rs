@@ -1,5 +1,5 @@
-//! [`HugePageAlloc`]: the system allocator, with large allocations advised onto transparent
-//! huge pages.
+//! [`HugePageAlloc`]: an allocator (the system's unless another is given), with large
+//! allocations advised onto transparent huge pages.
 //!
 //! A core's key table is one allocation of tens of megabytes that every request probes at a
 //! random place: with 4 KiB pages nearly every probe of a large table also misses the TLB (a
@@ -15,10 +15,26 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// Allocations of at least this many bytes are advised onto huge pages: one huge page.
 pub const HUGE_PAGE_BYTES: usize = 2 << 20;
 
-/// The system allocator, advising allocations of [`HUGE_PAGE_BYTES`] or more onto transparent
-/// huge pages. Use it as the `#[global_allocator]` of a server binary.
+/// An allocator (`A`, the system's by default), advising allocations of [`HUGE_PAGE_BYTES`] or
+/// more onto transparent huge pages. Use it as the `#[global_allocator]` of a server binary.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HugePageAlloc;
+pub struct HugePageAlloc<A = System> {
+    inner: A,
+}
+
+impl HugePageAlloc<System> {
+    /// Over the system allocator.
+    pub const fn system() -> Self {
+        HugePageAlloc { inner: System }
+    }
+}
+
+impl<A> HugePageAlloc<A> {
+    /// Over `inner`.
+    pub const fn new(inner: A) -> Self {
+        HugePageAlloc { inner }
+    }
+}
 
 /// Advises the whole huge pages inside `[ptr, ptr + len)` (the advice is a hint: its failure
 /// changes nothing but speed, and is ignored).
@@ -48,30 +64,33 @@ fn advised(ptr: *mut u8, size: usize) -> *mut u8 {
     ptr
 }
 
-// SAFETY: every call is forwarded to `System` with the same arguments, which upholds the
-// GlobalAlloc contract; `advise` only adds a hint about memory `System` just returned.
-unsafe impl GlobalAlloc for HugePageAlloc {
+// SAFETY: every call is forwarded to the inner allocator with the same arguments, which upholds
+// the GlobalAlloc contract; `advise` only adds a hint about memory it just returned.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for HugePageAlloc<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's contract for `alloc`.
-        advised(unsafe { System.alloc(layout) }, layout.size())
+        advised(unsafe { self.inner.alloc(layout) }, layout.size())
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's contract for `alloc_zeroed`.
-        advised(unsafe { System.alloc_zeroed(layout) }, layout.size())
+        advised(unsafe { self.inner.alloc_zeroed(layout) }, layout.size())
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as the caller's contract for `dealloc` (`ptr` came from `System` through us).
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: as the caller's contract for `dealloc` (`ptr` came from the inner allocator through us).
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as the caller's contract for `realloc` (`ptr` came from `System` through us).
-        advised(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
+        // SAFETY: as the caller's contract for `realloc` (`ptr` came from the inner allocator through us).
+        advised(
+            unsafe { self.inner.realloc(ptr, layout, new_size) },
+            new_size,
+        )
     }
 }

@@ -33,6 +33,8 @@ compile_error!("veddb-shm assumes a little-endian target (shared layouts are lit
 mod alloc;
 mod arena;
 pub mod fuzzing;
+#[cfg(all(target_os = "linux", feature = "mimalloc"))]
+mod mimalloc;
 mod ring;
 mod segment;
 mod view;
@@ -50,6 +52,8 @@ pub use arena::{
     Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaValue,
     BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
 };
+#[cfg(all(target_os = "linux", feature = "mimalloc"))]
+pub use mimalloc::MiMalloc;
 pub use ring::{
     ByteRing, FrameRef, FrameWriter, RingConsumer, RingError, RingMemory, RingProducer,
     COUNTER_MAX, EMPTY_HEADER, FRAME_FLAGS, FRAME_HEADER_BYTES, WRAP_MARKER,
