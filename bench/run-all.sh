@@ -9,7 +9,11 @@
 #               socket (1 connection, no pipelining)
 #   kv-batched  VedDB local mix (80% GET) with 4 clients x depth 16 vs Redis, 4 connections,
 #               pipelining 16 over a Unix socket
-#   cores       VedDB local mix (2 clients x depth 16, clients unpinned) on a 1-core vs a 2-core server
+#   cores       VedDB local mix (2 clients x depth 16, clients unpinned) on a 1-core server vs one
+#               with the default flags (one core per CPU)
+#   colocate    VedDB local GET (1 client, depth 1, unpinned) against a 1-core server, one with the
+#               default flags, and the original README's `--workers 4`: server cores and the client
+#               share the CPUs (the configurations users start with)
 #   pubsub      1 publisher to 1, 5 and 100 subscribers, 16 and 128-byte messages, over VedDB
 #               local (shared memory), VedDB gRPC, Redis PUBLISH/SUBSCRIBE (Unix socket) and NATS
 # gRPC against tonic is bench/grpc-suite.sh (run it with RUN_GRPC_SUITE=1; by default the newest
@@ -18,7 +22,7 @@
 #
 # Servers are pinned to CPU 0 (veddb-server --cores 1 pins itself there; Redis and NATS through
 # taskset), every load generator to CPU 1 with taskset (all its threads inherit it), except in the
-# cores pair, where the 2-core server uses both CPUs and the clients float. (Not veddb-bench's
+# cores and colocate pairs, where the servers with more cores use both CPUs and the clients float. (Not veddb-bench's
 # --pin: it pins each thread by building and dropping a compio runtime, and the dropped io_uring
 # later interrupts the thread's blocking socket reads with EINTR, which the Redis and NATS
 # clients do not retry: pub/sub subscribers die with "a message reached 0 of N subscribers".) Before each pair it waits (up to
@@ -150,27 +154,35 @@ wait_for() { # what pid test-command...
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1"); }
 
-# Starts a VedDB server with CORES cores and a local instance; sets VEDDB_NAME, VEDDB_GRPC.
+# Starts a VedDB server with a local instance; sets VEDDB_NAME, VEDDB_GRPC. CORES: a number
+# (--cores N), "default" (no --cores: one core per CPU) or "w4" (the original README's --workers 4).
 start_veddb() { # cores
-    local cores=$1 log
+    local cores=$1 log flags
+    case $cores in
+    default) flags=() ;;
+    w4) flags=(--workers 4) ;;
+    *) flags=(--cores "$cores") ;;
+    esac
     VEDDB_NAME="bench-$$-c$cores"
     log="$OUT/veddb-server-c$cores.log"
-    # --cores N pins core i to CPU i by itself.
-    "$VEDDB_SERVER" --create --name "$VEDDB_NAME" --cores "$cores" --port 0 --memory-mb "$MEMORY_MB" \
+    # --cores N pins core i to CPU i (modulo the CPUs) by itself.
+    "$VEDDB_SERVER" --create --name "$VEDDB_NAME" "${flags[@]}" --port 0 --memory-mb "$MEMORY_MB" \
         >"$log" 2>&1 &
     local pid=$!
     started+=("$pid")
-    wait_for "veddb-server --cores $cores" "$pid" grep -q "gRPC listening" "$log"
-    wait_for "veddb-server --cores $cores (local instance)" "$pid" test -e "/dev/shm/veddb-$VEDDB_NAME.sock"
+    wait_for "veddb-server ${flags[*]:-(default flags)}" "$pid" grep -q "gRPC listening" "$log"
+    wait_for "veddb-server ${flags[*]:-(default flags)} (local instance)" "$pid" test -e "/dev/shm/veddb-$VEDDB_NAME.sock"
     VEDDB_GRPC=$(sed -n 's/.*gRPC listening.*address=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-    echo "veddb-server --cores $cores: pid $pid, instance $VEDDB_NAME, gRPC $VEDDB_GRPC"
+    echo "veddb-server ${flags[*]:-(default flags)}: pid $pid, instance $VEDDB_NAME, gRPC $VEDDB_GRPC"
 }
 
 echo "== starting the servers (CPU $SERVER_CPU)"
 start_veddb 1
 V1_NAME=$VEDDB_NAME V1_GRPC=$VEDDB_GRPC
-start_veddb 2
-V2_NAME=$VEDDB_NAME
+start_veddb default
+VD_NAME=$VEDDB_NAME
+start_veddb w4
+VW4_NAME=$VEDDB_NAME
 if [ "$have_redis" = 1 ]; then
     REDIS_PORT=$(free_port)
     REDIS_SOCK="$OUT/redis.sock"
@@ -297,8 +309,14 @@ for rep in $(seq 1 "$REPS"); do
     wait_quiet cores
     measure cores veddb-1-core "$rep" "$VEDDB_BENCH" local --instance "$V1_NAME" --op mix \
         --clients "$CORES_CLIENTS" --depth "$BATCH_DEPTH" "${kv[@]}"
-    measure cores veddb-2-cores "$rep" "$VEDDB_BENCH" local --instance "$V2_NAME" --op mix \
+    measure cores veddb-default "$rep" "$VEDDB_BENCH" local --instance "$VD_NAME" --op mix \
         --clients "$CORES_CLIENTS" --depth "$BATCH_DEPTH" "${kv[@]}"
+
+    wait_quiet colocate
+    for side in 1-core:"$V1_NAME" default:"$VD_NAME" workers-4:"$VW4_NAME"; do
+        measure colocate "veddb-${side%%:*}" "$rep" "$VEDDB_BENCH" local --instance "${side#*:}" --op get \
+            --clients 1 --depth 1 "${kv[@]}"
+    done
 
     for subscribers in $PUBSUB_SUBSCRIBERS; do
         for size in $PUBSUB_SIZES; do

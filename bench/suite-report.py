@@ -161,8 +161,8 @@ plot("kv-get-d1", "GET, 1 client, depth 1: VedDB local vs Redis (Unix socket)", 
 plot("kv-batched", "80 % GET mix, pipelined: VedDB local vs Redis (Unix socket)", "kv",
      [("veddb-local", [("kv-batched", "veddb-local", "mix batched")]),
       ("redis-unix", [("kv-batched", "redis-unix", "mix batched")])])
-plot("cores", "VedDB local mix: 1-core vs 2-core server", "kv",
-     [("veddb-1-core", [("cores", "veddb-1-core", "mix")]), ("veddb-2-cores", [("cores", "veddb-2-cores", "mix")])])
+plot("cores", "VedDB local mix: 1-core server vs default flags (a core per CPU)", "kv",
+     [("veddb-1-core", [("cores", "veddb-1-core", "mix")]), ("veddb-default", [("cores", "veddb-default", "mix")])])
 sizes = sorted({int(p.split("-")[2]) for p in S if p.startswith("pubsub-")})
 subscriber_counts = sorted({int(p.split("-")[1]) for p in S if p.startswith("pubsub-")})
 for size in sizes:
@@ -186,7 +186,7 @@ w(f"- Machine: {meta.get('cpu_model')}, {meta.get('cpus')} CPUs, {meta.get('memo
   f"{meta.get('nats', 'NATS not installed')}.")
 w(f"- Pinning: servers on CPU {meta.get('SERVER_CPU')} (`veddb-server --cores 1` pins itself; "
   f"Redis and NATS through `taskset`), every load generator on CPU {meta.get('CLIENT_CPU')} "
-  "(`taskset`, all its threads), except in the cores pair (see there). Redis: "
+  "(`taskset`, all its threads), except in the cores and colocate pairs (see there). Redis: "
   "`redis-server --save '' --appendonly no`, Unix socket; NATS: `nats-server -a 127.0.0.1`; VedDB: "
   f"`veddb-server --create --cores 1 --memory-mb {meta.get('MEMORY_MB')}`, no persistence.")
 w(f"- Key-value runs: {meta.get('KEYS')} keys of {meta.get('KEY_SIZE')} bytes, {meta.get('VALUE_SIZE')}-byte "
@@ -231,20 +231,39 @@ if rounds:
     w("")
 
 # Cores
-e, f = get("cores", "veddb-1-core"), get("cores", "veddb-2-cores")
+e, f = get("cores", "veddb-1-core"), get("cores", "veddb-default")
 if e and f:
-    w("### One core vs two cores (VedDB local)")
+    w("### One core vs the default flags (VedDB local)")
     w("")
     w(f"80 % GET mix, {meta.get('CORES_CLIENTS')} clients × depth {meta.get('BATCH_DEPTH')}, against a "
-      "`--cores 1` server (CPU 0) and a `--cores 2` server (CPUs 0 and 1); the client threads are not "
-      "pinned, so with two server cores they share both CPUs with the server (this machine has only two).")
+      "`--cores 1` server (CPU 0) and one started with the default flags (a core per CPU, pinned); the "
+      "client threads are not pinned, so with a core on every CPU they share the CPUs with the server.")
     w("")
     w("| server | ops/s | p50 / p99 | per round |")
     w("| --- | ---: | ---: | --- |")
-    for label, st in (("`--cores 1`", e), ("`--cores 2`", f)):
+    for label, st in (("`--cores 1`", e), ("default flags", f)):
         w(f"| {label} | {fmt_ops(st['ops'])} | {fmt_us(st['p50'])} / {fmt_us(st['p99'])} | "
           + " ".join(fmt_ops(x) for x in st["ops_all"]) + " |")
-    w(f"| 2 cores / 1 core | **{fmt_ratio(ratio(f['ops'], e['ops']))}** (per round {fmt_ratio(per_round_ratio('cores', 'veddb-2-cores', 'veddb-1-core'))}) | | |")
+    w(f"| default / 1 core | **{fmt_ratio(ratio(f['ops'], e['ops']))}** (per round {fmt_ratio(per_round_ratio('cores', 'veddb-default', 'veddb-1-core'))}) | | |")
+    w("")
+
+# Colocate
+sides = [(label, get("colocate", side)) for label, side in (
+    ("`--cores 1`", "veddb-1-core"), ("default flags (a core per CPU)", "veddb-default"),
+    ("`--workers 4`", "veddb-workers-4"))]
+if any(st for _, st in sides):
+    w("### Server cores and a local client sharing the CPUs (VedDB local)")
+    w("")
+    w("GET, 1 client, depth 1, value read in place; the client thread is not pinned. With a core on "
+      "every CPU (or more cores than CPUs) the client shares a CPU with a core: both yield the CPU to "
+      "each other while they wait instead of spinning (docs/shm-layout.md, \"Sharing a CPU\").")
+    w("")
+    w("| server | ops/s | p50 / p99 | per round |")
+    w("| --- | ---: | ---: | --- |")
+    for label, st in sides:
+        if st:
+            w(f"| {label} | {fmt_ops(st['ops'])} | {fmt_us(st['p50'])} / {fmt_us(st['p99'])} | "
+              + " ".join(fmt_ops(x) for x in st["ops_all"]) + " |")
     w("")
 
 # Pub/sub

@@ -95,7 +95,10 @@ impl Engine {
     ) -> Result<(), StartError> {
         let cpus = available_cpus();
         for (index, (outbound, inbound)) in outbound.into_iter().zip(inbound).enumerate() {
-            let (external_sender, wiring) = self.core_wiring(index, outbound, inbound);
+            let (external_sender, mut wiring) = self.core_wiring(index, outbound, inbound);
+            // More cores than CPUs, pinned round-robin: this core's CPU may hold another.
+            wiring.shares_cpu_with_core =
+                self.config.pin_threads && index % cpus + cpus < self.config.cores;
             let shard_config = shard_config(&self.config, index, shard_budget);
             let pin = self.config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
@@ -136,6 +139,7 @@ impl Engine {
             index: index as u32,
             shard_count: self.config.cores as u32,
             spin: self.config.spin,
+            shares_cpu_with_core: false,
             clock: self.config.clock.clone(),
             outbound,
             inbound,

@@ -2149,6 +2149,11 @@ mod linux {
         push: PushRoutes,
         /// The frontend stopped and this core's sessions are closed.
         ended: bool,
+        /// The CPU this core's thread runs on, as last published in its data segment.
+        cpu: u32,
+        /// The last round with work served a client that sent from this core's CPU (see
+        /// [`CoreSource::client_shares_cpu`]); forgotten when the core parks.
+        client_on_cpu: bool,
     }
 
     impl LocalCore {
@@ -2158,7 +2163,7 @@ mod linux {
                 arena.borrow().epoch(),
                 shared.clock.monotonic(),
             );
-            LocalCore {
+            let mut core = LocalCore {
                 shared,
                 index,
                 arena,
@@ -2170,7 +2175,12 @@ mod linux {
                 buffers: RoundBuffers::new(),
                 push: PushRoutes::default(),
                 ended: false,
-            }
+                cpu: data_segment::CPU_UNKNOWN,
+                client_on_cpu: false,
+            };
+            // On the core's thread, pinned already (the engine pins before the setup runs).
+            core.publish_cpu();
+            core
         }
 
         fn me(&self) -> &CoreShared {
@@ -2223,6 +2233,20 @@ mod linux {
             if due {
                 self.last_maintenance_ms = now_ms;
                 self.reclaim();
+                self.publish_cpu();
+            }
+        }
+
+        /// Publishes the CPU the core runs on (once pinned it never changes; an unpinned core
+        /// may move, and is seen at the next maintenance), for clients to compare with theirs.
+        fn publish_cpu(&mut self) {
+            let cpu = veddb_shm::current_cpu();
+            if cpu != self.cpu {
+                self.cpu = cpu;
+                self.me()
+                    .data
+                    .atomic_u32(data_segment::CORE_CPU_OFFSET)
+                    .store(cpu, Ordering::Relaxed);
             }
         }
 
@@ -2302,8 +2326,10 @@ mod linux {
             }
             self.take_control(context);
             let mut work = 0;
+            // Whether a session served this round sent from this core's CPU.
+            let mut served: Option<bool> = None;
             for session in &self.sessions {
-                work += serve_session(
+                let done = serve_session(
                     context,
                     &self.shared,
                     &self.arena,
@@ -2311,6 +2337,17 @@ mod linux {
                     &mut self.buffers,
                     &mut self.push,
                 );
+                if done > 0 {
+                    let client_cpu = session
+                        .borrow()
+                        .ring
+                        .load_u32(ring_segment::CLIENT_CPU_OFFSET, Ordering::Relaxed);
+                    *served.get_or_insert(false) |= veddb_shm::same_cpu(client_cpu, self.cpu);
+                }
+                work += done;
+            }
+            if let Some(on_cpu) = served {
+                self.client_on_cpu = on_cpu;
             }
             // Messages this round (or a peer, or a task) published for pushed subscriptions:
             // into their sessions' response rings, as far as they have room.
@@ -2324,6 +2361,10 @@ mod linux {
             self.bury();
             self.maintain(context.now_ms());
             work
+        }
+
+        fn client_shares_cpu(&self) -> bool {
+            self.client_on_cpu
         }
 
         fn has_work(&self) -> bool {
@@ -2368,6 +2409,7 @@ mod linux {
             // it saw the flag is seen by the caller's re-check of `has_work`.
             self.parked_word()
                 .store(data_segment::CORE_PARKED, Ordering::SeqCst);
+            self.client_on_cpu = false;
         }
 
         fn cancel_park(&mut self) {

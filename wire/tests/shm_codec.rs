@@ -987,9 +987,9 @@ fn instance_header_round_trips_and_is_checked() {
         Err(HeaderError::BadMagic { .. })
     ));
     let mut bad = page.clone();
-    // Version 1 (the rings with a separate tail counter), 2 (no pushed subscriptions) and any
-    // later one are refused.
-    for version in [1u8, 2, 4] {
+    // Version 1 (the rings with a separate tail counter), 2 (no pushed subscriptions), 3 (no
+    // CPU words) and any later one are refused.
+    for version in [1u8, 2, 3, 5] {
         bad[VERSION_OFFSET] = version;
         assert!(matches!(
             InstanceHeader::read(&bad),
@@ -1092,9 +1092,16 @@ fn ring_header_round_trips() {
     };
     let mut page = vec![0xEE; HEADER_BYTES + 10];
     header.write_to(&mut page);
+    // Every live field zero, but the client's CPU: not known yet.
+    assert_eq!(
+        page[CLIENT_CPU_OFFSET..CLIENT_CPU_OFFSET + 4],
+        data_segment::CPU_UNKNOWN.to_le_bytes()
+    );
     assert!(page[STATIC_END_OFFSET..HEADER_BYTES]
         .iter()
-        .all(|&b| b == 0));
+        .enumerate()
+        .all(|(i, &b)| b == 0
+            || (CLIENT_CPU_OFFSET..CLIENT_CPU_OFFSET + 4).contains(&(STATIC_END_OFFSET + i))));
     assert!(page[HEADER_BYTES..].iter().all(|&b| b == 0xEE));
     assert_eq!(RingHeader::read(&page).unwrap(), header);
     let mut bad = page.clone();

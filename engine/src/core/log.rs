@@ -439,6 +439,10 @@ impl CoreContext {
     /// `--snapshot-interval` when the log grew since the last one.
     pub(super) async fn run_snapshots(self) {
         let log = self.log();
+        // A kill between a snapshot's rename and the trim after it leaves one snapshot (and
+        // the segments it covers) too many; kills at that moment, run after run, would let
+        // them pile up. Trimmed at the start, the directory holds what a trim leaves.
+        self.trim();
         let mut last = self.monotonic();
         loop {
             match log.snapshot_interval {

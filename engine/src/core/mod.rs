@@ -21,6 +21,7 @@ use crate::doorbell::Doorbell;
 use crate::ring::{Consumer, Producer};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 
+mod contention;
 mod log;
 mod source;
 
@@ -71,6 +72,9 @@ pub(crate) struct CoreWiring {
     pub index: u32,
     pub shard_count: u32,
     pub spin: Duration,
+    /// Another core is pinned to this core's CPU (more cores than CPUs): the core gives way
+    /// whenever it waits (yields the CPU instead of spinning).
+    pub shares_cpu_with_core: bool,
     /// `[peer]`: my requests to `peer`, and `peer`'s responses to them.
     pub outbound: Vec<Option<(Producer<RequestMessage>, Consumer<ResponseMessage>)>>,
     /// `[peer]`: `peer`'s requests to me, and my responses to them.
@@ -228,6 +232,8 @@ struct State {
     index: u32,
     shard_count: u32,
     spin: Duration,
+    /// See [`CoreWiring::shares_cpu_with_core`].
+    shares_cpu_with_core: bool,
     shard: RefCell<Shard>,
     outbound: Vec<Option<RefCell<Outbound>>>,
     inbound: Vec<Option<RefCell<Inbound>>>,
@@ -258,6 +264,8 @@ struct State {
     clock: std::sync::Arc<dyn Clock>,
     /// What frontends bring into this core's loop (taken out while they are polled).
     sources: RefCell<Vec<Box<dyn CoreSource>>>,
+    /// Whether other threads wait for this core's CPU (sampled while it spins).
+    contention: RefCell<contention::Contention>,
 }
 
 /// A handle to the core the current task runs on. Cheap to clone; not `Send` (it lives on its
@@ -276,6 +284,7 @@ impl CoreContext {
             index,
             shard_count,
             spin,
+            shares_cpu_with_core,
             outbound,
             inbound,
             external,
@@ -317,6 +326,7 @@ impl CoreContext {
             index,
             shard_count,
             spin,
+            shares_cpu_with_core,
             shard: RefCell::new(shard),
             outbound,
             inbound,
@@ -334,6 +344,7 @@ impl CoreContext {
             log,
             clock,
             sources: RefCell::new(sources),
+            contention: RefCell::new(contention::Contention::new()),
         }))
     }
 
@@ -1075,6 +1086,19 @@ impl CoreContext {
         work
     }
 
+    /// Whether the core, waiting for work, should yield its CPU between polls rather than spin:
+    /// another core is pinned to its CPU, a source's client sends from it, or other threads
+    /// were seen waiting for it lately.
+    fn gives_way(&self, now: Instant) -> bool {
+        self.0.shares_cpu_with_core
+            || self
+                .0
+                .sources
+                .try_borrow()
+                .is_ok_and(|sources| sources.iter().any(|source| source.client_shares_cpu()))
+            || self.0.contention.borrow_mut().contended(now)
+    }
+
     /// The shortest park timeout any source asks for.
     fn sources_park_timeout(&self) -> Duration {
         self.0
@@ -1210,11 +1234,18 @@ impl CoreContext {
                 // `DRIVER_EMPTY_SLICES` empty slices in a row.
                 let until = now + DRIVER_SLICE;
                 let mut arrived = false;
+                // Sharing the CPU with whom the core waits for (a local client, or another
+                // core): yield it between polls, so that they run, instead of spinning.
+                let give_way = self.gives_way(now);
                 // The clock is read once every few polls: a request that arrives is seen by
                 // the next poll, not after a clock read.
                 'slice: while self.monotonic() < until {
                     for _ in 0..SPIN_POLLS_PER_CLOCK {
-                        std::hint::spin_loop();
+                        if give_way {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
                         if self.has_inbound() {
                             arrived = true;
                             break 'slice;
@@ -1241,6 +1272,7 @@ impl CoreContext {
             }
             empty_slices = 0;
             (rounds, worked) = (0, 0);
+            self.0.contention.borrow_mut().parked();
             let timeout = self
                 .next_timer(self.now_ms())
                 .min(self.sources_park_timeout());

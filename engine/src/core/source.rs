@@ -29,6 +29,15 @@ pub trait CoreSource {
     /// must not block or write.
     fn has_work(&self) -> bool;
 
+    /// Whether a client of this source waits on this core from the core's own CPU: one ran
+    /// there when it sent the requests of the source's last round with work. The core then
+    /// gives way while it waits for more (it yields the CPU between polls instead of spinning),
+    /// so that the client it waits for can run. Asked while the core spins; cheap, no writes
+    /// to shared memory. A source that cannot tell says `false`.
+    fn client_shares_cpu(&self) -> bool {
+        false
+    }
+
     /// The longest the core may sleep before it polls this source again, even if no producer
     /// wakes it (for work that frees without a wake-up). `None`: no limit of its own.
     fn park_timeout(&self) -> Option<std::time::Duration> {

@@ -32,6 +32,7 @@ compile_error!("veddb-shm assumes a little-endian target (shared layouts are lit
 
 mod alloc;
 mod arena;
+mod cpu;
 pub mod fuzzing;
 #[cfg(all(target_os = "linux", feature = "mimalloc"))]
 mod mimalloc;
@@ -52,6 +53,7 @@ pub use arena::{
     Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaValue,
     BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
 };
+pub use cpu::{current_cpu, same_cpu};
 #[cfg(all(target_os = "linux", feature = "mimalloc"))]
 pub use mimalloc::MiMalloc;
 pub use ring::{

@@ -19,7 +19,17 @@ const _: () = {
     assert!(ring_segment::DISCONNECT_REASON_OFFSET + 4 <= ring_segment::RESERVED_TAIL_OFFSET);
     assert!(ring_segment::RESERVED_TAIL_OFFSET <= ring_segment::HEADER_BYTES);
     assert!(ring_segment::HEADER_BYTES.is_multiple_of(PAGE_BYTES));
-    assert!(data_segment::CORE_PARKED_OFFSET + 4 <= data_segment::RESERVED_TAIL_OFFSET);
+    assert!(data_segment::CORE_PARKED_OFFSET + 4 <= data_segment::CORE_CPU_OFFSET);
+    assert!(data_segment::CORE_CPU_OFFSET + 4 <= data_segment::RESERVED_TAIL_OFFSET);
+    assert!(
+        data_segment::CORE_CPU_OFFSET / CACHE_LINE_BYTES
+            == data_segment::CORE_PARKED_OFFSET / CACHE_LINE_BYTES
+    );
+    assert!(ring_segment::CLIENT_WAIT_OFFSET + 4 <= ring_segment::CLIENT_CPU_OFFSET);
+    assert!(
+        ring_segment::CLIENT_CPU_OFFSET / CACHE_LINE_BYTES
+            == ring_segment::CLIENT_WAIT_OFFSET / CACHE_LINE_BYTES
+    );
     assert!(data_segment::RESERVED_TAIL_OFFSET <= data_segment::HEADER_BYTES);
     assert!(data_segment::HEADER_BYTES.is_multiple_of(PAGE_BYTES));
     assert!(ring::MIN_RING_BYTES.is_power_of_two() && ring::MAX_RING_BYTES.is_power_of_two());

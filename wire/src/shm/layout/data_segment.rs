@@ -25,6 +25,11 @@ pub const STATIC_END_OFFSET: usize = 0x040;
 pub const GLOBAL_EPOCH_OFFSET: usize = 0x040;
 /// u32, [`CORE_PARKED`] while the core sleeps or is about to (core writes).
 pub const CORE_PARKED_OFFSET: usize = 0x080;
+/// u32, the CPU the core's thread runs on, or [`CPU_UNKNOWN`] (core writes, when it changes).
+/// A client that runs on the same CPU waits for that core's answers by yielding the CPU, not
+/// by spinning (see `docs/shm-layout.md`, "Sharing a CPU"). In the parked flag's line, which
+/// a client reads after every request anyway.
+pub const CORE_CPU_OFFSET: usize = 0x084;
 /// Bytes from here to [`HEADER_BYTES`] are reserved zero.
 pub const RESERVED_TAIL_OFFSET: usize = 0x0C0;
 
@@ -32,6 +37,8 @@ pub const RESERVED_TAIL_OFFSET: usize = 0x0C0;
 pub const ARENA_OFFSET: u64 = HEADER_BYTES as u64;
 /// The first global epoch (0 is [`EPOCH_PIN_NONE`](super::ring_segment::EPOCH_PIN_NONE)).
 pub const EPOCH_FIRST: u64 = 1;
+/// A CPU number that names none: not known (yet).
+pub const CPU_UNKNOWN: u32 = u32::MAX;
 /// Parked flag: the core is running (polling its rings).
 pub const CORE_RUNNING: u32 = 0;
 /// Parked flag: the core sleeps; a client that publishes a request and then sees this
@@ -72,6 +79,7 @@ impl DataHeader {
         write(out, ARENA_OFFSET_OFFSET, &self.arena_offset.to_le_bytes());
         write(out, ARENA_BYTES_OFFSET, &self.arena_bytes.to_le_bytes());
         write(out, GLOBAL_EPOCH_OFFSET, &EPOCH_FIRST.to_le_bytes());
+        write(out, CORE_CPU_OFFSET, &CPU_UNKNOWN.to_le_bytes());
     }
 
     /// Reads and checks the static part: the arena must start at [`ARENA_OFFSET`]

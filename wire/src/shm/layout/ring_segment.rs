@@ -42,6 +42,11 @@ pub const RESPONSE_HEAD_OFFSET: usize = 0x100;
 /// after publishing a response, swaps [`CLIENT_SLEEPING`] for [`CLIENT_AWAKE`] and wakes
 /// it (the only word both sides write).
 pub const CLIENT_WAIT_OFFSET: usize = 0x140;
+/// u32, the CPU the client ran on when it last sent a request to this core, or
+/// [`CPU_UNKNOWN`](super::data_segment::CPU_UNKNOWN) (client writes, when it changes). A core
+/// that serves a client on its own CPU gives way while it waits for more work (yields the
+/// CPU instead of spinning). Advisory: a wrong value costs speed, never correctness.
+pub const CLIENT_CPU_OFFSET: usize = 0x144;
 /// u64, the oldest epoch pin: the core's epoch as the client read it before the request of
 /// its oldest live view (or request in flight) that may point into the arena;
 /// [`EPOCH_PIN_NONE`] when it holds none (client writes). See `docs/shm-layout.md`, "View
@@ -99,8 +104,8 @@ pub struct RingHeader {
 
 impl RingHeader {
     /// Writes the whole header page into `out[..HEADER_BYTES]`: the static fields,
-    /// every live field zero (indices 0, client awake, no pin, attached). Panics if
-    /// `out` is shorter than [`HEADER_BYTES`].
+    /// every live field zero (indices 0, client awake, no pin, attached) but the client's
+    /// CPU, unknown. Panics if `out` is shorter than [`HEADER_BYTES`].
     pub fn write_to(&self, out: &mut [u8]) {
         let out = &mut out[..HEADER_BYTES];
         out.fill(0);
@@ -119,6 +124,11 @@ impl RingHeader {
             &self.response_ring_bytes.to_le_bytes(),
         );
         write(out, INSTANCE_ID_OFFSET, &self.instance_id.to_le_bytes());
+        write(
+            out,
+            CLIENT_CPU_OFFSET,
+            &super::data_segment::CPU_UNKNOWN.to_le_bytes(),
+        );
     }
 
     /// Reads and checks the static part (for the client; the server never reads it
