@@ -80,6 +80,9 @@ pub struct LocalConnection {
     /// Answer buffers given back after use, for the next answers (no allocation per answer).
     spare: RefCell<Vec<Vec<u8>>>,
     spin: Duration,
+    /// [`near_a_core`](Self::near_a_core)'s memory: the CPU, the answer, waits left before
+    /// it looks again.
+    near: Cell<(u32, bool, u32)>,
     /// The attach socket: its closing tells the server this session ended.
     #[cfg(target_os = "linux")]
     _socket: std::os::unix::net::UnixStream,
@@ -482,6 +485,7 @@ impl LocalConnection {
             all_cores: (0..cores).collect(),
             spare: RefCell::new(Vec::new()),
             spin: SPIN_DEFAULT,
+            near: Cell::new((data_segment::CPU_UNKNOWN, false, 0)),
             _socket: socket,
             heartbeat_stop,
             pins,
@@ -645,13 +649,34 @@ impl LocalConnection {
         }
     }
 
-    /// Whether this client runs on the CPU `core` runs on: then it waits for that core's
-    /// answers by yielding the CPU (the core needs it to answer), not by spinning.
-    fn shares_cpu_with(&self, core: usize) -> bool {
-        let core_cpu = self.cores[core]
+    /// How to wait for `core`'s answer, from where this client runs now.
+    fn wait_policy(&self, core: usize) -> WaitPolicy {
+        let cpu = current_cpu();
+        let colocated = same_cpu(cpu, self.core_cpu(core));
+        WaitPolicy {
+            colocated,
+            near: colocated || self.near_a_core(cpu),
+        }
+    }
+
+    /// The CPU `core` published (it may be [`data_segment::CPU_UNKNOWN`]).
+    fn core_cpu(&self, core: usize) -> u32 {
+        self.cores[core]
             .data
-            .load_u32(data_segment::CORE_CPU_OFFSET, Ordering::Relaxed);
-        same_cpu(current_cpu(), core_cpu)
+            .load_u32(data_segment::CORE_CPU_OFFSET, Ordering::Relaxed)
+    }
+
+    /// Whether some core of the instance runs on `cpu`. Remembered for the CPU it was asked
+    /// for, and asked again every [`NEAR_RECHECK`] waits (an unpinned core may move).
+    fn near_a_core(&self, cpu: u32) -> bool {
+        let (asked_for, near, left) = self.near.get();
+        if asked_for == cpu && left > 0 {
+            self.near.set((cpu, near, left - 1));
+            return near;
+        }
+        let near = (0..self.cores.len()).any(|core| same_cpu(cpu, self.core_cpu(core)));
+        self.near.set((cpu, near, NEAR_RECHECK));
+        near
     }
 
     /// Moves every answer waiting in `core`'s response ring into the stash.
@@ -773,7 +798,7 @@ impl LocalConnection {
         const POLLS_PER_CHECK: u32 = 64;
         let mut polls = 0u32;
         let mut started: Option<Instant> = None;
-        let give_way = self.shares_cpu_with(core);
+        let policy = self.wait_policy(core);
         loop {
             if let Some(payload) = self.stashed(id) {
                 return Ok(Answer::Buffer(payload));
@@ -783,7 +808,7 @@ impl LocalConnection {
             }
             polls = polls.wrapping_add(1);
             if !polls.is_multiple_of(POLLS_PER_CHECK) {
-                pause(give_way);
+                policy.pause(polls);
                 continue;
             }
             self.check_attached(core)?;
@@ -1159,11 +1184,11 @@ impl LocalConnection {
     fn view_answer(&self, core: usize, id: u32) -> Result<GetResult, ClientError> {
         // The usual answer, polled for a while; anything else, or a slow answer, the general
         // way (which also watches the server's status and sleeps).
-        let give_way = self.shares_cpu_with(core);
-        for _ in 0..FAST_VIEW_POLLS {
+        let policy = self.wait_policy(core);
+        for polls in 0..FAST_VIEW_POLLS {
             match self.next_shared_view(core, id) {
                 NextView::Ready(result) => return result,
-                NextView::Empty => pause(give_way),
+                NextView::Empty => policy.pause(polls),
                 NextView::Other => break,
             }
         }
@@ -1285,16 +1310,36 @@ const VIEW_PREFETCH_AHEAD: usize = 8;
 /// microseconds: more than a GET's round trip).
 const FAST_VIEW_POLLS: u32 = 256;
 
-/// One pause of a wait for a core: a spin hint, or, when the client shares the core's CPU
-/// (`give_way`), the CPU given up for whoever waits for it (the core, most likely). On
-/// this 2-CPU machine two threads on one CPU that yield to each other hand over in about
-/// 2 µs; one that spins keeps the core from answering until the scheduler preempts it.
-#[inline]
-fn pause(give_way: bool) {
-    if give_way {
-        std::thread::yield_now();
-    } else {
-        std::hint::spin_loop();
+/// Waits a near-core client spins before it gives way (see [`WaitPolicy`]): about 2 µs, several
+/// times what a core on a CPU of its own takes to answer.
+const NEAR_SPIN_POLLS: u32 = 128;
+/// Waits between two looks at which CPUs the cores run on.
+const NEAR_RECHECK: u32 = 4096;
+
+/// How a client pauses between two looks for an answer.
+///
+/// A client that shares the CPU of the core it waits for (`colocated`) yields the CPU at once:
+/// the core needs it to answer. (On this 2-CPU machine two threads on one CPU that yield to
+/// each other hand over in about 2 µs; one that spins keeps the core from answering until the
+/// scheduler preempts it, milliseconds later.) A client that shares its CPU with another core
+/// (`near`) spins briefly, then yields too: the core it waits for may be waiting for that
+/// core, or for a client that spins on the other core's CPU, and no one gets anywhere while
+/// everyone spins. A client on a CPU without cores spins (and sleeps after its spin window).
+#[derive(Clone, Copy, Debug)]
+struct WaitPolicy {
+    colocated: bool,
+    near: bool,
+}
+
+impl WaitPolicy {
+    /// One pause, the `polls`-th of this wait.
+    #[inline]
+    fn pause(self, polls: u32) {
+        if self.colocated || (self.near && polls >= NEAR_SPIN_POLLS) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 
