@@ -17,7 +17,7 @@ use bytes::Bytes;
 use veddb_client::Client;
 use veddb_shm::{recv_with_fds, ByteRing, RingConsumer, RingProducer, Segment};
 use veddb_wire::shm::codec;
-use veddb_wire::shm::layout::{attach, instance, reason, ring_segment};
+use veddb_wire::shm::layout::{attach, data_segment, instance, reason, ring_segment};
 use veddb_wire::{Error, Request, Response, SetOptions};
 
 mod common;
@@ -146,6 +146,8 @@ impl Drop for Server {
 /// cores' eventfds. It writes requests and reads nothing unless told to.
 struct RawSession {
     _socket: std::os::unix::net::UnixStream,
+    /// The cores' data segments (read-only).
+    datas: Vec<Segment>,
     rings: Vec<Arc<Segment>>,
     producers: Vec<RingProducer>,
     consumers: Vec<RingConsumer>,
@@ -173,10 +175,9 @@ impl RawSession {
         let reply = attach::AttachReply::decode(&reply[..length]).expect("attached");
         assert_eq!(fds.len(), cores * 3);
         let mut fds = fds.into_iter();
-        // Data segments: not needed to attack.
-        for _ in 0..cores {
-            fds.next();
-        }
+        let datas: Vec<Segment> = (0..cores)
+            .map(|_| Segment::map_fd(fds.next().unwrap(), false).unwrap())
+            .collect();
         let rings: Vec<Arc<Segment>> = (0..cores)
             .map(|_| Arc::new(Segment::map_fd(fds.next().unwrap(), true).unwrap()))
             .collect();
@@ -207,6 +208,7 @@ impl RawSession {
             .collect();
         RawSession {
             _socket: socket,
+            datas,
             rings,
             producers,
             consumers,
@@ -269,6 +271,67 @@ impl RawSession {
             .atomic_u32(ring_segment::DISCONNECT_REASON_OFFSET)
             .load(Ordering::Acquire)
     }
+}
+
+/// The CPU words of layout 4 (`docs/shm-layout.md`, "Sharing a CPU"): every core publishes the
+/// CPU it is pinned to, a new ring says "unknown" for its client, and a client that writes
+/// nonsense there (or the core's own CPU, to make it yield) is served like any other while a
+/// good client goes on.
+#[test]
+fn cpu_words_are_published_and_a_lying_client_is_served() {
+    let server = Server::start(&[]);
+    let mut raw = RawSession::attach(&server.name);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    for core in 0..2u32 {
+        // The engine pins core i to CPU i modulo the CPUs; the core publishes it at start.
+        let published = (|| {
+            let deadline = Instant::now() + SERVED_TIMEOUT;
+            loop {
+                let cpu = raw.datas[core as usize]
+                    .load_u32(data_segment::CORE_CPU_OFFSET, Ordering::Acquire);
+                if cpu != data_segment::CPU_UNKNOWN || Instant::now() > deadline {
+                    return cpu;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })();
+        assert_eq!(published, core % cpus, "core {core}'s published CPU");
+        assert_eq!(
+            raw.rings[core as usize]
+                .atomic_u32(ring_segment::CLIENT_CPU_OFFSET)
+                .load(Ordering::Acquire),
+            data_segment::CPU_UNKNOWN,
+            "a new ring's client CPU"
+        );
+    }
+    let lies = [0, 1, 7, 1 << 20, data_segment::CPU_UNKNOWN - 1];
+    for (round, lie) in lies.into_iter().enumerate() {
+        for core in 0..2u32 {
+            raw.rings[core as usize]
+                .atomic_u32(ring_segment::CLIENT_CPU_OFFSET)
+                .store(lie, Ordering::Release);
+            let key = key_on(core, 2, &format!("liar-{round}"));
+            assert!(raw.push(
+                core as usize,
+                &Request::Set {
+                    key: key.clone(),
+                    value: Bytes::from_static(b"v"),
+                    options: SetOptions::default(),
+                }
+            ));
+            raw.wake(core as usize);
+            let answer = raw.next_answer(core as usize);
+            assert!(
+                matches!(
+                    codec::decode_response(&answer).map(|(_, response)| response),
+                    Ok(codec::ResponseFrame::Other(Response::Stored { .. }))
+                ),
+                "the liar's SET on core {core}: {answer:?}"
+            );
+        }
+        good_client_round(&server, round);
+    }
+    server.stop();
 }
 
 /// A key owned by `core` of `cores`.
