@@ -89,6 +89,7 @@ impl Contention {
 }
 
 /// The second field of a schedstat line: "time on CPU, time waiting on a run queue, slices".
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_run_delay(line: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(line).ok()?;
     text.split_ascii_whitespace().nth(1)?.parse().ok()
