@@ -1099,6 +1099,14 @@ impl CoreContext {
             || self.0.contention.borrow_mut().contended(now)
     }
 
+    /// Whether a source's last round served a client on this core's CPU.
+    fn client_on_cpu(&self) -> bool {
+        self.0
+            .sources
+            .try_borrow()
+            .is_ok_and(|sources| sources.iter().any(|source| source.client_shares_cpu()))
+    }
+
     /// The shortest park timeout any source asks for.
     fn sources_park_timeout(&self) -> Duration {
         self.0
@@ -1219,6 +1227,11 @@ impl CoreContext {
                     // Tasks this round woke (answers from other cores, spawned requests) run
                     // now; the I/O driver waits for a later round (no syscall per request).
                     run_ready_tasks();
+                    if self.client_on_cpu() {
+                        // The client this round answered runs on this CPU and waits: hand it
+                        // the CPU now rather than after one more (empty) round.
+                        std::thread::yield_now();
+                    }
                     continue;
                 }
                 (rounds, worked) = (0, 0);
