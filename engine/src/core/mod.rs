@@ -1091,11 +1091,7 @@ impl CoreContext {
     /// were seen waiting for it lately.
     fn gives_way(&self, now: Instant) -> bool {
         self.0.shares_cpu_with_core
-            || self
-                .0
-                .sources
-                .try_borrow()
-                .is_ok_and(|sources| sources.iter().any(|source| source.client_shares_cpu()))
+            || self.client_on_cpu()
             || self.0.contention.borrow_mut().contended(now)
     }
 
