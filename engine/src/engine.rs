@@ -95,10 +95,7 @@ impl Engine {
     ) -> Result<(), StartError> {
         let cpus = available_cpus();
         for (index, (outbound, inbound)) in outbound.into_iter().zip(inbound).enumerate() {
-            let (external_sender, mut wiring) = self.core_wiring(index, outbound, inbound);
-            // More cores than CPUs, pinned round-robin: this core's CPU may hold another.
-            wiring.shares_cpu_with_core =
-                self.config.pin_threads && index % cpus + cpus < self.config.cores;
+            let (external_sender, wiring) = self.core_wiring(index, outbound, inbound, cpus);
             let shard_config = shard_config(&self.config, index, shard_budget);
             let pin = self.config.pin_threads.then_some(index % cpus);
             let ready = ready_sender.clone();
@@ -127,19 +124,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Wires core `index` to its peers' rings, the other cores and its external queue.
+    /// Wires core `index` to its peers' rings, the other cores and its external queue (cores
+    /// pinned round-robin over `cpus` CPUs).
     fn core_wiring(
         &self,
         index: usize,
         outbound: OutboundLinks,
         inbound: InboundLinks,
+        cpus: usize,
     ) -> (SyncSender<External>, CoreWiring) {
         let (external_sender, external_receiver) = sync_channel(EXTERNAL_QUEUE_CAPACITY);
         let wiring = CoreWiring {
             index: index as u32,
             shard_count: self.config.cores as u32,
             spin: self.config.spin,
-            shares_cpu_with_core: false,
+            // More cores than CPUs: this core's CPU may hold another.
+            shares_cpu_with_core: self.config.pin_threads
+                && index % cpus + cpus < self.config.cores,
             clock: self.config.clock.clone(),
             outbound,
             inbound,

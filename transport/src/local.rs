@@ -811,17 +811,20 @@ mod linux {
     /// [`store_value`] tags it (so the shard's value store is not asked again), or a copy of its
     /// own (tag 0) when the arena has no room.
     fn store_value_slice(arena: &RefCell<Arena>, value: &[u8]) -> veddb_shard::MadeValue {
-        let (bytes, tag) = match arena.borrow_mut().alloc_value(value) {
-            Some(stored) => {
-                let generation = stored.block().generation();
-                (stored.into_bytes(), generation)
-            }
-            None => (Bytes::copy_from_slice(value), 0),
-        };
+        let (bytes, tag) = alloc_tagged(&mut arena.borrow_mut(), value)
+            .unwrap_or_else(|| (Bytes::copy_from_slice(value), 0));
         veddb_shard::MadeValue {
             bytes,
             stored_tag: Some(tag),
         }
+    }
+
+    /// A copy of `value` in a block of the arena, with the block's generation (its tag);
+    /// `None` when the arena has no room.
+    fn alloc_tagged(arena: &mut Arena, value: &[u8]) -> Option<(Bytes, u64)> {
+        let stored = arena.alloc_value(value)?;
+        let generation = stored.block().generation();
+        Some((stored.into_bytes(), generation))
     }
 
     /// The shard's value store: the value in the arena, tagged with its block's generation
@@ -831,13 +834,7 @@ mod linux {
         if let Some((_, generation)) = arena.locate(&value) {
             return (value, generation);
         }
-        match arena.alloc_value(&value) {
-            Some(stored) => {
-                let generation = stored.block().generation();
-                (stored.into_bytes(), generation)
-            }
-            None => (value, 0),
-        }
+        alloc_tagged(&mut arena, &value).unwrap_or((value, 0))
     }
 
     // ---- the attach thread ---------------------------------------------------------------
