@@ -1489,6 +1489,26 @@ fn check_frame_refuses_hostile_headers() {
     assert!(check_frame(0, 2048, EMPTY_HEADER).is_err());
 }
 
+/// A consumer can set its head to the largest counter before the producer attaches (the
+/// producer starts from that head): the first frame that would take the tail past it is an
+/// error, never a tail the next check rejects (a fuzzer's find).
+#[test]
+fn plan_write_never_takes_the_tail_past_the_largest_counter() {
+    use ring::*;
+    let size = 4096u32;
+    assert!(matches!(
+        plan_write(COUNTER_MAX, COUNTER_MAX, size, 10),
+        Err(RingError::CounterTooLarge { index: "tail", .. })
+    ));
+    assert_eq!(
+        plan_write(COUNTER_MAX - 64, COUNTER_MAX - 64, size, 56)
+            .unwrap()
+            .map(|plan| plan.new_tail),
+        Some(COUNTER_MAX)
+    );
+    assert!(plan_write(COUNTER_MAX - 64, COUNTER_MAX - 64, size, 57).is_err());
+}
+
 #[test]
 fn plan_write_wraps_and_waits() {
     use ring::*;

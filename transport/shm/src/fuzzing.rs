@@ -179,6 +179,10 @@ pub fn ring_producer(data: &[u8]) {
         let tail_before = producer.tail();
         match producer.try_push(&payload) {
             Ok(true) => {
+                assert!(
+                    producer.tail() <= veddb_wire::shm::layout::ring::COUNTER_MAX,
+                    "a push took the tail past the largest counter"
+                );
                 let published = producer.tail() - tail_before;
                 assert!(
                     published >= ByteRing::frame_bytes(length) as u64

@@ -404,6 +404,14 @@ pub fn plan_write_valid(
         return Ok(None);
     }
     let new_tail = tail + needed;
+    if new_tail > COUNTER_MAX {
+        // Only reachable when the consumer set its head near the limit before the producer
+        // attached (the producer starts from that head): the ring is spent, never wrapped.
+        return Err(RingError::CounterTooLarge {
+            index: "tail",
+            value: new_tail,
+        });
+    }
     Ok(Some(WritePlan {
         wrap_at,
         frame_pos: frame_pos as usize,
