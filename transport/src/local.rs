@@ -285,7 +285,7 @@ mod other {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::{HashMap, VecDeque};
     use std::future::Future;
     use std::io::Read;
@@ -322,6 +322,8 @@ mod linux {
 
     mod push;
     use push::{PushRoutes, SessionPushes};
+    mod upload;
+    use upload::{UploadLimits, Uploads};
 
     /// How soon a parked core looks again at a session that is paused or holds answers its
     /// client has no room for yet.
@@ -1471,6 +1473,8 @@ mod linux {
         /// Its pushed subscriptions on this core, and those with messages to deliver (see
         /// [`push`]).
         pushes: SessionPushes,
+        /// Large values it sent ahead of their requests (see [`upload`]).
+        uploads: Uploads,
     }
 
     type SessionRef = Rc<RefCell<Session>>;
@@ -1480,6 +1484,7 @@ mod linux {
         id: u64,
         ring: Arc<Segment>,
         ring_bytes: u32,
+        core_upload_bytes: Rc<Cell<usize>>,
     ) -> Option<Session> {
         let request_ring = ByteRing {
             head_offset: ring_segment::REQUEST_HEAD_OFFSET,
@@ -1508,6 +1513,7 @@ mod linux {
             dead: false,
             subscriptions: Subscriptions::new(context),
             pushes: SessionPushes::default(),
+            uploads: Uploads::new(core_upload_bytes),
         })
     }
 
@@ -1857,6 +1863,8 @@ mod linux {
         Request(u32, veddb_wire::Request, usize, usize),
         /// Refused for a batch limit: its id and why.
         Refused(u32, String),
+        /// Answered with an error without running (an uploaded value it names failed).
+        Failed(u32, Error),
         /// A pushed subscription (SUBSCRIBE_PUSH): its id and topic.
         SubscribePush(u32, Bytes),
     }
@@ -1937,6 +1945,53 @@ mod linux {
         }
     }
 
+    /// Takes in `frame` if it is an UPLOAD (its chunk copied from the ring, or from `small`,
+    /// the kept copy of a small frame's payload, straight to where the value goes): its cost
+    /// in the round's work, or `None` when it is another request. A malformed one, or one
+    /// past the waiting uploads' limit, disconnects the session. The caller consumes the frame.
+    fn receive_upload(
+        shared: &Shared,
+        arena: &RefCell<Arena>,
+        session: &mut Session,
+        frame: &FrameRef,
+        small: &[u8],
+        limits: &UploadLimits,
+    ) -> Option<usize> {
+        let mut header = [0u8; codec::UPLOAD_HEADER_BYTES];
+        let header: &[u8] = if frame.len() <= KEPT_PAYLOAD_MAX {
+            small
+        } else {
+            session.requests.copy_payload_range(frame, 0, &mut header);
+            &header
+        };
+        let chunk = match codec::upload_chunk(header, frame.len())? {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let detail = error.to_string();
+                disconnect(shared, session, reason::BAD_FRAME, &detail);
+                return Some(1);
+            }
+        };
+        let Session {
+            requests, uploads, ..
+        } = session;
+        let copied = uploads.receive(chunk, &mut arena.borrow_mut(), limits, |out| {
+            if frame.len() <= KEPT_PAYLOAD_MAX {
+                out.copy_from_slice(&small[codec::UPLOAD_HEADER_BYTES..]);
+            } else {
+                requests.copy_payload_range(frame, codec::UPLOAD_HEADER_BYTES, out);
+            }
+        });
+        if copied.is_err() {
+            let detail = format!(
+                "more than {} uploaded values wait for requests that name them",
+                upload::WAITING_MAX
+            );
+            disconnect(shared, session, reason::BAD_FRAME, &detail);
+        }
+        Some(1 + frame.len() / 4096)
+    }
+
     /// Serves up to a round of one session's requests; how many. `buffers.decoded` is empty
     /// on entry and on return.
     fn serve_session(
@@ -1978,6 +2033,10 @@ mod linux {
                 .max(usize::from(session.in_flight == 0));
             let shard = (context.index(), context.shard_count());
             let logs_writes = context.logs_writes();
+            let limits = UploadLimits::new(
+                shared.config.value_bytes_max,
+                shared.config.arena_bytes_per_core as usize,
+            );
             // Answers pushed in place this round: the client is woken once for them all.
             let mut answered = 0usize;
             let mut pushed = false;
@@ -2018,6 +2077,17 @@ mod linux {
                         }
                     }
                 }
+                if let Some(cost) =
+                    receive_upload(shared, arena, &mut session, &frame, payloads, &limits)
+                {
+                    session.requests.consume(frame);
+                    payloads.clear();
+                    budget = budget.saturating_sub(cost);
+                    if session.dead {
+                        break;
+                    }
+                    continue;
+                }
                 let payload =
                     RoundBuffers::take_payload(payloads, &session.requests, &frame, shard);
                 session.requests.consume(frame);
@@ -2029,7 +2099,21 @@ mod linux {
                     continue;
                 }
                 match codec::decode_request_bytes(&payload) {
-                    Ok((id, request)) => {
+                    Ok((id, mut request)) => {
+                        if codec::has_uploaded_values(&request) {
+                            let mut failed = None;
+                            codec::fill_uploaded_values(&mut request, || {
+                                session.uploads.take().unwrap_or_else(|error| {
+                                    failed.get_or_insert(error);
+                                    Bytes::new()
+                                })
+                            });
+                            if let Some(error) = failed {
+                                budget = budget.saturating_sub(1);
+                                decoded.push(Decoded::Failed(id, error));
+                                continue;
+                            }
+                        }
                         // Each may have to wait: never start more than the session may have in
                         // flight (one request always goes, however large).
                         let cost = request_cost(&request, bytes);
@@ -2074,6 +2158,9 @@ mod linux {
                     id,
                     Response::Error(Error::InvalidArgument(message)),
                 ),
+                Decoded::Failed(id, error) => {
+                    respond(shared, session_ref, id, Response::Error(error))
+                }
                 Decoded::SubscribePush(id, topic) => {
                     push.subscribe(context, shared, session_ref, id, topic)
                 }
@@ -2151,6 +2238,8 @@ mod linux {
         /// The last round with work served a client that sent from this core's CPU (see
         /// [`CoreSource::client_shares_cpu`]); forgotten when the core parks.
         client_on_cpu: bool,
+        /// Bytes the sessions of this core hold in uploads (see [`upload`]).
+        upload_bytes: Rc<Cell<usize>>,
     }
 
     impl LocalCore {
@@ -2174,6 +2263,7 @@ mod linux {
                 ended: false,
                 cpu: data_segment::CPU_UNKNOWN,
                 client_on_cpu: false,
+                upload_bytes: Rc::new(Cell::new(0)),
             };
             // On the core's thread, pinned already (the engine pins before the setup runs).
             core.publish_cpu();
@@ -2196,7 +2286,8 @@ mod linux {
             let departed =
                 std::mem::take(&mut *me.departed.lock().unwrap_or_else(|e| e.into_inner()));
             for (id, ring) in incoming {
-                match open_session(context, id, ring, self.shared.config.ring_bytes) {
+                let uploads = self.upload_bytes.clone();
+                match open_session(context, id, ring, self.shared.config.ring_bytes, uploads) {
                     Some(session) => self.sessions.push(Rc::new(RefCell::new(session))),
                     None => tracing::warn!(session = id, "a ring segment with a bad layout"),
                 }
@@ -2217,6 +2308,7 @@ mod linux {
                     session.subscriptions.close();
                     self.push.bury(&mut session);
                     release_queued(&self.shared, &mut session);
+                    session.uploads.clear();
                 }
                 !session.dead
             });

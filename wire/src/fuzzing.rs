@@ -13,8 +13,10 @@ use crate::grpc_client::{
     decode_batch_response, decode_info, decode_snapshot, decode_subscribe_event,
 };
 use crate::shm::codec::{
-    decode_request, decode_request_bytes, decode_response, delivery, encode_delivery_vec,
-    encode_push_subscribe_request, encode_request_vec, payload_id, push_subscribe_request,
+    decode_request, decode_request_bytes, decode_response, delivery, delivery_part,
+    encode_delivery_part_header, encode_delivery_vec, encode_push_subscribe_request,
+    encode_request_vec, encode_upload_header, fill_uploaded_values, has_uploaded_values,
+    payload_id, push_subscribe_request, upload_chunk, UPLOAD_HEADER_BYTES,
 };
 use crate::shm::layout::arena::{check_block, BLOCK_HEADER_BYTES};
 use crate::shm::layout::attach::AttachReply;
@@ -250,6 +252,30 @@ pub fn shm_request(data: &[u8]) {
         assert_eq!(again_id, id);
         assert_eq!(again, request);
     }
+    // An UPLOAD (rings only, never a `Request`): its header re-encodes to the same bytes, and
+    // its chunk fits the frame and the value's length.
+    if let Some(Ok(chunk)) = upload_chunk(data, data.len()) {
+        assert!(decode_request(data).is_err(), "UPLOAD is no `Request`");
+        assert_eq!(
+            encode_upload_header(chunk)[..],
+            data[..UPLOAD_HEADER_BYTES],
+            "UPLOAD is canonical"
+        );
+        assert_eq!(UPLOAD_HEADER_BYTES + chunk.len as usize, data.len());
+        assert!(chunk.offset + u64::from(chunk.len) <= chunk.total);
+    }
+    // A request that names uploaded values: the server fills each, in order.
+    if let Ok((_, mut request)) = decode_request(data) {
+        let marked = has_uploaded_values(&request);
+        let mut taken = 0;
+        let filled = fill_uploaded_values(&mut request, || {
+            taken += 1;
+            Bytes::from(vec![taken as u8; 3])
+        });
+        assert_eq!(filled, taken);
+        assert_eq!(marked, filled > 0);
+        assert!(!has_uploaded_values(&request));
+    }
     // The one request the rings have beyond `Request`, read first by the core.
     if let Some((id, topic)) = push_subscribe_request(data) {
         assert!(
@@ -276,6 +302,15 @@ pub fn shm_response(data: &[u8]) {
         let encoded =
             encode_delivery_vec(delivery.subscriber, delivery.dropped, messages.into_iter());
         assert_eq!(encoded, data, "a delivery is canonical");
+    }
+    // A part of a large pushed message: never an answer, canonical, its chunk within it.
+    if let Ok(Some((part, chunk))) = delivery_part(data) {
+        assert!(decode_response(data).is_err(), "a delivery part is no answer");
+        assert_eq!(chunk.len(), part.len as usize);
+        assert!(part.offset + u64::from(part.len) <= part.total);
+        let mut encoded = encode_delivery_part_header(part).to_vec();
+        encoded.extend_from_slice(&data[chunk]);
+        assert_eq!(encoded, data, "a delivery part is canonical");
     }
 }
 

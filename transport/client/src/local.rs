@@ -17,7 +17,7 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use veddb_wire::shm::codec::{self, ResponseFrame, SharedValue, ValueRef};
 #[cfg(target_os = "linux")]
 use veddb_wire::shm::layout::{attach, instance};
@@ -559,10 +559,50 @@ impl LocalConnection {
                 ))
                 .into());
             }
-            return Err(frame_too_large(payload.len(), max));
+            // Values too large for a frame go ahead as uploads: the largest first, then, if
+            // the rest still does not fit, every value over 1 KiB.
+            let split = [max / 4, UPLOAD_VALUE_MIN].into_iter().find_map(|min| {
+                codec::split_uploaded_values(request, min)
+                    .filter(|(marked, _)| codec::request_len(marked) <= max)
+            });
+            let Some((marked, values)) = split else {
+                return Err(frame_too_large(payload.len(), max));
+            };
+            drop(payload);
+            for value in &values {
+                self.upload(core, value)?;
+            }
+            let mut payload = self.encoded.borrow_mut();
+            codec::encode_request_into(id, &marked, &mut payload);
+            self.push(core, &payload)?;
+            return Ok(id);
         }
         self.push(core, &payload)?;
         Ok(id)
+    }
+
+    /// Sends `value` to `core` as UPLOAD frames (for the request that follows, which names it
+    /// by [`codec::UPLOADED_LENGTH`]): chunks of at most [`UPLOAD_CHUNK_MAX`] bytes, each
+    /// written straight from `value` into the ring.
+    fn upload(&self, core: usize, value: &[u8]) -> Result<(), ClientError> {
+        let max = self.cores[core].requests.borrow().ring().max_payload();
+        let chunk_max = (max - codec::UPLOAD_HEADER_BYTES).min(UPLOAD_CHUNK_MAX);
+        let mut offset = 0;
+        loop {
+            let len = (value.len() - offset).min(chunk_max);
+            let header = codec::encode_upload_header(codec::UploadChunk {
+                total: value.len() as u64,
+                offset: offset as u64,
+                len: len as u32,
+            });
+            self.push_parts(core, &header, &value[offset..offset + len])?;
+            offset += len;
+            if offset == value.len() {
+                return Ok(());
+            }
+            // The core may sleep: it has a chunk to take while we write the next one.
+            self.wake_core(core);
+        }
     }
 
     /// The next request id (never 0).
@@ -595,14 +635,32 @@ impl LocalConnection {
     /// Puts one encoded request (no larger than the ring's frames) into `core`'s ring, waiting
     /// while the ring is full (waking the core then: it may sleep on a ring we filled).
     fn push(&self, core: usize, payload: &[u8]) -> Result<(), ClientError> {
+        self.push_parts(core, payload, &[])
+    }
+
+    /// [`push`](Self::push) of the payload `head` then `tail`, written into the ring as they
+    /// are (no copy in between).
+    fn push_parts(&self, core: usize, head: &[u8], tail: &[u8]) -> Result<(), ClientError> {
         let target = &self.cores[core];
         let mut started = None;
         loop {
-            let pushed = target
-                .requests
-                .borrow_mut()
-                .try_push(payload)
-                .map_err(|error| protocol(format!("request ring: {error}")))?;
+            let pushed = {
+                let mut requests = target.requests.borrow_mut();
+                match requests
+                    .try_reserve(head.len() + tail.len())
+                    .map_err(|error| protocol(format!("request ring: {error}")))?
+                {
+                    Some(mut frame) => {
+                        frame.write_at(0, head);
+                        if !tail.is_empty() {
+                            frame.write_at(head.len(), tail);
+                        }
+                        frame.commit();
+                        true
+                    }
+                    None => false,
+                }
+            };
             if pushed {
                 break;
             }
@@ -739,6 +797,16 @@ impl LocalConnection {
             Answer::Stack { bytes, len } => Bytes::copy_from_slice(&bytes[..len]),
             Answer::Buffer(payload) => Bytes::from(payload),
         };
+        if let Some((part, chunk)) = codec::delivery_part(&payload)
+            .map_err(|error| protocol(format!("bad delivery part: {error}")))?
+        {
+            let mut inboxes = self.inboxes.borrow_mut();
+            return match inboxes.get_mut(&part.subscriber) {
+                Some(inbox) => inbox.take_part(part, &payload[chunk]),
+                // Not a subscription of this connection's (any more).
+                None => Ok(()),
+            };
+        }
         let delivery = codec::delivery(&payload)
             .map_err(|error| protocol(format!("bad delivery: {error}")))?
             .ok_or_else(|| protocol("an answer to request 0"))?;
@@ -747,6 +815,9 @@ impl LocalConnection {
         let Some(inbox) = inboxes.get_mut(&delivery.subscriber) else {
             return Ok(());
         };
+        // Whole messages after a message in parts that did not finish: it was dropped, and
+        // the count includes it.
+        inbox.partial = None;
         inbox.dropped += delivery.dropped;
         for range in delivery.messages() {
             inbox.push(payload.slice(range));
@@ -1382,6 +1453,13 @@ fn batch_keys(request: &Request) -> Option<usize> {
     }
 }
 
+/// Values of at least this size may be uploaded (when a request does not fit a frame and its
+/// largest values alone do not make room).
+const UPLOAD_VALUE_MIN: usize = 1 << 10;
+/// Largest chunk of an upload: smaller than a frame, so that the core copies one chunk out of
+/// the ring while the client writes the next.
+const UPLOAD_CHUNK_MAX: usize = 128 << 10;
+
 /// RESOURCE_EXHAUSTED for a request of `len` bytes that the session's `max`-byte frames cannot
 /// carry.
 fn frame_too_large(len: usize, max: usize) -> ClientError {
@@ -1473,9 +1551,53 @@ struct Inbox {
     bytes: usize,
     /// Lost after the last message here (told with the next one).
     dropped: u64,
+    /// A message arriving in parts: what came so far, and its length.
+    partial: Option<(BytesMut, u64)>,
 }
 
+/// Largest message a part of a delivery may announce: the server's largest value
+/// (`--value-bytes-max` is at most 1 GiB).
+const PARTED_MESSAGE_MAX: u64 = 1 << 30;
+
 impl Inbox {
+    /// Takes in one part of a message too large for a frame (see [`codec::delivery_part`]).
+    fn take_part(&mut self, part: codec::DeliveryPart, chunk: &[u8]) -> Result<(), ClientError> {
+        if part.offset == 0 {
+            // A message whose parts stopped early was dropped: the count includes it.
+            self.partial = None;
+            self.dropped += part.dropped;
+            if part.total > PARTED_MESSAGE_MAX {
+                return Err(protocol(format!(
+                    "a pushed message of {} bytes announced (at most {PARTED_MESSAGE_MAX})",
+                    part.total
+                )));
+            }
+            // Grown as the parts come (the announced length is the server's word).
+            let first = (part.total as usize).min(4 << 20);
+            self.partial = Some((BytesMut::with_capacity(first), part.total));
+        }
+        let Some((message, total)) = self.partial.as_mut() else {
+            return Err(protocol(
+                "a part of a pushed message without its first part",
+            ));
+        };
+        if *total != part.total || message.len() as u64 != part.offset {
+            return Err(protocol(format!(
+                "a part of a pushed message at {} of {} bytes, where {} of {} was due",
+                part.offset,
+                part.total,
+                message.len(),
+                total
+            )));
+        }
+        message.extend_from_slice(chunk);
+        if message.len() as u64 == *total {
+            let (message, _) = self.partial.take().expect("partial");
+            self.push(message.freeze());
+        }
+        Ok(())
+    }
+
     fn push(&mut self, message: Bytes) {
         self.bytes += message.len();
         self.messages

@@ -883,15 +883,13 @@ fn every_command_through_shared_memory() {
     );
     let error = client.incr("text", 1).unwrap_err();
     assert_eq!(status_code(&error), Some(Code::InvalidArgument), "{error}");
-    // Over the rings' frames: RESOURCE_EXHAUSTED, and the message says so. A batch over the
-    // key limit is INVALID_ARGUMENT whatever its size, as over gRPC.
-    let error = client
-        .set(
-            "huge",
-            Bytes::from(vec![0u8; 2 << 20]),
-            SetOptions::default(),
-        )
-        .unwrap_err();
+    // Over the rings' frames without a value to upload (an MGET of 8,000 keys of 100 bytes):
+    // RESOURCE_EXHAUSTED, and the message says so. A batch over the key limit is
+    // INVALID_ARGUMENT whatever its size, as over gRPC.
+    let keys = (0..8_000u32)
+        .map(|i| Bytes::from(format!("{i:0100}")))
+        .collect();
+    let error = client.execute(Request::MGet { keys }).unwrap_err();
     assert_eq!(
         status_code(&error),
         Some(Code::ResourceExhausted),
@@ -956,6 +954,151 @@ fn every_command_through_shared_memory() {
     }
     assert_eq!(total, 100);
 
+    drop(client);
+    server.stop_cleanly();
+}
+
+/// Values of every size up to `--value-bytes-max` through shared memory (`docs/shm-layout.md`,
+/// "Large values"): those over a ring's frames go ahead as uploads, on both cores, by SET, CAS,
+/// MSET and PUBLISH; reads stay zero-copy views; one byte over the limit is VALUE_TOO_LARGE.
+#[test]
+fn values_of_every_size_through_shared_memory() {
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    const MAX: usize = 5 << 20;
+    let mut server = Server::start(
+        &name,
+        &["--cores", "2", "--value-bytes-max", &MAX.to_string()],
+    );
+    let local = LocalConnection::connect(&name).expect("attach");
+    let client = Client::connect_local(&name).expect("attach");
+    let mut rng = Rng::seeded(
+        "VEDDB_TEST_SEED",
+        "values_of_every_size_through_shared_memory",
+    );
+    let mut random = |len: usize| {
+        let mut bytes = vec![0u8; len];
+        rng.fill(&mut bytes);
+        Bytes::from(bytes)
+    };
+    // The SET whose request is exactly one frame: 23 bytes of fields around key and value.
+    let frame = ring_format::max_frame_payload(1 << 20) as usize;
+    let keys = [common::name_on(0, 2, "big"), common::name_on(1, 2, "big")];
+    let edge = frame - 23 - keys[0].len();
+    assert_eq!(keys[0].len(), keys[1].len());
+    let sizes = [0, 1, edge - 1, edge, edge + 1, 1 << 20, MAX - 1, MAX];
+    for key in &keys {
+        for &size in &sizes {
+            let value = random(size);
+            let stored = local
+                .execute(Request::Set {
+                    key: Bytes::from(key.clone()),
+                    value: value.clone(),
+                    options: SetOptions::default(),
+                })
+                .unwrap();
+            assert!(
+                matches!(stored, Response::Stored { .. }),
+                "{size}: {stored:?}"
+            );
+            match local.get_view(key.clone()).unwrap() {
+                GetResult::View(view) => assert!(view.bytes() == &value[..], "view of {size}"),
+                other => panic!("{size} bytes: not a view: {other:?}"),
+            }
+            assert_eq!(
+                client.get(key.clone()).unwrap().map(|(v, _)| v),
+                Some(value)
+            );
+        }
+        // One byte over the limit: refused as on every transport, and the session goes on.
+        let error = local
+            .execute(Request::Set {
+                key: Bytes::from(key.clone()),
+                value: random(MAX + 1),
+                options: SetOptions::default(),
+            })
+            .unwrap();
+        assert_eq!(
+            error,
+            Response::Error(Error::ValueTooLarge {
+                length: MAX + 1,
+                limit: MAX
+            })
+        );
+        assert!(!matches!(
+            local.get_view(key.clone()).unwrap(),
+            GetResult::NotFound
+        ));
+    }
+    // CAS with a large value, then a large value under a condition.
+    let (_, version) = client.get(keys[0].clone()).unwrap().unwrap();
+    let value = random(2 << 20);
+    let swapped = local
+        .execute(Request::Cas {
+            key: Bytes::from(keys[0].clone()),
+            expected_version: version,
+            value: value.clone(),
+            ttl_ms: None,
+        })
+        .unwrap();
+    assert!(matches!(swapped, Response::Stored { .. }), "{swapped:?}");
+    assert_eq!(client.get(keys[0].clone()).unwrap().unwrap().0, value);
+    let refused = local
+        .execute(Request::Set {
+            key: Bytes::from(keys[1].clone()),
+            value: random(2 << 20),
+            options: opts(None, SetCondition::IfAbsent, false),
+        })
+        .unwrap();
+    assert_eq!(refused, Response::NotStored);
+    // MSET of large values on both cores (one upload each, in order), MGET as views.
+    let pairs: Vec<(Bytes, Bytes)> = (0..6u32)
+        .map(|i| {
+            let key = Bytes::from(common::name_on(i % 2, 2, &format!("mset{i}")));
+            (key, random(700 << 10))
+        })
+        .collect();
+    assert_eq!(
+        local
+            .execute(Request::MSet {
+                pairs: pairs.clone()
+            })
+            .unwrap(),
+        Response::Ok
+    );
+    let keys_of: Vec<Bytes> = pairs.iter().map(|(key, _)| key.clone()).collect();
+    for ((_, value), got) in pairs.iter().zip(local.get_view_many(&keys_of).unwrap()) {
+        match got {
+            GetResult::View(view) => assert!(view.bytes() == &value[..]),
+            other => panic!("MGET of a large value: {other:?}"),
+        }
+    }
+    // Pipelined large SETs and small requests: every answer to its request.
+    let requests: Vec<Request> = (0..8u32)
+        .flat_map(|i| {
+            let key = Bytes::from(format!("pipe-large-{i}"));
+            [
+                Request::Set {
+                    key: key.clone(),
+                    value: Bytes::from(vec![i as u8; (600 << 10) + i as usize]),
+                    options: SetOptions::default(),
+                },
+                Request::Get { key },
+            ]
+        })
+        .collect();
+    let answers = local.execute_many(&requests).unwrap();
+    for (i, pair) in answers.chunks(2).enumerate() {
+        assert!(matches!(pair[0], Response::Stored { .. }), "{pair:?}");
+        match &pair[1] {
+            Response::Value { value, .. } => {
+                assert_eq!(value.len(), (600 << 10) + i);
+                assert!(value.iter().all(|&b| b == i as u8));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(local);
     drop(client);
     server.stop_cleanly();
 }
@@ -1864,8 +2007,9 @@ fn pushed_message(subscription: &mut veddb_client::BlockingSubscription<'_>) -> 
 
 /// Pushed subscriptions (the core writes their messages into the subscriber's ring, unasked):
 /// topics on both cores through one connection, deliveries that arrive while the same
-/// connection waits for its own answers, in order and intact; a message larger than the
-/// session's frames is told as dropped; unsubscribing stops the pushes; a subscriber process
+/// connection waits for its own answers, in order and intact; messages larger than the
+/// session's frames arrive whole, in parts, published locally (uploaded) or over gRPC, between
+/// small ones; unsubscribing stops the pushes; a subscriber process
 /// killed mid-stream leaves no subscription behind, and the server serves on.
 #[test]
 fn pushed_subscriptions_deliver_on_every_core() {
@@ -1919,18 +2063,27 @@ fn pushed_subscriptions_deliver_on_every_core() {
         );
     }
 
-    // Larger than any frame of the session's 1 MiB rings: it can never be pushed, so the next
-    // message tells it was dropped. (INFO counts only the queue limits' drops.)
-    // Published over gRPC: a local request of that size does not fit the rings either.
+    // Larger than any frame of the session's 1 MiB rings: pushed in parts, whole and in
+    // order with the small messages around them, on both cores; published over gRPC and
+    // locally (where the message itself goes ahead as an upload).
     let grpc = Client::connect_grpc(&listening_address(&server.log()).expect("gRPC address"))
         .expect("gRPC connect");
-    let huge = vec![3u8; 600 << 10];
-    assert_eq!(grpc.publish(topics[0].clone(), huge).unwrap(), 1);
-    assert_eq!(publisher.publish(topics[0].clone(), "after").unwrap(), 1);
-    assert_eq!(
-        pushed_message(&mut subscriptions[0]),
-        (Bytes::from("after"), 1)
-    );
+    for (t, topic) in topics.iter().enumerate() {
+        let mut rng = Rng::new(t as u64 + 7);
+        let mut huge = vec![0u8; (600 << 10) + t];
+        rng.fill(&mut huge);
+        let mut larger = vec![0u8; (3 << 20) + 5];
+        rng.fill(&mut larger);
+        assert_eq!(grpc.publish(topic.clone(), huge.clone()).unwrap(), 1);
+        assert_eq!(publisher.publish(topic.clone(), "between").unwrap(), 1);
+        assert_eq!(publisher.publish(topic.clone(), larger.clone()).unwrap(), 1);
+        assert_eq!(publisher.publish(topic.clone(), "after").unwrap(), 1);
+        let subscription = &mut subscriptions[t];
+        assert!(pushed_message(subscription) == (Bytes::from(huge), 0));
+        assert_eq!(pushed_message(subscription), (Bytes::from("between"), 0));
+        assert!(pushed_message(subscription) == (Bytes::from(larger), 0));
+        assert_eq!(pushed_message(subscription), (Bytes::from("after"), 0));
+    }
     // Below the frame limit, large messages arrive whole.
     let large = Bytes::from(vec![4u8; 300 << 10]);
     assert_eq!(

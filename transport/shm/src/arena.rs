@@ -412,8 +412,34 @@ impl Arena {
     /// than `max_block` or no block of its class is free and none can be carved (arena full for
     /// that class).
     pub fn alloc(&mut self, value: &[u8]) -> Option<ArenaBlock> {
-        let len = u32::try_from(value.len()).ok()?;
-        let class = self.class_for(value.len())?;
+        let block = self.alloc_block(value.len())?;
+        self.shared
+            .seg
+            .write_bytes(block.value_offset() as usize, value);
+        fence(Ordering::Release);
+        Some(block)
+    }
+
+    /// A block for a value of `len` bytes written in parts ([`ArenaUpload::chunk_mut`]), then
+    /// turned into an [`ArenaValue`] ([`ArenaUpload::finish`]); dropped unfinished, the block
+    /// is retired. `None` as for [`alloc`](Self::alloc). Until finished, the block's contents
+    /// are whatever it held before (never another process's secret: every process that may map
+    /// the segment may read every value in it).
+    pub fn alloc_upload(&mut self, len: usize) -> Option<ArenaUpload> {
+        let block = self.alloc_block(len)?;
+        Some(ArenaUpload {
+            value: ArenaValue {
+                shared: Arc::clone(&self.shared),
+                block: Some(block),
+            },
+        })
+    }
+
+    /// Takes a block for `len` bytes and writes its header (generation, length, class); the
+    /// caller writes the contents.
+    fn alloc_block(&mut self, len: usize) -> Option<ArenaBlock> {
+        let class = self.class_for(len)?;
+        let len = u32::try_from(len).ok()?;
         let idx = (class - MIN_LOG2) as usize;
         let offset = match self.free[idx].pop() {
             Some(off) => off,
@@ -437,8 +463,6 @@ impl Arena {
             .store(len, Ordering::Relaxed);
         seg.atomic_u32(off + SIZE_CLASS_OFFSET)
             .store(class, Ordering::Relaxed);
-        seg.write_bytes(off + BLOCK_HEADER_BYTES, value);
-        fence(Ordering::Release);
         self.blocks_in_use[idx] += 1;
         self.bytes_in_use += 1 << class;
         Some(ArenaBlock {
@@ -582,6 +606,55 @@ impl ArenaValue {
     /// `Bytes::from_owner(self)`.
     pub fn into_bytes(self) -> Bytes {
         Bytes::from_owner(self)
+    }
+}
+
+/// A block being written in parts (see [`Arena::alloc_upload`]): not a value yet, so nothing
+/// reads it in this process; [`finish`](Self::finish) makes it one. Dropping it retires the
+/// block.
+#[derive(Debug)]
+pub struct ArenaUpload {
+    value: ArenaValue,
+}
+
+impl ArenaUpload {
+    /// The value's length.
+    pub fn len(&self) -> usize {
+        self.value.block().len()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The block (offset, generation, length, class).
+    pub fn block(&self) -> &ArenaBlock {
+        self.value.block()
+    }
+
+    /// The bytes `at..at + len` of the value, to write.
+    ///
+    /// # Panics
+    /// If the range is not within the value.
+    pub fn chunk_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
+        let end = at.checked_add(len).expect("upload chunk range overflows");
+        assert!(end <= self.len(), "upload chunk past the value's end");
+        let seg = &self.value.shared.seg;
+        let off = self.value.block().value_offset() as usize + at;
+        assert!(off + len <= seg.len());
+        // SAFETY: in bounds of the writable mapping (`Arena::new` asserted it writable), which
+        // `seg` keeps alive. The block is this upload's alone: handed out to it, retired only by
+        // its drop, and not a value yet, so no `&[u8]` of it exists in this process (`finish`
+        // consumes `self`); other processes map the segment read-only, so they never write it.
+        unsafe { std::slice::from_raw_parts_mut(seg.as_mut_ptr().add(off), len) }
+    }
+
+    /// The written value (what was not written holds the block's earlier bytes).
+    pub fn finish(self) -> ArenaValue {
+        // The contents before whatever publishes the value (as `Arena::alloc` does).
+        fence(Ordering::Release);
+        self.value
     }
 }
 

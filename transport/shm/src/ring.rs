@@ -540,6 +540,27 @@ impl<M: RingMemory> RingConsumer<M> {
             .read_bytes(self.ring.data_offset + frame.payload_pos, &mut out[..len]);
     }
 
+    /// Copies the payload's bytes `start..start + out.len()` into `out` (a part of a large
+    /// frame read straight to where it goes, such as an upload's chunk).
+    ///
+    /// # Panics
+    /// If the range is not within the payload, or `frame` was not peeked from this ring.
+    #[inline]
+    pub fn copy_payload_range(&self, frame: &FrameRef, start: usize, out: &mut [u8]) {
+        assert!(
+            start
+                .checked_add(out.len())
+                .is_some_and(|end| end <= frame.len as usize),
+            "range past the frame's payload"
+        );
+        assert!(
+            frame.payload_pos + frame.len as usize <= self.ring.size,
+            "frame not from this ring"
+        );
+        self.seg
+            .read_bytes(self.ring.data_offset + frame.payload_pos + start, out);
+    }
+
     /// Appends the payload to `out` (no zeroing of the room first).
     ///
     /// # Panics

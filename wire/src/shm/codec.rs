@@ -42,6 +42,9 @@ pub mod opcode {
     /// frames (rings only: no [`Request`](crate::Request) of its own; see
     /// [`push_subscribe_request`](super::push_subscribe_request)).
     pub const SUBSCRIBE_PUSH: u8 = 20;
+    /// A part of a large value sent ahead of the request that uses it (rings only, never
+    /// answered: see [`upload_chunk`](super::upload_chunk) and [`UPLOADED_LENGTH`](super::UPLOADED_LENGTH)).
+    pub const UPLOAD: u8 = 21;
 }
 
 /// Response kinds (the byte after the request id).
@@ -66,6 +69,10 @@ pub mod kind {
     /// Messages of a pushed subscription, sent unasked with request id
     /// [`DELIVERY_ID`](super::DELIVERY_ID) (see [`delivery`](super::delivery)).
     pub const DELIVERY: u8 = 18;
+    /// A part of one message of a pushed subscription too large for a frame, sent unasked
+    /// with request id [`DELIVERY_ID`](super::DELIVERY_ID) (see
+    /// [`delivery_part`](super::delivery_part)).
+    pub const DELIVERY_PART: u8 = 19;
 }
 
 /// [`Error`] variant tags (the byte after [`kind::ERROR`]).
@@ -119,6 +126,160 @@ pub const PAYLOAD_HEADER_BYTES: usize = 5;
 pub const SHARD_STATS_BYTES: usize = 4 + 15 * 8;
 /// Bytes of a shared value slot after its form byte.
 pub const SHARED_VALUE_BYTES: usize = 8 + 4 + 8 + 4 + 8;
+
+/// The length of a value field (SET's and CAS's value, each MSET value, PUBLISH's message)
+/// that carries no bytes but stands for the session's next uploaded value on that core: sent
+/// ahead as UPLOAD frames ([`opcode::UPLOAD`]), for values larger than a ring's frames. Decoded
+/// as [`uploaded_value_mark`], which the server replaces ([`fill_uploaded_values`]) before
+/// running the request; encoded back from that mark.
+pub const UPLOADED_LENGTH: u32 = u32::MAX;
+
+/// The bytes behind [`uploaded_value_mark`]: only their address matters.
+static UPLOADED_MARK: [u8; 16] = *b"<uploaded value>";
+
+/// A value that stands for an uploaded one (see [`UPLOADED_LENGTH`]): encoded as that length,
+/// recognised by [`is_uploaded_value_mark`] (by address, not by its bytes).
+pub fn uploaded_value_mark() -> Bytes {
+    Bytes::from_static(&UPLOADED_MARK)
+}
+
+/// Whether `value` is [`uploaded_value_mark`] (a clone of it; never a value with equal bytes).
+#[inline]
+pub fn is_uploaded_value_mark(value: &[u8]) -> bool {
+    std::ptr::eq(value.as_ptr(), UPLOADED_MARK.as_ptr()) && value.len() == UPLOADED_MARK.len()
+}
+
+/// The value fields of `request` that may be uploaded, in the order of the encoding (the order
+/// the uploaded values are consumed in).
+fn value_fields_mut(request: &mut Request) -> Vec<&mut Bytes> {
+    match request {
+        Request::Set { value, .. } | Request::Cas { value, .. } => vec![value],
+        Request::Publish { message, .. } => vec![message],
+        Request::MSet { pairs } => pairs.iter_mut().map(|(_, value)| value).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Replaces every [`uploaded_value_mark`] in `request`'s value fields, in order, with what
+/// `take` returns (the session's next uploaded value); how many it replaced.
+pub fn fill_uploaded_values(request: &mut Request, mut take: impl FnMut() -> Bytes) -> usize {
+    let mut filled = 0;
+    for value in value_fields_mut(request) {
+        if is_uploaded_value_mark(value) {
+            *value = take();
+            filled += 1;
+        }
+    }
+    filled
+}
+
+/// Whether any value field of `request` is an [`uploaded_value_mark`].
+pub fn has_uploaded_values(request: &Request) -> bool {
+    match request {
+        Request::Set { value, .. } | Request::Cas { value, .. } => is_uploaded_value_mark(value),
+        Request::Publish { message, .. } => is_uploaded_value_mark(message),
+        Request::MSet { pairs } => pairs.iter().any(|(_, value)| is_uploaded_value_mark(value)),
+        _ => false,
+    }
+}
+
+/// For a client: `request` with each value field of at least `min_bytes` replaced by an
+/// [`uploaded_value_mark`], and those values in order (to send first as UPLOAD frames, see
+/// [`encode_upload_header`]). `None` when no value is that large.
+pub fn split_uploaded_values(request: &Request, min_bytes: usize) -> Option<(Request, Vec<Bytes>)> {
+    let mut marked = request.clone();
+    let mut uploads = Vec::new();
+    for value in value_fields_mut(&mut marked) {
+        if value.len() >= min_bytes {
+            uploads.push(std::mem::replace(value, uploaded_value_mark()));
+        }
+    }
+    (!uploads.is_empty()).then_some((marked, uploads))
+}
+
+/// Bytes of an UPLOAD frame before its chunk: request id (always 0: never answered), opcode,
+/// the value's total length (u64), the chunk's offset in it (u64), the chunk's length (u32).
+pub const UPLOAD_HEADER_BYTES: usize = PAYLOAD_HEADER_BYTES + 8 + 8 + 4;
+
+/// One UPLOAD frame's header fields (its chunk follows, `len` bytes, to the end of the frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadChunk {
+    /// The whole value's length.
+    pub total: u64,
+    /// Where this chunk goes in it: 0 starts a new value.
+    pub offset: u64,
+    /// The chunk's length.
+    pub len: u32,
+}
+
+/// The header of an UPLOAD frame for `chunk` (its bytes follow it in the frame).
+pub fn encode_upload_header(chunk: UploadChunk) -> [u8; UPLOAD_HEADER_BYTES] {
+    let mut out = [0u8; UPLOAD_HEADER_BYTES];
+    let mut w = Writer {
+        out: &mut out,
+        pos: 0,
+    };
+    w.u32(0);
+    w.u8(opcode::UPLOAD);
+    w.u64(chunk.total);
+    w.u64(chunk.offset);
+    w.u32(chunk.len);
+    out
+}
+
+/// Reads an UPLOAD frame's header from the first bytes of a payload of `payload_len` bytes:
+/// `None` when the payload is not an UPLOAD (its opcode byte is another, or it is shorter than
+/// an opcode); an error when it is one but malformed (a request id other than 0, a header cut
+/// short, a chunk length that does not cover exactly the rest of the frame, a chunk past the
+/// value's total).
+pub fn upload_chunk(
+    header: &[u8],
+    payload_len: usize,
+) -> Option<std::result::Result<UploadChunk, DecodeError>> {
+    if header.get(4) != Some(&opcode::UPLOAD) {
+        return None;
+    }
+    let mut r = Reader::new(header, None);
+    Some((|| {
+        let id = r.u32("request id")?;
+        if id != 0 {
+            return Err(r.error(
+                0,
+                DecodeErrorKind::NonZero {
+                    what: "UPLOAD request id",
+                    value: id.into(),
+                },
+            ));
+        }
+        r.u8("opcode")?;
+        let total = r.u64("upload total")?;
+        let offset = r.u64("upload offset")?;
+        let len_at = r.pos;
+        let len = r.u32("upload chunk length")?;
+        let rest = payload_len.saturating_sub(UPLOAD_HEADER_BYTES);
+        if payload_len < UPLOAD_HEADER_BYTES || len as usize != rest {
+            return Err(r.error(
+                len_at,
+                DecodeErrorKind::LengthPastEnd {
+                    what: "upload chunk",
+                    length: len.into(),
+                    remaining: rest,
+                },
+            ));
+        }
+        if offset.checked_add(len.into()).is_none_or(|end| end > total) {
+            return Err(r.error(
+                len_at,
+                DecodeErrorKind::LengthPastEnd {
+                    what: "upload chunk (past the value's total)",
+                    length: len.into(),
+                    remaining: total.saturating_sub(offset) as usize,
+                },
+            ));
+        }
+        Ok(UploadChunk { total, offset, len })
+    })())
+}
 
 // -----------------------------------------------------------------------------------------
 // Errors
@@ -291,6 +452,14 @@ impl Writer<'_> {
             .unwrap_or_else(|_| panic!("shm codec: length {len} does not fit in a u32"));
         self.u32(len);
     }
+    /// A value field: its bytes, or [`UPLOADED_LENGTH`] for an [`uploaded_value_mark`].
+    fn value(&mut self, b: &[u8]) {
+        if is_uploaded_value_mark(b) {
+            self.u32(UPLOADED_LENGTH);
+        } else {
+            self.bytes(b);
+        }
+    }
     fn bytes(&mut self, b: &[u8]) {
         self.len32(b.len());
         self.put(b);
@@ -406,6 +575,14 @@ impl<'a> Reader<'a> {
             None => Bytes::copy_from_slice(s),
         })
     }
+    /// A value field: a byte string, or [`UPLOADED_LENGTH`] for an [`uploaded_value_mark`].
+    fn value(&mut self, what: &'static str) -> Result<Bytes> {
+        if self.buf.get(self.pos..self.pos + 4) == Some(&UPLOADED_LENGTH.to_le_bytes()[..]) {
+            self.pos += 4;
+            return Ok(uploaded_value_mark());
+        }
+        self.bytes(what)
+    }
     fn string(&mut self, what: &'static str) -> Result<String> {
         let (start, s) = self.slice(what)?;
         match std::str::from_utf8(s) {
@@ -467,6 +644,15 @@ const fn lp(len: usize) -> usize {
     4 + len
 }
 
+/// Bytes of a value field: a byte string, or only the length for an uploaded value.
+fn value_len(value: &[u8]) -> usize {
+    if is_uploaded_value_mark(value) {
+        4
+    } else {
+        lp(value.len())
+    }
+}
+
 // -----------------------------------------------------------------------------------------
 // Requests
 
@@ -480,20 +666,20 @@ pub fn request_len(request: &Request) -> usize {
             | Request::Exists { key }
             | Request::Ttl { key }
             | Request::Persist { key } => lp(key.len()),
-            Request::Set { key, value, .. } => 1 + 1 + 8 + lp(key.len()) + lp(value.len()),
-            Request::Cas { key, value, .. } => 8 + 1 + 8 + lp(key.len()) + lp(value.len()),
+            Request::Set { key, value, .. } => 1 + 1 + 8 + lp(key.len()) + value_len(value),
+            Request::Cas { key, value, .. } => 8 + 1 + 8 + lp(key.len()) + value_len(value),
             Request::Incr { key, .. } | Request::Expire { key, .. } => 8 + lp(key.len()),
             Request::MGet { keys } => 4 + keys.iter().map(|k| lp(k.len())).sum::<usize>(),
             Request::MSet { pairs } => {
                 4 + pairs
                     .iter()
-                    .map(|(k, v)| lp(k.len()) + lp(v.len()))
+                    .map(|(k, v)| lp(k.len()) + value_len(v))
                     .sum::<usize>()
             }
             Request::Scan { cursor, prefix, .. } => 4 + lp(cursor.len()) + lp(prefix.len()),
             Request::Subscribe { topic } => lp(topic.len()),
             Request::Unsubscribe { .. } => 8,
-            Request::Publish { topic, message } => lp(topic.len()) + lp(message.len()),
+            Request::Publish { topic, message } => lp(topic.len()) + value_len(message),
             Request::Fetch { .. } => 8 + 4 + 8,
         }
 }
@@ -568,7 +754,7 @@ pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
             w.u8(flags);
             w.u64(ttl_ms.unwrap_or(0));
             w.bytes(key);
-            w.bytes(value);
+            w.value(value);
         }
         Request::Cas {
             key,
@@ -580,7 +766,7 @@ pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
             w.u8(if ttl_ms.is_some() { FLAG_TTL } else { 0 });
             w.u64(ttl_ms.unwrap_or(0));
             w.bytes(key);
-            w.bytes(value);
+            w.value(value);
         }
         Request::Incr { key, delta } => {
             w.i64(*delta);
@@ -600,7 +786,7 @@ pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
             w.len32(pairs.len());
             for (key, value) in pairs {
                 w.bytes(key);
-                w.bytes(value);
+                w.value(value);
             }
         }
         Request::Scan {
@@ -616,7 +802,7 @@ pub fn encode_request(id: u32, request: &Request, out: &mut [u8]) -> usize {
         Request::Unsubscribe { subscriber } => w.u64(subscriber.0),
         Request::Publish { topic, message } => {
             w.bytes(topic);
-            w.bytes(message);
+            w.value(message);
         }
         Request::Fetch {
             subscriber,
@@ -791,7 +977,7 @@ fn key(r: &mut Reader<'_>) -> Result<Bytes> {
 #[inline]
 fn key_value(r: &mut Reader<'_>) -> Result<(Bytes, Bytes)> {
     let key = r.bytes("key")?;
-    let value = r.bytes("value")?;
+    let value = r.value("value")?;
     Ok((key, value))
 }
 
@@ -934,7 +1120,7 @@ fn scan_request(r: &mut Reader<'_>) -> Result<Request> {
 #[inline]
 fn publish_request(r: &mut Reader<'_>) -> Result<Request> {
     let topic = r.bytes("topic")?;
-    let message = r.bytes("message")?;
+    let message = r.value("message")?;
     Ok(Request::Publish { topic, message })
 }
 
@@ -1571,6 +1757,94 @@ pub fn delivery(payload: &[u8]) -> std::result::Result<Option<Delivery<'_>>, Dec
         count: count as u32,
         payload,
     }))
+}
+
+/// Bytes of a delivery part frame before its chunk: id, kind, subscriber, dropped, the
+/// message's total length, the chunk's offset in it, the chunk's length.
+pub const DELIVERY_PART_HEADER_BYTES: usize = PAYLOAD_HEADER_BYTES + 8 + 8 + 8 + 8 + 4;
+
+/// A part of one message of a pushed subscription (kind [`kind::DELIVERY_PART`]): the message's
+/// bytes `offset..offset + len` of `total`. The parts of a message come in order, with no other
+/// message of that subscription between them; a part at offset 0 starts a message (a message
+/// whose parts stopped before its end was dropped, and is counted in `dropped`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryPart {
+    pub subscriber: SubscriberId,
+    /// Messages of the subscription dropped before this one (only in a part at offset 0;
+    /// 0 in the others).
+    pub dropped: u64,
+    pub total: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The header of a delivery part frame (its chunk follows it, to the end of the frame).
+pub fn encode_delivery_part_header(part: DeliveryPart) -> [u8; DELIVERY_PART_HEADER_BYTES] {
+    let mut out = [0u8; DELIVERY_PART_HEADER_BYTES];
+    let mut w = Writer {
+        out: &mut out,
+        pos: 0,
+    };
+    w.u32(DELIVERY_ID);
+    w.u8(kind::DELIVERY_PART);
+    w.u64(part.subscriber.0);
+    w.u64(part.dropped);
+    w.u64(part.total);
+    w.u64(part.offset);
+    w.u32(part.len);
+    out
+}
+
+/// The delivery part in `payload` and where its chunk lies: `Ok(None)` when it is not one, an
+/// error when it is one but malformed (the chunk not exactly the rest of the payload, or past
+/// the message's total, a dropped count in a part after the first).
+pub fn delivery_part(
+    payload: &[u8],
+) -> std::result::Result<Option<(DeliveryPart, std::ops::Range<usize>)>, DecodeError> {
+    if payload.get(..5) != Some(&[0, 0, 0, 0, kind::DELIVERY_PART][..]) {
+        return Ok(None);
+    }
+    let mut r = Reader::new(payload, None);
+    r.pos = PAYLOAD_HEADER_BYTES;
+    r.request_id = Some(DELIVERY_ID);
+    let subscriber = SubscriberId(r.u64("subscriber id")?);
+    let dropped_at = r.pos;
+    let dropped = r.u64("dropped")?;
+    let total = r.u64("message length")?;
+    let offset = r.u64("part offset")?;
+    let len_at = r.pos;
+    let (start, chunk) = r.slice("message part")?;
+    r.finish()?;
+    let len = chunk.len() as u32;
+    if offset.checked_add(len.into()).is_none_or(|end| end > total) {
+        return Err(r.error(
+            len_at,
+            DecodeErrorKind::LengthPastEnd {
+                what: "message part (past the message's length)",
+                length: len.into(),
+                remaining: total.saturating_sub(offset) as usize,
+            },
+        ));
+    }
+    if offset != 0 && dropped != 0 {
+        return Err(r.error(
+            dropped_at,
+            DecodeErrorKind::NonZero {
+                what: "dropped (in a part after the first)",
+                value: dropped,
+            },
+        ));
+    }
+    Ok(Some((
+        DeliveryPart {
+            subscriber,
+            dropped,
+            total,
+            offset,
+            len,
+        },
+        start..start + chunk.len(),
+    )))
 }
 
 /// [`encode_response`] into a new vector of exactly [`response_len`] bytes.

@@ -8,8 +8,11 @@
 //! subscription's bounded queue until the session's response ring has room, and when the queue
 //! is full the oldest are dropped and counted; the next delivery reports the count. Nothing is
 //! taken from the queue before it is in the ring, so nothing is lost in between. A message
-//! larger than the session's frames can never be delivered: it is dropped and counted the same
-//! way. Deliveries wait while older answers wait in the session's backlog (a delivery never
+//! larger than the session's frames goes in parts (DELIVERY_PART frames, [`codec::delivery_part`]),
+//! in order, as the ring has room; it stays in the queue (and counts against its limits) until
+//! its last part is in the ring. If the queue's limits drop it meanwhile (they drop the oldest
+//! first), its next part is the new oldest message's first, which tells the client to discard
+//! what it had. Deliveries wait while older answers wait in the session's backlog (a delivery never
 //! overtakes the answer that created its subscription).
 
 use std::cell::RefCell;
@@ -27,6 +30,12 @@ use super::{disconnect, respond, wake_client, Session, SessionRef, Shared};
 
 /// Largest delivery frame: the messages beyond go in the next frame.
 const DELIVERY_FRAME_MAX: usize = 32 << 10;
+/// Largest part of a message too large for a frame: smaller than a frame, so that the client
+/// copies one part out while the core writes the next.
+const PART_MAX: usize = 128 << 10;
+/// A part is not written smaller than this (unless it is the message's last): the ring must
+/// first have the room.
+const PART_MIN: usize = 4 << 10;
 /// Delivery frames one session gets per round of its core (fairness between sessions).
 const FRAMES_PER_ROUND: usize = 16;
 /// The room a response ring needs before a round tries to deliver into it again after it
@@ -46,6 +55,8 @@ pub(super) struct SessionPushes {
     /// Deliveries in a row that found no room (the recheck backs off while its client does
     /// not read).
     no_room: u32,
+    /// Subscriptions whose oldest message is partly delivered, with the bytes sent of it.
+    parts: Vec<(SubscriberId, usize)>,
 }
 
 impl SessionPushes {
@@ -129,6 +140,7 @@ impl PushRoutes {
         if let Some(at) = pushes.subscribed.iter().position(|s| *s == subscriber) {
             pushes.subscribed.swap_remove(at);
             pushes.pending.retain(|s| *s != subscriber);
+            pushes.parts.retain(|(s, _)| *s != subscriber);
             self.owners.remove(&subscriber);
         }
     }
@@ -140,6 +152,7 @@ impl PushRoutes {
             self.owners.remove(&subscriber);
         }
         session.pushes.pending.clear();
+        session.pushes.parts.clear();
     }
 
     /// Forgets the subscriptions that ended by an UNSUBSCRIBE that did not come through their
@@ -156,6 +169,7 @@ impl PushRoutes {
                 let pushes = &mut session.pushes;
                 pushes.subscribed.retain(|s| *s != subscriber);
                 pushes.pending.retain(|s| *s != subscriber);
+                pushes.parts.retain(|(s, _)| *s != subscriber);
                 session
                     .subscriptions
                     .forget(&veddb_wire::Request::Unsubscribe { subscriber });
@@ -260,6 +274,7 @@ fn deliver_frame(
     subscriber: SubscriberId,
 ) -> Result<Attempt, RingError> {
     let responses = &mut session.responses;
+    let parts = &mut session.pushes.parts;
     let max_payload = responses.ring().max_payload();
     // A frame that wraps may waste up to its own size: half the free room always fits.
     let limit = max_payload
@@ -271,6 +286,17 @@ fn deliver_frame(
         };
         if queue.is_empty() && dropped == 0 {
             return Ok(Attempt::Nothing);
+        }
+        let part = parts.iter().position(|(s, _)| *s == subscriber);
+        if let Some(at) = part {
+            // A drop since its first part took the message being sent (drops take the oldest):
+            // the new oldest starts at its first part, with the count.
+            if dropped > 0 || queue.is_empty() {
+                parts.swap_remove(at);
+                continue;
+            }
+            let sent = parts[at].1;
+            return write_part(shard, responses, parts, subscriber, sent, 0);
         }
         let mut len = codec::DELIVERY_HEADER_BYTES;
         let mut count = 0;
@@ -287,9 +313,8 @@ fn deliver_frame(
                 let alone =
                     codec::DELIVERY_HEADER_BYTES + codec::DELIVERY_MESSAGE_OVERHEAD + first.len();
                 if alone > max_payload {
-                    // Larger than any frame of this session: it can never be delivered.
-                    shard.discard_oldest(subscriber);
-                    continue;
+                    // Larger than any frame of this session: it goes in parts.
+                    return write_part(shard, responses, parts, subscriber, 0, dropped);
                 }
                 // Larger than the room the ring seems to have: tried alone.
                 len = alone;
@@ -316,4 +341,60 @@ fn deliver_frame(
         shard.take_delivered(subscriber, count);
         return Ok(Attempt::Written { more });
     })
+}
+
+/// Writes the next part of `subscriber`'s oldest message, of which `sent` bytes are in the ring
+/// already (`dropped`: the count to report, in a first part), and records how far it got.
+fn write_part(
+    shard: &mut veddb_shard::Shard,
+    responses: &mut veddb_shm::RingProducer,
+    parts: &mut Vec<(SubscriberId, usize)>,
+    subscriber: SubscriberId,
+    sent: usize,
+    dropped: u64,
+) -> Result<Attempt, RingError> {
+    let (queue, _) = shard.pending(subscriber).expect("the caller found it");
+    let message = queue.front().expect("the caller found one");
+    let more_messages = queue.len() > 1;
+    let rest = message.len() - sent;
+    // A frame that wraps may waste up to its own size: half the free room always fits.
+    let room = (responses.ring().max_payload().min(responses.free() / 2))
+        .saturating_sub(codec::DELIVERY_PART_HEADER_BYTES)
+        .min(PART_MAX);
+    let len = rest.min(room);
+    let needed = 2 * ByteRing::frame_bytes(codec::DELIVERY_PART_HEADER_BYTES + rest.min(PART_MAX));
+    if len < rest.min(PART_MIN) {
+        return Ok(Attempt::NoRoom { needed });
+    }
+    let Some(mut frame) = responses.try_reserve(codec::DELIVERY_PART_HEADER_BYTES + len)? else {
+        return Ok(Attempt::NoRoom { needed });
+    };
+    frame.write_at(
+        0,
+        &codec::encode_delivery_part_header(codec::DeliveryPart {
+            subscriber,
+            dropped,
+            total: message.len() as u64,
+            offset: sent as u64,
+            len: len as u32,
+        }),
+    );
+    frame.write_at(
+        codec::DELIVERY_PART_HEADER_BYTES,
+        &message[sent..sent + len],
+    );
+    frame.commit();
+    parts.retain(|(s, _)| *s != subscriber);
+    if len == rest {
+        shard.take_delivered(subscriber, 1);
+        return Ok(Attempt::Written {
+            more: more_messages,
+        });
+    }
+    if sent == 0 {
+        // The count went with the first part: clear it (takes no message).
+        shard.take_delivered(subscriber, 0);
+    }
+    parts.push((subscriber, sent + len));
+    Ok(Attempt::Written { more: true })
 }
