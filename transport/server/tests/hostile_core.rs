@@ -649,3 +649,225 @@ fn a_flood_of_huge_batches_does_not_starve_others() {
     drop(attackers);
     server.stop();
 }
+
+impl RawSession {
+    /// Writes one payload into `core`'s ring, waiting for room (waking the core meanwhile).
+    fn push_waiting(&mut self, core: usize, payload: &[u8]) {
+        let deadline = Instant::now() + SERVED_TIMEOUT;
+        while !self.push_raw(core, payload) {
+            assert!(Instant::now() < deadline, "the request ring stayed full");
+            self.wake(core);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// One UPLOAD frame (`docs/shm-layout.md`, "Large values"): `len` bytes of `fill` at
+    /// `offset` of a `total`-byte value, with request id `id` (0 in a well-formed one).
+    fn upload_frame(id: u32, total: u64, offset: u64, len: u32, fill: u8) -> Vec<u8> {
+        let mut frame =
+            codec::encode_upload_header(codec::UploadChunk { total, offset, len }).to_vec();
+        frame[..4].copy_from_slice(&id.to_le_bytes());
+        frame.resize(frame.len() + len as usize, fill);
+        frame
+    }
+
+    /// Uploads a whole value of `total` bytes of `fill` to `core`, in 100 KiB chunks.
+    fn upload(&mut self, core: usize, total: u64, fill: u8) {
+        let mut offset = 0;
+        loop {
+            let len = (total - offset).min(100 << 10) as u32;
+            self.push_waiting(core, &Self::upload_frame(0, total, offset, len, fill));
+            offset += u64::from(len);
+            if offset == total {
+                return;
+            }
+        }
+    }
+
+    /// A SET of `key` to the session's next uploaded value on `core`; its request id.
+    fn set_uploaded(&mut self, core: usize, key: &Bytes) -> u32 {
+        let id = self.next_id;
+        let request = Request::Set {
+            key: key.clone(),
+            value: codec::uploaded_value_mark(),
+            options: SetOptions::default(),
+        };
+        let frame = codec::encode_request_vec(id, &request);
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.push_waiting(core, &frame);
+        self.wake(core);
+        id
+    }
+
+    /// The next answer on `core`, decoded (values inline or shared, as frames).
+    fn next_response(&mut self, core: usize) -> (u32, Response) {
+        let payload = self.next_answer(core);
+        let (id, frame) = codec::decode_response(&payload).expect("a well-formed answer");
+        let response = frame
+            .into_response(|_| Some(Bytes::new()))
+            .expect("no shared value to resolve");
+        (id, response)
+    }
+
+    /// Waits until the server disconnected this session on `core`; the reason.
+    fn wait_disconnected(&self, core: usize) -> u32 {
+        let deadline = Instant::now() + SERVED_TIMEOUT;
+        loop {
+            let reason = self.disconnect_reason(core);
+            if reason != 0 {
+                return reason;
+            }
+            assert!(Instant::now() < deadline, "not disconnected");
+            self.wake(core);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Uploads of large values (`docs/shm-layout.md`, "Large values") from clients that break the
+/// rules: each wrong upload is an error for the request that names it and the session goes on;
+/// a malformed UPLOAD frame or uploads never used disconnect that session; clients that die in
+/// the middle of 16 MiB uploads, again and again, leave nothing held (a good client's 12 MiB
+/// SET still fits the core's upload budget afterwards); two sessions uploading values for one
+/// key at once each store a whole value. The server's memory stays bounded throughout.
+#[test]
+fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
+    let mut server = Server::start(&["--spin-us", "0"]);
+    let baseline = server.rss();
+    let key = key_on(0, 2, "uploaded");
+    let mut raw = RawSession::attach(&server.name);
+
+    // Named with nothing uploaded.
+    let id = raw.set_uploaded(0, &key);
+    match raw.next_response(0) {
+        (answered, Response::Error(Error::InvalidArgument(text))) => {
+            assert_eq!(answered, id);
+            assert!(text.contains("no upload finished"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A chunk out of order fails that upload only.
+    raw.push_waiting(0, &RawSession::upload_frame(0, 300_000, 0, 1000, 1));
+    raw.push_waiting(0, &RawSession::upload_frame(0, 300_000, 5000, 1000, 1));
+    let id = raw.set_uploaded(0, &key);
+    match raw.next_response(0) {
+        (answered, Response::Error(Error::InvalidArgument(text))) => {
+            assert_eq!(answered, id);
+            assert!(text.contains("arrived where bytes 1000.."), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A value over --value-bytes-max (16 MiB): refused at its first chunk, the rest ignored.
+    raw.upload(0, (16 << 20) + 1, 2);
+    let id = raw.set_uploaded(0, &key);
+    assert_eq!(
+        raw.next_response(0),
+        (
+            id,
+            Response::Error(Error::ValueTooLarge {
+                length: (16 << 20) + 1,
+                limit: 16 << 20
+            })
+        )
+    );
+    // A well-formed one after all that is stored whole.
+    raw.upload(0, 3 << 20, 3);
+    let id = raw.set_uploaded(0, &key);
+    assert!(matches!(raw.next_response(0), (answered, Response::Stored { .. }) if answered == id));
+    let local = server.local();
+    let (value, _) = local.get(key.clone()).unwrap().unwrap();
+    assert!(value.len() == 3 << 20 && value.iter().all(|&b| b == 3));
+
+    // Malformed UPLOAD frames disconnect their session, nobody else's.
+    raw.push_waiting(1, &RawSession::upload_frame(7, 100, 0, 10, 0));
+    raw.wake(1);
+    assert_eq!(raw.wait_disconnected(1), reason::BAD_FRAME);
+    let mut raw = RawSession::attach(&server.name);
+    let mut frame = RawSession::upload_frame(0, 100, 0, 10, 0);
+    frame.push(0);
+    raw.push_waiting(0, &frame);
+    raw.wake(0);
+    assert_eq!(raw.wait_disconnected(0), reason::BAD_FRAME);
+    // Uploads never used by a request: past 65,536 waiting, the session is cut off.
+    let mut raw = RawSession::attach(&server.name);
+    let empty = RawSession::upload_frame(0, 0, 0, 0, 0);
+    for _ in 0..=veddb_wire::limits::BATCH_KEYS_MAX {
+        if raw.disconnect_reason(1) != 0 {
+            break;
+        }
+        raw.push_waiting(1, &empty);
+    }
+    raw.wake(1);
+    assert_eq!(raw.wait_disconnected(1), reason::BAD_FRAME);
+    assert!(
+        server.log().contains("uploaded values wait"),
+        "{}",
+        server.log()
+    );
+    good_client_round(&server, 0);
+
+    // Clients that die halfway through 16 MiB uploads, ten times: 160 MiB announced, 4 MiB
+    // of it sent each time. The core's budget (half its 80 MiB arena) would be spent after
+    // three if a dead session kept what it held.
+    for round in 0..10u8 {
+        let mut dying = RawSession::attach(&server.name);
+        for offset in (0..4u64 << 20).step_by(100 << 10) {
+            dying.push_waiting(
+                0,
+                &RawSession::upload_frame(0, 16 << 20, offset, 100 << 10, round),
+            );
+        }
+        dying.wake(0);
+        drop(dying);
+        server.assert_running();
+    }
+    let big = Bytes::from(vec![9u8; 12 << 20]);
+    let deadline = Instant::now() + SERVED_TIMEOUT;
+    loop {
+        // Busy (RESOURCE_EXHAUSTED) until the server has noticed the last deaths.
+        match local.set(key.clone(), big.clone(), SetOptions::default()) {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a 12 MiB SET still refused after the uploaders died: {error}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    assert!(local.get(key.clone()).unwrap().unwrap().0 == big);
+
+    // Two sessions upload values for one key, chunk by chunk in turn: each SET stores a whole
+    // value of its own, and the key ends with one of them, whole.
+    let mut first = RawSession::attach(&server.name);
+    let mut second = RawSession::attach(&server.name);
+    let total: u64 = 2 << 20;
+    for offset in (0..total).step_by(100 << 10) {
+        let len = (total - offset).min(100 << 10) as u32;
+        first.push_waiting(0, &RawSession::upload_frame(0, total, offset, len, 0xA1));
+        second.push_waiting(0, &RawSession::upload_frame(0, total, offset, len, 0xB2));
+    }
+    let ids = [first.set_uploaded(0, &key), second.set_uploaded(0, &key)];
+    for (session, id) in [&mut first, &mut second].into_iter().zip(ids) {
+        assert!(
+            matches!(session.next_response(0), (answered, Response::Stored { .. }) if answered == id)
+        );
+    }
+    let (value, _) = local.get(key.clone()).unwrap().unwrap();
+    assert_eq!(value.len() as u64, total);
+    assert!(
+        value.iter().all(|&b| b == 0xA1) || value.iter().all(|&b| b == 0xB2),
+        "a value mixed from two uploads"
+    );
+
+    let grown = server.rss().saturating_sub(baseline);
+    eprintln!(
+        "hostile uploads (160 MiB announced by dying clients): the server grew by {} MiB",
+        grown >> 20
+    );
+    assert!(grown < 256 << 20, "the server grew by {} MiB", grown >> 20);
+    good_client_round(&server, 1);
+    drop((first, second, local));
+    server.stop();
+}
