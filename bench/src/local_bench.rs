@@ -292,7 +292,7 @@ pub fn run(args: &LocalArgs) -> Result<Vec<Series>, String> {
             )
             .with_open_loop(OpenLoopSummary::new(rate, args.clients, &stats, unsent)),
         };
-        results.push(series);
+        results.push(series.with_value_bytes(workload.value_size.mean()));
     }
     progress.finish();
     Ok(results)

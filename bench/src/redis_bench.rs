@@ -438,7 +438,10 @@ struct Outcome {
 
 fn preload(args: &RedisArgs, workload: &Workload) -> Result<(), String> {
     let mut connection = RespConnection::connect(&args.addr, args.unix.as_deref())?;
-    for chunk in workload.keys.chunks(PRELOAD_CHUNK) {
+    for chunk in workload
+        .keys
+        .chunks(workload.preload_keys_per_chunk(PRELOAD_CHUNK))
+    {
         let mut command: Vec<&[u8]> = Vec::with_capacity(1 + 2 * chunk.len());
         command.push(b"MSET");
         for key in chunk {
@@ -517,15 +520,18 @@ pub fn run(args: &RedisArgs) -> Result<Vec<Series>, String> {
                 args.depth
             )
         };
-        results.push(Series::new(
-            "redis",
-            &op.name(),
-            &latency_of,
-            &merged,
-            operations,
-            seconds,
-            errors,
-        ));
+        results.push(
+            Series::new(
+                "redis",
+                &op.name(),
+                &latency_of,
+                &merged,
+                operations,
+                seconds,
+                errors,
+            )
+            .with_value_bytes(workload.value_size.mean()),
+        );
     }
     Ok(results)
 }

@@ -44,6 +44,10 @@ pub struct Series {
     /// (the minimum) to 100 (the maximum). Empty in files from before it existed.
     #[serde(default)]
     pub curve: Vec<(f64, u64)>,
+    /// Value bytes moved per second (`ops_per_sec` times the mean value size), for the series
+    /// whose every operation reads or writes one value (GET, SET and their mix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_bytes_per_sec: Option<f64>,
 }
 
 fn closed() -> String {
@@ -112,7 +116,14 @@ impl Series {
             mode: closed(),
             open_loop: None,
             curve: percentile_curve(histogram),
+            value_bytes_per_sec: None,
         }
+    }
+
+    /// Records the value bytes each operation moves (see [`Series::value_bytes_per_sec`]).
+    pub fn with_value_bytes(mut self, bytes_per_op: usize) -> Series {
+        self.value_bytes_per_sec = Some(self.ops_per_sec * bytes_per_op as f64);
+        self
     }
 
     /// Marks the series as an open-loop measurement.
@@ -217,6 +228,16 @@ pub fn print_table(results: &[Series]) {
     }
     for s in results {
         println!("  {} {}: latency = {}", s.scenario, s.op, s.latency_of);
+    }
+    for s in results {
+        if let Some(bytes) = s.value_bytes_per_sec {
+            println!(
+                "  {} {}: {:.3} GB/s of values",
+                s.scenario,
+                s.op,
+                bytes / 1e9
+            );
+        }
     }
     for s in results {
         if let Some(open) = &s.open_loop {

@@ -282,6 +282,9 @@ fn helper2(x: f64) -> f64 {
     }
 }
 
+/// Most value bytes one preload request carries (MSET): large values go a few at a time.
+pub const PRELOAD_CHUNK_BYTES: usize = 8 << 20;
+
 pub struct Workload {
     pub keys: Vec<Bytes>,
     /// A value of the largest size; every value is a prefix of it.
@@ -377,12 +380,20 @@ impl Workload {
 
     /// The (key, value) pairs to preload, `chunk` keys at a time (one MSET each).
     pub fn preload_chunks(&self, chunk: usize) -> impl Iterator<Item = Vec<(Bytes, Bytes)>> + '_ {
-        let chunk = chunk.max(1);
+        let chunk = self.preload_keys_per_chunk(chunk);
         (0..self.keys.len()).step_by(chunk).map(move |start| {
             (start..(start + chunk).min(self.keys.len()))
                 .map(|i| (self.keys[i].clone(), self.preload_value(i)))
                 .collect()
         })
+    }
+
+    /// Keys per preload request: `chunk`, fewer for large values (a request carries at most
+    /// [`PRELOAD_CHUNK_BYTES`] of values, and always one).
+    pub fn preload_keys_per_chunk(&self, chunk: usize) -> usize {
+        chunk
+            .min(PRELOAD_CHUNK_BYTES / self.value_size.max().max(1))
+            .max(1)
     }
 
     /// Bytes the keys and values take (for memory budgets).

@@ -988,8 +988,8 @@ fn instance_header_round_trips_and_is_checked() {
     ));
     let mut bad = page.clone();
     // Version 1 (the rings with a separate tail counter), 2 (no pushed subscriptions), 3 (no
-    // CPU words) and any later one are refused.
-    for version in [1u8, 2, 3, 5] {
+    // CPU words), 4 (no uploads) and any later one are refused.
+    for version in [1u8, 2, 3, 4, 6] {
         bad[VERSION_OFFSET] = version;
         assert!(matches!(
             InstanceHeader::read(&bad),

@@ -545,11 +545,11 @@ impl LocalConnection {
     /// all it sent.
     fn send(&self, core: usize, request: &Request) -> Result<u32, ClientError> {
         let id = self.take_id();
-        let mut payload = self.encoded.borrow_mut();
-        codec::encode_request_into(id, request, &mut payload);
         let target = &self.cores[core];
         let max = target.requests.borrow().ring().max_payload();
-        if payload.len() > max {
+        // Measured before anything is encoded: a large value is never copied but into the ring.
+        let len = codec::request_len(request);
+        if len > max {
             // A batch over the protocol's key limit is refused as the engine refuses it on
             // every transport, whatever its size.
             if let Some(keys) = batch_keys(request).filter(|&keys| keys > limits::BATCH_KEYS_MAX) {
@@ -566,9 +566,8 @@ impl LocalConnection {
                     .filter(|(marked, _)| codec::request_len(marked) <= max)
             });
             let Some((marked, values)) = split else {
-                return Err(frame_too_large(payload.len(), max));
+                return Err(frame_too_large(len, max));
             };
-            drop(payload);
             for value in &values {
                 self.upload(core, value)?;
             }
@@ -577,6 +576,8 @@ impl LocalConnection {
             self.push(core, &payload)?;
             return Ok(id);
         }
+        let mut payload = self.encoded.borrow_mut();
+        codec::encode_request_into(id, request, &mut payload);
         self.push(core, &payload)?;
         Ok(id)
     }

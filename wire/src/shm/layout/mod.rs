@@ -15,7 +15,7 @@
 use std::fmt;
 
 /// Version of this layout, stored after every magic.
-pub const LAYOUT_VERSION: u16 = 4;
+pub const LAYOUT_VERSION: u16 = 5;
 /// A cache line: fields written by different sides never share one.
 pub const CACHE_LINE_BYTES: usize = 64;
 /// A page: every header is one page, so the data after it is page-aligned.
