@@ -1463,6 +1463,18 @@ fn acknowledged_local_writes_survive_a_kill() {
     for answer in local.execute_many(&batch).unwrap() {
         assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
     }
+    // Values larger than a frame (uploaded ahead of their SET) are logged like any other.
+    let large = |i: u32| Bytes::from(vec![i as u8; (3 << 20) + i as usize]);
+    for i in 0..4u32 {
+        let answer = local
+            .execute(Request::Set {
+                key: Bytes::from(format!("durable-large:{i}")),
+                value: large(i),
+                options: SetOptions::default(),
+            })
+            .unwrap();
+        assert!(matches!(answer, Response::Stored { .. }), "{answer:?}");
+    }
     drop(local);
     server.kill();
     remove_instance_files(&name);
@@ -1478,6 +1490,12 @@ fn acknowledged_local_writes_survive_a_kill() {
         {
             Response::Value { value: read, .. } => assert_eq!(read, value(i)),
             other => panic!("durable:{i} after the kill: {other:?}"),
+        }
+    }
+    for i in 0..4u32 {
+        match local.get_view(format!("durable-large:{i}")).unwrap() {
+            GetResult::View(view) => assert!(view.bytes() == &large(i)[..]),
+            other => panic!("durable-large:{i} after the kill: {other:?}"),
         }
     }
     drop(local);
