@@ -362,7 +362,9 @@ fn write_part(
         .saturating_sub(codec::DELIVERY_PART_HEADER_BYTES)
         .min(PART_MAX);
     let len = rest.min(room);
-    let needed = 2 * ByteRing::frame_bytes(codec::DELIVERY_PART_HEADER_BYTES + rest.min(PART_MAX));
+    // What the next try needs: room for the smallest part this would write (asking for more
+    // could ask for more than a small ring ever has free).
+    let needed = 2 * ByteRing::frame_bytes(codec::DELIVERY_PART_HEADER_BYTES + rest.min(PART_MIN));
     if len < rest.min(PART_MIN) {
         return Ok(Attempt::NoRoom { needed });
     }
