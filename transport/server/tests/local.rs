@@ -1103,6 +1103,56 @@ fn values_of_every_size_through_shared_memory() {
     server.stop_cleanly();
 }
 
+/// Large pushed messages (in parts) to a subscriber that does not read while its queue's limit
+/// (8 MiB) drops the oldest, the one half delivered included: once it reads, every message it
+/// receives is whole and in order, and the received plus the dropped are all that was
+/// published.
+#[test]
+fn large_pushed_messages_dropped_halfway_are_never_received_torn() {
+    let name = unique_name("t");
+    let _files = InstanceFiles(name.clone());
+    let mut server = Server::start(&name, &["--cores", "1"]);
+    let subscriber = server.client();
+    let publisher = server.client();
+    let mut subscription = subscriber.subscribe("large").unwrap();
+    let message = |i: u8| Bytes::from(vec![i; (3 << 20) + usize::from(i)]);
+    const PUBLISHED: u8 = 12;
+    for i in 0..PUBLISHED {
+        assert_eq!(publisher.publish("large", message(i)).unwrap(), 1);
+    }
+    // Let the core write what the ring takes of the first message (and drop the oldest).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut received = Vec::new();
+    let mut dropped = 0;
+    while (received.len() as u64 + dropped) < u64::from(PUBLISHED) {
+        match subscription.receive(LINE_TIMEOUT).unwrap() {
+            veddb_client::Received::Message {
+                message: got,
+                dropped: lost,
+            } => {
+                dropped += lost;
+                let i = got[0];
+                assert!(got == message(i), "message {i} torn or mixed");
+                assert!(received.last().is_none_or(|&last| last < i), "out of order");
+                received.push(i);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        dropped > 0,
+        "the queue limit dropped nothing: the test tests nothing"
+    );
+    assert_eq!(
+        received.last(),
+        Some(&(PUBLISHED - 1)),
+        "the newest arrives"
+    );
+    assert_eq!(received.len() as u64 + dropped, u64::from(PUBLISHED));
+    drop(subscription);
+    server.stop_cleanly();
+}
+
 /// GETs and SETs the core serves in place (from a copy of the frame in its scratch buffer,
 /// the answer written straight into the response ring) have every outcome of the general
 /// path: a value in the arena (a view), a value kept outside it (a copy), a missing key, a
