@@ -248,4 +248,34 @@ mod tests {
         assert_eq!(topics.shard_queue_bytes, 0);
         assert_eq!(topics.counters().dropped, dropped_a + dropped_b);
     }
+
+    /// A message larger than a subscriber queue's byte limit (up to --value-bytes-max may be
+    /// published) is counted in the queue's bytes like any other, and kept: a queue always
+    /// holds its newest message, dropping (and counting) everything older to make room. The
+    /// next message then pushes it out the same way.
+    #[test]
+    fn a_message_over_the_queue_byte_limit_is_kept_alone_and_counted() {
+        let config = Config {
+            subscriber_queue_bytes_max: 100,
+            pubsub_queue_bytes_max: 1000,
+            ..Config::default()
+        };
+        let mut topics = Topics::new(0, &config);
+        let id = topics.subscribe(Bytes::from_static(b"t")).unwrap();
+        assert_eq!(topics.publish(b"t", Bytes::from(vec![1; 10])), 1);
+        assert_eq!(topics.publish(b"t", Bytes::from(vec![2; 500])), 1);
+        assert_eq!(
+            topics.shard_queue_bytes, 500,
+            "the large message is counted"
+        );
+        let (messages, dropped) = topics.fetch(id, 0).unwrap();
+        assert_eq!((messages.len(), messages[0].len(), dropped), (1, 500, 1));
+        assert_eq!(topics.shard_queue_bytes, 0);
+
+        assert_eq!(topics.publish(b"t", Bytes::from(vec![3; 500])), 1);
+        assert_eq!(topics.publish(b"t", Bytes::from(vec![4; 10])), 1);
+        let (messages, dropped) = topics.fetch(id, 0).unwrap();
+        assert_eq!((messages.len(), messages[0][0], dropped), (1, 4, 1));
+        assert_eq!(topics.counters().dropped, 2);
+    }
 }

@@ -305,7 +305,10 @@ pub fn shm_response(data: &[u8]) {
     }
     // A part of a large pushed message: never an answer, canonical, its chunk within it.
     if let Ok(Some((part, chunk))) = delivery_part(data) {
-        assert!(decode_response(data).is_err(), "a delivery part is no answer");
+        assert!(
+            decode_response(data).is_err(),
+            "a delivery part is no answer"
+        );
         assert_eq!(chunk.len(), part.len as usize);
         assert!(part.offset + u64::from(part.len) <= part.total);
         let mut encoded = encode_delivery_part_header(part).to_vec();

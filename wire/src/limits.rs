@@ -4,6 +4,8 @@
 pub const KEY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Largest value accepted by default (`--value-bytes-max`).
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// The largest `--value-bytes-max` a server accepts (1 GiB).
+pub const VALUE_BYTES_MAX_UPPER: usize = 1 << 30;
 /// Most keys in one MGET, MSET or DEL request.
 pub const BATCH_KEYS_MAX: usize = 65_536;
 /// Most keys one SCAN call returns.
@@ -28,5 +30,6 @@ pub const SHARDS_MAX: u32 = 1 << 16;
 pub const TTL_MS_MAX: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 const _: () = assert!(KEY_BYTES_MAX_DEFAULT <= VALUE_BYTES_MAX_DEFAULT);
+const _: () = assert!(VALUE_BYTES_MAX_DEFAULT <= VALUE_BYTES_MAX_UPPER);
 const _: () = assert!(SCAN_COUNT_DEFAULT <= SCAN_COUNT_MAX);
 const _: () = assert!(SUBSCRIBER_QUEUE_BYTES_DEFAULT <= PUBSUB_QUEUE_BYTES_PER_SHARD_DEFAULT);

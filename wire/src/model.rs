@@ -362,11 +362,11 @@ impl fmt::Display for Error {
             }
             Error::KeyTooLarge { length, limit } => write!(
                 f,
-                "INVALID_ARGUMENT: key of {length} bytes is over the {limit}-byte limit (--key-bytes-max)"
+                "RESOURCE_EXHAUSTED: key of {length} bytes is over the {limit}-byte limit (--key-bytes-max)"
             ),
             Error::ValueTooLarge { length, limit } => write!(
                 f,
-                "INVALID_ARGUMENT: value of {length} bytes is over the {limit}-byte limit (--value-bytes-max)"
+                "RESOURCE_EXHAUSTED: value of {length} bytes is over the {limit}-byte limit (--value-bytes-max)"
             ),
             Error::NotAnInteger => write!(f, "INVALID_ARGUMENT: value is not a decimal 64-bit integer"),
             Error::Overflow => write!(f, "INVALID_ARGUMENT: increment would overflow a 64-bit integer"),

@@ -13,7 +13,7 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue};
 use veddb_h2io::TcpIo;
-use veddb_wire::grpc::{self as map, Code, Deframer, Method, Status};
+use veddb_wire::grpc::{self as map, Code, Deframer, FrameError, Method, Status};
 use veddb_wire::grpc_client::{self as client_map, SubscribeEvent};
 use veddb_wire::{Info, Request, Response};
 
@@ -31,6 +31,28 @@ fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
 /// Requests up to this size (framed) are handed to h2 whole (see `send_framed`).
 const SMALL_REQUEST_BYTES: usize = 16 << 10;
 
+/// The largest response message a [`GrpcConnection`] takes by default: the largest value any
+/// server can hold (`--value-bytes-max` is at most 1 GiB) plus
+/// [`map::MESSAGE_FRAMING_BYTES`], so that this client never refuses a value a server allows.
+/// Nothing is reserved for it up front: a message's buffer grows as its bytes arrive (see
+/// [`Deframer`]). Lower it with [`GrpcConnection::set_receive_message_bytes_max`].
+pub const RECEIVE_MESSAGE_BYTES_MAX_DEFAULT: usize =
+    veddb_wire::limits::VALUE_BYTES_MAX_UPPER + map::MESSAGE_FRAMING_BYTES;
+
+/// The error for a response message longer than this client takes (`limit`), or for another
+/// broken response stream.
+fn response_frame_error(error: FrameError) -> ClientError {
+    match error {
+        FrameError::TooLarge { length, limit } => {
+            ClientError::Status(Status::resource_exhausted(format!(
+                "a response message of {length} bytes is over this client's limit of {limit} \
+                 bytes (GrpcConnection::set_receive_message_bytes_max)"
+            )))
+        }
+        other => ClientError::Status(other.status()),
+    }
+}
+
 /// One HTTP/2 connection. Cheap to clone; calls from several tasks run concurrently as
 /// separate streams.
 #[derive(Clone)]
@@ -38,7 +60,8 @@ pub struct GrpcConnection {
     send: SendRequest<Bytes>,
     /// The `:authority` of every request (the server's address), parsed once.
     authority: http::uri::Authority,
-    message_bytes_max: usize,
+    /// Longest response message taken; see [`RECEIVE_MESSAGE_BYTES_MAX_DEFAULT`].
+    receive_message_bytes_max: usize,
 }
 
 impl GrpcConnection {
@@ -63,8 +86,22 @@ impl GrpcConnection {
             send,
             authority: http::uri::Authority::try_from(address.to_string())
                 .map_err(|error| ClientError::Protocol(error.to_string()))?,
-            message_bytes_max: map::MESSAGE_BYTES_MAX_DEFAULT,
+            receive_message_bytes_max: RECEIVE_MESSAGE_BYTES_MAX_DEFAULT,
         })
+    }
+
+    /// The longest response message this connection takes (default
+    /// [`RECEIVE_MESSAGE_BYTES_MAX_DEFAULT`]).
+    pub fn receive_message_bytes_max(&self) -> usize {
+        self.receive_message_bytes_max
+    }
+
+    /// Sets the longest response message this connection (this clone of it) takes, for calls
+    /// started from now on: a longer answer fails the call with RESOURCE_EXHAUSTED naming this
+    /// limit, and the connection goes on. Lower it to bound what one answer may make this client
+    /// hold; a value over `--value-bytes-max` of the server needs no more than the default.
+    pub fn set_receive_message_bytes_max(&mut self, bytes: usize) {
+        self.receive_message_bytes_max = bytes;
     }
 
     async fn start(
@@ -189,7 +226,7 @@ impl GrpcConnection {
                 Err(ClientError::Status(status))
             };
         }
-        let mut deframer = Deframer::new(self.message_bytes_max);
+        let mut deframer = Deframer::new(self.receive_message_bytes_max);
         let mut out = Vec::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(ClientError::from_h2)?;
@@ -197,10 +234,7 @@ impl GrpcConnection {
             // Copied into a buffer per message: answers handed to the application must not
             // keep h2's whole read buffer alive (values are slices of their message).
             deframer.push(&chunk);
-            while let Some(message) = deframer
-                .next()
-                .map_err(|e| ClientError::Status(e.status()))?
-            {
+            while let Some(message) = deframer.next().map_err(response_frame_error)? {
                 out.push(message);
             }
         }
@@ -311,8 +345,13 @@ impl GrpcConnection {
     pub async fn subscribe(&self, topic: Bytes) -> Result<Subscription, ClientError> {
         let (response, mut stream) = self.start(Method::Subscribe.path()).await?;
         let request = framed(&[client_map::encode_subscribe_request(topic)]);
-        Self::send_framed(&mut stream, request, true).await?;
-        let response = response.await.map_err(ClientError::from_h2)?;
+        let sent = Self::send_framed(&mut stream, request, true).await;
+        let response = match (sent, response.await.map_err(ClientError::from_h2)) {
+            (_, Ok(response)) => response,
+            // The server ended the call before reading the request (over its message limit):
+            // its answer says why, better than the failed send.
+            (Err(error), Err(_)) | (Ok(()), Err(error)) => return Err(error),
+        };
         let (parts, body) = response.into_parts();
         check_http(&parts)?;
         if let Some(status) = status_of(&parts.headers) {
@@ -320,7 +359,7 @@ impl GrpcConnection {
         }
         let mut subscription = Subscription {
             body,
-            deframer: Deframer::new(self.message_bytes_max),
+            deframer: Deframer::new(self.receive_message_bytes_max),
             _stream: stream,
         };
         match subscription.next().await {
@@ -354,7 +393,7 @@ impl Subscription {
                     )
                 }
                 Ok(None) => {}
-                Err(error) => return Some(Err(ClientError::Status(error.status()))),
+                Err(error) => return Some(Err(response_frame_error(error))),
             }
             match self.body.data().await {
                 Some(Ok(chunk)) => {
@@ -432,6 +471,13 @@ impl GrpcTransport {
     /// The async connection underneath (its calls run only inside [`GrpcTransport::block_on`]).
     pub fn connection(&self) -> &GrpcConnection {
         &self.connection
+    }
+
+    /// Sets the longest response message this transport takes
+    /// ([`GrpcConnection::set_receive_message_bytes_max`]); then hand it to
+    /// [`crate::Client::from_transport`].
+    pub fn set_receive_message_bytes_max(&mut self, bytes: usize) {
+        self.connection.set_receive_message_bytes_max(bytes);
     }
 
     /// Runs `future` on this transport's runtime, which also drives the connection meanwhile.

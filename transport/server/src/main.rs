@@ -54,9 +54,11 @@ struct Args {
     #[argh(option)]
     tls_key: Option<std::path::PathBuf>,
 
-    /// largest gRPC message in bytes, received or sent (default 4194304)
-    #[argh(option, default = "veddb_wire::grpc::MESSAGE_BYTES_MAX_DEFAULT")]
-    grpc_message_bytes_max: usize,
+    /// largest gRPC message in bytes, received or sent, 1024 to 1073741824 (default: follows
+    /// --value-bytes-max: the largest key plus the largest value plus 64 KiB of framing, at least
+    /// 4194304; 16908288 with the default limits); a message over it gets RESOURCE_EXHAUSTED
+    #[argh(option)]
+    grpc_message_bytes_max: Option<usize>,
 
     /// seconds after which a silent local client is detached (default 300)
     #[argh(option, default = "300")]
@@ -263,7 +265,7 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
             args.key_bytes_max
         ));
     }
-    if args.value_bytes_max > 1 << 30 {
+    if args.value_bytes_max > limits::VALUE_BYTES_MAX_UPPER {
         return Err(format!(
             "--value-bytes-max is at most 1 GiB, not {}",
             args.value_bytes_max
@@ -275,11 +277,13 @@ fn engine_config(args: &Args) -> Result<EngineConfig, String> {
             args.inbox_depth
         ));
     }
-    if args.grpc_message_bytes_max < 1024 || args.grpc_message_bytes_max > 1 << 30 {
-        return Err(format!(
-            "--grpc-message-bytes-max must be between 1024 and 1073741824, not {}",
-            args.grpc_message_bytes_max
-        ));
+    if let Some(bytes) = args.grpc_message_bytes_max {
+        if !(GRPC_MESSAGE_BYTES_MAX_LOWEST..=GRPC_MESSAGE_BYTES_MAX_HIGHEST).contains(&bytes) {
+            return Err(format!(
+                "--grpc-message-bytes-max must be between {GRPC_MESSAGE_BYTES_MAX_LOWEST} and \
+                 {GRPC_MESSAGE_BYTES_MAX_HIGHEST}, not {bytes}"
+            ));
+        }
     }
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         return Err("--tls-cert and --tls-key go together".into());
@@ -445,13 +449,35 @@ fn grpc_frontend(args: &Args) -> Result<GrpcFrontend, ExitCode> {
         },
         _ => None,
     };
+    let fitting = veddb_wire::grpc::message_bytes_max_for(args.key_bytes_max, args.value_bytes_max);
+    if let Some(limit) = args.grpc_message_bytes_max.filter(|&limit| limit < fitting) {
+        tracing::warn!(
+            grpc_message_bytes_max = limit,
+            value_bytes_max = args.value_bytes_max,
+            "--grpc-message-bytes-max is under what the largest key and value need ({fitting}): \
+             values near --value-bytes-max can be stored only through shared memory"
+        );
+    }
     Ok(GrpcFrontend::new(veddb_transport::grpc::GrpcConfig {
         bind: args.bind,
         port: args.port,
-        message_bytes_max: args.grpc_message_bytes_max,
+        message_bytes_max: grpc_message_bytes_max(args),
         tls,
         ..Default::default()
     }))
+}
+
+/// The range `--grpc-message-bytes-max` may be given in.
+const GRPC_MESSAGE_BYTES_MAX_LOWEST: usize = 1024;
+const GRPC_MESSAGE_BYTES_MAX_HIGHEST: usize = 1 << 30;
+
+/// `--grpc-message-bytes-max`, or when it is not given a limit that every key and value the
+/// engine accepts fits in ([`veddb_wire::grpc::message_bytes_max_for`]). That default may be
+/// over the flag's own highest value: with `--value-bytes-max` at its 1 GiB maximum it is
+/// 1 GiB plus the key limit plus 64 KiB, so that the largest value still fits.
+fn grpc_message_bytes_max(args: &Args) -> usize {
+    let fitting = veddb_wire::grpc::message_bytes_max_for(args.key_bytes_max, args.value_bytes_max);
+    args.grpc_message_bytes_max.unwrap_or(fitting)
 }
 
 /// The shared-memory frontend: creates the instance that local clients attach to.
@@ -506,6 +532,7 @@ fn log_ready(args: &Args, config: &EngineConfig, engine: &Engine) {
         eviction = ?config.shard.eviction,
         key_bytes_max = config.shard.key_bytes_max,
         value_bytes_max = config.shard.value_bytes_max,
+        grpc_message_bytes_max = grpc_message_bytes_max(args),
         spin_us = args.spin_us,
         data_dir = ?args.data_dir,
         fsync = ?config.persistence.as_ref().map(|p| p.fsync),

@@ -863,8 +863,9 @@ fn limits_are_refused_with_the_same_codes(kind: Kind) {
         largest,
         "unchanged"
     );
-    // A request over the transport's own frame or message limit (1 MiB rings, 4 MiB gRPC
-    // messages by default): refused, and the connection stays usable.
+    // A request over the transport's own frame or message limit (1 MiB rings; 4 MiB gRPC
+    // messages, the least --grpc-message-bytes-max follows --value-bytes-max to): refused, and
+    // the connection stays usable.
     let huge = Bytes::from(vec![1u8; 5 << 20]);
     assert_eq!(
         code(set(b("huge"), huge)),

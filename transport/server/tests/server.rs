@@ -181,6 +181,14 @@ fn bad_flags_fail_with_a_clear_message() {
         (&["--log-format", "xml"][..], "unknown log format"),
         (&["--no-such-flag"][..], "Unrecognized argument"),
         (&["--port", "70000"][..], "--port"),
+        (
+            &["--grpc-message-bytes-max", "1023"][..],
+            "--grpc-message-bytes-max must be between 1024 and 1073741824, not 1023",
+        ),
+        (
+            &["--grpc-message-bytes-max", "1073741825"][..],
+            "--grpc-message-bytes-max must be between 1024 and 1073741824",
+        ),
     ] {
         let output = Command::new(SERVER).args(args).output().unwrap();
         assert!(!output.status.success(), "{args:?} must fail");

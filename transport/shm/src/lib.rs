@@ -51,8 +51,7 @@ mod readiness;
 pub use alloc::{HugePageAlloc, HUGE_PAGE_BYTES};
 pub use arena::{
     Arena, ArenaBlock, ArenaLayout, ArenaLocator, ArenaRetirer, ArenaStats, ArenaUpload,
-    ArenaValue,
-    BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
+    ArenaValue, BLOCK_HEADER_BYTES, MIN_BLOCK_BYTES,
 };
 pub use cpu::{current_cpu, same_cpu};
 #[cfg(all(target_os = "linux", feature = "mimalloc"))]

@@ -25,7 +25,12 @@ pub struct GrpcConfig {
     pub bind: IpAddr,
     /// Port (`--port`); 0 picks a free one.
     pub port: u16,
-    /// Largest gRPC message accepted or sent (default 4 MiB, as gRPC clients assume).
+    /// Largest gRPC message accepted or sent. A request over it is answered RESOURCE_EXHAUSTED
+    /// (naming the limit) as soon as its length prefix arrives; an answer over it is replaced by
+    /// that status. Default: room for the engine's default largest key and value
+    /// ([`veddb_wire::grpc::message_bytes_max_for`], 16 MiB + 128 KiB); `veddb-server` derives
+    /// it from its `--key-bytes-max` and `--value-bytes-max` unless `--grpc-message-bytes-max`
+    /// is given.
     pub message_bytes_max: usize,
     /// Concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     pub streams_per_connection_max: u32,
@@ -46,7 +51,10 @@ impl Default for GrpcConfig {
         GrpcConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 50051,
-            message_bytes_max: veddb_wire::grpc::MESSAGE_BYTES_MAX_DEFAULT,
+            message_bytes_max: veddb_wire::grpc::message_bytes_max_for(
+                veddb_wire::limits::KEY_BYTES_MAX_DEFAULT,
+                veddb_wire::limits::VALUE_BYTES_MAX_DEFAULT,
+            ),
             streams_per_connection_max: 256,
             connections_per_core_max: 10_000,
             keepalive_interval: Duration::from_secs(60),

@@ -215,16 +215,33 @@ where
 fn h2_builder(config: &GrpcConfig) -> h2::server::Builder {
     let mut builder = h2::server::Builder::new();
     builder
-        .initial_window_size(1 << 20)
+        .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(8 << 20)
         .max_frame_size(1 << 16)
         .max_concurrent_streams(config.streams_per_connection_max)
         .max_header_list_size(16 << 10)
         .max_send_buffer_size(1 << 20)
         .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(Some(256));
+        .max_local_error_reset_streams(Some(256))
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED_MAX)
+        .reset_stream_duration(RESET_STREAM_REMEMBERED);
     builder
 }
+
+/// Initial HTTP/2 window of each stream: what a client may send on a call before the server
+/// has read any of it.
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
+/// Streams this server ended early (a request over `--grpc-message-bytes-max`) that h2 keeps
+/// in mind after their RST_STREAM(NO_ERROR), and for how long: DATA the client had already sent
+/// on such a stream (up to its window) is then dropped quietly. A DATA frame for a stream h2
+/// no longer remembers gets a STREAM_CLOSED reset that counts against
+/// `max_local_error_reset_streams` (256 in a connection's life); with h2's default (50
+/// streams), about 80 over-limit requests in one second, each with up to
+/// [`STREAM_WINDOW_BYTES`] in flight, used it up and the connection was closed
+/// (GOAWAY, "too_many_internal_resets"). Each remembered stream costs a few hundred bytes.
+const RESET_STREAMS_REMEMBERED_MAX: usize = 1024;
+const RESET_STREAM_REMEMBERED: Duration = Duration::from_secs(2);
 
 /// Marks the core's clock as just refreshed while it lives (see `Shared::clock_fresh`).
 struct ClockFresh<'a>(&'a Cell<bool>);
@@ -300,6 +317,12 @@ fn status_headers(headers: &mut HeaderMap, status: &Status) {
 }
 
 /// An immediate error: one HEADERS frame carrying the status, ending the stream.
+///
+/// The client may still be sending its request (one over the message limit). If it is, h2
+/// sends RST_STREAM(NO_ERROR) when the call's handles are dropped after this, *after* the
+/// queued HEADERS (RFC 9113 §8.1: a complete response, then "stop sending, no error"), so the
+/// client gets the status and stops sending. Never `send_reset` here: it would discard the
+/// queued HEADERS and the client would see a bare reset.
 fn trailers_only(respond: &mut SendResponse<Bytes>, status: &Status) {
     let mut response = grpc_headers();
     status_headers(response.headers_mut(), status);
@@ -369,7 +392,7 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
             }
         }
         deframer.push_bytes(&chunk);
-        while let Some(next) = deframer.next().map_err(|e| Some(Status::from(e)))? {
+        while let Some(next) = deframer.next().map_err(|e| Some(e.request_status()))? {
             if message.is_some() {
                 return Err(Some(Status::new(
                     Code::Internal,
@@ -379,7 +402,7 @@ async fn read_one(body: &mut RecvStream, limit: usize) -> Result<Bytes, Option<S
             message = Some(next);
         }
     }
-    deframer.finish().map_err(|e| Some(Status::from(e)))?;
+    deframer.finish().map_err(|e| Some(e.request_status()))?;
     message.ok_or_else(|| Some(Status::new(Code::Internal, "no request message")))
 }
 
@@ -536,16 +559,7 @@ async fn health_check(
 /// Sends one response message and OK trailers.
 async fn respond_message(respond: &mut SendResponse<Bytes>, message: Vec<u8>, limit: usize) {
     if message.len() > limit {
-        return trailers_only(
-            respond,
-            &Status::new(
-                Code::ResourceExhausted,
-                format!(
-                    "response of {} bytes is over the limit of {limit} bytes",
-                    message.len()
-                ),
-            ),
-        );
+        return trailers_only(respond, &map::response_too_large(message.len(), limit));
     }
     let mut framed = Vec::with_capacity(message.len() + 5);
     map::frame(&message, &mut framed);
@@ -655,7 +669,7 @@ async fn batch(
             loop {
                 match deframer.next() {
                     Ok(Some(message)) => {
-                        start_batch_op(context, message, &mut out, &mut waiting, cx)
+                        start_batch_op(context, message, limit, &mut out, &mut waiting, cx)
                     }
                     Ok(None) => break,
                     Err(error) => {
@@ -672,18 +686,19 @@ async fn batch(
             if until(deadline, all).await.is_err() {
                 return finish(&mut stream, &deadline_status());
             }
-            encode_answers(&mut waiting, &mut out);
+            encode_answers(&mut waiting, limit, &mut out);
         }
         if !out.is_empty() && send_all(&mut stream, out.split().freeze()).await.is_err() {
             return;
         }
         if let Some(error) = failed {
-            return finish(&mut stream, &Status::from(error));
+            // Trailers now; the client may still be sending (see `trailers_only`).
+            return finish(&mut stream, &error.request_status());
         }
     }
     match deframer.finish() {
         Ok(()) => finish(&mut stream, &Status::ok()),
-        Err(error) => finish(&mut stream, &Status::from(error)),
+        Err(error) => finish(&mut stream, &error.request_status()),
     }
 }
 
@@ -716,15 +731,16 @@ fn poll_answers(waiting: &mut [Answer<'_>], cx: &mut Context<'_>) -> Poll<()> {
     }
 }
 
-/// Encodes the completed answers, in order, into `out`.
-fn encode_answers(waiting: &mut Vec<Answer<'_>>, out: &mut BytesMut) {
+/// Encodes the completed answers, in order, into `out` (each over `limit` as its
+/// RESOURCE_EXHAUSTED status).
+fn encode_answers(waiting: &mut Vec<Answer<'_>>, limit: usize, out: &mut BytesMut) {
     for answer in waiting.drain(..) {
         match answer {
             Answer::Ready {
                 method,
                 key,
                 response,
-            } => map::encode_batch_framed(method, &key, response, out),
+            } => map::encode_batch_framed(method, &key, response, limit, out),
             Answer::Error(error) => map::encode_batch_error_framed(&error, out),
             Answer::Waiting { .. } => unreachable!("every waiting answer completed"),
         }
@@ -753,6 +769,7 @@ enum Answer<'a> {
 fn start_batch_op<'a>(
     context: &'a CoreContext,
     message: Bytes,
+    limit: usize,
     out: &mut BytesMut,
     waiting: &mut Vec<Answer<'a>>,
     cx: &mut Context<'_>,
@@ -786,7 +803,7 @@ fn start_batch_op<'a>(
         }
     };
     if waiting.is_empty() {
-        map::encode_batch_framed(method, &key, response, out);
+        map::encode_batch_framed(method, &key, response, limit, out);
     } else {
         waiting.push(Answer::Ready {
             method,

@@ -24,7 +24,16 @@ pub fn frame(message: &[u8], out: &mut Vec<u8>) {
 /// # Panics
 /// If the message is longer than `u32::MAX` bytes (the framing cannot express it).
 pub fn frame_message(message: &impl Message, out: &mut impl BufMut) {
-    let length = message.encoded_len();
+    frame_message_of_length(message, message.encoded_len(), out);
+}
+
+/// [`frame_message`] with the message's encoded length already known (`encoded_len`).
+pub(super) fn frame_message_of_length(
+    message: &impl Message,
+    length: usize,
+    out: &mut impl BufMut,
+) {
+    debug_assert_eq!(length, message.encoded_len());
     let prefix = u32::try_from(length).expect("a gRPC message is at most u32::MAX bytes");
     out.put_u8(0);
     out.put_u32(prefix);
@@ -54,6 +63,34 @@ impl FrameError {
         };
         Status::new(code, self.to_string())
     }
+
+    /// The status a server ends a call with when the call's request stream fails: as
+    /// [`status`](FrameError::status), with a message over the limit named as the server's
+    /// ([`request_too_large`]).
+    pub fn request_status(&self) -> Status {
+        match self {
+            FrameError::TooLarge { length, limit } => request_too_large(*length, *limit),
+            other => other.status(),
+        }
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a request message of `length` bytes over a server's `limit`
+/// (`--grpc-message-bytes-max`); the message names both.
+pub fn request_too_large(length: u64, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "a request message of {length} bytes is over this server's limit of {limit} bytes \
+         (--grpc-message-bytes-max)"
+    ))
+}
+
+/// RESOURCE_EXHAUSTED for an answer of `length` bytes that a server cannot send because it is
+/// over its `limit` (`--grpc-message-bytes-max`): ask for less (fewer keys), or raise the limit.
+pub fn response_too_large(length: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "a response message of {length} bytes is over this server's limit of {limit} bytes \
+         (--grpc-message-bytes-max); ask for less in one call"
+    ))
 }
 
 impl fmt::Display for FrameError {
@@ -65,7 +102,7 @@ impl fmt::Display for FrameError {
             FrameError::BadFlag(flag) => write!(f, "invalid compressed-flag byte {flag} in a message prefix"),
             FrameError::TooLarge { length, limit } => write!(
                 f,
-                "message of {length} bytes is over the {limit}-byte limit (--grpc-message-bytes-max)"
+                "a message of {length} bytes is over the limit of {limit} bytes"
             ),
             FrameError::Truncated => f.write_str("the stream ended inside a message"),
         }
@@ -103,8 +140,9 @@ fn whole_message_length(bytes: &[u8], limit: usize) -> Option<usize> {
 /// [`next`](Deframer::next) until it returns `Ok(None)`; at the end of the stream call
 /// [`finish`](Deframer::finish). A message's announced length is checked against the limit
 /// before anything is reserved for it; its buffer then starts at no more than
-/// [`DEFRAMER_FIRST_CAPACITY_BYTES`] and grows as its bytes arrive: one message never takes more
-/// than about `limit + 5` bytes, and a prefix alone reserves little. After an error, further input is ignored and the error is sticky (it is
+/// [`DEFRAMER_FIRST_CAPACITY_BYTES`] and doubles as its bytes arrive, never past the announced
+/// length: one message never takes more than its own size (at most `limit`), and a prefix alone
+/// reserves little, so a large limit costs nothing until a large message actually arrives. After an error, further input is ignored and the error is sticky (it is
 /// reported after the messages completed before it).
 #[derive(Debug)]
 pub struct Deframer {
@@ -167,6 +205,14 @@ impl Deframer {
                 }
                 Some(body) => {
                     let take = (self.body_length - body.len()).min(chunk.len());
+                    if body.capacity() - body.len() < take {
+                        // Double as the bytes arrive (few copies), but never past the announced
+                        // length: a message never holds more than its own size.
+                        let wanted = (body.capacity() * 2)
+                            .max(body.len() + take)
+                            .min(self.body_length);
+                        body.reserve_exact(wanted - body.len());
+                    }
                     body.extend_from_slice(&chunk[..take]);
                     chunk = &chunk[take..];
                     if body.len() == self.body_length {

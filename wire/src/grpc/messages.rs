@@ -440,9 +440,7 @@ pub fn encode_unary_framed(
     let reply = reply(method, request_key, response)?;
     let length = reply.encoded_len();
     if length > limit {
-        return Err(Status::resource_exhausted(format!(
-            "response of {length} bytes is over the limit of {limit} bytes"
-        )));
+        return Err(response_too_large(length, limit));
     }
     let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + length);
     reply.encode_framed(&mut out);
@@ -462,11 +460,13 @@ pub fn encode_batch(method: Method, request_key: &[u8], response: Response) -> V
 }
 
 /// [`encode_batch`], appended to `out` already framed: the 5-byte prefix, then the message,
-/// with no intermediate buffer.
+/// with no intermediate buffer. An answer longer than `limit` bytes is replaced by its
+/// RESOURCE_EXHAUSTED status ([`response_too_large`]): that op's error alone, the stream goes on.
 pub fn encode_batch_framed(
     method: Method,
     request_key: &[u8],
     response: Response,
+    limit: usize,
     out: &mut impl BufMut,
 ) {
     let result = reply(method, request_key, response).and_then(|reply| {
@@ -474,7 +474,13 @@ pub fn encode_batch_framed(
             .into_batch_op()
             .ok_or_else(|| Status::internal(format!("{method} cannot be part of a batch")))
     });
-    frame_message(&batch_response(result), out);
+    let message = batch_response(result);
+    let length = message.encoded_len();
+    if length > limit {
+        frame_message(&batch_response(Err(response_too_large(length, limit))), out);
+    } else {
+        frame_message_of_length(&message, length, out);
+    }
 }
 
 /// [`encode_batch_error`], appended to `out` already framed.

@@ -20,8 +20,54 @@ use std::time::Duration;
 pub const SERVICE_NAME: &str = "veddb.v1.VedDb";
 /// The fully qualified name of the standard health service.
 pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
-/// Largest message accepted by default (the usual gRPC default, 4 MiB).
+/// The usual gRPC message limit, 4 MiB: the least a server's default limit is
+/// ([`message_bytes_max_for`]), and the limit of a [`Deframer::default`].
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Room a message needs beside its key and value bytes: what [`message_bytes_max_for`] adds.
+///
+/// Protobuf wraps a key and a value in little: a tag and a length varint (at most 6 bytes) per
+/// bytes field, at most 11 bytes per integer field (version, TTL, condition, flags), the 1 to 6
+/// bytes of a `BatchRequest`/`BatchResponse` oneof, and a `BatchResponse` status (a code and a
+/// short message; a NOT_FOUND quotes at most 200 characters of its key, and carries no value).
+/// Under 1 KiB in all for any single-key message; 64 KiB leaves room for fields added later and
+/// is small next to the values the limit is sized for. The 5-byte gRPC prefix is not part of
+/// a message's length.
+pub const MESSAGE_FRAMING_BYTES: usize = 64 * 1024;
+/// The longest message the 5-byte prefix can announce.
+pub const MESSAGE_LENGTH_MAX: usize = u32::MAX as usize;
+
+/// A server's gRPC message limit when `--grpc-message-bytes-max` is not given: the largest key
+/// plus the largest value plus [`MESSAGE_FRAMING_BYTES`], so that every single-key request
+/// (SET, CAS, PUBLISH) and answer (GET, a Subscribe message) the engine allows fits in one
+/// message; never less than [`MESSAGE_BYTES_MAX_DEFAULT`], at most [`MESSAGE_LENGTH_MAX`].
+/// Multi-key messages (MSET, MGET answers, SCAN pages) may still go over it.
+pub const fn message_bytes_max_for(key_bytes_max: usize, value_bytes_max: usize) -> usize {
+    let wanted = value_bytes_max
+        .saturating_add(key_bytes_max)
+        .saturating_add(MESSAGE_FRAMING_BYTES);
+    if wanted > MESSAGE_LENGTH_MAX {
+        MESSAGE_LENGTH_MAX
+    } else if wanted < MESSAGE_BYTES_MAX_DEFAULT {
+        MESSAGE_BYTES_MAX_DEFAULT
+    } else {
+        wanted
+    }
+}
+
+const _: () = assert!(
+    message_bytes_max_for(
+        crate::limits::KEY_BYTES_MAX_DEFAULT,
+        crate::limits::VALUE_BYTES_MAX_DEFAULT
+    ) == 16 * 1024 * 1024 + 128 * 1024
+);
+const _: () = assert!(message_bytes_max_for(1024, 64 * 1024) == MESSAGE_BYTES_MAX_DEFAULT);
+// The largest key and value a server accepts (1 GiB each) still fit the prefix.
+const _: () = assert!(
+    message_bytes_max_for(
+        crate::limits::VALUE_BYTES_MAX_UPPER,
+        crate::limits::VALUE_BYTES_MAX_UPPER
+    ) < MESSAGE_LENGTH_MAX
+);
 /// Length of the prefix before every message: compressed flag (1 byte), length (4 bytes, big-endian).
 pub const FRAME_PREFIX_BYTES: usize = 5;
 /// Most bytes a [`Deframer`] reserves for a message before its bytes arrive.

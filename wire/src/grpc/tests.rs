@@ -717,7 +717,7 @@ fn framed_encodings_equal_encode_then_frame() {
             unary
         );
         expected.extend(framed(encode_batch(method, b"key", response.clone())));
-        encode_batch_framed(method, b"key", response, &mut batch);
+        encode_batch_framed(method, b"key", response, usize::MAX, &mut batch);
     }
     let error = Status::invalid_argument("no op");
     expected.extend(framed(encode_batch_error(&error)));
@@ -728,8 +728,100 @@ fn framed_encodings_equal_encode_then_frame() {
         value: Bytes::from(vec![0; 100]),
         version: 1,
     };
-    let refused = encode_unary_framed(Method::Get, b"k", big, 50).unwrap_err();
+    let refused = encode_unary_framed(Method::Get, b"k", big.clone(), 50).unwrap_err();
     assert_eq!(refused.code, Code::ResourceExhausted);
+    assert_eq!(
+        refused.message,
+        "a response message of 104 bytes is over this server's limit of 50 bytes \
+         (--grpc-message-bytes-max); ask for less in one call"
+    );
+    // In a batch, the answer is replaced by that status, framed in its place.
+    let mut out = bytes::BytesMut::new();
+    encode_batch_framed(Method::Get, b"k", big.clone(), 50, &mut out);
+    let mut deframer = Deframer::default();
+    deframer.push(&out);
+    let only = deframer.next().unwrap().expect("one message");
+    assert_eq!(deframer.next(), Ok(None));
+    let answer: pb::BatchResponse = dec(&only);
+    assert_eq!(answer.op, None);
+    let status = answer.status.expect("a status");
+    assert_eq!(status.code, Code::ResourceExhausted.as_i32());
+    assert!(
+        status.message.contains("limit of 50 bytes"),
+        "{}",
+        status.message
+    );
+    // Exactly at the limit it is sent as it is.
+    let exact = encode_batch(Method::Get, b"k", big.clone()).len();
+    let mut out = bytes::BytesMut::new();
+    encode_batch_framed(Method::Get, b"k", big.clone(), exact, &mut out);
+    assert_eq!(&out[..], &framed(encode_batch(Method::Get, b"k", big))[..]);
+}
+
+#[test]
+fn the_default_message_limit_follows_the_value_limit() {
+    // Default flags: 64 KiB keys, 16 MiB values.
+    assert_eq!(
+        message_bytes_max_for(
+            crate::limits::KEY_BYTES_MAX_DEFAULT,
+            crate::limits::VALUE_BYTES_MAX_DEFAULT
+        ),
+        (16 << 20) + (64 << 10) + MESSAGE_FRAMING_BYTES
+    );
+    // Small limits: never under the usual 4 MiB.
+    assert_eq!(message_bytes_max_for(1, 1), MESSAGE_BYTES_MAX_DEFAULT);
+    assert_eq!(
+        message_bytes_max_for(1024, 5 << 20),
+        (5 << 20) + 1024 + MESSAGE_FRAMING_BYTES
+    );
+    // At most what the prefix can announce.
+    assert_eq!(
+        message_bytes_max_for(usize::MAX, usize::MAX),
+        MESSAGE_LENGTH_MAX
+    );
+    // The largest SET, CAS, PUBLISH request and GET answer of the largest key and value fit.
+    let (key_bytes_max, value_bytes_max) = (1000, 3 << 20);
+    let limit = message_bytes_max_for(key_bytes_max, value_bytes_max);
+    let key = Bytes::from(vec![1; key_bytes_max]);
+    let value = Bytes::from(vec![2; value_bytes_max]);
+    let set = pb::SetRequest {
+        key: key.clone(),
+        value: value.clone(),
+        ttl_ms: u64::MAX,
+        condition: pb::SetCondition::IfPresent as i32,
+        keep_ttl: true,
+    };
+    let cas = pb::CasRequest {
+        key: key.clone(),
+        expected_version: u64::MAX,
+        value: value.clone(),
+        ttl_ms: u64::MAX,
+    };
+    let publish = pb::PublishRequest {
+        topic: key.clone(),
+        message: value.clone(),
+    };
+    let batch = pb::BatchRequest {
+        op: Some(batch_request::Op::Set(set.clone())),
+    };
+    for length in [
+        set.encoded_len(),
+        cas.encoded_len(),
+        publish.encoded_len(),
+        batch.encoded_len(),
+        encode_batch(
+            Method::Get,
+            &key,
+            Response::Value {
+                value: value.clone(),
+                version: u64::MAX,
+            },
+        )
+        .len(),
+    ] {
+        assert!(length <= limit, "{length} > {limit}");
+        assert!(length < key_bytes_max + value_bytes_max + 1024, "{length}");
+    }
 }
 
 #[test]
@@ -1149,6 +1241,22 @@ fn deframer_rejects_oversize_compressed_and_bad_flags() {
         .code,
         Code::ResourceExhausted
     );
+    // A server's status names the limit as its own, and the flag that sets it.
+    let refused = FrameError::TooLarge {
+        length: 6_000_013,
+        limit: 4_194_304,
+    }
+    .request_status();
+    assert_eq!(refused.code, Code::ResourceExhausted);
+    assert_eq!(
+        refused.message,
+        "a request message of 6000013 bytes is over this server's limit of 4194304 bytes \
+         (--grpc-message-bytes-max)"
+    );
+    assert_eq!(
+        FrameError::Truncated.request_status(),
+        FrameError::Truncated.status()
+    );
 
     // Exactly the limit is fine, one more is not; messages before the error still come out.
     let mut deframer = Deframer::new(10);
@@ -1176,6 +1284,19 @@ fn deframer_rejects_oversize_compressed_and_bad_flags() {
     deframer.push(&[0, 0, 0x40, 0, 0]);
     let reserved = deframer.body.as_ref().map_or(0, Vec::capacity);
     assert!(reserved <= DEFRAMER_FIRST_CAPACITY_BYTES, "{reserved}");
+
+    // Growing, the buffer never goes past the announced length (no doubling beyond it).
+    let length = 3 * DEFRAMER_FIRST_CAPACITY_BYTES + 17;
+    let mut deframer = Deframer::new(length);
+    let mut stream = Vec::new();
+    frame(&vec![5; length], &mut stream);
+    for chunk in stream[..stream.len() - 1].chunks(1000) {
+        deframer.push(chunk);
+        let capacity = deframer.body.as_ref().map_or(0, Vec::capacity);
+        assert!(capacity <= length, "{capacity} > {length}");
+    }
+    deframer.push(&stream[stream.len() - 1..]);
+    assert_eq!(deframer.next().unwrap().map(|m| m.len()), Some(length));
 
     // A message longer than that first step still arrives whole, cut anywhere, both ways.
     let message: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();

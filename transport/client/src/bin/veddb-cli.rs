@@ -1,9 +1,11 @@
 //! `veddb-cli`: a command-line client, like `redis-cli`.
 //!
 //! `veddb-cli --local NAME <command> [args]` (shared memory, same machine) or
-//! `veddb-cli --grpc HOST:PORT <command> [args]`; no command: an interactive prompt. Exit status: 0 success, 1 the key was not
-//! found or a condition did not hold, 2 usage error, 3 the server refused (with its message),
-//! 4 could not connect.
+//! `veddb-cli --grpc HOST:PORT <command> [args]`; no command: an interactive prompt. Values can
+//! come from a file or standard input (`set KEY --file PATH`, `--file -`) and go to one
+//! (`get KEY --file PATH`), byte for byte. Exit status: 0 success, 1 the key was not found or a
+//! condition did not hold, 2 usage error (or a `--file` that cannot be read or written), 3 the
+//! server refused (with its message), 4 could not connect.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -20,7 +22,11 @@ use veddb_client::{Client, ClientError};
     note = "Commands:
   ping
   get KEY
+  get KEY --file PATH write the value's bytes, exactly, to PATH (- for standard output);
+                      --output PATH is the same
   set KEY VALUE [--ttl MS] [--nx|--xx] [--keepttl]
+  set KEY --file PATH [--ttl MS] [--nx|--xx] [--keepttl]
+                      the value is PATH's bytes, exactly (- for standard input)
   del KEY
   cas KEY VERSION VALUE
   incr KEY [DELTA]
@@ -32,11 +38,14 @@ use veddb_client::{Client, ClientError};
   mset KEY VALUE...
   scan [PREFIX] [--count N]
   publish TOPIC MESSAGE
+  publish TOPIC --file PATH
+                      the message is PATH's bytes, exactly (- for standard input)
   subscribe TOPIC
   info
   snapshot            write every shard to the server's --data-dir; OK once durable",
     note = "Exit status: 0 success, 1 the key was not found or a condition did not hold,
-2 usage error, 3 the server refused (with its message), 4 could not connect."
+2 usage error (or a --file that cannot be read or written), 3 the server refused (with its
+message), 4 could not connect."
 )]
 struct Args {
     /// attach to the local instance NAME through shared memory (veddb-server --create --name NAME)
@@ -47,10 +56,12 @@ struct Args {
     #[argh(option, default = "String::from(\"127.0.0.1:50051\")")]
     grpc: String,
 
-    /// the command and its arguments: ping | get KEY | set KEY VALUE [--ttl MS] [--nx|--xx] |
+    /// the command and its arguments: ping | get KEY [--file PATH] |
+    /// set KEY (VALUE | --file PATH) [--ttl MS] [--nx|--xx] |
     /// del KEY | cas KEY VERSION VALUE | incr KEY [DELTA] | decr KEY [DELTA] | expire KEY MS |
     /// ttl KEY | persist KEY | mget KEY... | mset KEY VALUE... | scan [PREFIX] [--count N] |
-    /// publish TOPIC MESSAGE | subscribe TOPIC | info | snapshot (see Commands in --help)
+    /// publish TOPIC (MESSAGE | --file PATH) | subscribe TOPIC | info | snapshot (see Commands
+    /// in --help)
     #[argh(positional, greedy)]
     command: Vec<String>,
 }
@@ -111,15 +122,34 @@ fn unexpected(answer: Response) -> CommandResult {
     Err((3, format!("unexpected answer {answer:?}")))
 }
 
+/// Where a command may read a value from (`--file`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Files, and standard input (`--file -`).
+    FilesAndStdin,
+    /// Files only: standard input carries the commands (the prompt).
+    FilesOnly,
+}
+
 /// Runs one command line (already split into words).
-fn run(client: &Client, words: &[String]) -> CommandResult {
+fn run(client: &Client, words: &[String], input: Input) -> CommandResult {
     let Some((command, rest)) = words.split_first() else {
         return usage("veddb-cli [--grpc HOST:PORT] <command> [args]; see --help");
     };
     match (command.to_ascii_lowercase().as_str(), rest) {
         ("ping", []) => ping(client),
         ("get", [key]) => get(client, key),
-        ("set", [key, value, flags @ ..]) => set(client, key, value, flags),
+        ("get", [key, flag, path]) if flag == "--file" || flag == "--output" => {
+            get_to_file(client, key, path)
+        }
+        ("set", [key, flag, path, flags @ ..]) if flag == "--file" => {
+            let value = read_input(path, input)?;
+            set(client, key, value, flags)
+        }
+        ("set", [_, flag]) if flag == "--file" => {
+            usage("set KEY --file PATH (- for standard input)")
+        }
+        ("set", [key, value, flags @ ..]) => set(client, key, b(value), flags),
         ("del", [key]) => del(client, key),
         ("cas", [key, version, value]) => cas(client, key, version, value),
         (verb @ ("incr" | "decr"), [key, delta @ ..]) => incr(client, verb == "decr", key, delta),
@@ -135,6 +165,11 @@ fn run(client: &Client, words: &[String]) -> CommandResult {
         ("mget", keys) if !keys.is_empty() => mget(client, keys),
         ("mset", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => mset(client, pairs),
         ("scan", args) => scan(client, args),
+        ("publish", [topic, flag, path]) if flag == "--file" => {
+            let message = read_input(path, input)?;
+            println!("{}", client.publish(b(topic), message).map_err(refused)?);
+            Ok(Outcome::Done)
+        }
         ("publish", [topic, message]) => {
             println!("{}", client.publish(b(topic), b(message)).map_err(refused)?);
             Ok(Outcome::Done)
@@ -166,8 +201,61 @@ fn get(client: &Client, key: &str) -> CommandResult {
     Ok(Outcome::Done)
 }
 
-/// `set KEY VALUE [--ttl MS] [--nx|--xx] [--keepttl]`.
-fn set(client: &Client, key: &str, value: &str, flags: &[String]) -> CommandResult {
+/// `get KEY --file PATH`: the value's bytes, exactly, into PATH (created or truncated; `-`:
+/// standard output, with nothing else written there). A missing key writes nothing.
+fn get_to_file(client: &Client, key: &str, path: &str) -> CommandResult {
+    use std::io::Write;
+    let Some((value, version)) = client.get(b(key)).map_err(refused)? else {
+        return negative("(not found)");
+    };
+    if path == "-" {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&value)
+            .and_then(|()| stdout.flush())
+            .map_err(|error| {
+                (
+                    2,
+                    format!("cannot write the value to standard output: {error}"),
+                )
+            })?;
+        return Ok(Outcome::Done);
+    }
+    std::fs::write(path, &value)
+        .map_err(|error| (2, format!("cannot write the value to {path}: {error}")))?;
+    println!(
+        "OK ({} bytes written to {path}, version {version})",
+        value.len()
+    );
+    Ok(Outcome::Done)
+}
+
+/// The bytes of `--file PATH`, exactly: the file's, or standard input's to its end for `-`.
+fn read_input(path: &str, input: Input) -> Result<Bytes, (u8, String)> {
+    use std::io::Read;
+    if path == "-" {
+        if input == Input::FilesOnly {
+            return Err((
+                2,
+                "usage: --file - reads standard input, which carries the commands at the \
+                 prompt; name a file"
+                    .to_string(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .map_err(|error| (2, format!("cannot read standard input: {error}")))?;
+        return Ok(Bytes::from(bytes));
+    }
+    std::fs::read(path)
+        .map(Bytes::from)
+        .map_err(|error| (2, format!("cannot read {path}: {error}")))
+}
+
+/// `set KEY VALUE [--ttl MS] [--nx|--xx] [--keepttl]`, the value given or read from `--file`.
+fn set(client: &Client, key: &str, value: Bytes, flags: &[String]) -> CommandResult {
     let mut options = SetOptions::default();
     let mut flags = flags.iter();
     while let Some(flag) = flags.next() {
@@ -181,6 +269,12 @@ fn set(client: &Client, key: &str, value: &str, flags: &[String]) -> CommandResu
                 };
                 options.ttl_ms = Some(number(ms, "--ttl")?);
             }
+            "--file" => {
+                return usage(
+                    "set KEY VALUE or set KEY --file PATH: the value is given once, \
+                     --file right after the key",
+                )
+            }
             other => {
                 return usage(&format!(
                     "unknown set flag {other}; use --ttl MS, --nx, --xx, --keepttl"
@@ -188,7 +282,7 @@ fn set(client: &Client, key: &str, value: &str, flags: &[String]) -> CommandResu
             }
         }
     }
-    match client.set(b(key), b(value), options).map_err(refused)? {
+    match client.set(b(key), value, options).map_err(refused)? {
         Some(version) => println!("OK (version {version})"),
         None => return negative("(not stored: condition not met)"),
     }
@@ -470,7 +564,7 @@ fn interactive(client: &Client, target: &str) -> ExitCode {
             }
             Some(_) => {}
         }
-        match run(client, &words) {
+        match run(client, &words, Input::FilesOnly) {
             Ok(_) => {}
             Err((_, message)) => eprintln!("(error) {message}"),
         }
@@ -496,7 +590,7 @@ fn main() -> ExitCode {
     if args.command.is_empty() {
         return interactive(&client, &target);
     }
-    match run(&client, &args.command) {
+    match run(&client, &args.command, Input::FilesAndStdin) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err((code, message)) => {

@@ -4,7 +4,8 @@
 // * loadProtos(): wire/proto/veddb.proto and health.proto, loaded at run time with
 //   @grpc/proto-loader (keepCase, uint64/int64 as decimal strings, bytes as Buffer).
 // * startServer(): spawns veddb-server (env VEDDB_SERVER, default
-//   <repo>/target/debug/veddb-server) with --port 0, reads the port from its stderr log
+//   <repo>/target/debug/veddb-server) with --port 0 and a 4 MiB --grpc-message-bytes-max
+//   (MESSAGE_LIMIT), reads the port from its stderr log
 //   line, waits until a Ping succeeds (up to 30 s); server.stop() sends SIGTERM to that
 //   child's pid only and waits for it to exit.
 // * Promise wrappers for unary calls, a queue reader for streams, status assertions.
@@ -109,7 +110,10 @@ class VedDbServer {
   }
 
   async start() {
-    const args = ['--cores', '2', '--port', '0', '--spin-us', '10'];
+    // The message limit is given explicitly so that the suites check it at gRPC's usual
+    // 4 MiB (the server's default follows --value-bytes-max: 16 MiB + 128 KiB).
+    const args = ['--cores', '2', '--port', '0', '--spin-us', '10',
+      '--grpc-message-bytes-max', String(MESSAGE_LIMIT)];
     const child = spawn(this.binary, args, {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -3,8 +3,11 @@
 * ``pb``: Python stubs generated from ``wire/proto/*.proto`` with ``grpc_tools.protoc``
   into a temporary directory, once per test session (no generated code is committed).
 * ``server``: one ``veddb-server`` process per test module, started on a free port with
-  ``--cores 2 --spin-us 10 --port PORT``; ready once a gRPC Ping succeeds; stopped with
-  SIGTERM (to that process id only) when the module is done, and expected to exit 0.
+  ``--cores 2 --spin-us 10 --port PORT --grpc-message-bytes-max 4194304``; ready once a gRPC
+  Ping succeeds; stopped with SIGTERM (to that process id only) when the module is done, and
+  expected to exit 0. The message limit is given explicitly so that these suites check it at
+  gRPC's usual 4 MiB (the server's default follows ``--value-bytes-max``: 16 MiB + 128 KiB,
+  covered by ``test_grpc_values.py``).
 * ``channel`` / ``stub`` / ``health``: a plaintext channel to that server and stubs on it
   whose calls carry a generous default deadline (pass ``timeout=`` to override).
 
@@ -27,6 +30,8 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+
+from interop_helpers import MESSAGE_LIMIT
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[3]
@@ -258,11 +263,15 @@ def server_binary() -> Path:
     return binary
 
 
+# The message limit the shared ``server`` fixture runs with.
+SERVER_MESSAGE_LIMIT_ARGS = ("--grpc-message-bytes-max", str(MESSAGE_LIMIT))
+
+
 @pytest.fixture(scope="module")
 def server(pb, tmp_path_factory: pytest.TempPathFactory):
-    """A fresh server for each test module."""
+    """A fresh server for each test module, with a 4 MiB message limit."""
     log_path = tmp_path_factory.mktemp("veddb_server") / "veddb-server.log"
-    instance = VedDbServer(server_binary(), log_path, pb)
+    instance = VedDbServer(server_binary(), log_path, pb, SERVER_MESSAGE_LIMIT_ARGS)
     instance.start()
     try:
         yield instance

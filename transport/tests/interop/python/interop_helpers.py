@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 MiB = 1024 * 1024
-# The default gRPC message size limit, in both directions.
+# The server's message size limit in both directions, as the shared ``server`` fixture sets it
+# (--grpc-message-bytes-max; gRPC's usual 4 MiB).
 MESSAGE_LIMIT = 4 * MiB
 # Server defaults (wire/src/limits.rs).
 KEY_BYTES_MAX = 64 * 1024
