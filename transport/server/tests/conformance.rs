@@ -101,6 +101,7 @@ conformance! {
         oversize_message_is_delivered_or_counted,
         dropped_subscriptions_are_removed,
         a_stopped_server_fails_calls_and_subscriptions,
+        values_of_every_size_up_to_the_limit,
     ]
 }
 
@@ -121,12 +122,18 @@ impl Server {
     /// Starts a server with the suite's limits plus `extra` flags, and waits until both
     /// transports answer a PING.
     fn start(extra: &[&str]) -> Server {
+        Server::start_with(VALUE_BYTES_MAX, 32, extra)
+    }
+
+    /// [`start`](Self::start) with another `--value-bytes-max` and `--memory-mb`.
+    fn start_with(value_bytes_max: usize, memory_mb: usize, extra: &[&str]) -> Server {
         let name = unique_name("conf");
         let mut child = Command::new(SERVER)
             .args(["--create", "--name", &name, "--port", "0", "--spin-us", "0"])
-            .args(["--cores", &CORES.to_string(), "--memory-mb", "32"])
+            .args(["--cores", &CORES.to_string()])
+            .args(["--memory-mb", &memory_mb.to_string()])
             .args(["--key-bytes-max", &KEY_BYTES_MAX.to_string()])
-            .args(["--value-bytes-max", &VALUE_BYTES_MAX.to_string()])
+            .args(["--value-bytes-max", &value_bytes_max.to_string()])
             .args(extra)
             .env_remove("VEDDB_LOG")
             .stdin(Stdio::null())
@@ -863,9 +870,10 @@ fn limits_are_refused_with_the_same_codes(kind: Kind) {
         largest,
         "unchanged"
     );
-    // A request over the transport's own frame or message limit (1 MiB rings; 4 MiB gRPC
-    // messages, the least --grpc-message-bytes-max follows --value-bytes-max to): refused, and
-    // the connection stays usable.
+    // A value larger than a ring's frame and than gRPC's message limit here (4 MiB, the least
+    // --grpc-message-bytes-max follows --value-bytes-max to): refused for its size as the value
+    // one byte over the limit is (uploaded through shared memory, refused at its first chunk),
+    // and the connection stays usable.
     let huge = Bytes::from(vec![1u8; 5 << 20]);
     assert_eq!(
         code(set(b("huge"), huge)),
@@ -1206,4 +1214,111 @@ fn a_stopped_server_fails_calls_and_subscriptions(kind: Kind) {
         other => panic!("a subscription to a stopped server: {other:?}"),
     }
     assert!(client.ping().is_err(), "a call to a stopped server fails");
+}
+
+/// `veddb-cli` (built beside `veddb-server`; built here when a run of this package alone did
+/// not build it), with the transport of `kind`: exit code, stdout, stderr.
+fn cli(server: &Server, kind: Kind, words: &[&str]) -> (i32, Vec<u8>, String) {
+    let binary = std::path::Path::new(SERVER).with_file_name("veddb-cli");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "veddb-client", "--bin", "veddb-cli"])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "cannot build veddb-cli");
+    }
+    let target: [&str; 2] = match kind {
+        Kind::Local => ["--local", &server.name],
+        Kind::Grpc => ["--grpc", &server.address],
+    };
+    let output = Command::new(binary)
+        .args(target)
+        .args(words)
+        .stdin(Stdio::null())
+        .output()
+        .expect("veddb-cli runs");
+    (
+        output.status.code().unwrap_or(-1),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every value size up to `--value-bytes-max` (5 MiB here) through the Rust client and through
+/// `veddb-cli --file`: 0 and 1 byte, around a shared-memory frame (the SET that fills a 1 MiB
+/// ring's frame exactly) and an HTTP/2 frame (64 KiB), 1 MiB, the limit itself; one byte over
+/// the limit is RESOURCE_EXHAUSTED naming it, on every transport, and nothing changes.
+fn values_of_every_size_up_to_the_limit(kind: Kind) {
+    const MAX: usize = 5 << 20;
+    let server = Server::start_with(MAX, 128, &[]);
+    let client = server.connect(kind);
+    let key = "sized-value";
+    // The SET whose request payload is exactly a ring frame: 23 bytes around key and value.
+    let ring_frame = veddb_wire::shm::layout::ring::max_frame_payload(1 << 20) as usize;
+    let ring_edge = ring_frame - 23 - key.len();
+    let h2_frame = 1 << 16;
+    let mut sizes = vec![0, 1, 1 << 20, MAX - 1, MAX];
+    for edge in [ring_edge, h2_frame] {
+        sizes.extend([edge - 1, edge, edge + 1]);
+    }
+    let value = |size: usize| {
+        Bytes::from(
+            (0..size)
+                .map(|i| (i.wrapping_mul(31) ^ (i >> 11) ^ size) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    };
+    for &size in &sizes {
+        let written = value(size);
+        client
+            .set(key, written.clone(), SetOptions::default())
+            .unwrap_or_else(|error| panic!("SET of {size} bytes: {error}"))
+            .unwrap();
+        let (read, _) = client.get(key).unwrap().expect("just set");
+        assert!(read == written, "GET of {size} bytes");
+        let read = client.mget(vec![b(key), b("missing")]).unwrap();
+        assert!(
+            read[0].as_ref().is_some_and(|(v, _)| *v == written),
+            "MGET of {size} bytes"
+        );
+    }
+    let kept = client.get(key).unwrap().unwrap().0;
+    let over = client.set(key, value(MAX + 1), SetOptions::default());
+    let error = over.unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Status(status) if status.code == Code::ResourceExhausted),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&MAX.to_string()), "{error}");
+    assert!(client.get(key).unwrap().unwrap().0 == kept, "unchanged");
+
+    // The same sizes through veddb-cli: a file in, a file out, byte for byte.
+    let dir = common::TempDir::new(&format!("cli-{kind:?}"));
+    let input = dir.path().join("in");
+    let output = dir.path().join("out");
+    let (input_arg, output_arg) = (input.to_str().unwrap(), output.to_str().unwrap());
+    for &size in &[0, 1, ring_edge + 1, 1 << 20, MAX] {
+        let written = value(size);
+        std::fs::write(&input, &written).unwrap();
+        let (status, _, stderr) = cli(&server, kind, &["set", "cli-key", "--file", input_arg]);
+        assert_eq!(status, 0, "veddb-cli set --file of {size} bytes: {stderr}");
+        let (status, _, stderr) = cli(&server, kind, &["get", "cli-key", "--file", output_arg]);
+        assert_eq!(status, 0, "veddb-cli get --file of {size} bytes: {stderr}");
+        assert!(
+            std::fs::read(&output).unwrap() == written,
+            "{size} bytes through the CLI"
+        );
+    }
+    std::fs::write(&input, value(MAX + 1)).unwrap();
+    let (status, _, stderr) = cli(&server, kind, &["set", "cli-key", "--file", input_arg]);
+    assert_eq!(
+        status, 3,
+        "one byte over the limit is the server's refusal: {stderr}"
+    );
+    assert!(
+        stderr.contains("RESOURCE_EXHAUSTED") && stderr.contains(&MAX.to_string()),
+        "{stderr}"
+    );
+    client.ping().unwrap();
 }
