@@ -16,6 +16,7 @@
 #               share the CPUs (the configurations users start with)
 #   pubsub      1 publisher to 1, 5 and 100 subscribers, 16 and 128-byte messages, over VedDB
 #               local (shared memory), VedDB gRPC, Redis PUBLISH/SUBSCRIBE (Unix socket) and NATS
+# Large values (64 KiB to 16 MiB, local vs Redis, GB/s) are bench/large-values.sh.
 # gRPC against tonic is bench/grpc-suite.sh (run it with RUN_GRPC_SUITE=1; by default the newest
 # bench/results/grpc-*/summary.json is summarised). The engine micro-benchmarks (shard, forward)
 # are in docs/BENCHMARKS.md's own sections.
