@@ -1955,7 +1955,7 @@ mod linux {
         session: &mut Session,
         frame: &FrameRef,
         small: &[u8],
-        limits: &UploadLimits,
+        (limits, now_ms): (&UploadLimits, u64),
     ) -> Option<usize> {
         let mut header = [0u8; codec::UPLOAD_HEADER_BYTES];
         let header: &[u8] = if frame.len() <= KEPT_PAYLOAD_MAX {
@@ -1975,7 +1975,7 @@ mod linux {
         let Session {
             requests, uploads, ..
         } = session;
-        let copied = uploads.receive(chunk, &mut arena.borrow_mut(), limits, |out| {
+        let copied = uploads.receive(chunk, &mut arena.borrow_mut(), limits, now_ms, |out| {
             if frame.len() <= KEPT_PAYLOAD_MAX {
                 out.copy_from_slice(&small[codec::UPLOAD_HEADER_BYTES..]);
             } else {
@@ -2037,6 +2037,10 @@ mod linux {
                 shared.config.value_bytes_max,
                 shared.config.arena_bytes_per_core as usize,
             );
+            let now_ms = context.now_ms();
+            if session.uploads.holds() {
+                session.uploads.expire(&mut arena.borrow_mut(), now_ms);
+            }
             // Answers pushed in place this round: the client is woken once for them all.
             let mut answered = 0usize;
             let mut pushed = false;
@@ -2077,8 +2081,9 @@ mod linux {
                         }
                     }
                 }
+                let upload_clock = (&limits, now_ms);
                 if let Some(cost) =
-                    receive_upload(shared, arena, &mut session, &frame, payloads, &limits)
+                    receive_upload(shared, arena, &mut session, &frame, payloads, upload_clock)
                 {
                     session.requests.consume(frame);
                     payloads.clear();
@@ -2091,7 +2096,7 @@ mod linux {
                 let payload =
                     RoundBuffers::take_payload(payloads, &session.requests, &frame, shard);
                 session.requests.consume(frame);
-                let bytes = payload.len();
+                let mut bytes = payload.len();
                 if let Some((id, topic)) = codec::push_subscribe_request(&payload) {
                     let topic = payload.slice_ref(topic);
                     budget -= 1;
@@ -2103,10 +2108,18 @@ mod linux {
                         if codec::has_uploaded_values(&request) {
                             let mut failed = None;
                             codec::fill_uploaded_values(&mut request, || {
-                                session.uploads.take().unwrap_or_else(|error| {
-                                    failed.get_or_insert(error);
-                                    Bytes::new()
-                                })
+                                match session.uploads.take(id) {
+                                    Ok(value) => {
+                                        // In flight with its values: they count against the
+                                        // session's queued bytes like any request's.
+                                        bytes += value.len();
+                                        value
+                                    }
+                                    Err(error) => {
+                                        failed.get_or_insert(error);
+                                        Bytes::new()
+                                    }
+                                }
                             });
                             if let Some(error) = failed {
                                 budget = budget.saturating_sub(1);
@@ -2308,7 +2321,7 @@ mod linux {
                     session.subscriptions.close();
                     self.push.bury(&mut session);
                     release_queued(&self.shared, &mut session);
-                    session.uploads.clear();
+                    session.uploads.clear(Some(&mut self.arena.borrow_mut()));
                 }
                 !session.dead
             });

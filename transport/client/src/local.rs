@@ -569,7 +569,7 @@ impl LocalConnection {
                 return Err(frame_too_large(len, max));
             };
             for value in &values {
-                self.upload(core, value)?;
+                self.upload(core, id, value)?;
             }
             let mut payload = self.encoded.borrow_mut();
             codec::encode_request_into(id, &marked, &mut payload);
@@ -582,16 +582,18 @@ impl LocalConnection {
         Ok(id)
     }
 
-    /// Sends `value` to `core` as UPLOAD frames (for the request that follows, which names it
-    /// by [`codec::UPLOADED_LENGTH`]): chunks of at most [`UPLOAD_CHUNK_MAX`] bytes, each
-    /// written straight from `value` into the ring.
-    fn upload(&self, core: usize, value: &[u8]) -> Result<(), ClientError> {
+    /// Sends `value` to `core` as UPLOAD frames for request `id` (which follows and names it by
+    /// [`codec::UPLOADED_LENGTH`]): chunks of at most [`UPLOAD_CHUNK_MAX`] bytes, each written
+    /// straight from `value` into the ring. (If the request is never sent, the server gives its
+    /// values to no other request.)
+    fn upload(&self, core: usize, id: u32, value: &[u8]) -> Result<(), ClientError> {
         let max = self.cores[core].requests.borrow().ring().max_payload();
         let chunk_max = (max - codec::UPLOAD_HEADER_BYTES).min(UPLOAD_CHUNK_MAX);
         let mut offset = 0;
         loop {
             let len = (value.len() - offset).min(chunk_max);
             let header = codec::encode_upload_header(codec::UploadChunk {
+                request: id,
                 total: value.len() as u64,
                 offset: offset as u64,
                 len: len as u32,

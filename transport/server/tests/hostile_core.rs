@@ -662,21 +662,28 @@ impl RawSession {
     }
 
     /// One UPLOAD frame (`docs/shm-layout.md`, "Large values"): `len` bytes of `fill` at
-    /// `offset` of a `total`-byte value, with request id `id` (0 in a well-formed one).
-    fn upload_frame(id: u32, total: u64, offset: u64, len: u32, fill: u8) -> Vec<u8> {
-        let mut frame =
-            codec::encode_upload_header(codec::UploadChunk { total, offset, len }).to_vec();
-        frame[..4].copy_from_slice(&id.to_le_bytes());
+    /// `offset` of a `total`-byte value, for request `request` (never 0 in a well-formed one).
+    fn upload_frame(request: u32, total: u64, offset: u64, len: u32, fill: u8) -> Vec<u8> {
+        let chunk = codec::UploadChunk {
+            request: 1,
+            total,
+            offset,
+            len,
+        };
+        let mut frame = codec::encode_upload_header(chunk).to_vec();
+        frame[..4].copy_from_slice(&request.to_le_bytes());
         frame.resize(frame.len() + len as usize, fill);
         frame
     }
 
-    /// Uploads a whole value of `total` bytes of `fill` to `core`, in 100 KiB chunks.
+    /// Uploads a whole value of `total` bytes of `fill` to `core`, in 100 KiB chunks, for the
+    /// next request this session sends.
     fn upload(&mut self, core: usize, total: u64, fill: u8) {
         let mut offset = 0;
         loop {
             let len = (total - offset).min(100 << 10) as u32;
-            self.push_waiting(core, &Self::upload_frame(0, total, offset, len, fill));
+            let frame = Self::upload_frame(self.next_id, total, offset, len, fill);
+            self.push_waiting(core, &frame);
             offset += u64::from(len);
             if offset == total {
                 return;
@@ -742,13 +749,14 @@ fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
     match raw.next_response(0) {
         (answered, Response::Error(Error::InvalidArgument(text))) => {
             assert_eq!(answered, id);
-            assert!(text.contains("no upload finished"), "{text}");
+            assert!(text.contains("no upload for it finished"), "{text}");
         }
         other => panic!("{other:?}"),
     }
     // A chunk out of order fails that upload only.
-    raw.push_waiting(0, &RawSession::upload_frame(0, 300_000, 0, 1000, 1));
-    raw.push_waiting(0, &RawSession::upload_frame(0, 300_000, 5000, 1000, 1));
+    let next = raw.next_id;
+    raw.push_waiting(0, &RawSession::upload_frame(next, 300_000, 0, 1000, 1));
+    raw.push_waiting(0, &RawSession::upload_frame(next, 300_000, 5000, 1000, 1));
     let id = raw.set_uploaded(0, &key);
     match raw.next_response(0) {
         (answered, Response::Error(Error::InvalidArgument(text))) => {
@@ -778,19 +786,30 @@ fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
     let (value, _) = local.get(key.clone()).unwrap().unwrap();
     assert!(value.len() == 3 << 20 && value.iter().all(|&b| b == 3));
 
-    // Malformed UPLOAD frames disconnect their session, nobody else's.
-    raw.push_waiting(1, &RawSession::upload_frame(7, 100, 0, 10, 0));
+    // Values uploaded for a request that never came are never another request's: the next
+    // request that names uploads takes only its own.
+    raw.upload(0, 200_000, 4);
+    raw.next_id += 1; // the request those were for is never sent
+    raw.upload(0, 300_000, 5);
+    let id = raw.set_uploaded(0, &key);
+    assert!(matches!(raw.next_response(0), (answered, Response::Stored { .. }) if answered == id));
+    let (value, _) = local.get(key.clone()).unwrap().unwrap();
+    assert!(value.len() == 300_000 && value.iter().all(|&b| b == 5));
+
+    // Malformed UPLOAD frames disconnect their session, nobody else's: request id 0, a chunk
+    // length that is not the rest of the frame.
+    raw.push_waiting(1, &RawSession::upload_frame(0, 100, 0, 10, 0));
     raw.wake(1);
     assert_eq!(raw.wait_disconnected(1), reason::BAD_FRAME);
     let mut raw = RawSession::attach(&server.name);
-    let mut frame = RawSession::upload_frame(0, 100, 0, 10, 0);
+    let mut frame = RawSession::upload_frame(1, 100, 0, 10, 0);
     frame.push(0);
     raw.push_waiting(0, &frame);
     raw.wake(0);
     assert_eq!(raw.wait_disconnected(0), reason::BAD_FRAME);
     // Uploads never used by a request: past 65,536 waiting, the session is cut off.
     let mut raw = RawSession::attach(&server.name);
-    let empty = RawSession::upload_frame(0, 0, 0, 0, 0);
+    let empty = RawSession::upload_frame(1, 0, 0, 0, 0);
     for _ in 0..=veddb_wire::limits::BATCH_KEYS_MAX {
         if raw.disconnect_reason(1) != 0 {
             break;
@@ -814,7 +833,7 @@ fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
         for offset in (0..4u64 << 20).step_by(100 << 10) {
             dying.push_waiting(
                 0,
-                &RawSession::upload_frame(0, 16 << 20, offset, 100 << 10, round),
+                &RawSession::upload_frame(1, 16 << 20, offset, 100 << 10, round),
             );
         }
         dying.wake(0);
@@ -845,8 +864,15 @@ fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
     let total: u64 = 2 << 20;
     for offset in (0..total).step_by(100 << 10) {
         let len = (total - offset).min(100 << 10) as u32;
-        first.push_waiting(0, &RawSession::upload_frame(0, total, offset, len, 0xA1));
-        second.push_waiting(0, &RawSession::upload_frame(0, total, offset, len, 0xB2));
+        let ids = (first.next_id, second.next_id);
+        first.push_waiting(
+            0,
+            &RawSession::upload_frame(ids.0, total, offset, len, 0xA1),
+        );
+        second.push_waiting(
+            0,
+            &RawSession::upload_frame(ids.1, total, offset, len, 0xB2),
+        );
     }
     let ids = [first.set_uploaded(0, &key), second.set_uploaded(0, &key)];
     for (session, id) in [&mut first, &mut second].into_iter().zip(ids) {
@@ -869,5 +895,81 @@ fn hostile_uploads_get_their_errors_and_leave_nothing_held() {
     assert!(grown < 256 << 20, "the server grew by {} MiB", grown >> 20);
     good_client_round(&server, 1);
     drop((first, second, local));
+    server.stop();
+}
+
+/// A FETCH of a pushed subscription's id (from anyone who guesses it) takes the message whose
+/// parts the core is pushing into the subscriber's ring. The core must notice that the next
+/// message is another (shorter) one and start it from its first part: before, it went on at
+/// the old offset (a panic for a shorter message, a message stitched from two otherwise).
+#[test]
+fn a_message_taken_while_half_pushed_does_not_tear_the_next() {
+    let mut server = Server::start(&["--spin-us", "0"]);
+    let topic = key_on(0, 2, "parted");
+    let mut raw = RawSession::attach(&server.name);
+    raw.push_subscribe(0, &topic);
+    raw.wake(0);
+    let subscriber = match raw.next_response(0) {
+        (_, Response::Subscribed { subscriber }) => subscriber,
+        other => panic!("{other:?}"),
+    };
+    let publisher = server.local();
+    assert_eq!(
+        publisher
+            .publish(topic.clone(), vec![1u8; 3 << 20])
+            .unwrap(),
+        1
+    );
+    // The core writes parts until the unread ring is full.
+    let deadline = Instant::now() + SERVED_TIMEOUT;
+    while raw.consumers[0].is_empty() {
+        assert!(Instant::now() < deadline, "the core pushed no parts");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let thief = server.local();
+    // It takes the message (its answer is too large for the thief's frames: it gets that error).
+    let taken = thief.execute(Request::Fetch {
+        subscriber,
+        max: 10,
+        wait_ms: 0,
+    });
+    assert!(
+        taken
+            .as_ref()
+            .is_err_and(|error| error.to_string().contains("larger than")),
+        "{taken:?}"
+    );
+    let shorter = vec![2u8; 600 << 10];
+    assert_eq!(
+        publisher.publish(topic.clone(), shorter.clone()).unwrap(),
+        1
+    );
+    // Read the ring: parts of the first message, then the second one from its first part.
+    let mut message: Vec<u8> = Vec::new();
+    let mut total = 0;
+    loop {
+        raw.wake(0);
+        let payload = raw.next_answer(0);
+        let (part, chunk) = codec::delivery_part(&payload)
+            .expect("a well-formed part")
+            .expect("only delivery parts here");
+        if part.offset == 0 {
+            message.clear();
+            total = part.total as usize;
+        }
+        assert_eq!(part.offset as usize, message.len(), "parts in order");
+        message.extend_from_slice(&payload[chunk]);
+        if message.len() == total && total == shorter.len() {
+            break;
+        }
+    }
+    assert!(
+        message == shorter,
+        "the second message arrived whole and alone"
+    );
+    server.assert_running();
+    good_client_round(&server, 0);
+    drop(raw);
     server.stop();
 }

@@ -435,6 +435,26 @@ impl Arena {
         })
     }
 
+    /// Frees the block of an upload that was never finished, at once: it was never a value, so
+    /// no reader can be using it (a reader reaches a block only through an answer naming it),
+    /// and waiting out the epoch for it would let a client that abandons uploads one after
+    /// another hold the arena's blocks for a lease.
+    ///
+    /// # Panics
+    /// If the upload is from another arena.
+    pub fn free_unfinished(&mut self, upload: ArenaUpload) {
+        let mut value = upload.value;
+        assert!(
+            Arc::ptr_eq(&value.shared, &self.shared),
+            "an upload of another arena"
+        );
+        let block = value.block.take().expect("an upload holds its block");
+        let idx = (block.class - MIN_LOG2) as usize;
+        self.free[idx].push(block.offset);
+        self.blocks_in_use[idx] -= 1;
+        self.bytes_in_use -= 1 << block.class;
+    }
+
     /// Takes a block for `len` bytes and writes its header (generation, length, class); the
     /// caller writes the contents.
     fn alloc_block(&mut self, len: usize) -> Option<ArenaBlock> {

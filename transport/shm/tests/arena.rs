@@ -335,3 +335,44 @@ proptest! {
         }
     }
 }
+
+/// A value written in parts: its bytes are what the parts wrote, it is a value like any other
+/// once finished (retired on drop), and an unfinished one goes back to the free list at once,
+/// even while a reader holds a pin (it was never a value anyone could be reading).
+#[test]
+fn uploads_are_written_in_parts_and_unfinished_ones_free_at_once() {
+    let mut a = arena(1 << 16, 4096);
+    let mut upload = a.alloc_upload(100).unwrap();
+    assert_eq!(upload.len(), 100);
+    upload.chunk_mut(0, 60).fill(1);
+    upload.chunk_mut(60, 40).fill(2);
+    let value = upload.finish().into_bytes();
+    assert_eq!(&value[..60], &[1; 60][..]);
+    assert_eq!(&value[60..], &[2; 40][..]);
+    assert!(
+        a.locate(&value).is_some(),
+        "a finished upload is an arena value"
+    );
+
+    let pinned = a.epoch();
+    let unfinished = a.alloc_upload(3000).unwrap();
+    let offset = unfinished.block().offset();
+    let before = a.stats().bytes_in_use;
+    a.free_unfinished(unfinished);
+    assert_eq!(a.stats().bytes_in_use, before - 4096);
+    assert_eq!(a.stats().retired_pending, 0, "not retired: freed");
+    // Even with every reader pinned at the current epoch, the next block of that class is it.
+    a.reclaim(Some(pinned));
+    let again = a.alloc(&[3; 3000]).unwrap();
+    assert_eq!(again.offset(), offset);
+    drop(value);
+    a.retire(again);
+}
+
+#[test]
+#[should_panic(expected = "past the value's end")]
+fn an_upload_chunk_past_the_value_panics() {
+    let mut a = arena(1 << 16, 4096);
+    let mut upload = a.alloc_upload(10).unwrap();
+    upload.chunk_mut(5, 6);
+}

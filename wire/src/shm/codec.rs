@@ -197,13 +197,18 @@ pub fn split_uploaded_values(request: &Request, min_bytes: usize) -> Option<(Req
     (!uploads.is_empty()).then_some((marked, uploads))
 }
 
-/// Bytes of an UPLOAD frame before its chunk: request id (always 0: never answered), opcode,
-/// the value's total length (u64), the chunk's offset in it (u64), the chunk's length (u32).
+/// Bytes of an UPLOAD frame before its chunk: request id (of the request that will name the
+/// value; an UPLOAD itself is never answered), opcode, the value's total length (u64), the
+/// chunk's offset in it (u64), the chunk's length (u32).
 pub const UPLOAD_HEADER_BYTES: usize = PAYLOAD_HEADER_BYTES + 8 + 8 + 4;
 
 /// One UPLOAD frame's header fields (its chunk follows, `len` bytes, to the end of the frame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadChunk {
+    /// The id of the request that will name this value (never 0): the server gives a request
+    /// only the values uploaded for it, so values a client uploaded for a request it then never
+    /// sent are never taken by another.
+    pub request: u32,
     /// The whole value's length.
     pub total: u64,
     /// Where this chunk goes in it: 0 starts a new value.
@@ -219,7 +224,7 @@ pub fn encode_upload_header(chunk: UploadChunk) -> [u8; UPLOAD_HEADER_BYTES] {
         out: &mut out,
         pos: 0,
     };
-    w.u32(0);
+    w.u32(chunk.request);
     w.u8(opcode::UPLOAD);
     w.u64(chunk.total);
     w.u64(chunk.offset);
@@ -229,9 +234,9 @@ pub fn encode_upload_header(chunk: UploadChunk) -> [u8; UPLOAD_HEADER_BYTES] {
 
 /// Reads an UPLOAD frame's header from the first bytes of a payload of `payload_len` bytes:
 /// `None` when the payload is not an UPLOAD (its opcode byte is another, or it is shorter than
-/// an opcode); an error when it is one but malformed (a request id other than 0, a header cut
-/// short, a chunk length that does not cover exactly the rest of the frame, a chunk past the
-/// value's total).
+/// an opcode); an error when it is one but malformed (a request id of 0, a header cut short, a
+/// chunk length that does not cover exactly the rest of the frame, a chunk past the value's
+/// total).
 pub fn upload_chunk(
     header: &[u8],
     payload_len: usize,
@@ -241,13 +246,13 @@ pub fn upload_chunk(
     }
     let mut r = Reader::new(header, None);
     Some((|| {
-        let id = r.u32("request id")?;
-        if id != 0 {
+        let request = r.u32("request id")?;
+        if request == 0 {
             return Err(r.error(
                 0,
-                DecodeErrorKind::NonZero {
-                    what: "UPLOAD request id",
-                    value: id.into(),
+                DecodeErrorKind::BadByte {
+                    what: "UPLOAD request id (0 is no request's)",
+                    value: 0,
                 },
             ));
         }
@@ -277,7 +282,12 @@ pub fn upload_chunk(
                 },
             ));
         }
-        Ok(UploadChunk { total, offset, len })
+        Ok(UploadChunk {
+            request,
+            total,
+            offset,
+            len,
+        })
     })())
 }
 

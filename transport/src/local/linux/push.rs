@@ -55,8 +55,9 @@ pub(super) struct SessionPushes {
     /// Deliveries in a row that found no room (the recheck backs off while its client does
     /// not read).
     no_room: u32,
-    /// Subscriptions whose oldest message is partly delivered, with the bytes sent of it.
-    parts: Vec<(SubscriberId, usize)>,
+    /// Subscriptions whose oldest message is partly delivered: that message (a handle: while
+    /// it is held its bytes cannot be another message's) and the bytes of it sent.
+    parts: Vec<(SubscriberId, Bytes, usize)>,
 }
 
 impl SessionPushes {
@@ -140,7 +141,7 @@ impl PushRoutes {
         if let Some(at) = pushes.subscribed.iter().position(|s| *s == subscriber) {
             pushes.subscribed.swap_remove(at);
             pushes.pending.retain(|s| *s != subscriber);
-            pushes.parts.retain(|(s, _)| *s != subscriber);
+            pushes.parts.retain(|(s, _, _)| *s != subscriber);
             self.owners.remove(&subscriber);
         }
     }
@@ -169,7 +170,7 @@ impl PushRoutes {
                 let pushes = &mut session.pushes;
                 pushes.subscribed.retain(|s| *s != subscriber);
                 pushes.pending.retain(|s| *s != subscriber);
-                pushes.parts.retain(|(s, _)| *s != subscriber);
+                pushes.parts.retain(|(s, _, _)| *s != subscriber);
                 session
                     .subscriptions
                     .forget(&veddb_wire::Request::Unsubscribe { subscriber });
@@ -281,22 +282,30 @@ fn deliver_frame(
         .min(DELIVERY_FRAME_MAX)
         .min(responses.free() / 2);
     context.with_shard(|shard| loop {
+        let part = parts.iter().position(|(s, _, _)| *s == subscriber);
         let Some((queue, dropped)) = shard.pending(subscriber) else {
+            if let Some(at) = part {
+                parts.swap_remove(at);
+            }
             return Ok(Attempt::Nothing);
         };
-        if queue.is_empty() && dropped == 0 {
-            return Ok(Attempt::Nothing);
-        }
-        let part = parts.iter().position(|(s, _)| *s == subscriber);
         if let Some(at) = part {
-            // A drop since its first part took the message being sent (drops take the oldest):
-            // the new oldest starts at its first part, with the count.
-            if dropped > 0 || queue.is_empty() {
+            // Still the message being sent? The queue's limits drop the oldest (and a FETCH of
+            // this subscriber id takes them), so it may be gone: then the new oldest starts at
+            // its first part, with the count of what was dropped.
+            let (_, message, sent) = &parts[at];
+            let same = queue.front().is_some_and(|front| {
+                front.as_ptr() == message.as_ptr() && front.len() == message.len()
+            });
+            if !same || dropped > 0 {
                 parts.swap_remove(at);
                 continue;
             }
-            let sent = parts[at].1;
+            let sent = *sent;
             return write_part(shard, responses, parts, subscriber, sent, 0);
+        }
+        if queue.is_empty() && dropped == 0 {
+            return Ok(Attempt::Nothing);
         }
         let mut len = codec::DELIVERY_HEADER_BYTES;
         let mut count = 0;
@@ -348,13 +357,13 @@ fn deliver_frame(
 fn write_part(
     shard: &mut veddb_shard::Shard,
     responses: &mut veddb_shm::RingProducer,
-    parts: &mut Vec<(SubscriberId, usize)>,
+    parts: &mut Vec<(SubscriberId, Bytes, usize)>,
     subscriber: SubscriberId,
     sent: usize,
     dropped: u64,
 ) -> Result<Attempt, RingError> {
     let (queue, _) = shard.pending(subscriber).expect("the caller found it");
-    let message = queue.front().expect("the caller found one");
+    let message = queue.front().expect("the caller found one").clone();
     let more_messages = queue.len() > 1;
     let rest = message.len() - sent;
     // A frame that wraps may waste up to its own size: half the free room always fits.
@@ -362,10 +371,17 @@ fn write_part(
         .saturating_sub(codec::DELIVERY_PART_HEADER_BYTES)
         .min(PART_MAX);
     let len = rest.min(room);
+    // The least part worth a frame: 4 KiB, less on rings whose frames are smaller.
+    let part_min = PART_MIN.min(
+        responses
+            .ring()
+            .max_payload()
+            .saturating_sub(codec::DELIVERY_PART_HEADER_BYTES),
+    );
     // What the next try needs: room for the smallest part this would write (asking for more
     // could ask for more than a small ring ever has free).
-    let needed = 2 * ByteRing::frame_bytes(codec::DELIVERY_PART_HEADER_BYTES + rest.min(PART_MIN));
-    if len < rest.min(PART_MIN) {
+    let needed = 2 * ByteRing::frame_bytes(codec::DELIVERY_PART_HEADER_BYTES + rest.min(part_min));
+    if len < rest.min(part_min) {
         return Ok(Attempt::NoRoom { needed });
     }
     let Some(mut frame) = responses.try_reserve(codec::DELIVERY_PART_HEADER_BYTES + len)? else {
@@ -386,7 +402,7 @@ fn write_part(
         &message[sent..sent + len],
     );
     frame.commit();
-    parts.retain(|(s, _)| *s != subscriber);
+    parts.retain(|(s, _, _)| *s != subscriber);
     if len == rest {
         shard.take_delivered(subscriber, 1);
         return Ok(Attempt::Written {
@@ -397,6 +413,6 @@ fn write_part(
         // The count went with the first part: clear it (takes no message).
         shard.take_delivered(subscriber, 0);
     }
-    parts.push((subscriber, sent + len));
+    parts.push((subscriber, message, sent + len));
     Ok(Attempt::Written { more: true })
 }
