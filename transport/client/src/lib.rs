@@ -71,8 +71,9 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Io(error) => write!(f, "I/O error: {error}"),
             ClientError::Protocol(text) => write!(f, "protocol error: {text}"),
-            // Server messages usually start with the code already ("NOT_FOUND: ...").
-            ClientError::Status(status) if status.message.starts_with(status.code.name()) => {
+            // Engine errors start with their own status name already ("NOT_FOUND: ...",
+            // "OUT_OF_MEMORY: ..." under RESOURCE_EXHAUSTED): say it once.
+            ClientError::Status(status) if names_its_status(&status.message) => {
                 write!(f, "{}", status.message)
             }
             ClientError::Status(status) => write!(f, "{}: {}", status.code.name(), status.message),
@@ -81,6 +82,65 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+/// Whether a status message starts with a status name of its own (`NOT_FOUND: `,
+/// `OUT_OF_MEMORY: `): an upper-case word of letters and underscores, then `": "`.
+fn names_its_status(message: &str) -> bool {
+    message.split_once(": ").is_some_and(|(name, _)| {
+        name.len() >= 2
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_uppercase() || byte == b'_')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veddb_wire::grpc::Code;
+
+    fn status(code: Code, message: &str) -> String {
+        ClientError::Status(Status::new(code, message)).to_string()
+    }
+
+    /// One status name per message: the engine's own when its message has one, else the
+    /// gRPC code's.
+    #[test]
+    fn a_status_is_named_once() {
+        assert_eq!(
+            status(Code::NotFound, "NOT_FOUND: key not found"),
+            "NOT_FOUND: key not found"
+        );
+        assert_eq!(
+            status(
+                Code::ResourceExhausted,
+                "OUT_OF_MEMORY: the write needs 9 bytes"
+            ),
+            "OUT_OF_MEMORY: the write needs 9 bytes"
+        );
+        assert_eq!(
+            status(Code::ResourceExhausted, "INVALID_ARGUMENT: empty key"),
+            "INVALID_ARGUMENT: empty key"
+        );
+        assert_eq!(
+            status(Code::Unavailable, "BUSY: the log is full; retry later"),
+            "BUSY: the log is full; retry later"
+        );
+        assert_eq!(
+            status(
+                Code::FailedPrecondition,
+                "version mismatch: the current version is 3"
+            ),
+            "FAILED_PRECONDITION: version mismatch: the current version is 3"
+        );
+        assert_eq!(
+            status(Code::Unknown, "A: B"),
+            "UNKNOWN: A: B",
+            "one letter is not a status name"
+        );
+        assert_eq!(status(Code::Internal, ""), "INTERNAL: ");
+    }
+}
 
 /// One way of reaching a VedDB server: the seam between [`Client`] and the wire.
 ///

@@ -388,7 +388,7 @@ fn cli_prompt_runs_one_command_per_line() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("unknown command or wrong arguments: bogus"),
+        stderr.contains("(error) unknown command \"bogus\"; `help` lists the commands"),
         "{stderr}"
     );
     engine.shutdown();

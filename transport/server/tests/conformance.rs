@@ -102,6 +102,7 @@ conformance! {
         dropped_subscriptions_are_removed,
         a_stopped_server_fails_calls_and_subscriptions,
         values_of_every_size_up_to_the_limit,
+        cli_commands_on_every_transport,
     ]
 }
 
@@ -545,7 +546,9 @@ fn set_conditions_and_ttl(kind: Kind) {
     assert_eq!(client.get("zero-pipelined").unwrap(), None);
 }
 
-/// EXISTS: present, absent, expired, deleted; pipelined; an empty key is refused.
+/// EXISTS: present, absent, expired, deleted; pipelined; an empty key is refused. Over gRPC
+/// also through the unary `Exists` method (the client's calls go through `Batch`), and through
+/// `veddb-cli exists` on every transport.
 fn exists_reports_presence(kind: Kind) {
     let server = Server::start(&[]);
     let client = server.connect(kind);
@@ -588,6 +591,38 @@ fn exists_reports_presence(kind: Kind) {
         .collect();
     assert_eq!(found, expected);
     client.ping().unwrap();
+
+    if kind == Kind::Grpc {
+        use prost::Message;
+        use veddb_wire::proto::v1::{ExistsRequest, ExistsResponse};
+        let transport = GrpcTransport::connect(&server.address).expect("connect");
+        let unary = |key: &str| {
+            let request = ExistsRequest { key: b(key) }.encode_to_vec();
+            transport.block_on(
+                transport
+                    .connection()
+                    .unary_raw("/veddb.v1.VedDb/Exists", request),
+            )
+        };
+        let exists = |key: &str| {
+            ExistsResponse::decode(unary(key).expect("Exists answers"))
+                .expect("an ExistsResponse")
+                .exists
+        };
+        client.set("unary", "v", SetOptions::default()).unwrap();
+        assert!(exists("unary"));
+        assert!(!exists("absent"));
+        assert!(client.delete("unary").unwrap());
+        assert!(!exists("unary"), "deleted");
+        assert_eq!(code(unary("")), Code::InvalidArgument, "an empty key");
+    }
+
+    // veddb-cli: how many of the keys exist, exit status 1 when none does.
+    client.set("cli", "v", SetOptions::default()).unwrap();
+    let (status, stdout, stderr) = cli(&server, kind, &["exists", "cli", "absent", "cli"]);
+    assert_eq!((status, stdout.as_slice()), (0, &b"2\n"[..]), "{stderr}");
+    let (status, stdout, stderr) = cli(&server, kind, &["exists", "absent"]);
+    assert_eq!((status, stdout.as_slice()), (1, &b"0\n"[..]), "{stderr}");
 }
 
 /// CAS on versions: 0 means only if absent, a match writes, a mismatch reports the current
@@ -1219,6 +1254,20 @@ fn a_stopped_server_fails_calls_and_subscriptions(kind: Kind) {
 /// `veddb-cli` (built beside `veddb-server`; built here when a run of this package alone did
 /// not build it), with the transport of `kind`: exit code, stdout, stderr.
 fn cli(server: &Server, kind: Kind, words: &[&str]) -> (i32, Vec<u8>, String) {
+    let output = cli_command(server, kind)
+        .args(words)
+        .stdin(Stdio::null())
+        .output()
+        .expect("veddb-cli runs");
+    (
+        output.status.code().unwrap_or(-1),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The `veddb-cli` command with the transport of `kind`, its arguments still to add.
+fn cli_command(server: &Server, kind: Kind) -> Command {
     let binary = std::path::Path::new(SERVER).with_file_name("veddb-cli");
     if !binary.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -1232,17 +1281,111 @@ fn cli(server: &Server, kind: Kind, words: &[&str]) -> (i32, Vec<u8>, String) {
         Kind::Local => ["--local", &server.name],
         Kind::Grpc => ["--grpc", &server.address],
     };
-    let output = Command::new(binary)
-        .args(target)
-        .args(words)
-        .stdin(Stdio::null())
-        .output()
-        .expect("veddb-cli runs");
-    (
-        output.status.code().unwrap_or(-1),
-        output.stdout,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut command = Command::new(binary);
+    command.args(target);
+    command
+}
+
+/// `veddb-cli` on every transport: every byte in through escapes and back with `--raw`; an
+/// error names one status (the shared-memory path once printed
+/// "RESOURCE_EXHAUSTED: INVALID_ARGUMENT: ..."); `subscribe --count`, and Ctrl-C (SIGINT) out
+/// of `subscribe` with exit status 130, unsubscribed.
+fn cli_commands_on_every_transport(kind: Kind) {
+    use std::io::{BufRead, BufReader, Read};
+    let server = Server::start(&[]);
+    let client = server.connect(kind);
+    let all: Vec<u8> = (0..=255u8).collect();
+    let escaped: String = all.iter().map(|byte| format!("\\x{byte:02x}")).collect();
+    let (status, _, stderr) = cli(&server, kind, &["set", "all", &escaped]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(client.get("all").unwrap().unwrap().0, all);
+    let (status, stdout, stderr) = cli(&server, kind, &["--raw", "get", "all"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, [&all[..], b"\n"].concat());
+
+    // One status name per error, on every transport.
+    for (words, start) in [
+        (
+            vec!["get".to_string(), "k".repeat(KEY_BYTES_MAX + 1)],
+            format!(
+                "veddb-cli: RESOURCE_EXHAUSTED: key of {} bytes",
+                KEY_BYTES_MAX + 1
+            ),
+        ),
+        (
+            vec!["get".to_string(), String::new()],
+            "veddb-cli: INVALID_ARGUMENT: empty key".to_string(),
+        ),
+    ] {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (status, _, stderr) = cli(&server, kind, &words);
+        assert_eq!(status, 3, "{stderr}");
+        assert!(stderr.starts_with(&start), "{stderr}");
+        let names = ["RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"];
+        let count: usize = names.iter().map(|name| stderr.matches(name).count()).sum();
+        assert_eq!(count, 1, "one status name: {stderr}");
+    }
+
+    // subscribe: N messages, or until Ctrl-C.
+    let spawn = |words: &[&str]| {
+        cli_command(&server, kind)
+            .args(words)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("veddb-cli runs")
+    };
+    let subscribed = |child: &mut Child| {
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.starts_with("subscribed to \"news\""), "{line}");
+        stderr
+    };
+    let wait = |child: &mut Child| {
+        let deadline = Instant::now() + EVENTUALLY;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().expect("exited, not killed");
+            }
+            assert!(Instant::now() < deadline, "veddb-cli did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut counted = spawn(&["--raw", "subscribe", "news", "--count", "2"]);
+    let _stderr = subscribed(&mut counted);
+    assert_eq!(client.publish("news", "one").unwrap(), 1);
+    assert_eq!(client.publish("news", "two").unwrap(), 1);
+    assert_eq!(wait(&mut counted), 0);
+    let mut stdout = String::new();
+    counted
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(stdout, "one\ntwo\n");
+
+    let mut endless = spawn(&["subscribe", "news"]);
+    let mut stderr = subscribed(&mut endless);
+    assert_eq!(client.publish("news", "three").unwrap(), 1);
+    let mut stdout = BufReader::new(endless.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "\"three\"\n");
+    let status = Command::new("kill")
+        .args(["-INT", &endless.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(wait(&mut endless), 130);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "unsubscribed from \"news\"\n");
+    eventually("the subscription is gone", || {
+        client.publish("news", "late").unwrap() == 0
+    });
 }
 
 /// Every value size up to `--value-bytes-max` (5 MiB here) through the Rust client and through

@@ -233,6 +233,36 @@ test('Batch: many requests written at once are answered in order', async () => {
   assert.equal(error, null);
 });
 
+test('Batch: exists answers in place among other ops, an empty key is an error answer', async () => {
+  const prefix = uniquePrefix('batchexists');
+  const key = b(`${prefix}k`);
+  const stream = ctx.db.Batch({ deadline: deadlineIn(STREAM_TIMEOUT_MS * 2) });
+  const reader = new StreamReader(stream);
+  const requests = [
+    { exists: { key } },
+    { set: { key, value: b('v') } },
+    { exists: { key } },
+    { exists: { key: b('') } },
+    { delete: { key } },
+    { exists: { key } },
+  ];
+  for (const request of requests) stream.write(request);
+  stream.end();
+  const responses = [];
+  for (let i = 0; i < requests.length; i += 1) responses.push(await reader.next());
+  assert.deepEqual(responses[0].exists, { exists: false }, 'before the set');
+  assert.equal(responses[1].set.stored, true);
+  assert.deepEqual(responses[2].exists, { exists: true }, 'after the set');
+  assert.equal(responses[3].status.code, CODE.INVALID_ARGUMENT, 'an empty key');
+  assert.equal(responses[3].op, undefined);
+  assert.equal(responses[4].delete.existed, true);
+  assert.deepEqual(responses[5].exists, { exists: false }, 'after the delete');
+  for (const i of [0, 1, 2, 4, 5]) assert.equal(responses[i].status.code, 0, `response ${i}`);
+  const { error, extra } = await reader.finalError();
+  assert.deepEqual(extra, [], 'no extra responses');
+  assert.equal(error, null);
+});
+
 test('Batch cancelled by the client after the first response', async () => {
   const prefix = uniquePrefix('batchcancel');
   const stream = ctx.db.Batch({ deadline: deadlineIn(STREAM_TIMEOUT_MS * 2) });
