@@ -1955,7 +1955,7 @@ mod linux {
         session: &mut Session,
         frame: &FrameRef,
         small: &[u8],
-        (limits, now_ms): (&UploadLimits, u64),
+        now_ms: u64,
     ) -> Option<usize> {
         let mut header = [0u8; codec::UPLOAD_HEADER_BYTES];
         let header: &[u8] = if frame.len() <= KEPT_PAYLOAD_MAX {
@@ -1975,7 +1975,12 @@ mod linux {
         let Session {
             requests, uploads, ..
         } = session;
-        let copied = uploads.receive(chunk, &mut arena.borrow_mut(), limits, now_ms, |out| {
+        // Only for an UPLOAD: no round pays for it.
+        let limits = UploadLimits::new(
+            shared.config.value_bytes_max,
+            shared.config.arena_bytes_per_core as usize,
+        );
+        let copied = uploads.receive(chunk, &mut arena.borrow_mut(), &limits, now_ms, |out| {
             if frame.len() <= KEPT_PAYLOAD_MAX {
                 out.copy_from_slice(&small[codec::UPLOAD_HEADER_BYTES..]);
             } else {
@@ -2033,10 +2038,6 @@ mod linux {
                 .max(usize::from(session.in_flight == 0));
             let shard = (context.index(), context.shard_count());
             let logs_writes = context.logs_writes();
-            let limits = UploadLimits::new(
-                shared.config.value_bytes_max,
-                shared.config.arena_bytes_per_core as usize,
-            );
             let now_ms = context.now_ms();
             if session.uploads.holds() {
                 session.uploads.expire(&mut arena.borrow_mut(), now_ms);
@@ -2081,9 +2082,8 @@ mod linux {
                         }
                     }
                 }
-                let upload_clock = (&limits, now_ms);
                 if let Some(cost) =
-                    receive_upload(shared, arena, &mut session, &frame, payloads, upload_clock)
+                    receive_upload(shared, arena, &mut session, &frame, payloads, now_ms)
                 {
                     session.requests.consume(frame);
                     payloads.clear();
